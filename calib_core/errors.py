@@ -1,0 +1,29 @@
+"""Errors a user can act on. Each message says what was wrong and what to do instead."""
+
+
+class CalibLabError(Exception):
+    """Base class: anything raised on purpose by calib_core."""
+
+
+class ModelLoadError(CalibLabError):
+    """A model spec could not be resolved or loaded (unknown id, offline hub, bad folder)."""
+
+
+class UnsupportedModelError(CalibLabError):
+    """The model is not a decoder-only causal LM whose blocks we know how to find."""
+
+
+class SourceError(CalibLabError):
+    """A calibration or evaluation text source is malformed, empty or too small."""
+
+
+class ConfigError(CalibLabError):
+    """An invalid pruning configuration (sparsity, N:M pattern, method options)."""
+
+
+class InsufficientMemoryError(CalibLabError):
+    """The run's memory estimate exceeds what the device has available."""
+
+
+class PruningCancelled(CalibLabError):
+    """The caller asked the run to stop; the model is left partially pruned."""

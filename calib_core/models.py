@@ -1,0 +1,353 @@
+"""Load causal LMs and find what the engine prunes.
+
+Architecture differences live here and only here: a family is one table entry naming where its
+decoder blocks are. Inside a block every nn.Linear / Conv1D is prunable; embeddings and lm_head sit
+outside the blocks and are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from . import assets
+from .errors import InsufficientMemoryError, ModelLoadError, UnsupportedModelError
+
+try:  # GPT-2 style layers store weights transposed ([in, out]).
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers always ships it today
+    Conv1D = ()
+
+
+@dataclass(frozen=True)
+class Family:
+    blocks_path: str  # dotted attribute path from the CausalLM to its ModuleList of decoder blocks
+    label: str
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family("model.layers", "Llama"),
+    "mistral": Family("model.layers", "Mistral"),
+    "qwen2": Family("model.layers", "Qwen2"),
+    "qwen3": Family("model.layers", "Qwen3"),
+    "gemma": Family("model.layers", "Gemma"),
+    "gemma2": Family("model.layers", "Gemma2"),
+    "gemma3_text": Family("model.layers", "Gemma3"),
+    "phi3": Family("model.layers", "Phi-3"),
+    "opt": Family("model.decoder.layers", "OPT"),
+    "gpt2": Family("transformer.h", "GPT-2"),
+    "gpt_neox": Family("gpt_neox.layers", "GPT-NeoX"),
+}
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def family_of(model: nn.Module) -> Family:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise UnsupportedModelError(
+            f"Model type '{model_type}' ({type(model).__name__}) is not supported: expected a "
+            f"decoder-only causal LM of one of these families: "
+            f"{', '.join(sorted({f.label for f in FAMILIES.values()}))} "
+            f"(config.model_type in {sorted(FAMILIES)})."
+        )
+    return family
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    family = family_of(model)
+    obj = model
+    for part in family.blocks_path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has no '{family.blocks_path}': load it as a causal LM "
+                f"(AutoModelForCausalLM), not a base or multimodal model."
+            )
+    return obj
+
+
+def prunable_modules(block: nn.Module) -> dict[str, nn.Module]:
+    """Linear and Conv1D layers of one block, in forward-registration order."""
+    return {
+        name: module
+        for name, module in block.named_modules()
+        if isinstance(module, nn.Linear) or (Conv1D and isinstance(module, Conv1D))
+    }
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The weight as [out, in] (a transposed view for Conv1D)."""
+    return module.weight.data.t() if Conv1D and isinstance(module, Conv1D) else module.weight.data
+
+
+def set_weight_matrix(module: nn.Module, matrix: torch.Tensor) -> None:
+    target = weight_matrix(module)
+    target.copy_(matrix.to(target.dtype))
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    spec: str
+    source: str  # resolved path or hub id
+    family: Family
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"Device '{device}' requested but CUDA is not available on this machine.")
+    return torch.device(device)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline_message(spec: str) -> str:
+    return (
+        f"Model '{spec}' is not in the local Hugging Face cache and the hub cannot be reached. "
+        f"Download it on a connected machine, or pass a local folder (--model /path/to/model) or "
+        f"the bundled default (--model {assets.DEFAULT_MODEL})."
+    )
+
+
+def load_model(
+    spec: str = assets.DEFAULT_MODEL,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    quantization: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM by bundled alias, local folder or hub id (weights stay on CPU).
+
+    `quantization` ('8bit' / '4bit') loads through bitsandbytes, for generation and scoring only.
+    Remote model code runs only when `trust_remote_code` is explicitly True.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"Unknown dtype '{dtype}'. Choose one of {sorted(DTYPES)}.")
+    notes = []
+    if spec in assets.BUNDLED_ALIASES:
+        source, local = str(assets.bundled_model_dir(spec)), True
+        notes.append(assets.BUNDLED_CAVEAT)
+    elif Path(spec).expanduser().is_dir():
+        source, local = str(Path(spec).expanduser()), True
+        if not (Path(source) / "config.json").exists():
+            raise ModelLoadError(f"Folder '{spec}' has no config.json: not a Hugging Face model folder.")
+    elif Path(spec).expanduser().exists():
+        raise ModelLoadError(f"'{spec}' is a file; give the model's folder (with config.json) instead.")
+    elif spec.count("/") > 1 or spec.startswith((".", "~")):
+        raise ModelLoadError(f"Model folder '{spec}' does not exist.")
+    else:
+        source, local = spec, False
+    kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
+    if quantization:
+        kwargs["quantization_config"] = _bnb_config(quantization)
+    try:
+        model, tokenizer = _from_pretrained(source, local, kwargs)
+    except (UnsupportedModelError, ModelLoadError):
+        raise
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ModelLoadError(
+                f"'{spec}' needs custom code from its repository. It runs only if you opt in "
+                f"(--trust-remote-code); read that code first."
+            ) from exc
+        if "Unrecognized configuration class" in str(exc) or "Unrecognized model" in str(exc):
+            raise UnsupportedModelError(
+                f"'{spec}' is not a causal language model transformers can load "
+                f"(AutoModelForCausalLM refused it): {str(exc).splitlines()[0]}"
+            ) from exc
+        raise ModelLoadError(f"Could not load '{spec}': {exc}") from exc
+    model.eval()
+    family = family_of(model)
+    decoder_blocks(model)  # fail now, not mid-run, if the blocks are not where we expect
+    return LoadedModel(model, tokenizer, spec, source, family, notes)
+
+
+def _from_pretrained(source: str, local: bool, kwargs: dict):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def load(**extra):
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, trust_remote_code=kwargs["trust_remote_code"], **extra
+        )
+        return model, tokenizer
+
+    if local:
+        return load()
+    try:  # a cached hub model must load without any network round-trip
+        return load(local_files_only=True)
+    except OSError:
+        pass
+    if not _hub_reachable():
+        raise ModelLoadError(_offline_message(source))
+    try:
+        return load()
+    except OSError as exc:
+        raise ModelLoadError(
+            f"Could not fetch '{source}' from the Hugging Face hub: {str(exc).splitlines()[0]} "
+            f"Check the id (e.g. HuggingFaceTB/SmolLM2-135M), or use a local folder."
+        ) from exc
+
+
+def _bnb_config(quantization: str):
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    raise ModelLoadError(f"Unknown quantization '{quantization}': use '8bit' or '4bit'.")
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return getattr(model, "is_quantized", False) or getattr(
+        getattr(model, "config", None), "quantization_config", None
+    ) is not None
+
+
+def describe_model(model: nn.Module) -> dict:
+    """A short summary for the UI and reports."""
+    blocks = decoder_blocks(model)
+    per_block = prunable_modules(blocks[0])
+    prunable = sum(
+        m.weight.numel() for b in blocks for m in prunable_modules(b).values()
+    )
+    return {
+        "family": family_of(model).label,
+        "model_type": model.config.model_type,
+        "class": type(model).__name__,
+        "blocks": len(blocks),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "prunable_parameters": prunable,
+        "prunable_modules_per_block": list(per_block),
+        "hidden_size": hidden_size(model),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    }
+
+
+def hidden_size(model: nn.Module) -> int:
+    config = model.config
+    for attr in ("hidden_size", "n_embd", "d_model"):
+        if getattr(config, attr, None):
+            return int(getattr(config, attr))
+    raise UnsupportedModelError(f"Cannot find the hidden size in {type(config).__name__}.")
+
+
+# ---------------------------------------------------------------- memory
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes needed by a pruning run, by component; `total` is what must be available."""
+
+    weights: int
+    calibration_buffers: int
+    block_activations: int
+    method_statistics: int
+    device: str
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.calibration_buffers + self.block_activations + self.method_statistics
+
+    def as_dict(self) -> dict:
+        return {
+            "weights_bytes": self.weights,
+            "calibration_buffers_bytes": self.calibration_buffers,
+            "block_activations_bytes": self.block_activations,
+            "method_statistics_bytes": self.method_statistics,
+            "total_bytes": self.total,
+            "device": self.device,
+        }
+
+    def describe(self) -> str:
+        gib = 1024**3
+        return (
+            f"weights {self.weights / gib:.2f} GiB + calibration buffers "
+            f"{self.calibration_buffers / gib:.2f} GiB + block activations "
+            f"{self.block_activations / gib:.2f} GiB + method statistics "
+            f"{self.method_statistics / gib:.2f} GiB = {self.total / gib:.2f} GiB on {self.device}"
+        )
+
+
+_STAT_MATRICES = {"hessian": 1, "dsnot": 0}  # [in, in] fp32 matrices per prunable module
+
+
+def estimate_memory(
+    model: nn.Module, nsamples: int, seqlen: int, method: str, device: torch.device, batch_size: int = 8
+) -> MemoryEstimate:
+    """Rough upper estimate of a run's memory on `device` (CPU: weights included)."""
+    blocks = decoder_blocks(model)
+    dtype_bytes = next(model.parameters()).element_size()
+    hidden = hidden_size(model)
+    block_params = max(sum(p.numel() for p in b.parameters()) for b in blocks)
+    modules = prunable_modules(blocks[0])
+    widest = max(weight_matrix(m).shape[0] for m in modules.values())
+    if device.type == "cpu":
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    else:  # only one block lives on the accelerator at a time
+        weights = block_params * dtype_bytes
+    buffers = 2 * nsamples * seqlen * hidden * dtype_bytes  # block inputs and outputs
+    batch = min(batch_size, nsamples)
+    heads = getattr(model.config, "num_attention_heads", None) or getattr(model.config, "n_head", 1)
+    # MLP intermediate, attention scores and the captured reconstruction inputs of one chunk.
+    activations = batch * seqlen * (4 * widest + heads * seqlen) * 4
+    per_module = 0
+    for module in modules.values():
+        out_f, in_f = weight_matrix(module).shape
+        per_module += 4 * (in_f * 4 + out_f * in_f * 2)  # fp32 stats vectors, scores and mask
+        if method == "sparsegpt":
+            per_module += 4 * in_f * in_f * 2  # Hessian and its inverse factor
+    return MemoryEstimate(weights, buffers, activations, per_module, str(device))
+
+
+def available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_memory(estimate: MemoryEstimate, device: torch.device) -> None:
+    available = available_memory(device)
+    if device.type == "cpu":
+        # The model is already in RAM when we check, so its weights are not "new" memory.
+        needed = estimate.total - estimate.weights
+    else:
+        needed = estimate.total
+    if needed > available:
+        raise InsufficientMemoryError(
+            f"Not enough memory for this run: it needs about {estimate.describe()}, but only "
+            f"{available / 1024**3:.2f} GiB is available on {device}. Reduce nsamples or seqlen."
+        )

@@ -1,0 +1,392 @@
+"""The layer-wise sequential pruning engine (paper-notes section 5).
+
+Capture what decoder block 0 receives for every calibration sample (hidden states plus every
+keyword input: masks, rotary embeddings, positions), then block by block: run the dense block with
+hooks that accumulate per-Linear input statistics, prune its Linears with the chosen method, and
+re-run the pruned block to produce the next block's inputs. Weights stay where they are loaded (CPU);
+each block visits the compute device for its turn. The engine owns hooks, buffers, devices and
+ordering; the methods only turn statistics and a weight into a mask (and SparseGPT's new weights).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, PruningCancelled
+from ..models import (
+    check_memory,
+    decoder_blocks,
+    estimate_memory,
+    is_quantized,
+    prunable_modules,
+    resolve_device,
+    set_weight_matrix,
+    weight_matrix,
+)
+from .config import PruneConfig
+from .dsnot import dsnot_refine
+from .events import AllocationEvent, BlockRecord, ModuleRecord, StageEvent
+from .magnitude import magnitude_mask
+from .masks import Pattern, parse_pattern
+from .owl import outlier_ratio, owl_nm_allocation, owl_sparsities
+from .sparsegpt import sparsegpt_prune
+from .stats import InputStats
+from .wanda import wanda_mask, wanda_scores
+
+
+class CancelToken(Protocol):
+    def is_set(self) -> bool: ...
+
+
+@dataclass
+class PruneResult:
+    config: PruneConfig
+    blocks: list[BlockRecord]
+    overall_sparsity: float
+    seconds: dict[str, float]
+    allocation: AllocationEvent | None = None
+    calibration_tokens: int = 0
+
+
+@dataclass
+class BlockInputs:
+    """Inputs of every block for every calibration chunk. `hidden` is the running buffer."""
+
+    hidden: torch.Tensor  # [nsamples, seqlen, hidden] on the compute device
+    chunks: list[slice]
+    extra: list[list[tuple[tuple, dict]]]  # [block][chunk] -> (positional args after hidden, kwargs)
+
+
+class _StopCapture(Exception):
+    pass
+
+
+class _InputRecorder(nn.Module):
+    """Stands in for a decoder block during capture: records its inputs and passes hidden through."""
+
+    def __init__(self, index: int, sink: Callable, last: bool):
+        super().__init__()
+        self.index, self.sink, self.last = index, sink, last
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.sink(self.index, hidden_states, args, kwargs)
+        if self.last:
+            raise _StopCapture
+        return hidden_states
+
+
+def _to_device(obj, device, moved: dict):
+    if isinstance(obj, torch.Tensor):
+        if id(obj) not in moved:  # shared tensors (one mask for all blocks) stay shared
+            moved[id(obj)] = obj.to(device)
+        return moved[id(obj)]
+    if isinstance(obj, tuple):
+        return tuple(_to_device(o, device, moved) for o in obj)
+    if isinstance(obj, list):
+        return [_to_device(o, device, moved) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device, moved) for k, v in obj.items()}
+    return obj
+
+
+def capture_block_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int, device: torch.device) -> BlockInputs:
+    """Run the model's embedding stage only: every block is swapped for a recorder, so the cost is
+    the embeddings and mask/rotary set-up, not a forward pass."""
+    blocks = decoder_blocks(model)
+    n = ids.shape[0]
+    chunks = [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    extra = [[None] * len(chunks) for _ in blocks]
+    state = {"hidden": None, "chunk": 0, "moved": {}}
+    embed_device = next(model.parameters()).device
+
+    def sink(index, hidden, args, kwargs):
+        c = state["chunk"]
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
+        extra[index][c] = (_to_device(args, device, state["moved"]), _to_device(kwargs, device, state["moved"]))
+        if index == 0:
+            if state["hidden"] is None:
+                state["hidden"] = torch.empty((n,) + tuple(hidden.shape[1:]), dtype=hidden.dtype, device=device)
+            state["hidden"][chunks[c]] = hidden.to(device)
+
+    originals = list(blocks)
+    try:
+        for i in range(len(blocks)):
+            blocks[i] = _InputRecorder(i, sink, last=i == len(blocks) - 1)
+        for c, chunk in enumerate(chunks):
+            state["chunk"], state["moved"] = c, {}
+            try:
+                model(input_ids=ids[chunk].to(embed_device), use_cache=False)
+            except _StopCapture:
+                pass
+    finally:
+        for i, block in enumerate(originals):
+            blocks[i] = block
+    return BlockInputs(state["hidden"], chunks, extra)
+
+
+def _block_forward(block: nn.Module, inputs: BlockInputs, index: int, out: torch.Tensor) -> None:
+    for c, chunk in enumerate(inputs.chunks):
+        args, kwargs = inputs.extra[index][c]
+        result = block(inputs.hidden[chunk], *args, **kwargs)
+        out[chunk] = result[0] if isinstance(result, tuple) else result
+
+
+def _is_attention(name: str) -> bool:
+    return "attn" in name or "attention" in name
+
+
+class _StatsHooks:
+    """Forward hooks that feed each prunable module's input into InputStats and keep a small sample
+    of inputs/outputs for the reconstruction error. Linears fed the very same tensor (q/k/v,
+    gate/up) share one statistics object, so e.g. a Hessian is computed once, not three times."""
+
+    def __init__(self, modules: dict[str, nn.Module], with_mean: bool, with_hessian: bool, recon_tokens: int):
+        self.stats: dict[str, InputStats] = {}
+        self.recon_x: dict[str, torch.Tensor] = {}
+        self.recon_y_sq: dict[str, float] = {}
+        self._last: tuple[torch.Tensor | None, str | None] = (None, None)
+        self._recon_tokens = recon_tokens
+        self._handles = [
+            module.register_forward_hook(self._hook(name)) for name, module in modules.items()
+        ]
+        self._flags = (with_mean, with_hessian)
+
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            x = inputs[0]
+            last_x, last_name = self._last
+            if x is last_x:
+                self.stats[name] = self.stats[last_name]
+            else:
+                if name not in self.stats:
+                    self.stats[name] = InputStats(x.shape[-1], x.device, *self._flags)
+                self.stats[name].add(x, samples=x.shape[0] if x.dim() == 3 else 1)
+                self._last = (x, name)
+            self._keep_recon_sample(name, x, output)
+
+        return hook
+
+    def _keep_recon_sample(self, name, x, y):
+        have = self.recon_x[name].shape[0] if name in self.recon_x else 0
+        take = self._recon_tokens - have
+        if take <= 0:
+            return
+        x = x.reshape(-1, x.shape[-1])[:take]
+        y = y.reshape(-1, y.shape[-1])[:take]
+        self.recon_x[name] = x.clone() if have == 0 else torch.cat([self.recon_x[name], x])
+        self.recon_y_sq[name] = self.recon_y_sq.get(name, 0.0) + float(y.float().square().sum())
+
+    def remove(self):
+        for handle in self._handles:
+            handle.remove()
+        self._last = (None, None)
+
+
+class Pruner:
+    """One run of one method over one model. Use `prune_model` unless you need the pieces."""
+
+    def __init__(self, model, config: PruneConfig, on_event=None, cancel: CancelToken | None = None):
+        self.model = model
+        self.cfg = config.resolved()
+        self.emit = on_event or (lambda event: None)
+        self.cancel = cancel
+        self.device = resolve_device(self.cfg.device)
+        self.blocks = decoder_blocks(model)
+        if is_quantized(model):
+            raise ConfigError(
+                "This model is loaded quantized (8-/4-bit). Pruning needs floating-point weights: "
+                "load it in float32/bfloat16/float16."
+            )
+
+    # ------------------------------------------------------------ public
+    def run(self, calibration: torch.Tensor | None) -> PruneResult:
+        cfg = self.cfg
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        if calibration is None and cfg.needs_calibration:
+            raise ConfigError(f"{cfg.method} needs calibration data; only magnitude pruning runs without.")
+        if calibration is not None:
+            if calibration.dim() != 2 or calibration.numel() == 0:
+                raise ConfigError("Calibration must be a non-empty [nsamples, seqlen] tensor of token ids.")
+            estimate = estimate_memory(
+                self.model, calibration.shape[0], calibration.shape[1], cfg.method if cfg.method != "owl" else cfg.base,
+                self.device, cfg.batch_size,
+            )
+            check_memory(estimate, self.device)
+        uniform = [(cfg.target_sparsity, cfg.parsed_pattern)] * len(self.blocks)
+        targets, allocation = uniform, None
+        with torch.inference_mode():
+            if cfg.method == "owl":
+                t = time.perf_counter()
+                targets, allocation = self._owl_allocation(calibration)
+                seconds["outlier_scan"] = time.perf_counter() - t
+                self.emit(allocation)
+            t = time.perf_counter()
+            inputs = None
+            if calibration is not None:
+                inputs = capture_block_inputs(self.model, calibration, cfg.batch_size, self.device)
+                self.emit(StageEvent("capture", 1, 1, time.perf_counter() - t))
+            seconds["capture"] = time.perf_counter() - t
+            t = time.perf_counter()
+            records = self._prune_blocks(inputs, targets, allocation)
+            seconds["prune"] = time.perf_counter() - t
+        seconds["total"] = time.perf_counter() - start
+        zeros = sum(round(m.sparsity * m.shape[0] * m.shape[1]) for b in records for m in b.modules)
+        total = sum(m.shape[0] * m.shape[1] for b in records for m in b.modules)
+        return PruneResult(
+            cfg, records, zeros / max(total, 1), seconds, allocation,
+            0 if calibration is None else calibration.numel(),
+        )
+
+    # ------------------------------------------------------------ internals
+    def _check_cancel(self):
+        if self.cancel is not None and self.cancel.is_set():
+            raise PruningCancelled("Pruning cancelled; the model is partially pruned and should be reloaded.")
+
+    def _on_device(self, block):
+        if self.device.type != "cpu":
+            block.to(self.device)
+
+    def _off_device(self, block):
+        if self.device.type != "cpu":
+            block.to("cpu")
+
+    def _prune_blocks(self, inputs: BlockInputs | None, targets, allocation) -> list[BlockRecord]:
+        cfg = self.cfg
+        method = cfg.base if cfg.method == "owl" else cfg.method
+        base = cfg.base if cfg.method == "dsnot" else method
+        need_mean = cfg.method == "dsnot"
+        need_hessian = base == "sparsegpt"
+        outputs = torch.empty_like(inputs.hidden) if inputs is not None else None
+        records = []
+        for index, block in enumerate(self.blocks):
+            t_block = time.perf_counter()
+            self._check_cancel()
+            self._on_device(block)
+            modules = prunable_modules(block)
+            hooks = None
+            if inputs is not None:
+                hooks = _StatsHooks(modules, need_mean, need_hessian, cfg.recon_tokens)
+                try:
+                    _block_forward(block, inputs, index, outputs)
+                finally:
+                    hooks.remove()
+            sparsity, pattern = targets[index]
+            module_records = []
+            for name, module in modules.items():
+                self._check_cancel()
+                module_records.append(
+                    self._prune_module(index, name, module, hooks, sparsity, pattern, method, base)
+                )
+                self.emit(module_records[-1])
+            if inputs is not None:
+                if cfg.propagate == "pruned":
+                    _block_forward(block, inputs, index, outputs)
+                inputs.hidden, outputs = outputs, inputs.hidden
+            self._off_device(block)
+            record = BlockRecord(
+                index=index,
+                name=f"block {index}",
+                target_sparsity=sparsity,
+                pattern=str(pattern),
+                sparsity=_weighted_sparsity(module_records),
+                outlier_ratio=allocation.outlier_ratios[index] if allocation else None,
+                seconds=time.perf_counter() - t_block,
+                modules=module_records,
+            )
+            records.append(record)
+            self.emit(record)
+            self.emit(StageEvent("prune", index + 1, len(self.blocks), record.seconds))
+        return records
+
+    def _prune_module(self, index, name, module, hooks, sparsity, pattern, method, base) -> ModuleRecord:
+        cfg = self.cfg
+        t = time.perf_counter()
+        W = weight_matrix(module)
+        stats = hooks.stats.get(name) if hooks else None
+        original = W.float().clone() if hooks and name in hooks.recon_x else None
+        refine = method == "dsnot" and self._dsnot_applies(name)
+        if method == "magnitude":
+            W[magnitude_mask(W, sparsity, pattern)] = 0
+        elif base == "sparsegpt" and not refine:
+            new_W, _mask = self._sparsegpt(W, stats, sparsity, pattern)
+            set_weight_matrix(module, new_W)
+        else:
+            if base == "sparsegpt":
+                # DSnoT is training-free: it refines SparseGPT's mask over the original weights.
+                _new_W, mask = self._sparsegpt(W, stats, sparsity, pattern)
+            else:
+                mask = wanda_mask(W, stats, sparsity, pattern)
+            if refine:
+                mask = dsnot_refine(W, mask, stats, pattern, cfg.dsnot_threshold, cfg.dsnot_cycles, cfg.dsnot_var_power)
+            W[mask] = 0
+        achieved = float((weight_matrix(module) == 0).sum()) / W.numel()
+        error = rel = None
+        if original is not None:
+            delta = original - weight_matrix(module).float()
+            x = hooks.recon_x[name].float()
+            error = float(torch.linalg.matrix_norm(x @ delta.t()))
+            denom = hooks.recon_y_sq[name] ** 0.5
+            rel = error / denom if denom > 0 else None
+        return ModuleRecord(
+            block=index, name=name, shape=list(W.shape), target_sparsity=sparsity, pattern=str(pattern),
+            sparsity=achieved, recon_error=error, rel_recon_error=rel, seconds=time.perf_counter() - t,
+        )
+
+    def _sparsegpt(self, W, stats, sparsity, pattern):
+        cfg = self.cfg
+        return sparsegpt_prune(W, stats.hessian(), sparsity, pattern, cfg.sparsegpt_blocksize, cfg.sparsegpt_damp)
+
+    def _dsnot_applies(self, name: str) -> bool:
+        which = self.cfg.dsnot_sublayers
+        return which == "all" or (which == "attention") == _is_attention(name)
+
+    def _owl_allocation(self, calibration: torch.Tensor):
+        """Pass 1 on the dense model: outlier ratio of each block's Wanda scores."""
+        cfg = self.cfg
+        inputs = capture_block_inputs(self.model, calibration, cfg.batch_size, self.device)
+        outputs = torch.empty_like(inputs.hidden)
+        ratios = []
+        for index, block in enumerate(self.blocks):
+            self._check_cancel()
+            self._on_device(block)
+            modules = prunable_modules(block)
+            hooks = _StatsHooks(modules, False, False, 0)
+            try:
+                _block_forward(block, inputs, index, outputs)
+            finally:
+                hooks.remove()
+            scores = [wanda_scores(weight_matrix(m), hooks.stats[n]) for n, m in modules.items()]
+            ratios.append(outlier_ratio(scores, cfg.owl_m))
+            inputs.hidden, outputs = outputs, inputs.hidden
+            self._off_device(block)
+            self.emit(StageEvent("outlier_scan", index + 1, len(self.blocks), 0.0))
+        pattern = cfg.parsed_pattern
+        if pattern.is_nm:
+            patterns = owl_nm_allocation(ratios, pattern, cfg.owl_lambda)
+            targets = [(p.sparsity, p) for p in patterns]
+        else:
+            targets = [(s, pattern) for s in owl_sparsities(ratios, cfg.sparsity, cfg.owl_lambda)]
+        allocation = AllocationEvent(ratios, [s for s, _ in targets], [str(p) for _, p in targets])
+        return targets, allocation
+
+
+def _weighted_sparsity(records: list[ModuleRecord]) -> float:
+    total = sum(r.shape[0] * r.shape[1] for r in records)
+    return sum(r.sparsity * r.shape[0] * r.shape[1] for r in records) / max(total, 1)
+
+
+def prune_model(
+    model: nn.Module,
+    calibration: torch.Tensor | None,
+    config: PruneConfig,
+    on_event: Callable | None = None,
+    cancel: CancelToken | None = None,
+) -> PruneResult:
+    """Prune `model` in place. `calibration` is [nsamples, seqlen] token ids (None: magnitude only)."""
+    return Pruner(model, config, on_event, cancel).run(calibration)

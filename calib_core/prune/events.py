@@ -1,0 +1,58 @@
+"""What a pruning run reports while it works (and keeps as its result). Plain dataclasses, so
+the CLI, the app and the run store consume the same objects."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class StageEvent:
+    """Coarse progress: stage in {'capture', 'outlier_scan', 'prune'}, step of total."""
+
+    stage: str
+    step: int
+    total: int
+    seconds: float
+    kind: str = "stage"
+
+
+@dataclass
+class ModuleRecord:
+    block: int
+    name: str
+    shape: list[int]
+    target_sparsity: float
+    pattern: str
+    sparsity: float
+    recon_error: float | None  # ||W X - W' X||_F on the measured calibration tokens
+    rel_recon_error: float | None  # the same divided by the dense output norm ||W X + b||_F
+    seconds: float
+    kind: str = "module"
+
+
+@dataclass
+class BlockRecord:
+    index: int
+    name: str
+    target_sparsity: float
+    pattern: str
+    sparsity: float
+    outlier_ratio: float | None
+    seconds: float
+    modules: list[ModuleRecord] = field(default_factory=list)
+    kind: str = "block"
+
+
+@dataclass
+class AllocationEvent:
+    """OWL's plan: per-block outlier ratio D_l (%) and the sparsity (or N:M) each block gets."""
+
+    outlier_ratios: list[float]
+    target_sparsities: list[float]
+    patterns: list[str]
+    kind: str = "allocation"
+
+
+def to_dict(event) -> dict:
+    return asdict(event)

@@ -1,0 +1,93 @@
+"""Sparsity patterns and the mask helpers every method shares. A mask is a bool tensor shaped like
+the weight [out, in]; True marks a weight to prune (set to zero)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Unstructured (n = m = 0) or semi-structured N:M (n zeros in every m consecutive inputs)."""
+
+    n: int = 0
+    m: int = 0
+
+    @property
+    def is_nm(self) -> bool:
+        return self.m > 0
+
+    @property
+    def sparsity(self) -> float:
+        return self.n / self.m if self.is_nm else float("nan")
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.is_nm else "unstructured"
+
+
+UNSTRUCTURED = Pattern()
+
+
+def parse_pattern(text: str) -> Pattern:
+    text = (text or "unstructured").strip().lower()
+    if text == "unstructured":
+        return UNSTRUCTURED
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"Pattern '{text}' is neither 'unstructured' nor N:M (e.g. 2:4, 4:8).")
+    n, m = int(parts[0]), int(parts[1])
+    if not 0 < n < m:
+        raise ConfigError(f"N:M pattern '{text}' needs 0 < N < M (N weights pruned of every M).")
+    return Pattern(n, m)
+
+
+def check_sparsity(sparsity: float) -> None:
+    if not isinstance(sparsity, (int, float)) or math.isnan(sparsity) or not 0.0 <= sparsity < 1.0:
+        raise ConfigError(f"Sparsity must be in [0, 1) (fraction of weights pruned), got {sparsity!r}.")
+
+
+def lowest_per_row(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Prune exactly floor(in * sparsity) lowest-scoring weights in every row."""
+    k = int(scores.shape[1] * sparsity)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if k > 0:
+        idx = torch.topk(scores, k, dim=1, largest=False).indices
+        mask.scatter_(1, idx, True)
+    return mask
+
+
+def lowest_per_matrix(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Prune exactly floor(numel * sparsity) lowest-scoring weights of the whole matrix."""
+    k = int(scores.numel() * sparsity)
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k > 0:
+        idx = torch.topk(scores.flatten(), k, largest=False).indices
+        mask[idx] = True
+    return mask.view_as(scores)
+
+
+def lowest_n_of_m(scores: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+    """In every group of m consecutive input columns of each row, prune the n lowest scores."""
+    out_features, in_features = scores.shape
+    if in_features % pattern.m:
+        raise ConfigError(
+            f"N:M pattern {pattern} needs the input width ({in_features}) to be a multiple of {pattern.m}."
+        )
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if pattern.n == 0:
+        return mask
+    groups = scores.reshape(out_features, in_features // pattern.m, pattern.m)
+    idx = torch.topk(groups, pattern.n, dim=2, largest=False).indices
+    mask.view(out_features, in_features // pattern.m, pattern.m).scatter_(2, idx, True)
+    return mask
+
+
+def mask_from_scores(scores: torch.Tensor, sparsity: float, pattern: Pattern, per_row: bool) -> torch.Tensor:
+    if pattern.is_nm:
+        return lowest_n_of_m(scores, pattern)
+    return lowest_per_row(scores, sparsity) if per_row else lowest_per_matrix(scores, sparsity)

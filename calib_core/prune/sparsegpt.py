@@ -1,0 +1,70 @@
+"""SparseGPT (Frantar & Alistarh 2023): mask selection with OBS weight updates, column block by
+column block, from the inverse Hessian's upper Cholesky factor."""
+
+from __future__ import annotations
+
+import torch
+
+from .masks import Pattern
+
+
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float,
+    pattern: Pattern,
+    blocksize: int = 128,
+    damp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (updated weight [out, in] in fp32, mask with True = pruned)."""
+    W = weight.detach().clone().float()
+    H = hessian.detach().clone().float()
+    rows, cols = W.shape
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H.diagonal().add_(damp * torch.mean(torch.diag(H)))
+    Hinv = _upper_cholesky_of_inverse(H)
+
+    mask = torch.zeros_like(W, dtype=torch.bool)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        d1 = torch.diag(Hinv1)
+        if pattern.is_nm:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        else:
+            scores = W1.square() / d1.square().unsqueeze(0)
+            k = int(scores.numel() * sparsity)
+            mask1 = torch.zeros(scores.numel(), dtype=torch.bool, device=W.device)
+            if k:
+                mask1[torch.topk(scores.flatten(), k, largest=False).indices] = True
+            mask1 = mask1.view_as(W1)
+        for i in range(count):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            if pattern.is_nm and i % pattern.m == 0 and pattern.n:
+                group = W1[:, i : i + pattern.m].square() / d1[i : i + pattern.m].square().unsqueeze(0)
+                idx = torch.topk(group, pattern.n, dim=1, largest=False).indices
+                mask1.scatter_(1, i + idx, True)
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Q1[:, i] = q
+            Err1[:, i] = err
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        mask[:, i1:i2] = mask1
+    W[mask] = 0.0
+    return W, mask
+
+
+def _upper_cholesky_of_inverse(H: torch.Tensor) -> torch.Tensor:
+    L = torch.linalg.cholesky(H)
+    Hinv = torch.cholesky_inverse(L)
+    return torch.linalg.cholesky(Hinv, upper=True)

@@ -1,0 +1,55 @@
+"""Per-Linear input statistics, accumulated in fp32 over calibration tokens."""
+
+from __future__ import annotations
+
+import torch
+
+
+class InputStats:
+    """Running statistics of a Linear's input X [tokens, in].
+
+    Always: the per-feature sum of squares (Wanda's ||X_j||^2). Optionally the per-feature sum
+    (DSnoT's mean and variance) and the Gram matrix X^T X (SparseGPT's Hessian).
+    """
+
+    def __init__(self, in_features: int, device, with_mean: bool = False, with_hessian: bool = False):
+        self.sum_sq = torch.zeros(in_features, dtype=torch.float32, device=device)
+        self.sum = torch.zeros(in_features, dtype=torch.float32, device=device) if with_mean else None
+        self.gram = (
+            torch.zeros(in_features, in_features, dtype=torch.float32, device=device) if with_hessian else None
+        )
+        self.tokens = 0
+        self.samples = 0
+
+    def add(self, x: torch.Tensor, samples: int) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.sum_sq += x.square().sum(0)
+        if self.sum is not None:
+            self.sum += x.sum(0)
+        if self.gram is not None:
+            self.gram.addmm_(x.t(), x)
+        self.tokens += x.shape[0]
+        self.samples += samples
+
+    def feature_norm(self) -> torch.Tensor:
+        """Wanda's s_j = sqrt(mean over samples of sum over tokens x_j^2)."""
+        return (self.sum_sq / max(self.samples, 1)).sqrt()
+
+    def hessian(self) -> torch.Tensor:
+        """SparseGPT's H = (2 / n) sum X^T X, n = number of calibration samples."""
+        if self.gram is None:
+            raise RuntimeError("Hessian requested from statistics collected without it.")
+        return self.gram * (2.0 / max(self.samples, 1))
+
+    def token_sum_mean(self) -> torch.Tensor:
+        """DSnoT's mean: per-feature token sums averaged over samples."""
+        if self.sum is None:
+            raise RuntimeError("Mean requested from statistics collected without it.")
+        return self.sum / max(self.samples, 1)
+
+    def variance(self) -> torch.Tensor:
+        """Per-feature variance over all calibration tokens."""
+        if self.sum is None:
+            raise RuntimeError("Variance requested from statistics collected without it.")
+        tokens = max(self.tokens, 1)
+        return (self.sum_sq / tokens - (self.sum / tokens).square()).clamp_min(0.0)

@@ -1,0 +1,14 @@
+"""Wanda (Sun et al. 2024): score |W_ij| * ||X_j||_2, compared within each output row."""
+
+import torch
+
+from .masks import Pattern, mask_from_scores
+from .stats import InputStats
+
+
+def wanda_scores(weight: torch.Tensor, stats: InputStats) -> torch.Tensor:
+    return weight.abs().float() * stats.feature_norm().unsqueeze(0)
+
+
+def wanda_mask(weight: torch.Tensor, stats: InputStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
+    return mask_from_scores(wanda_scores(weight, stats), sparsity, pattern, per_row=True)
