@@ -28,8 +28,8 @@ class PruneConfig:
     owl_m: float | None = None  # outlier threshold M; default 5 unstructured, 6 N:M
     owl_lambda: float | None = None  # default 0.08 unstructured, 2 (in units of N) N:M
     propagate: str = "pruned"  # feed the next block the pruned (standard) or the dense outputs
-    batch_size: int = 8  # calibration samples per block forward
-    recon_tokens: int = 1024  # calibration tokens per module on which reconstruction error is measured
+    batch_size: int = 1  # calibration samples per block forward (1 is fastest on CPU)
+    recon_tokens: int = 512  # calibration tokens per module on which reconstruction error is measured
     device: str = "auto"
 
     @property

@@ -285,7 +285,8 @@ class Pruner:
                 )
                 self.emit(module_records[-1])
             if inputs is not None:
-                if cfg.propagate == "pruned":
+                # The last block's outputs feed nothing we measure: skip its re-run.
+                if cfg.propagate == "pruned" and index < len(self.blocks) - 1:
                     _block_forward(block, inputs, index, outputs)
                 inputs.hidden, outputs = outputs, inputs.hidden
             self._off_device(block)

@@ -54,20 +54,29 @@ def check_sparsity(sparsity: float) -> None:
 def lowest_per_row(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Prune exactly floor(in * sparsity) lowest-scoring weights in every row."""
     k = int(scores.shape[1] * sparsity)
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    if k > 0:
-        idx = torch.topk(scores, k, dim=1, largest=False).indices
-        mask.scatter_(1, idx, True)
+    if k == 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    # kthvalue + compare is about twice as fast as topk; rows with ties at the threshold would
+    # prune too many, so those rows fall back to topk's exact count.
+    mask = scores <= torch.kthvalue(scores, k, dim=1, keepdim=True).values
+    tied = mask.sum(1) != k
+    if tied.any():
+        exact = torch.zeros_like(mask[tied])
+        exact.scatter_(1, torch.topk(scores[tied], k, dim=1, largest=False).indices, True)
+        mask[tied] = exact
     return mask
 
 
 def lowest_per_matrix(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Prune exactly floor(numel * sparsity) lowest-scoring weights of the whole matrix."""
     k = int(scores.numel() * sparsity)
-    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    if k > 0:
-        idx = torch.topk(scores.flatten(), k, largest=False).indices
-        mask[idx] = True
+    flat = scores.flatten()
+    if k == 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    mask = flat <= torch.kthvalue(flat, k).values
+    if int(mask.sum()) != k:  # ties at the threshold: take an exact count
+        mask = torch.zeros_like(mask)
+        mask[torch.topk(flat, k, largest=False).indices] = True
     return mask.view_as(scores)
 
 
