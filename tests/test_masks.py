@@ -1,0 +1,108 @@
+import itertools
+
+import pytest
+import torch
+
+from calib_core.errors import ConfigError
+from calib_core.prune.magnitude import magnitude_mask
+from calib_core.prune.masks import UNSTRUCTURED, Pattern, lowest_per_row, parse_pattern
+from calib_core.prune.stats import InputStats
+from calib_core.prune.wanda import wanda_mask
+
+
+def _stats(x: torch.Tensor, samples: int) -> InputStats:
+    stats = InputStats(x.shape[-1], "cpu")
+    for chunk in x.chunk(samples):
+        stats.add(chunk, samples=1)
+    return stats
+
+
+def brute_force_wanda(W, X, sparsity):
+    """Reference: score |W_ij| * ||X_j||_2 and drop the lowest floor(in*s) of every row by sorting."""
+    norm = torch.sqrt((X.double() ** 2).sum(0))
+    mask = torch.zeros_like(W, dtype=torch.bool)
+    k = int(W.shape[1] * sparsity)
+    for r in range(W.shape[0]):
+        scores = [(abs(float(W[r, j])) * float(norm[j]), j) for j in range(W.shape[1])]
+        for _, j in sorted(scores)[:k]:
+            mask[r, j] = True
+    return mask
+
+
+def brute_force_magnitude(W, sparsity):
+    k = int(W.numel() * sparsity)
+    order = sorted(range(W.numel()), key=lambda i: abs(float(W.flatten()[i])))
+    mask = torch.zeros(W.numel(), dtype=torch.bool)
+    mask[order[:k]] = True
+    return mask.view_as(W)
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
+def test_wanda_matches_brute_force_and_prunes_exactly_per_row(sparsity):
+    torch.manual_seed(1)
+    W = torch.randn(12, 40)
+    X = torch.randn(5 * 16, 40) * torch.rand(40) * 3  # features with different scales
+    mask = wanda_mask(W, _stats(X, 5), sparsity, UNSTRUCTURED)
+    assert torch.equal(mask, brute_force_wanda(W, X, sparsity))
+    assert (mask.sum(1) == int(40 * sparsity)).all()
+
+
+def test_wanda_differs_from_magnitude_when_activations_matter():
+    torch.manual_seed(2)
+    W = torch.randn(8, 32)
+    X = torch.randn(64, 32) * torch.logspace(-2, 2, 32)
+    assert not torch.equal(wanda_mask(W, _stats(X, 4), 0.5, UNSTRUCTURED), magnitude_mask(W, 0.5, UNSTRUCTURED))
+
+
+@pytest.mark.parametrize("sparsity", [0.25, 0.5, 0.9])
+def test_magnitude_uses_one_threshold_per_matrix(sparsity):
+    torch.manual_seed(3)
+    W = torch.randn(10, 30) * torch.linspace(0.1, 3, 10)[:, None]  # rows of very different scale
+    mask = magnitude_mask(W, sparsity, UNSTRUCTURED)
+    assert torch.equal(mask, brute_force_magnitude(W, sparsity))
+    assert int(mask.sum()) == int(W.numel() * sparsity)
+    assert mask.sum(1).max() - mask.sum(1).min() > 0  # not per-row
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4), (3, 8)])
+def test_nm_groups_have_exactly_n_zeros_and_drop_lowest(n, m):
+    torch.manual_seed(4)
+    W = torch.randn(6, 32)
+    X = torch.randn(48, 32)
+    stats = _stats(X, 3)
+    for mask, scores in (
+        (wanda_mask(W, stats, 0.0, Pattern(n, m)), W.abs() * stats.feature_norm()),
+        (magnitude_mask(W, 0.0, Pattern(n, m)), W.abs()),
+    ):
+        groups = mask.view(6, 32 // m, m)
+        assert (groups.sum(2) == n).all()
+        group_scores = scores.view(6, 32 // m, m)
+        pruned_max = torch.where(groups, group_scores, -torch.inf).amax(2)
+        kept_min = torch.where(~groups, group_scores, torch.inf).amin(2)
+        assert (pruned_max <= kept_min).all()
+
+
+def test_ties_still_prune_exact_counts():
+    scores = torch.zeros(4, 10)
+    scores[:, 7:] = 1.0
+    mask = lowest_per_row(scores, 0.5)
+    assert (mask.sum(1) == 5).all()
+    W = torch.zeros(4, 10)
+    assert int(magnitude_mask(W, 0.3, UNSTRUCTURED).sum()) == 12
+
+
+@pytest.mark.parametrize("text", ["4:2", "2:2", "0:4", "a:b", "2-4", "2:4:8"])
+def test_bad_patterns_are_refused(text):
+    with pytest.raises(ConfigError):
+        parse_pattern(text)
+
+
+def test_patterns_parse():
+    assert parse_pattern("2:4") == Pattern(2, 4)
+    assert parse_pattern("unstructured") == UNSTRUCTURED
+    assert parse_pattern("16:32").sparsity == 0.5
+
+
+def test_nm_needs_divisible_width():
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        magnitude_mask(torch.randn(4, 12), 0.0, Pattern(4, 8))

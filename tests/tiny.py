@@ -1,0 +1,49 @@
+"""Tiny random models built from configs (no downloads) and a character tokenizer for fast tests."""
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+VOCAB = 96
+_SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+FAMILY_CONFIGS = {
+    "llama": _SMALL,
+    "mistral": _SMALL,
+    "qwen2": _SMALL,
+    "qwen3": _SMALL,
+    "gemma": _SMALL,
+    "gemma2": _SMALL,
+    # three layers so both sliding and full attention layers (different masks/rotary) appear
+    "gemma3_text": dict(_SMALL, num_hidden_layers=3, sliding_window=8),
+    "phi3": dict(_SMALL, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "opt": dict(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                word_embed_proj_dim=64, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "gpt2": dict(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2),
+    "gpt_neox": dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, bos_token_id=1, eos_token_id=2),
+}
+
+
+def tiny_model(model_type: str = "llama", seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(model_type, **{**FAMILY_CONFIGS[model_type], **overrides})
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def random_ids(nsamples: int = 6, seqlen: int = 24, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (nsamples, seqlen), generator=generator)
+
+
+class CharTokenizer:
+    """Maps characters to ids; enough of the tokenizer interface for data and eval code."""
+
+    name_or_path = "char-tokenizer"
+
+    def __len__(self):
+        return VOCAB
+
+    def __call__(self, texts, add_special_tokens=False, verbose=False):
+        single = isinstance(texts, str)
+        ids = [[3 + (ord(c) % (VOCAB - 3)) for c in t] for t in ([texts] if single else texts)]
+        return {"input_ids": ids[0] if single else ids}
