@@ -148,8 +148,6 @@ def load_model(
     `quantization` ('8bit' / '4bit') loads through bitsandbytes, for generation and scoring only.
     Remote model code runs only when `trust_remote_code` is explicitly True.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if dtype not in DTYPES:
         raise ModelLoadError(f"Unknown dtype '{dtype}'. Choose one of {sorted(DTYPES)}.")
     notes = []
@@ -179,10 +177,9 @@ def load_model(
                 f"'{spec}' needs custom code from its repository. It runs only if you opt in "
                 f"(--trust-remote-code); read that code first."
             ) from exc
-        if "Unrecognized configuration class" in str(exc) or "Unrecognized model" in str(exc):
+        if "Unrecognized" in str(exc):
             raise UnsupportedModelError(
-                f"'{spec}' is not a causal language model transformers can load "
-                f"(AutoModelForCausalLM refused it): {str(exc).splitlines()[0]}"
+                f"'{spec}' is not a causal language model transformers can load: {str(exc).splitlines()[0]}"
             ) from exc
         raise ModelLoadError(f"Could not load '{spec}': {exc}") from exc
     model.eval()
@@ -192,30 +189,35 @@ def load_model(
 
 
 def _from_pretrained(source: str, local: bool, kwargs: dict):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    def load(**extra):
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **extra)
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, trust_remote_code=kwargs["trust_remote_code"], **extra
-        )
-        return model, tokenizer
-
-    if local:
-        return load()
-    try:  # a cached hub model must load without any network round-trip
-        return load(local_files_only=True)
-    except OSError:
-        pass
-    if not _hub_reachable():
-        raise ModelLoadError(_offline_message(source))
+    remote = {"trust_remote_code": kwargs["trust_remote_code"]}
+    extra = {}
+    if not local:
+        try:  # a cached hub model must load without any network round-trip
+            AutoConfig.from_pretrained(source, local_files_only=True, **remote)
+            extra = {"local_files_only": True}
+        except OSError:
+            if not _hub_reachable():
+                raise ModelLoadError(_offline_message(source)) from None
     try:
-        return load()
+        # The config first: an unsupported architecture is refused before any weights load.
+        config = AutoConfig.from_pretrained(source, **remote, **extra)
+        if config.model_type not in FAMILIES:
+            raise UnsupportedModelError(
+                f"'{source}' is a '{config.model_type}' model, not a decoder-only causal LM of a "
+                f"supported family ({', '.join(sorted({f.label for f in FAMILIES.values()}))})."
+            )
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(source, **remote, **extra)
     except OSError as exc:
+        if not local and not _hub_reachable():
+            raise ModelLoadError(_offline_message(source)) from exc
         raise ModelLoadError(
-            f"Could not fetch '{source}' from the Hugging Face hub: {str(exc).splitlines()[0]} "
-            f"Check the id (e.g. HuggingFaceTB/SmolLM2-135M), or use a local folder."
+            f"Could not load '{source}': {str(exc).splitlines()[0]} "
+            f"{'Check the folder holds the weights and tokenizer files.' if local else 'Check the hub id (e.g. HuggingFaceTB/SmolLM2-135M), or use a local folder.'}"
         ) from exc
+    return model, tokenizer
 
 
 def _bnb_config(quantization: str):

@@ -1,0 +1,111 @@
+"""Integration tests on the bundled SmolLM2-135M (converted once from the registry GGUF)."""
+
+import json
+import threading
+
+import pytest
+import torch
+
+from calib_core import assets
+from calib_core.cli import main as cli_main
+from calib_core.data import build_calibration
+from calib_core.evaluate import perplexity
+from calib_core.models import decoder_blocks, describe_model, load_model, prunable_modules, weight_matrix
+from calib_core.prune import PruneConfig, prune_model
+
+pytestmark = pytest.mark.bundled
+EVAL = dict(seqlen=128, max_windows=6)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def dense_state(bundled):
+    return {k: v.clone() for k, v in bundled.model.state_dict().items()}
+
+
+@pytest.fixture
+def fresh(bundled, dense_state):
+    bundled.model.load_state_dict(dense_state)
+    return bundled
+
+
+def test_bundled_model_is_smollm2(bundled):
+    info = describe_model(bundled.model)
+    assert info["class"] == "LlamaForCausalLM" and info["blocks"] == 30
+    assert abs(info["parameters"] - 134.5e6) < 0.5e6
+    assert info["prunable_modules_per_block"] == [
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    assert any("4-bit" in note for note in bundled.notes)
+
+
+def test_wanda_beats_magnitude_and_both_hurt(fresh):
+    tok = fresh.tokenizer
+    dense = perplexity(fresh.model, tok, "builtin:wiki", **EVAL).ppl
+    assert 5 < dense < 60
+    calib = build_calibration("builtin:wiki", tok, nsamples=4, seqlen=128, seed=0)
+    result = prune_model(fresh.model, calib.input_ids, PruneConfig(method="wanda", sparsity=0.5))
+    assert result.overall_sparsity == pytest.approx(0.5, abs=1e-4)
+    wanda = perplexity(fresh.model, tok, "builtin:wiki", **EVAL).ppl
+    magnitude_model = load_model("smollm2-135m").model
+    prune_model(magnitude_model, None, PruneConfig(method="magnitude", sparsity=0.5))
+    magnitude = perplexity(magnitude_model, tok, "builtin:wiki", **EVAL).ppl
+    assert dense < wanda < magnitude
+
+
+def test_cli_prune_save_report_and_reload(tmp_path, capsys):
+    out, report = tmp_path / "pruned", tmp_path / "report.json"
+    code = cli_main([
+        "prune", "--method", "sparsegpt", "--pattern", "2:4", "--calib", "builtin:news", "--nsamples", "2",
+        "--seqlen", "64", "--eval", "builtin:wiki", "--eval-windows", "2", "--save", str(out), "--report", str(report),
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "block" in printed and "ppl builtin:wiki" in printed
+    record = json.loads(report.read_text())
+    for key in ("config", "versions", "calibration", "overall_sparsity", "blocks", "perplexity", "timings", "memory"):
+        assert key in record
+    assert record["config"]["method"] == "sparsegpt" and record["calibration"]["fingerprint"]
+    assert len(record["blocks"]) == 30 and len(record["blocks"][0]["modules"]) == 7
+    assert record["perplexity"][0]["seqlen"] == 64 and record["perplexity"][0]["windows"] == 2
+    reloaded = load_model(str(out)).model
+    for block in decoder_blocks(reloaded):
+        for module in prunable_modules(block).values():
+            zeros = weight_matrix(module) == 0
+            assert (zeros.view(zeros.shape[0], -1, 4).sum(2) >= 2).all()
+    assert cli_main(["eval", "--model", str(out), "--eval", "builtin:wiki", "--seqlen", "64", "--eval-windows", "2"]) == 0
+
+
+def test_cli_reports_bad_input_without_traceback(capsys):
+    assert cli_main(["prune", "--sparsity", "1.5"]) == 2
+    assert "Sparsity must be in [0, 1)" in capsys.readouterr().err
+    assert cli_main(["prune", "--pattern", "3:2"]) == 2
+    assert cli_main(["prune", "--calib", "file:/nonexistent.txt", "--nsamples", "1", "--seqlen", "8"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_concurrent_first_use_converts_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("CALIB_LAB_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_convert(folder, name, out):
+        calls.append(out)
+        (out / "weights.bin").write_bytes(b"x" * 1000)
+        threading.Event().wait(0.3)  # widen the race window
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(assets, "_convert_gguf", fake_convert)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(assets.bundled_model_dir())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(set(results)) == 1
+    target = results[0]
+    assert (target / "config.json").exists() and (target / "weights.bin").stat().st_size == 1000
+    assert [p.name for p in target.parent.iterdir() if p.name.startswith(".")] == []
