@@ -126,6 +126,11 @@ def _cmd_prune(args) -> int:
         calibration = build_calibration(args.calib, loaded.tokenizer, args.nsamples, args.seqlen, args.seed,
                                         args.mode, args.text_column)
     calib_seconds = time.perf_counter() - t
+    if calibration is not None:
+        from .prune.engine import Pruner
+
+        estimate = Pruner(loaded.model, config).memory_estimate(calibration.nsamples, calibration.seqlen)
+        print(f"memory estimate: {estimate.describe()}", file=sys.stderr)
     bar = tqdm(total=info["blocks"], desc=f"{config.method} {config.pattern if config.parsed_pattern.is_nm else config.sparsity}",
                unit="block", file=sys.stderr)
 

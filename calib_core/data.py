@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import assets, sets
+from . import assets, hub, sets
 from .errors import SourceError
 
 MODES = ("document", "concat")
@@ -99,12 +99,10 @@ def load_documents(spec: str, part: str = "calib", limit: int | None = None, tex
 
 
 def _hf_documents(rest: str, limit: int | None, text_column: str | None) -> list[str]:
-    from .models import _hub_reachable
-
     parts = rest.split(":")
     name, config = parts[0], (parts[1] or None) if len(parts) > 1 else None
     split = parts[2] if len(parts) > 2 and parts[2] else "train"
-    if not _hub_reachable():
+    if not hub.hub_reachable():
         raise SourceError(
             f"Dataset '{name}' streams from the Hugging Face hub, which cannot be reached. Offline, use "
             f"builtin:wiki|news|books|code or a local file:PATH."

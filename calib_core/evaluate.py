@@ -46,7 +46,7 @@ def perplexity(
     spec: str,
     seqlen: int = 512,
     max_windows: int | None = None,
-    batch_size: int = 2,
+    batch_size: int = 1,
     device: str = "auto",
     stream: torch.Tensor | None = None,
 ) -> PerplexityResult:
@@ -68,11 +68,11 @@ def perplexity(
     try:
         with torch.inference_mode():
             for batch in ids.split(batch_size):
-                batch = batch.to(target)
-                logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-                total_nll += float(
-                    F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
-                )
+                logits = model(input_ids=batch.to(target), use_cache=False).logits
+                targets = batch[:, 1:].to(target)
+                for row in range(batch.shape[0]):  # one row at a time: no extra [B*L, vocab] copies
+                    total_nll += float(F.cross_entropy(logits[row, :-1].float(), targets[row], reduction="sum"))
+                del logits
     finally:
         if target != home:
             model.to(home)

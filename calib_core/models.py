@@ -7,16 +7,13 @@ outside the blocks and are never touched.
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
-from . import assets
+from . import assets, hub
 from .errors import InsufficientMemoryError, ModelLoadError, UnsupportedModelError
 
 try:  # GPT-2 style layers store weights transposed ([in, out]).
@@ -118,17 +115,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _offline_message(spec: str) -> str:
     return (
         f"Model '{spec}' is not in the local Hugging Face cache and the hub cannot be reached. "
@@ -198,7 +184,7 @@ def _from_pretrained(source: str, local: bool, kwargs: dict):
             AutoConfig.from_pretrained(source, local_files_only=True, **remote)
             extra = {"local_files_only": True}
         except OSError:
-            if not _hub_reachable():
+            if not hub.hub_reachable():
                 raise ModelLoadError(_offline_message(source)) from None
     try:
         # The config first: an unsupported architecture is refused before any weights load.
@@ -211,7 +197,7 @@ def _from_pretrained(source: str, local: bool, kwargs: dict):
         model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs, **extra)
         tokenizer = AutoTokenizer.from_pretrained(source, **remote, **extra)
     except OSError as exc:
-        if not local and not _hub_reachable():
+        if not local and not hub.hub_reachable():
             raise ModelLoadError(_offline_message(source)) from exc
         raise ModelLoadError(
             f"Could not load '{source}': {str(exc).splitlines()[0]} "

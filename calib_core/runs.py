@@ -65,6 +65,7 @@ def run_record(model_spec: str, model_info: dict, calibration, result, perplexit
         "allocation": asdict(result.allocation) if result and result.allocation else None,
         "blocks": [asdict(b) for b in result.blocks] if result else [],
         "reconstruction_error_tokens": result.config.recon_tokens if result else None,
+        "memory_estimate": result.memory_estimate if result else None,
         "perplexity": [p.as_dict() for p in perplexities],
         "timings": timings,
         "memory": peak_memory(),

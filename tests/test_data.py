@@ -158,6 +158,6 @@ def test_bad_source_specs(spec):
 
 
 def test_hub_dataset_offline_is_explained(monkeypatch):
-    monkeypatch.setattr("calib_core.models._hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr("calib_core.hub.hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(SourceError, match="cannot be reached.*builtin"):
         load_documents("hf:wikitext:wikitext-2-raw-v1:test")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from calib_core import models
+from calib_core import hub, models
 from calib_core.errors import ModelLoadError, UnsupportedModelError
 from calib_core.models import decoder_blocks, describe_model, estimate_memory, family_of, load_model, prunable_modules
 from tests.tiny import FAMILY_CONFIGS, tiny_model
@@ -70,7 +70,7 @@ def test_remote_code_needs_explicit_opt_in(tmp_path):
 
 
 def test_offline_hub_id_fails_fast_with_guidance(monkeypatch):
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     start = time.perf_counter()
     with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache.*smollm2-135m"):
         load_model("someone/not-a-cached-model")

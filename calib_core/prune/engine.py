@@ -51,6 +51,7 @@ class PruneResult:
     seconds: dict[str, float]
     allocation: AllocationEvent | None = None
     calibration_tokens: int = 0
+    memory_estimate: dict | None = None
 
 
 @dataclass
@@ -129,10 +130,18 @@ def capture_block_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int, d
     return BlockInputs(state["hidden"], chunks, extra)
 
 
-def _block_forward(block: nn.Module, inputs: BlockInputs, index: int, out: torch.Tensor) -> None:
+class _StopBlock(Exception):
+    """Raised by a statistics hook once the block's last prunable Linear has seen its input."""
+
+
+def _block_forward(block: nn.Module, inputs: BlockInputs, index: int, out: torch.Tensor | None) -> None:
+    """Run one block over all chunks. A chunk cut short by _StopBlock leaves its rows of `out` unset."""
     for c, chunk in enumerate(inputs.chunks):
         args, kwargs = inputs.extra[index][c]
-        result = block(inputs.hidden[chunk], *args, **kwargs)
+        try:
+            result = block(inputs.hidden[chunk], *args, **kwargs)
+        except _StopBlock:
+            continue
         out[chunk] = result[0] if isinstance(result, tuple) else result
 
 
@@ -141,23 +150,32 @@ def _is_attention(name: str) -> bool:
 
 
 class _StatsHooks:
-    """Forward hooks that feed each prunable module's input into InputStats and keep a small sample
-    of inputs/outputs for the reconstruction error. Linears fed the very same tensor (q/k/v,
-    gate/up) share one statistics object, so e.g. a Hessian is computed once, not three times."""
+    """Forward pre-hooks that feed each prunable module's input into InputStats and keep the first
+    `recon_tokens` input rows for the reconstruction error.
 
-    def __init__(self, modules: dict[str, nn.Module], with_mean: bool, with_hessian: bool, recon_tokens: int):
+    Linears fed the very same tensor (q/k/v, gate/up) share one statistics object, so a Hessian is
+    computed once, not three times. With `stop_early`, once the first chunk has shown the call
+    order, later chunks stop right before the last Linear runs: when the dense outputs are not
+    propagated, nothing after that input is needed, which saves that Linear and the residual add.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], with_mean: bool, with_hessian: bool,
+                 recon_tokens: int, stop_early: bool = False):
         self.stats: dict[str, InputStats] = {}
         self.recon_x: dict[str, torch.Tensor] = {}
-        self.recon_y_sq: dict[str, float] = {}
+        self.order: list[str] = []
         self._last: tuple[torch.Tensor | None, str | None] = (None, None)
         self._recon_tokens = recon_tokens
-        self._handles = [
-            module.register_forward_hook(self._hook(name)) for name, module in modules.items()
-        ]
         self._flags = (with_mean, with_hessian)
+        self._stop_early = stop_early
+        self._calls = 0
+        self._handles = [
+            module.register_forward_pre_hook(self._hook(name)) for name, module in modules.items()
+        ]
+        self._count = len(modules)
 
     def _hook(self, name: str):
-        def hook(module, inputs, output):
+        def hook(module, inputs):
             x = inputs[0]
             last_x, last_name = self._last
             if x is last_x:
@@ -167,19 +185,23 @@ class _StatsHooks:
                     self.stats[name] = InputStats(x.shape[-1], x.device, *self._flags)
                 self.stats[name].add(x, samples=x.shape[0] if x.dim() == 3 else 1)
                 self._last = (x, name)
-            self._keep_recon_sample(name, x, output)
+            self._keep_recon_sample(name, x)
+            self._calls += 1
+            if self._calls <= self._count:
+                self.order.append(name)
+            elif self._stop_early and name == self.order[-1]:
+                self._last = (None, None)
+                raise _StopBlock
 
         return hook
 
-    def _keep_recon_sample(self, name, x, y):
+    def _keep_recon_sample(self, name, x):
         have = self.recon_x[name].shape[0] if name in self.recon_x else 0
         take = self._recon_tokens - have
         if take <= 0:
             return
         x = x.reshape(-1, x.shape[-1])[:take]
-        y = y.reshape(-1, y.shape[-1])[:take]
         self.recon_x[name] = x.clone() if have == 0 else torch.cat([self.recon_x[name], x])
-        self.recon_y_sq[name] = self.recon_y_sq.get(name, 0.0) + float(y.float().square().sum())
 
     def remove(self):
         for handle in self._handles:
@@ -208,15 +230,13 @@ class Pruner:
         cfg = self.cfg
         seconds: dict[str, float] = {}
         start = time.perf_counter()
+        estimate = None
         if calibration is None and cfg.needs_calibration:
             raise ConfigError(f"{cfg.method} needs calibration data; only magnitude pruning runs without.")
         if calibration is not None:
             if calibration.dim() != 2 or calibration.numel() == 0:
                 raise ConfigError("Calibration must be a non-empty [nsamples, seqlen] tensor of token ids.")
-            estimate = estimate_memory(
-                self.model, calibration.shape[0], calibration.shape[1], cfg.method if cfg.method != "owl" else cfg.base,
-                self.device, cfg.batch_size,
-            )
+            estimate = self.memory_estimate(*calibration.shape)
             check_memory(estimate, self.device)
         uniform = [(cfg.target_sparsity, cfg.parsed_pattern)] * len(self.blocks)
         targets, allocation = uniform, None
@@ -240,8 +260,12 @@ class Pruner:
         total = sum(m.shape[0] * m.shape[1] for b in records for m in b.modules)
         return PruneResult(
             cfg, records, zeros / max(total, 1), seconds, allocation,
-            0 if calibration is None else calibration.numel(),
+            0 if calibration is None else calibration.numel(), estimate.as_dict() if estimate else None,
         )
+
+    def memory_estimate(self, nsamples: int, seqlen: int):
+        method = self.cfg.base if self.cfg.method in ("owl", "dsnot") else self.cfg.method
+        return estimate_memory(self.model, nsamples, seqlen, method, self.device, self.cfg.batch_size)
 
     # ------------------------------------------------------------ internals
     def _check_cancel(self):
@@ -271,7 +295,9 @@ class Pruner:
             modules = prunable_modules(block)
             hooks = None
             if inputs is not None:
-                hooks = _StatsHooks(modules, need_mean, need_hessian, cfg.recon_tokens)
+                # Dense outputs are only needed when they, not the pruned ones, feed the next block.
+                hooks = _StatsHooks(modules, need_mean, need_hessian, cfg.recon_tokens,
+                                    stop_early=cfg.propagate == "pruned")
                 try:
                     _block_forward(block, inputs, index, outputs)
                 finally:
@@ -332,7 +358,10 @@ class Pruner:
             delta = original - weight_matrix(module).float()
             x = hooks.recon_x[name].float()
             error = float(torch.linalg.matrix_norm(x @ delta.t()))
-            denom = hooks.recon_y_sq[name] ** 0.5
+            dense_out = x @ original.t()
+            if module.bias is not None:
+                dense_out += module.bias.float()
+            denom = float(torch.linalg.matrix_norm(dense_out))
             rel = error / denom if denom > 0 else None
         return ModuleRecord(
             block=index, name=name, shape=list(W.shape), target_sparsity=sparsity, pattern=str(pattern),

@@ -29,9 +29,7 @@ def sparsegpt_prune(
     mask = torch.zeros_like(W, dtype=torch.bool)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        count = i2 - i1
         W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         d1 = torch.diag(Hinv1)
@@ -44,21 +42,18 @@ def sparsegpt_prune(
             if k:
                 mask1[torch.topk(scores.flatten(), k, largest=False).indices] = True
             mask1 = mask1.view_as(W1)
-        for i in range(count):
-            w = W1[:, i]
-            d = Hinv1[i, i]
+        for i in range(i2 - i1):
             if pattern.is_nm and i % pattern.m == 0 and pattern.n:
                 group = W1[:, i : i + pattern.m].square() / d1[i : i + pattern.m].square().unsqueeze(0)
                 idx = torch.topk(group, pattern.n, dim=1, largest=False).indices
                 mask1.scatter_(1, i + idx, True)
-            q = w.clone()
-            q[mask1[:, i]] = 0
-            err = (w - q) / d
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-            Q1[:, i] = q
+            # err = (w - q) / d with q = w masked; the update turns column i itself into q, so
+            # W1 ends up holding the pruned-and-compensated block (exact zeros are set below).
+            err = W1[:, i] * mask1[:, i] / Hinv1[i, i]
+            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1.0)
             Err1[:, i] = err
-        W[:, i1:i2] = Q1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        W[:, i1:i2] = W1
+        W[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1.0)
         mask[:, i1:i2] = mask1
     W[mask] = 0.0
     return W, mask
