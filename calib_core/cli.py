@@ -59,6 +59,44 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--save", default=None, metavar="DIR", help="save the pruned model (HF folder)")
     prune.add_argument("--report", default=None, metavar="FILE.json")
 
+    calib = sub.add_parser("calib", help="build a calibration set from a source, or self-generate one")
+    _add_model_args(calib)
+    calib.add_argument("--name", required=True, help="save as set:NAME")
+    calib.add_argument("--source", default="builtin:wiki", help="text source (prefixes when --generate)")
+    calib.add_argument("--text-column", default=None)
+    calib.add_argument("--limit", type=int, default=None, help="at most this many documents (plain sets)")
+    calib.add_argument("--generate", action="store_true", help="self-generate from prefixes of --source")
+    calib.add_argument("--quantization", choices=["8bit", "4bit"], default=None,
+                       help="load the generator through bitsandbytes")
+    calib.add_argument("--texts", type=int, default=64)
+    calib.add_argument("--prefix-tokens", type=int, default=2)
+    calib.add_argument("--max-new-tokens", type=int, default=256)
+    calib.add_argument("--temperature", type=float, default=0.6)
+    calib.add_argument("--top-p", type=float, default=0.95)
+    calib.add_argument("--top-k", type=int, default=50)
+    calib.add_argument("--repetition-penalty", type=float, default=1.2)
+    calib.add_argument("--gen-batch-size", type=int, default=8)
+    calib.add_argument("--drop-fraction", type=float, default=0.2, help="drop this highest-ppl fraction")
+    calib.add_argument("--seed", type=int, default=0)
+
+    sets_cmd = sub.add_parser("sets", help="list, delete or export saved calibration sets")
+    sets_cmd.add_argument("action", choices=["list", "delete", "export"])
+    sets_cmd.add_argument("name", nargs="?")
+    sets_cmd.add_argument("--to", default=None, metavar="FILE.jsonl|FILE.parquet")
+
+    similarity = sub.add_parser("similarity", help="Min-K%%++, Min-K%%, ppl, n-gram/JS/embedding similarity per sample")
+    _add_model_args(similarity)
+    similarity.add_argument("--quantization", choices=["8bit", "4bit"], default=None)
+    similarity.add_argument("--sets", nargs="+", required=True, metavar="SOURCE", help="sources or set:NAME to compare")
+    similarity.add_argument("--reference", default=None,
+                            help="reference corpus: a source spec or one of c4, slimpajama, dclm, fineweb-edu, wikipedia")
+    similarity.add_argument("--samples", type=int, default=64, help="texts per set")
+    similarity.add_argument("--k", type=float, default=0.5)
+    similarity.add_argument("--ngram", type=int, default=3)
+    similarity.add_argument("--max-tokens", type=int, default=512, help="tokens per text scored")
+    similarity.add_argument("--seed", type=int, default=0)
+    similarity.add_argument("--out", default=None, metavar="TABLE.csv", help="per-sample table")
+
     evaluate = sub.add_parser("eval", help="perplexity of a (dense or saved pruned) model")
     _add_model_args(evaluate)
     _add_eval_args(evaluate)
@@ -70,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"prune": _cmd_prune, "eval": _cmd_eval}[args.command](args)
+        commands = {"prune": _cmd_prune, "eval": _cmd_eval, "calib": _cmd_calib, "sets": _cmd_sets,
+                    "similarity": _cmd_similarity}
+        return commands[args.command](args)
     except CalibLabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -83,7 +123,8 @@ def _load(args):
     from .models import load_model
 
     t = time.perf_counter()
-    loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                        quantization=getattr(args, "quantization", None))
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
     return loaded, time.perf_counter() - t
@@ -170,6 +211,85 @@ def _cmd_eval(args) -> int:
         record = run_record(args.model, describe_model(loaded.model), None, None, perplexities,
                             {"load_model": load_seconds}, loaded.notes)
         write_json(args.report, record)
+    return 0
+
+
+def _cmd_calib(args) -> int:
+    from . import sets
+    from .data import load_documents
+
+    if not args.generate:
+        docs = load_documents(args.source, part="calib", limit=args.limit, text_column=args.text_column)
+        path = sets.save_set(args.name, [{"text": d} for d in docs], {"kind": "source", "source": args.source})
+        print(f"saved {len(docs)} texts from {args.source} as set:{args.name} ({path})")
+        return 0
+    from tqdm import tqdm
+
+    from .selfgen import GenerationConfig, generate_set, save_generated
+
+    config = GenerationConfig(
+        source=args.source, texts=args.texts, prefix_tokens=args.prefix_tokens, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
+        batch_size=args.gen_batch_size, drop_fraction=args.drop_fraction, seed=args.seed,
+    )
+    config.validate()
+    loaded, _ = _load(args)
+    bar = tqdm(total=config.texts, desc="generating", unit="text", file=sys.stderr)
+
+    def on_event(event):
+        bar.n = event.texts_done
+        bar.set_postfix(tok_s=f"{event.tokens_per_second:.1f}")
+        bar.refresh()
+
+    result = generate_set(loaded.model, loaded.tokenizer, config, on_event, model_name=args.model)
+    bar.close()
+    save_generated(args.name, result)
+    kept = len(result.kept_texts)
+    print(f"saved set:{args.name}: {len(result.records)} texts, {kept} kept "
+          f"(ppl < {result.threshold if result.threshold is None else round(result.threshold, 2)})")
+    return 0
+
+
+def _cmd_sets(args) -> int:
+    from . import sets
+    from .errors import SourceError
+
+    if args.action == "list":
+        for name in sets.list_sets():
+            data = sets.load_set(name)
+            kept = sum(r.get("kept", True) for r in data["records"])
+            print(f"{name}\t{kept}/{len(data['records'])} texts\t{data['metadata'].get('kind', '')}")
+        return 0
+    if not args.name:
+        raise SourceError(f"'sets {args.action}' needs a set name.")
+    if args.action == "delete":
+        sets.delete_set(args.name)
+        print(f"deleted set:{args.name}")
+    else:
+        if not args.to:
+            raise SourceError("'sets export' needs --to FILE.jsonl or FILE.parquet.")
+        print(f"exported to {sets.export_set(args.name, args.to)}")
+    return 0
+
+
+def _cmd_similarity(args) -> int:
+    from .similarity import build_reference, sample_texts, similarity_table
+
+    loaded, _ = _load(args)
+    named = {spec: sample_texts(spec, args.samples, args.seed) for spec in args.sets}
+    reference = None
+    if args.reference:
+        reference = build_reference(args.reference, args.ngram, model=loaded.model, tokenizer=loaded.tokenizer,
+                                    window=args.max_tokens, seed=args.seed)
+    table, summary = similarity_table(loaded.model, loaded.tokenizer, named, reference, args.k, args.max_tokens,
+                                      args.max_tokens)
+    means = table.drop(columns=["sample", "text"]).groupby("set", sort=False).agg(["mean", "std"])
+    print(means.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"(K = {args.k}, {args.max_tokens} tokens per text, window {args.max_tokens}"
+          f"{', reference ' + reference.spec if reference else ''})")
+    if args.out:
+        table.to_csv(args.out, index=False)
+        print(f"per-sample table written to {args.out}")
     return 0
 
 

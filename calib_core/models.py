@@ -239,6 +239,9 @@ def describe_model(model: nn.Module) -> dict:
         "prunable_modules_per_block": list(per_block),
         "hidden_size": hidden_size(model),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "quantized": bool(is_quantized(model)),
+        # bitsandbytes 8-/4-bit loads shrink this; compare it with the fp32/bf16 load of the same model
+        "memory_footprint_bytes": int(model.get_memory_footprint()) if hasattr(model, "get_memory_footprint") else None,
     }
 
 

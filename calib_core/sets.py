@@ -68,3 +68,30 @@ def delete_set(name: str) -> None:
     if not path.exists():
         raise SourceError(f"No saved calibration set '{name}'.")
     path.unlink()
+
+
+def export_set(name: str, path: str | os.PathLike) -> Path:
+    """Write a set's records to .jsonl or .parquet (metadata goes into a .meta.json beside it)."""
+    data = load_set(name)
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".parquet"):
+        raise SourceError(f"Export to .jsonl or .parquet, not '{suffix or path.name}'.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        if suffix == ".jsonl":
+            with open(tmp, "w") as handle:
+                for record in data["records"]:
+                    handle.write(json.dumps(record) + "\n")
+        else:
+            import pandas as pd
+
+            pd.DataFrame(data["records"]).to_parquet(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    path.with_suffix(".meta.json").write_text(json.dumps(data["metadata"], indent=2))
+    return path

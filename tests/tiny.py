@@ -39,6 +39,8 @@ class CharTokenizer:
     """Maps characters to ids; enough of the tokenizer interface for data and eval code."""
 
     name_or_path = "char-tokenizer"
+    pad_token_id = 0
+    eos_token_id = 2
 
     def __len__(self):
         return VOCAB
@@ -47,3 +49,20 @@ class CharTokenizer:
         single = isinstance(texts, str)
         ids = [[3 + (ord(c) % (VOCAB - 3)) for c in t] for t in ([texts] if single else texts)]
         return {"input_ids": ids[0] if single else ids}
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(chr(32 + (int(i) - 3) % 95) if i >= 3 else "" for i in ids)
+
+
+def save_tiny_folder(path, model_type: str = "llama"):
+    """A complete local model folder (weights + a character-level fast tokenizer), no downloads."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{chr(32 + i): 3 + i for i in range(VOCAB - 3)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tiny_model(model_type).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,153 @@
+"""Self-generated calibration data: generate, then filter (paper-notes section 2).
+
+Take the first P tokens of source texts as prefixes, let the model continue them by sampling,
+score every text (prefix included) with the same model, and drop the highest-perplexity fraction.
+The result is an ordinary saved calibration set (`set:NAME`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from . import sets
+from .data import load_documents
+from .errors import ConfigError, SourceError
+from .similarity import _pad_id, perplexity_of, score_token_ids
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    source: str = "builtin:wiki"
+    texts: int = 64
+    prefix_tokens: int = 2  # incl. BOS where the tokenizer adds one
+    max_new_tokens: int = 256  # the paper's 2048 is a GPU setting
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 50
+    repetition_penalty: float = 1.2
+    batch_size: int = 8
+    drop_fraction: float = 0.2  # drop the highest-perplexity fraction
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.texts < 1 or self.prefix_tokens < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ConfigError("texts, prefix_tokens, max_new_tokens and batch_size must be positive.")
+        if not 0 <= self.drop_fraction < 1:
+            raise ConfigError(f"drop_fraction must be in [0, 1), got {self.drop_fraction}.")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
+            raise ConfigError("Need temperature > 0, 0 < top_p <= 1, top_k >= 0, repetition_penalty > 0.")
+
+
+@dataclass
+class GenerationProgress:
+    texts_done: int
+    texts_total: int
+    tokens_per_second: float
+    latest_text: str
+    ppls: list[float] = field(default_factory=list)
+    kind: str = "generation"
+
+
+@dataclass
+class GeneratedSet:
+    records: list[dict]  # text, ppl, kept, prefix
+    threshold: float | None
+    metadata: dict
+    cancelled: bool = False
+
+    @property
+    def kept_texts(self) -> list[str]:
+        return [r["text"] for r in self.records if r["kept"]]
+
+
+def prefixes(tokenizer, docs: list[str], count: int, prefix_tokens: int, seed: int) -> list[list[int]]:
+    """The first P tokens (special tokens included) of `count` seeded-random documents."""
+    rng = random.Random(seed)
+    picked = rng.sample(docs, count) if len(docs) >= count else [rng.choice(docs) for _ in range(count)]
+    out = []
+    for doc in picked:
+        ids = tokenizer(doc, add_special_tokens=True, verbose=False)["input_ids"][:prefix_tokens]
+        if ids:
+            out.append(ids)
+    if not out:
+        raise SourceError("No usable prefixes: the source texts tokenize to nothing.")
+    return out
+
+
+def filter_by_perplexity(ppls: list[float], drop_fraction: float) -> tuple[list[bool], float | None]:
+    """Keep texts with ppl strictly below the (1 - drop) percentile (numpy's linear definition)."""
+    if drop_fraction == 0 or not ppls:
+        return [True] * len(ppls), None
+    threshold = float(np.percentile(np.asarray(ppls, dtype=np.float64), 100 * (1 - drop_fraction)))
+    return [p < threshold for p in ppls], threshold
+
+
+def generate_set(model, tokenizer, config: GenerationConfig, on_event=None, cancel=None,
+                 model_name: str = "") -> GeneratedSet:
+    """Generate, score and filter. A cancel keeps (and scores) what was generated so far."""
+    config.validate()
+    emit = on_event or (lambda event: None)
+    docs = load_documents(config.source, part="calib")
+    prompts = prefixes(tokenizer, docs, config.texts, config.prefix_tokens, config.seed)
+    pad = _pad_id(tokenizer)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    device = next(model.parameters()).device
+    generated: list[list[int]] = []
+    started, new_tokens, cancelled = time.perf_counter(), 0, False
+    torch.manual_seed(config.seed)
+    for start in range(0, len(prompts), config.batch_size):
+        if cancel is not None and cancel.is_set():
+            cancelled = True
+            break
+        batch = prompts[start : start + config.batch_size]
+        width = max(len(p) for p in batch)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(batch):  # left padding: generation continues at the right edge
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            mask[row, width - len(ids):] = 1
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=True,
+                temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                repetition_penalty=config.repetition_penalty, max_new_tokens=config.max_new_tokens,
+                pad_token_id=pad, use_cache=True,
+            )
+        for row, ids in enumerate(batch):
+            continuation = out[row, width:].tolist()
+            if eos is not None and eos in continuation:
+                continuation = continuation[: continuation.index(eos)]
+            generated.append(ids + continuation)
+            new_tokens += len(continuation)
+        emit(GenerationProgress(len(generated), len(prompts), new_tokens / (time.perf_counter() - started),
+                                tokenizer.decode(generated[-1], skip_special_tokens=True)))
+    scorable = [g for g in generated if len(g) >= 2]
+    ppls = []
+    if scorable:  # each text in one window: ppl over the whole text, prefix included
+        longest = max(len(g) for g in scorable)
+        ppls = [perplexity_of(s) for s in score_token_ids(model, scorable, window=longest, pad_id=pad)]
+    kept, threshold = filter_by_perplexity(ppls, config.drop_fraction)
+    records = [
+        {"text": tokenizer.decode(ids, skip_special_tokens=True), "ppl": ppl, "kept": keep,
+         "prefix": tokenizer.decode(ids[: config.prefix_tokens], skip_special_tokens=True), "tokens": len(ids)}
+        for ids, ppl, keep in zip(scorable, ppls, kept)
+    ]
+    emit(GenerationProgress(len(generated), len(prompts), new_tokens / max(time.perf_counter() - started, 1e-9),
+                            records[-1]["text"] if records else "", ppls))
+    from .runs import environment_versions
+
+    metadata = {
+        "kind": "self-generated", "generator": model_name, "config": asdict(config), "filter_threshold": threshold,
+        "seconds": time.perf_counter() - started, "new_tokens": new_tokens, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": str(device), "versions": environment_versions(), "cancelled": cancelled,
+    }
+    return GeneratedSet(records, threshold, metadata, cancelled)
+
+
+def save_generated(name: str, result: GeneratedSet):
+    return sets.save_set(name, result.records, result.metadata)

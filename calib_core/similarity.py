@@ -1,0 +1,225 @@
+"""How training-like is a text? (paper-notes section 3)
+
+Model-based, from one forward pass per window: Min-K%++ (Zhang et al. 2024), Min-K%, perplexity
+and a mean-pooled hidden-state embedding. Model-free: n-gram overlap and unigram Jensen-Shannon
+divergence against a reference corpus. Long texts are scored in windows whose length is recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .data import load_documents
+from .errors import SourceError
+
+# Online samples of real pretraining corpora (streamed; offline they fail with a clear message).
+REFERENCE_CORPORA = {
+    "c4": "hf:allenai/c4:en:train",
+    "slimpajama": "hf:DKYoon/SlimPajama-6B::train",
+    "dclm": "hf:mlfoundations/dclm-baseline-1.0::train",
+    "fineweb-edu": "hf:HuggingFaceFW/fineweb-edu:sample-10BT:train",
+    "wikipedia": "hf:wikimedia/wikipedia:20231101.en:train",
+}
+_WORD = re.compile(r"\w+")
+
+
+@dataclass
+class TokenScores:
+    """Per predicted position t >= 2 of one text: log p(x_t), and mu_t, sigma_t of log p."""
+
+    logp: torch.Tensor
+    mu: torch.Tensor
+    sigma: torch.Tensor
+    embedding: torch.Tensor  # mean of last-layer hidden states over the text's tokens
+
+    @property
+    def z(self) -> torch.Tensor:
+        return (self.logp - self.mu) / self.sigma.clamp_min(1e-12)
+
+
+def min_k(values: torch.Tensor, k: float) -> float:
+    """Mean of the floor(k * n) smallest values (at least one)."""
+    count = max(1, int(math.floor(k * values.numel())))
+    return float(torch.topk(values.double(), count, largest=False).values.mean())
+
+
+def score_token_ids(model, sequences: list[list[int]], window: int = 512, batch_size: int = 4,
+                    pad_id: int = 0) -> list[TokenScores]:
+    """Score token sequences in batches of right-padded windows (causal attention makes the padding
+    invisible to real tokens). A text longer than `window` is split into consecutive windows."""
+    pieces = []  # (text index, window ids)
+    for index, ids in enumerate(sequences):
+        if len(ids) < 2:
+            raise SourceError(f"Text {index} has {len(ids)} token(s); scoring needs at least 2.")
+        for start in range(0, len(ids), window):
+            chunk = ids[start : start + window]
+            if len(chunk) >= 2:
+                pieces.append((index, chunk))
+    # Similar lengths together: less padding, and results do not depend on the batch.
+    order = sorted(range(len(pieces)), key=lambda i: len(pieces[i][1]))
+    parts: dict[int, list[tuple]] = {}
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            batch = [pieces[i] for i in order[b : b + batch_size]]
+            width = max(len(ids) for _, ids in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, (_, ids) in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                mask[row, : len(ids)] = 1
+            out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                        use_cache=False, output_hidden_states=True)
+            hidden = out.hidden_states[-1].float()
+            for row, (index, ids) in enumerate(batch):
+                n = len(ids)
+                logprobs = F.log_softmax(out.logits[row, : n - 1].float(), dim=-1)
+                probs = logprobs.exp()
+                mu = (probs * logprobs).sum(-1)
+                sigma = ((probs * logprobs.square()).sum(-1) - mu.square()).clamp_min(0).sqrt()
+                target = torch.tensor(ids[1:], device=logprobs.device)
+                logp = logprobs.gather(1, target[:, None]).squeeze(1)
+                parts.setdefault(index, []).append(
+                    (order[b + row], logp.cpu(), mu.cpu(), sigma.cpu(), hidden[row, :n].sum(0).cpu(), n)
+                )
+    results = []
+    for index in range(len(sequences)):
+        chunks = sorted(parts[index])  # back in window order
+        tokens = sum(c[5] for c in chunks)
+        results.append(TokenScores(
+            torch.cat([c[1] for c in chunks]), torch.cat([c[2] for c in chunks]),
+            torch.cat([c[3] for c in chunks]), sum(c[4] for c in chunks) / tokens,
+        ))
+    return results
+
+
+def perplexity_of(scores: TokenScores) -> float:
+    return float(torch.exp(-scores.logp.double().mean()))
+
+
+# ---------------------------------------------------------------- model-free measures
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def ngrams(tokens: list[str], n: int) -> list[tuple]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+@dataclass
+class Reference:
+    """A reference corpus digested once: its n-gram set, unigram counts and embedding centroid."""
+
+    spec: str
+    n: int
+    ngram_set: set = field(repr=False)
+    unigrams: Counter = field(repr=False)
+    centroid: torch.Tensor | None = field(default=None, repr=False)
+    documents: int = 0
+
+
+def build_reference(spec: str, n: int = 3, max_docs: int = 2000, max_words: int = 2_000_000,
+                    model=None, tokenizer=None, embed_samples: int = 32, window: int = 512, seed: int = 0) -> Reference:
+    if n < 1:
+        raise SourceError("n-gram order must be at least 1.")
+    spec = REFERENCE_CORPORA.get(spec, spec)
+    docs = load_documents(spec, part="calib", limit=max_docs)
+    grams, unigrams, seen = set(), Counter(), 0
+    for doc in docs:
+        tokens = words(doc)[: max_words - seen]
+        grams.update(ngrams(tokens, n))
+        unigrams.update(tokens)
+        seen += len(tokens)
+        if seen >= max_words:
+            break
+    centroid = None
+    if model is not None:
+        rng = random.Random(seed)
+        picked = rng.sample(docs, min(embed_samples, len(docs)))
+        ids = [tokenizer(d, add_special_tokens=False, verbose=False)["input_ids"][:window] for d in picked]
+        scored = score_token_ids(model, [i for i in ids if len(i) >= 2], window, pad_id=_pad_id(tokenizer))
+        centroid = torch.stack([s.embedding for s in scored]).mean(0)
+    return Reference(spec, n, grams, unigrams, centroid, len(docs))
+
+
+def ngram_overlap(text: str, reference: Reference) -> float:
+    """Fraction of the text's word n-grams that occur in the reference corpus."""
+    grams = ngrams(words(text), reference.n)
+    return sum(g in reference.ngram_set for g in grams) / len(grams) if grams else float("nan")
+
+
+def js_divergence(p_counts: Counter, q_counts: Counter) -> float:
+    """Jensen-Shannon divergence (natural log) of two unigram distributions: 0 .. ln 2."""
+    p_total, q_total = sum(p_counts.values()), sum(q_counts.values())
+    if not p_total or not q_total:
+        return float("nan")
+    js = 0.0
+    for word in set(p_counts) | set(q_counts):
+        p = p_counts.get(word, 0) / p_total
+        q = q_counts.get(word, 0) / q_total
+        m = (p + q) / 2
+        if p:
+            js += 0.5 * p * math.log(p / m)
+        if q:
+            js += 0.5 * q * math.log(q / m)
+    return js
+
+
+def _pad_id(tokenizer) -> int:
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+# ---------------------------------------------------------------- per-set tables
+
+
+def sample_texts(spec: str, count: int, seed: int = 0, part: str = "calib") -> list[str]:
+    """`count` documents of a source drawn with a seeded RNG (all of them if fewer)."""
+    docs = load_documents(spec, part=part)
+    if len(docs) <= count:
+        return docs
+    return random.Random(seed).sample(docs, count)
+
+
+def similarity_table(model, tokenizer, named_texts: dict[str, list[str]], reference: Reference | None = None,
+                     k: float = 0.5, max_tokens: int = 512, window: int = 512, batch_size: int = 4):
+    """Per-sample scores for several sets -> (per-sample DataFrame, per-set summary DataFrame)."""
+    import pandas as pd
+
+    if not 0 < k <= 1:
+        raise SourceError(f"K must be in (0, 1], got {k}.")
+    rows = []
+    for set_name, texts in named_texts.items():
+        ids = [tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"][:max_tokens] for t in texts]
+        keep = [i for i, x in enumerate(ids) if len(x) >= 2]
+        scored = score_token_ids(model, [ids[i] for i in keep], window, batch_size, _pad_id(tokenizer))
+        for i, s in zip(keep, scored):
+            text = tokenizer.decode(ids[i]) if hasattr(tokenizer, "decode") else texts[i]
+            row = {
+                "set": set_name, "sample": i, "tokens": len(ids[i]), "text": text,
+                "min_k_pp": min_k(s.z, k), "min_k": min_k(s.logp, k), "ppl": perplexity_of(s),
+            }
+            if reference is not None:
+                row["ngram_overlap"] = ngram_overlap(text, reference)
+                row["js_divergence"] = js_divergence(Counter(words(text)), reference.unigrams)
+                if reference.centroid is not None:
+                    row["embedding_cosine"] = float(F.cosine_similarity(s.embedding, reference.centroid, dim=0))
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    metrics = [c for c in table.columns if c not in ("set", "sample", "tokens", "text")]
+    summary = table.groupby("set", sort=False)[metrics].describe(percentiles=[0.25, 0.5, 0.75])
+    table.attrs.update({"k": k, "max_tokens": max_tokens, "window": window,
+                        "reference": reference.spec if reference else None})
+    return table, summary

@@ -1,0 +1,159 @@
+"""Self-generation, similarity scores and quantized loading on tiny models."""
+
+import math
+import threading
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from calib_core import sets
+from calib_core.errors import ConfigError
+from calib_core.models import load_model
+from calib_core.prune import PruneConfig, prune_model
+from calib_core.selfgen import GenerationConfig, filter_by_perplexity, generate_set, save_generated
+from calib_core.similarity import (Reference, js_divergence, min_k, ngram_overlap, ngrams, score_token_ids,
+                                   similarity_table, words)
+from tests.tiny import CharTokenizer, random_ids, save_tiny_folder, tiny_model
+
+TOK = CharTokenizer()
+
+
+def brute_force_scores(model, ids, k):
+    """Min-K%++ and Min-K% from the full log-softmax of one unpadded forward, in float64."""
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].double()
+    logp_all = F.log_softmax(logits, dim=-1)
+    p = logp_all.exp()
+    mu = (p * logp_all).sum(-1)
+    sigma = torch.sqrt((p * logp_all**2).sum(-1) - mu**2)
+    target = logp_all[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    z = (target - mu) / sigma
+    count = int(math.floor(k * (len(ids) - 1)))
+    return float(torch.sort(z)[0][:count].mean()), float(torch.sort(target)[0][:count].mean())
+
+
+def test_min_k_scores_match_brute_force_and_ignore_batching():
+    model = tiny_model("llama")
+    texts = [random_ids(1, n, seed=n)[0].tolist() for n in (9, 30, 17, 30)]
+    alone = [score_token_ids(model, [t], window=64)[0] for t in texts]
+    together = score_token_ids(model, texts, window=64, batch_size=3)
+    for ids, a, b in zip(texts, alone, together):
+        expected_pp, expected_k = brute_force_scores(model, ids, 0.5)
+        assert min_k(a.z, 0.5) == pytest.approx(expected_pp, abs=1e-4)
+        assert min_k(a.logp, 0.5) == pytest.approx(expected_k, abs=1e-4)
+        # Same text, different batch and padding: equal up to float32 matmul rounding. z divides
+        # by sigma, which is tiny (~0.1) for this near-uniform random model, hence its looser bound.
+        assert torch.allclose(a.logp, b.logp, atol=1e-5) and torch.allclose(a.embedding, b.embedding, atol=1e-5)
+        assert torch.allclose(a.z, b.z, atol=1e-3)
+
+
+def test_long_texts_are_scored_in_windows():
+    model = tiny_model("llama")
+    ids = random_ids(1, 50)[0].tolist()
+    scores = score_token_ids(model, [ids], window=20)[0]
+    assert scores.logp.numel() == 19 + 19 + 9  # three windows, each predicting len - 1 tokens
+
+
+@pytest.mark.parametrize("drop", [0.2, 0.5, 0.0])
+def test_filter_keeps_exactly_texts_below_percentile(drop):
+    ppls = [12.0, 3.0, 50.0, 7.5, 9.1, 30.0, 4.4, 18.0, 22.0, 5.0]
+    kept, threshold = filter_by_perplexity(ppls, drop)
+    if drop == 0:
+        assert all(kept) and threshold is None
+        return
+    ordered = sorted(ppls)
+    assert kept == [p < threshold for p in ppls]
+    assert sum(kept) == round(len(ppls) * (1 - drop))
+    assert max(p for p, k in zip(ppls, kept) if k) < min(p for p, k in zip(ppls, kept) if not k)
+    assert ordered[sum(kept) - 1] < threshold <= ordered[sum(kept)]
+
+
+def _gen(model, seed, cancel=None, events=None):
+    config = GenerationConfig(source="builtin:wiki", texts=6, prefix_tokens=2, max_new_tokens=12, batch_size=4, seed=seed)
+    return generate_set(model, TOK, config, on_event=(events.append if events is not None else None), cancel=cancel,
+                        model_name="tiny")
+
+
+def test_generation_is_seeded_and_filtered():
+    model = tiny_model("llama")
+    events = []
+    first, again, other = _gen(model, 0, events=events), _gen(model, 0), _gen(model, 1)
+    assert [r["text"] for r in first.records] == [r["text"] for r in again.records]
+    assert [r["text"] for r in first.records] != [r["text"] for r in other.records]
+    assert len(first.records) == 6 and sum(r["kept"] for r in first.records) == 4
+    # with 6 texts the 80th percentile is exactly the 5th smallest ppl; "ppl < threshold" keeps 4
+    assert all(r["tokens"] > 2 for r in first.records)
+    assert events[0].texts_done == 4 and events[-1].texts_done == 6 and len(events[-1].ppls) == 6
+    assert first.metadata["config"]["temperature"] == 0.6 and first.metadata["filter_threshold"] is not None
+    save_generated("tiny-gen", first)
+    assert sets.set_texts("tiny-gen") == first.kept_texts
+
+
+def test_generation_cancel_keeps_what_was_generated():
+    model = tiny_model("llama")
+
+    class AfterFirstBatch:
+        def __init__(self):
+            self.batches = 0
+
+        def is_set(self):
+            self.batches += 1
+            return self.batches > 1
+
+    result = _gen(model, 0, cancel=AfterFirstBatch())
+    assert result.cancelled and len(result.records) == 4
+
+
+def test_generation_config_is_validated():
+    with pytest.raises(ConfigError):
+        GenerationConfig(drop_fraction=1.0).validate()
+    with pytest.raises(ConfigError):
+        GenerationConfig(temperature=0).validate()
+
+
+def test_ngram_overlap_and_js_on_hand_made_texts():
+    text = "the cat sat on the mat while the dog slept"
+    same = Reference("hand", 3, set(ngrams(words(text), 3)), Counter(words(text)))
+    other = "quantum chromodynamics binds quarks strongly inside hadrons"
+    disjoint = Reference("hand", 3, set(ngrams(words(other), 3)), Counter(words(other)))
+    assert ngram_overlap(text, same) == 1.0 and ngram_overlap(text, disjoint) == 0.0
+    assert js_divergence(Counter(words(text)), same.unigrams) == pytest.approx(0.0, abs=1e-12)
+    assert js_divergence(Counter(words(text)), disjoint.unigrams) == pytest.approx(math.log(2))
+    half = Counter({"a": 1, "b": 1})
+    assert 0 < js_divergence(half, Counter({"a": 1})) < math.log(2)
+
+
+def test_similarity_table_and_embedding_cosine():
+    model = tiny_model("llama")
+    texts = {"alpha": ["the quick brown fox jumps " * 3, "over the lazy dog " * 4],
+             "beta": ["lorem ipsum dolor sit amet " * 3]}
+    reference = Reference("self", 2, set(), Counter(words(texts["alpha"][0])))
+    scored = score_token_ids(model, [TOK(texts["beta"][0])["input_ids"]], window=512)[0]
+    reference.centroid = scored.embedding
+    table, summary = similarity_table(model, TOK, texts, reference, k=0.5, max_tokens=128)
+    assert list(table["set"]) == ["alpha", "alpha", "beta"]
+    assert table.loc[table["set"] == "beta", "embedding_cosine"].iloc[0] == pytest.approx(1.0, abs=1e-5)
+    assert {"min_k_pp", "min_k", "ppl", "ngram_overlap", "js_divergence"} <= set(table.columns)
+    assert summary.loc["alpha", ("min_k_pp", "count")] == 2
+    assert table.attrs["k"] == 0.5 and table.attrs["window"] == 512
+
+
+def test_quantized_model_scores_and_generates_but_is_not_pruned(tmp_path):
+    folder = save_tiny_folder(tmp_path / "tiny")
+    quantized = load_model(str(folder), quantization="8bit")
+    scores = score_token_ids(quantized.model, [random_ids(1, 12)[0].tolist()], window=64)[0]
+    assert torch.isfinite(scores.z).all()
+    with pytest.raises(ConfigError, match="quantized"):
+        prune_model(quantized.model, random_ids(2, 8), PruneConfig())
+
+
+def test_quantized_load_reports_smaller_footprint(tmp_path):
+    from calib_core.models import describe_model
+
+    folder = save_tiny_folder(tmp_path / "tiny", "llama")
+    full = describe_model(load_model(str(folder)).model)
+    four_bit = describe_model(load_model(str(folder), quantization="4bit").model)
+    assert four_bit["quantized"] and not full["quantized"]
+    assert four_bit["memory_footprint_bytes"] < full["memory_footprint_bytes"]
