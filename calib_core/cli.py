@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     similarity.add_argument("--seed", type=int, default=0)
     similarity.add_argument("--out", default=None, metavar="TABLE.csv", help="per-sample table")
 
+    runs = sub.add_parser("runs", help="list recorded pruning runs")
+    runs.add_argument("--show", type=int, default=None, metavar="ID", help="print one run's full record")
+
     evaluate = sub.add_parser("eval", help="perplexity of a (dense or saved pruned) model")
     _add_model_args(evaluate)
     _add_eval_args(evaluate)
@@ -109,7 +112,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"prune": _cmd_prune, "eval": _cmd_eval, "calib": _cmd_calib, "sets": _cmd_sets,
-                    "similarity": _cmd_similarity}
+                    "similarity": _cmd_similarity, "runs": _cmd_runs}
         return commands[args.command](args)
     except CalibLabError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -147,10 +150,9 @@ def _perplexities(args, loaded, seqlen):
 def _cmd_prune(args) -> int:
     from tqdm import tqdm
 
-    from .data import build_calibration
-    from .models import describe_model
-    from .prune import PruneConfig, prune_model
-    from .runs import run_record, write_json
+    from .pipeline import PruneJob, run_prune_job
+    from .prune import PruneConfig
+    from .runs import write_json
 
     config = PruneConfig(
         method=args.method, sparsity=args.sparsity, pattern=args.pattern, base=args.base,
@@ -159,42 +161,39 @@ def _cmd_prune(args) -> int:
         dsnot_sublayers=args.dsnot_sublayers, owl_m=args.owl_m, owl_lambda=args.owl_lambda,
         propagate=args.propagate, batch_size=args.batch_size, recon_tokens=args.recon_tokens, device=args.device,
     ).resolved()  # fail on a bad config before loading anything
-    loaded, load_seconds = _load(args)
-    info = describe_model(loaded.model)
-    calibration = None
-    t = time.perf_counter()
-    if config.needs_calibration or args.calib:
-        calibration = build_calibration(args.calib, loaded.tokenizer, args.nsamples, args.seqlen, args.seed,
-                                        args.mode, args.text_column)
-    calib_seconds = time.perf_counter() - t
-    if calibration is not None:
-        from .prune.engine import Pruner
-
-        estimate = Pruner(loaded.model, config).memory_estimate(calibration.nsamples, calibration.seqlen)
-        print(f"memory estimate: {estimate.describe()}", file=sys.stderr)
-    bar = tqdm(total=info["blocks"], desc=f"{config.method} {config.pattern if config.parsed_pattern.is_nm else config.sparsity}",
-               unit="block", file=sys.stderr)
+    job = PruneJob(
+        model=args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+        calib=args.calib if config.needs_calibration or args.calib else None, nsamples=args.nsamples,
+        seqlen=args.seqlen, seed=args.seed, mode=args.mode, text_column=args.text_column, config=config,
+        eval=[] if args.no_eval else (args.eval or DEFAULT_EVAL), eval_seqlen=args.eval_seqlen,
+        eval_windows=args.eval_windows, save=args.save,
+    )
+    label = f"{config.method} {config.pattern if config.parsed_pattern.is_nm else config.sparsity}"
+    bar = None
+    blocks = []
 
     def on_event(event):
-        if event.kind == "block":
+        nonlocal bar
+        if event.kind == "pipeline":
+            if event.stage == "ppl":
+                print(event.message)
+            elif event.stage in ("load", "estimate", "run", "saved"):
+                print(f"{event.stage}: {event.message}", file=sys.stderr)
+        elif event.kind == "block":
+            blocks.append(event)
             bar.update(1)
             bar.set_postfix(sparsity=f"{event.sparsity:.3f}")
-        elif event.kind == "stage" and event.stage == "outlier_scan":
+        elif event.kind == "stage" and bar is None:
+            bar = tqdm(total=event.total, desc=label, unit="block", file=sys.stderr)
+        if event.kind == "stage" and event.stage == "outlier_scan":
             bar.set_description(f"OWL outlier scan {event.step}/{event.total}")
+        elif event.kind == "stage" and event.stage == "prune" and event.step == event.total:
+            bar.close()
+            print(block_table(blocks))
 
-    result = prune_model(loaded.model, calibration.input_ids if calibration else None, config, on_event)
-    bar.close()
-    print(block_table(result))
-    print(f"overall sparsity {result.overall_sparsity:.4f}; prune {result.seconds['total']:.1f} s")
-    perplexities = _perplexities(args, loaded, args.seqlen)
-    timings = {"load_model": load_seconds, "calibration": calib_seconds, **{f"prune_{k}": v for k, v in result.seconds.items()},
-               "eval": sum(p.seconds for p in perplexities)}
-    record = run_record(args.model, info, calibration, result, perplexities, timings, loaded.notes)
-    if args.save:
-        loaded.model.save_pretrained(args.save)
-        loaded.tokenizer.save_pretrained(args.save)
-        write_json(f"{args.save}/calib_lab_report.json", record)
-        print(f"saved pruned model to {args.save}")
+    record = run_prune_job(job, on_event)
+    print(f"overall sparsity {record['overall_sparsity']:.4f}; prune {record['timings']['prune_total']:.1f} s; "
+          f"recorded as run {record['run_id']}")
     if args.report:
         write_json(args.report, record)
         print(f"report written to {args.report}")
@@ -293,10 +292,31 @@ def _cmd_similarity(args) -> int:
     return 0
 
 
-def block_table(result) -> str:
+def _cmd_runs(args) -> int:
+    import json
+
+    from .runs import RunStore
+
+    store = RunStore()
+    if args.show is not None:
+        try:
+            print(json.dumps(store.get(args.show), indent=2))
+        except KeyError as exc:
+            print(f"error: {exc.args[0]}", file=sys.stderr)
+            return 2
+        return 0
+    print(f"{'id':>4} {'status':<11} {'created':<19} {'model':<16} {'method':<10} {'sparsity':<8} ppl")
+    for run in store.list():
+        ppl = ", ".join(f"{p['ppl']:.2f}" for p in (run["record"] or {}).get("perplexity", []))
+        print(f"{run['id']:>4} {run['status']:<11} {run['created']:<19} {str(run['model'])[:16]:<16} "
+              f"{str(run['method']):<10} {str(run['sparsity']):<8} {ppl}")
+    return 0
+
+
+def block_table(blocks) -> str:
     """Per-block summary: target vs achieved sparsity, OWL outlier ratio, worst module error, time."""
     lines = [f"{'block':>5} {'target':>7} {'pattern':>12} {'achieved':>8} {'outlier%':>8} {'max rel err':>11} {'sec':>6}"]
-    for b in result.blocks:
+    for b in blocks:
         errors = [m.rel_recon_error for m in b.modules if m.rel_recon_error is not None]
         lines.append(
             f"{b.index:>5} {b.target_sparsity:>7.3f} {b.pattern:>12} {b.sparsity:>8.4f} "

@@ -102,10 +102,6 @@ class LoadedModel:
     family: Family
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def name(self) -> str:
-        return self.spec
-
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
@@ -169,9 +165,8 @@ def load_model(
             ) from exc
         raise ModelLoadError(f"Could not load '{spec}': {exc}") from exc
     model.eval()
-    family = family_of(model)
     decoder_blocks(model)  # fail now, not mid-run, if the blocks are not where we expect
-    return LoadedModel(model, tokenizer, spec, source, family, notes)
+    return LoadedModel(model, tokenizer, spec, source, family_of(model), notes)
 
 
 def _from_pretrained(source: str, local: bool, kwargs: dict):

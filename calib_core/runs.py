@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -80,3 +81,87 @@ def write_json(path: str | os.PathLike, record: dict) -> None:
     with os.fdopen(fd, "w") as handle:
         json.dump(record, handle, indent=2)
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- the run store
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    status TEXT NOT NULL,          -- running | finished | failed | cancelled | interrupted
+    pid INTEGER,
+    model TEXT,
+    method TEXT,
+    sparsity TEXT,
+    calibration TEXT,
+    config TEXT,                   -- JSON
+    record TEXT,                   -- JSON report once finished (or partial on failure)
+    error TEXT
+)
+"""
+
+
+class RunStore:
+    """Run records in SQLite under the user data dir. Every write is one short transaction in WAL
+    mode, so a killed process leaves the store readable; a run whose process died is marked
+    'interrupted' the next time the store is opened."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        from .paths import data_dir
+
+        self.path = Path(path) if path else data_dir() / "runs.sqlite"
+        self._connect = lambda: sqlite3.connect(self.path, timeout=30)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+        self.mark_interrupted()
+
+    def start(self, model: str, config: dict, calibration: str | None) -> int:
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        sparsity = config.get("pattern") if ":" in str(config.get("pattern")) else str(config.get("sparsity"))
+        with self._connect() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (created, updated, status, pid, model, method, sparsity, calibration, config) "
+                "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                (now, now, os.getpid(), model, config.get("method"), sparsity, calibration, json.dumps(config)),
+            )
+            return int(cursor.lastrowid)
+
+    def finish(self, run_id: int, status: str, record: dict | None = None, error: str | None = None) -> None:
+        if status not in ("finished", "failed", "cancelled"):
+            raise ValueError(f"Unknown final status '{status}'.")
+        with self._connect() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, updated = ?, record = ?, error = ? WHERE id = ?",
+                (status, time.strftime("%Y-%m-%dT%H:%M:%S"), json.dumps(record) if record else None, error, run_id),
+            )
+
+    def mark_interrupted(self) -> int:
+        """Runs still 'running' whose process is gone were killed: say so."""
+        import psutil
+
+        with self._connect() as db:
+            rows = db.execute("SELECT id, pid FROM runs WHERE status = 'running'").fetchall()
+            dead = [run_id for run_id, pid in rows if not pid or not psutil.pid_exists(pid)]
+            db.executemany("UPDATE runs SET status = 'interrupted' WHERE id = ?", [(r,) for r in dead])
+        return len(dead)
+
+    def get(self, run_id: int) -> dict:
+        runs = self.list(where="id = ?", params=(run_id,))
+        if not runs:
+            raise KeyError(f"No run {run_id}.")
+        return runs[0]
+
+    def list(self, where: str = "1 = 1", params: tuple = ()) -> list[dict]:
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute(f"SELECT * FROM runs WHERE {where} ORDER BY id", params).fetchall()
+        out = []
+        for row in rows:
+            item = dict(row)
+            for key in ("config", "record"):
+                item[key] = json.loads(item[key]) if item[key] else None
+            out.append(item)
+        return out

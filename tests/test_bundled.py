@@ -77,6 +77,10 @@ def test_cli_prune_save_report_and_reload(tmp_path, capsys):
         for module in prunable_modules(block).values():
             zeros = weight_matrix(module) == 0
             assert (zeros.view(zeros.shape[0], -1, 4).sum(2) >= 2).all()
+    from calib_core.runs import RunStore
+
+    runs = RunStore().list()
+    assert runs[-1]["status"] == "finished" and runs[-1]["record"]["overall_sparsity"] == record["overall_sparsity"]
     assert cli_main(["eval", "--model", str(out), "--eval", "builtin:wiki", "--seqlen", "64", "--eval-windows", "2"]) == 0
 
 

@@ -50,7 +50,6 @@ class PruneResult:
     overall_sparsity: float
     seconds: dict[str, float]
     allocation: AllocationEvent | None = None
-    calibration_tokens: int = 0
     memory_estimate: dict | None = None
 
 
@@ -260,7 +259,7 @@ class Pruner:
         total = sum(m.shape[0] * m.shape[1] for b in records for m in b.modules)
         return PruneResult(
             cfg, records, zeros / max(total, 1), seconds, allocation,
-            0 if calibration is None else calibration.numel(), estimate.as_dict() if estimate else None,
+            estimate.as_dict() if estimate else None,
         )
 
     def memory_estimate(self, nsamples: int, seqlen: int):
@@ -288,6 +287,7 @@ class Pruner:
         need_hessian = base == "sparsegpt"
         outputs = torch.empty_like(inputs.hidden) if inputs is not None else None
         records = []
+        self.emit(StageEvent("prune", 0, len(self.blocks), 0.0))
         for index, block in enumerate(self.blocks):
             t_block = time.perf_counter()
             self._check_cancel()

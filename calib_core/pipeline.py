@@ -1,0 +1,100 @@
+"""One pruning run end to end: load -> calibration samples -> prune -> perplexity -> run record.
+The CLI and the app both drive this, so a run means the same thing everywhere."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+from . import assets
+from .errors import PruningCancelled
+from .prune import PruneConfig
+
+
+@dataclass
+class PruneJob:
+    model: str = assets.DEFAULT_MODEL
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    calib: str | None = "builtin:wiki"
+    nsamples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+    mode: str = "document"
+    text_column: str | None = None
+    config: PruneConfig = field(default_factory=PruneConfig)
+    eval: list[str] = field(default_factory=lambda: ["builtin:wiki"])
+    eval_seqlen: int | None = None  # default: seqlen
+    eval_windows: int | None = None
+    save: str | None = None
+
+
+@dataclass
+class PipelineEvent:
+    """Stage messages around the engine's own events: load, calibration, estimate, run, ppl, saved."""
+
+    stage: str
+    message: str
+    data: dict = field(default_factory=dict)
+    kind: str = "pipeline"
+
+
+def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None) -> dict:
+    """Run a job and return its report; the run store records it as running, then finished,
+    failed or cancelled."""
+    from .data import build_calibration
+    from .evaluate import perplexity
+    from .models import describe_model, load_model
+    from .prune.engine import Pruner
+    from .runs import RunStore, run_record, write_json
+
+    emit = on_event or (lambda event: None)
+    config = job.config.resolved()  # a bad config fails before anything loads
+    store = store or RunStore()
+    run_id = store.start(job.model, config.as_dict(), job.calib)
+    emit(PipelineEvent("run", f"run {run_id} started", {"run_id": run_id}))
+    try:
+        t = time.perf_counter()
+        loaded = load_model(job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code)
+        timings = {"load_model": time.perf_counter() - t}
+        for note in loaded.notes:
+            emit(PipelineEvent("load", note))
+        info = describe_model(loaded.model)
+        calibration = None
+        t = time.perf_counter()
+        if job.calib:
+            calibration = build_calibration(job.calib, loaded.tokenizer, job.nsamples, job.seqlen, job.seed,
+                                            job.mode, job.text_column)
+            emit(PipelineEvent("calibration", f"calibration {calibration.fingerprint}", calibration.describe()))
+        timings["calibration"] = time.perf_counter() - t
+        pruner = Pruner(loaded.model, config, emit, cancel)
+        if calibration is not None:
+            estimate = pruner.memory_estimate(calibration.nsamples, calibration.seqlen)
+            emit(PipelineEvent("estimate", f"memory estimate: {estimate.describe()}", estimate.as_dict()))
+        result = pruner.run(calibration.input_ids if calibration is not None else None)
+        timings.update({f"prune_{k}": v for k, v in result.seconds.items()})
+        perplexities = []
+        for spec in job.eval:
+            if cancel is not None and cancel.is_set():
+                raise PruningCancelled("Cancelled before evaluation.")
+            ppl = perplexity(loaded.model, loaded.tokenizer, spec, seqlen=job.eval_seqlen or job.seqlen,
+                             max_windows=job.eval_windows, device=config.device)
+            perplexities.append(ppl)
+            emit(PipelineEvent("ppl", f"ppl {spec}: {ppl.ppl:.3f} ({ppl.windows} x {ppl.seqlen} tokens)", ppl.as_dict()))
+        timings["eval"] = sum(p.seconds for p in perplexities)
+        record = run_record(job.model, info, calibration, result, perplexities, timings, loaded.notes)
+        record["run_id"] = run_id
+        record["job"] = {k: v for k, v in asdict(job).items() if k != "config"}
+        if job.save:
+            loaded.model.save_pretrained(job.save)
+            loaded.tokenizer.save_pretrained(job.save)
+            write_json(f"{job.save}/calib_lab_report.json", record)
+            emit(PipelineEvent("saved", f"saved pruned model to {job.save}", {"path": job.save}))
+    except (PruningCancelled, KeyboardInterrupt) as exc:
+        store.finish(run_id, "cancelled", error=str(exc) or "interrupted")
+        raise
+    except Exception as exc:
+        store.finish(run_id, "failed", error=str(exc))
+        raise
+    store.finish(run_id, "finished", record)
+    return record

@@ -1,0 +1,54 @@
+"""Background jobs: queued per device, events kept, cancel and failure reported."""
+
+import threading
+import time
+
+from calib_core.errors import PruningCancelled, SourceError
+from calib_core.jobs import JobManager
+
+
+def wait(job, timeout=10):
+    deadline = time.time() + timeout
+    while not job.done and time.time() < deadline:
+        time.sleep(0.01)
+    return job
+
+
+def test_jobs_on_one_device_run_one_at_a_time_in_order():
+    manager = JobManager()
+    gate = threading.Event()
+    running = []
+
+    def slow(job):
+        running.append(job.id)
+        job.emit("started")
+        gate.wait(5)
+        return job.id * 10
+
+    first = manager.submit("a", slow)
+    second = manager.submit("b", slow)
+    time.sleep(0.1)
+    assert first.status == "running" and second.status == "queued" and manager.position(second) == 1
+    gate.set()
+    assert wait(first).result == 10 and wait(second).result == 20
+    assert running == [first.id, second.id] and first.events == ["started"]
+
+
+def test_cancel_and_failures_are_reported():
+    manager = JobManager()
+
+    def cancellable(job):
+        while not job.cancel_event.is_set():
+            time.sleep(0.01)
+        raise PruningCancelled("stopped")
+
+    job = manager.submit("c", cancellable)
+    time.sleep(0.05)
+    job.cancel()
+    assert wait(job).status == "cancelled"
+    bad = wait(manager.submit("d", lambda job: (_ for _ in ()).throw(SourceError("no such file"))))
+    assert bad.status == "failed" and bad.error == "no such file"
+    broken = wait(manager.submit("e", lambda job: 1 / 0))
+    assert broken.status == "failed" and "ZeroDivisionError" in broken.error
+    after = wait(manager.submit("f", lambda job: "ok"))
+    assert after.result == "ok"  # the worker survived the failures

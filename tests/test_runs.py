@@ -1,0 +1,53 @@
+"""The SQLite run store survives kills and marks interrupted runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from calib_core.runs import RunStore
+
+
+def test_runs_round_trip(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    run_id = store.start("smollm2-135m", {"method": "wanda", "sparsity": 0.5, "pattern": "unstructured"}, "builtin:wiki")
+    assert store.get(run_id)["status"] == "running"
+    store.finish(run_id, "finished", {"perplexity": [{"ppl": 12.5}]})
+    run = store.get(run_id)
+    assert run["status"] == "finished" and run["record"]["perplexity"][0]["ppl"] == 12.5
+    assert run["config"]["method"] == "wanda" and run["sparsity"] == "0.5"
+    with pytest.raises(ValueError):
+        store.finish(run_id, "exploded")
+    with pytest.raises(KeyError):
+        store.get(999)
+
+
+def test_killed_process_leaves_store_readable_and_run_interrupted(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {os.getcwd()!r})
+        from calib_core.runs import RunStore
+        store = RunStore({str(path)!r})
+        store.start("m", {{"method": "sparsegpt", "pattern": "2:4"}}, None)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script])
+    assert proc.returncode == -signal.SIGKILL
+    store = RunStore(path)  # opening the store notices the dead process
+    runs = store.list()
+    assert len(runs) == 1 and runs[0]["status"] == "interrupted" and runs[0]["sparsity"] == "2:4"
+
+
+def test_two_stores_write_concurrently(tmp_path):
+    a, b = RunStore(tmp_path / "runs.sqlite"), RunStore(tmp_path / "runs.sqlite")
+    ids = [a.start("m", {"method": "wanda"}, None), b.start("m", {"method": "owl"}, None)]
+    a.finish(ids[1], "failed", error="boom")
+    b.finish(ids[0], "finished", {"x": 1})
+    statuses = {r["id"]: r["status"] for r in RunStore(tmp_path / "runs.sqlite").list()}
+    assert statuses == {ids[0]: "finished", ids[1]: "failed"}
+    assert json.loads(json.dumps(a.get(ids[1])))["error"] == "boom"
