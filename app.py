@@ -1,27 +1,31 @@
-"""Calibration Lab: Streamlit entry point (start page; the full multipage app is issue #4)."""
+"""Calibration Lab: Streamlit entry point. Draws the shared sidebar and routes to the pages."""
 
 import streamlit as st
 
 from calib_core import assets
+from calib_core.jobs import manager
 
 st.set_page_config(page_title="Calibration Lab", layout="wide")
-st.title("Calibration Lab")
-st.write(
-    "How calibration data shapes post-training pruning of large language models. "
-    f"Default model: `{assets.DEFAULT_MODEL}` (bundled, offline)."
-)
-st.caption(assets.BUNDLED_CAVEAT)
+st.session_state.setdefault("model_spec", assets.DEFAULT_MODEL)
+st.session_state.setdefault("model_options", {"dtype": "float32", "quantization": None, "trust_remote_code": False})
+st.session_state.setdefault("calib_source", "builtin:wiki")
 
+pages = st.navigation([
+    st.Page("pages/home.py", title="Start", icon=":material/home:", default=True),
+    st.Page("pages/model.py", title="Model", icon=":material/memory:"),
+    st.Page("pages/calibration.py", title="Calibration data", icon=":material/dataset:"),
+    st.Page("pages/similarity.py", title="Similarity", icon=":material/compare:"),
+    st.Page("pages/prune.py", title="Prune", icon=":material/content_cut:"),
+    st.Page("pages/results.py", title="Results", icon=":material/table_chart:"),
+])
 
-@st.cache_resource(show_spinner="Loading the model (the first run converts the bundled GGUF once)...")
-def _load(spec: str):
-    from calib_core.models import load_model
+with st.sidebar:
+    st.markdown(f"**Model:** `{st.session_state.model_spec}`")
+    st.markdown(f"**Calibration:** `{st.session_state.calib_source}`")
+    active = [j for j in manager().jobs() if not j.done]
+    for job in active:
+        st.markdown(f"**Job {job.id}** {job.label}: {job.status}")
+    if not active:
+        st.caption("No job running.")
 
-    return load_model(spec)
-
-
-if st.button("Load the default model and show its structure"):
-    from calib_core.models import describe_model
-
-    st.json(describe_model(_load(assets.DEFAULT_MODEL).model))
-st.markdown("The pruning engine is available today from the command line: `python -m calib_core prune --help`.")
+pages.run()

@@ -1,0 +1,138 @@
+import tempfile
+import time
+from pathlib import Path
+
+import plotly.express as px
+import streamlit as st
+
+from calib_core import sets
+from calib_core.data import FILE_TYPES, load_documents, read_text_file
+from calib_core.errors import CalibLabError
+from calib_core.jobs import manager
+from calib_core.selfgen import GenerationConfig, generate_set, save_generated
+from calib_core.models import load_model
+
+MAX_UPLOAD_MB = 50
+st.title("Calibration data")
+with st.expander("From text to calibration samples"):
+    st.markdown("A run draws `nsamples` windows of `seqlen` tokens with a seeded RNG, either from one random "
+                "document each (document mode) or from all texts joined (concatenate mode). The same "
+                "(source, nsamples, seqlen, seed, tokenizer) always gives the same samples and fingerprint.")
+
+build, generate = st.tabs(["Build a set", "Self-generate"])
+with build:
+    how = st.radio("From", ["Builtin corpus", "Saved set", "Upload a file", "Paste text", "Hub dataset"], horizontal=True)
+    texts, origin = None, None
+    try:
+        if how == "Builtin corpus":
+            name = st.selectbox("Corpus", ["wiki", "news", "books", "code"])
+            origin = f"builtin:{name}"
+            texts = load_documents(origin)
+        elif how == "Saved set":
+            names = sets.list_sets()
+            if names:
+                origin = "set:" + st.selectbox("Set", names)
+                texts = load_documents(origin)
+            else:
+                st.caption("No saved sets yet.")
+        elif how == "Upload a file":
+            upload = st.file_uploader(f"{', '.join(FILE_TYPES)} (at most {MAX_UPLOAD_MB} MB)",
+                                      type=[t.lstrip(".") for t in FILE_TYPES])
+            column = st.text_input("Text column (empty: detect)") or None
+            if upload is not None:
+                if upload.size > MAX_UPLOAD_MB * 1024**2:
+                    st.error(f"'{upload.name}' is {upload.size / 1024**2:.0f} MB; the limit is {MAX_UPLOAD_MB} MB.")
+                else:
+                    with tempfile.TemporaryDirectory() as folder:
+                        path = Path(folder) / Path(upload.name).name
+                        path.write_bytes(upload.getvalue())
+                        texts = read_text_file(path, column)
+                    origin = f"upload:{upload.name}"
+        elif how == "Paste text":
+            pasted = st.text_area("Texts, separated by blank lines")
+            texts = [t.strip() for t in pasted.split("\n\n") if t.strip()] or None
+            origin = "pasted"
+        else:
+            spec = st.text_input("hf:NAME[:CONFIG[:SPLIT]]", "hf:wikitext:wikitext-2-raw-v1:train")
+            limit = st.number_input("First N documents", 10, 100000, 1000)
+            if st.button("Stream"):
+                texts, origin = load_documents(spec, limit=limit), spec
+    except CalibLabError as exc:
+        st.error(str(exc))
+        texts = None
+    if texts:
+        st.write(f"{len(texts)} texts from `{origin}`")
+        st.text_area("Preview", texts[0][:2000], height=150, disabled=True)
+        words = [len(t.split()) for t in texts]
+        st.plotly_chart(px.histogram(x=words, nbins=40, labels={"x": "words per text"}), use_container_width=True)
+        if origin.startswith(("builtin:", "set:")) and st.button("Use as calibration source"):
+            st.session_state.calib_source = origin
+        name = st.text_input("Save as set", key="save_name")
+        if st.button("Save set", disabled=not name):
+            try:
+                sets.save_set(name, [{"text": t} for t in texts], {"kind": "source", "source": origin})
+                st.session_state.calib_source = f"set:{name}"
+                st.success(f"Saved set:{name}; it is now the calibration source.")
+            except CalibLabError as exc:
+                st.error(str(exc))
+
+    st.subheader("Saved sets")
+    for name in sets.list_sets():
+        c1, c2, c3 = st.columns([3, 1, 1])
+        c1.write(f"`set:{name}`")
+        if c2.button("Delete", key=f"del-{name}"):
+            sets.delete_set(name)
+            st.rerun()
+        with tempfile.TemporaryDirectory() as folder:
+            out = sets.export_set(name, Path(folder) / f"{name}.jsonl")
+            c3.download_button("Export", out.read_bytes(), file_name=f"{name}.jsonl", key=f"exp-{name}")
+
+with generate:
+    st.markdown("The model continues short prefixes of real texts; the highest-perplexity fraction is dropped.")
+    c1, c2, c3 = st.columns(3)
+    source = c1.selectbox("Prefixes from", ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"])
+    count = c2.number_input("Texts", 1, 5000, 16)
+    new_tokens = c3.number_input("Max new tokens", 8, 2048, 128)
+    c4, c5, c6 = st.columns(3)
+    prefix = c4.number_input("Prefix tokens", 1, 64, 2)
+    drop = c5.slider("Drop highest-ppl fraction", 0.0, 0.9, 0.2)
+    set_name = c6.text_input("Save as set", "selfgen")
+    if st.button("Generate", type="primary"):
+        config = GenerationConfig(source=source, texts=int(count), max_new_tokens=int(new_tokens),
+                                  prefix_tokens=int(prefix), drop_fraction=drop)
+        spec, options = st.session_state.model_spec, dict(st.session_state.model_options)
+
+        def work(job):  # runs in the job thread: no streamlit calls in here
+            loaded = load_model(spec, **options)
+            result = generate_set(loaded.model, loaded.tokenizer, config, job.emit, job.cancel_event, spec)
+            save_generated(set_name, result)
+            return result
+
+        st.session_state.gen_job = manager().submit(f"self-generate {set_name}", work).id
+
+    @st.fragment(run_every=1.0)
+    def generation_progress():
+        job_id = st.session_state.get("gen_job")
+        if not job_id:
+            return
+        job = manager().get(job_id)
+        st.write(f"Job {job.id}: **{job.status}**" + (f" ({manager().position(job)} ahead)" if job.status == "queued" else ""))
+        progress = [e for e in job.events if getattr(e, "kind", "") == "generation"]
+        if progress:
+            last = progress[-1]
+            st.progress(last.texts_done / last.texts_total, f"{last.texts_done}/{last.texts_total} texts, "
+                        f"{last.tokens_per_second:.1f} tokens/s")
+            st.text_area("Latest text", last.latest_text[:1500], height=120, disabled=True)
+        if job.status == "finished":
+            result = job.result
+            fig = px.histogram(x=[r["ppl"] for r in result.records], nbins=30, labels={"x": "perplexity"})
+            if result.threshold:
+                fig.add_vline(x=result.threshold, line_dash="dash", annotation_text="filter threshold")
+            st.plotly_chart(fig, use_container_width=True)
+            st.success(f"{len(result.kept_texts)} of {len(result.records)} texts kept.")
+        elif job.status in ("failed", "cancelled"):
+            st.error(job.error or job.status)
+        elif st.button("Cancel generation"):
+            job.cancel()
+
+    generation_progress()

@@ -1,0 +1,53 @@
+import streamlit as st
+
+from calib_core import assets
+from calib_core.errors import CalibLabError
+from ui_cache import cached_model
+
+st.title("Model")
+with st.expander("What is pruned"):
+    st.markdown("Every Linear (or GPT-2 Conv1D) inside the decoder blocks: attention q/k/v/o and the MLP "
+                "projections. Embeddings and the LM head are never pruned.")
+kind = st.radio("Source", ["Bundled default", "Hub id", "Local folder"], horizontal=True)
+if kind == "Bundled default":
+    spec = assets.DEFAULT_MODEL
+else:
+    spec = st.text_input("Hub id" if kind == "Hub id" else "Folder",
+                         placeholder="HuggingFaceTB/SmolLM2-135M" if kind == "Hub id" else "/path/to/model")
+col1, col2, col3 = st.columns(3)
+dtype = col1.selectbox("dtype", ["float32", "bfloat16", "float16"])
+quantization = col2.selectbox("Quantized load (generation and scoring only)", [None, "8bit", "4bit"])
+trust = col3.checkbox("Allow the repository's own code (trust_remote_code)")
+if trust:
+    st.warning("Remote code runs with your permissions. Read it before enabling this.")
+if st.button("Load", type="primary", disabled=not spec):
+    try:
+        with st.spinner("Loading (the first use converts the bundled GGUF once)..."):
+            cached_model(spec, dtype, quantization, trust)
+        st.session_state.model_spec = spec
+        st.session_state.model_options = {"dtype": dtype, "quantization": quantization, "trust_remote_code": trust}
+    except CalibLabError as exc:
+        st.error(str(exc))
+
+options = st.session_state.model_options
+if st.session_state.get("model_loaded"):
+    from calib_core.models import describe_model, estimate_memory, resolve_device
+
+    loaded = cached_model(st.session_state.model_spec, **options)
+    info = describe_model(loaded.model)
+    for note in loaded.notes:
+        st.caption(note)
+    cols = st.columns(4)
+    cols[0].metric("Family", info["family"])
+    cols[1].metric("Blocks", info["blocks"])
+    cols[2].metric("Parameters", f"{info['parameters'] / 1e6:.1f} M")
+    cols[3].metric("Prunable", f"{info['prunable_parameters'] / 1e6:.1f} M")
+    st.write("Prunable modules per block:", ", ".join(info["prunable_modules_per_block"]))
+    n, L = st.columns(2)
+    nsamples = n.number_input("nsamples", 1, 2048, 32)
+    seqlen = L.number_input("seqlen", 8, 8192, 512)
+    for method in ("wanda", "sparsegpt"):
+        estimate = estimate_memory(loaded.model, nsamples, seqlen, method, resolve_device("auto"))
+        st.write(f"Memory estimate for {method}: {estimate.describe()}")
+else:
+    st.caption("No model loaded yet: pages work lazily and load it when they need it.")

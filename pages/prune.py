@@ -1,0 +1,138 @@
+import time
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from calib_core.errors import CalibLabError
+from calib_core.jobs import manager
+from calib_core.pipeline import PruneJob, run_prune_job
+from calib_core.prune import PruneConfig
+
+st.title("Prune")
+with st.expander("How the methods choose weights"):
+    st.markdown(r"""
+- **Magnitude**: drop the smallest $|W_{ij}|$ of each matrix. No data.
+- **Wanda**: score $S_{ij} = |W_{ij}| \cdot \|X_j\|_2$ and drop the lowest scores of each output row.
+- **SparseGPT**: with $H = \tfrac{2}{n} X^\top X$, choose weights by $w^2 / [H^{-1}]_{jj}^2$ and update the
+  remaining weights of the row to compensate ($\delta = -\tfrac{w_j}{[H^{-1}]_{jj}} H^{-1}_{j,:}$).
+- **DSnoT**: starting from a Wanda mask, swap pruned/kept weights in each row while that shrinks the expected
+  output shift $\sum_{j\,\text{pruned}} W_{rj}\,\mathbb{E}[x_j]$; row sparsity never changes.
+- **OWL**: layers whose Wanda scores have more outliers ($> M \times$ mean) get lower sparsity; the mean stays at
+  the target: $s_l = 1 - (r_l - \bar r + 1 - S)$.
+""")
+
+with st.form("prune"):
+    c1, c2, c3, c4 = st.columns(4)
+    method = c1.selectbox("Method", ["wanda", "magnitude", "sparsegpt", "dsnot", "owl"])
+    base = c2.selectbox("Base (DSnoT / OWL)", ["wanda", "sparsegpt", "magnitude"])
+    pattern = c3.selectbox("Pattern", ["unstructured", "2:4", "4:8"])
+    sparsity = c4.slider("Sparsity (unstructured)", 0.0, 0.95, 0.5, 0.05)
+    c5, c6, c7, c8 = st.columns(4)
+    calib = c5.text_input("Calibration source", st.session_state.calib_source)
+    nsamples = c6.number_input("nsamples", 1, 2048, 8)
+    seqlen = c7.number_input("seqlen", 8, 8192, 256)
+    seed = c8.number_input("seed", 0, 10**6, 0)
+    c9, c10, c11, c12 = st.columns(4)
+    evals = c9.multiselect("Perplexity on", ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"],
+                           ["builtin:wiki"])
+    eval_windows = c10.number_input("Eval windows per source", 1, 10000, 8)
+    owl_m = c11.number_input("OWL M", 1.0, 20.0, 5.0)
+    owl_lambda = c12.number_input("OWL lambda", 0.0, 4.0, 0.08, format="%.3f")
+    with st.expander("More settings"):
+        d1, d2, d3, d4 = st.columns(4)
+        blocksize = d1.number_input("SparseGPT blocksize", 1, 4096, 128)
+        damp = d2.number_input("SparseGPT damping", 0.0, 1.0, 0.01, format="%.3f")
+        dsnot_cycles = d3.number_input("DSnoT cycles", 1, 1000, 50)
+        dsnot_sublayers = d4.selectbox("DSnoT sublayers", ["all", "attention", "mlp"])
+        propagate = st.radio("Next block sees", ["pruned", "dense"], horizontal=True)
+        save = st.text_input("Save the pruned model to folder (optional)")
+    submitted = st.form_submit_button("Start pruning", type="primary")
+
+if submitted:
+    try:
+        config = PruneConfig(
+            method=method, base=base if method in ("dsnot", "owl") else None, pattern=pattern, sparsity=sparsity,
+            owl_m=owl_m, owl_lambda=owl_lambda, sparsegpt_blocksize=int(blocksize), sparsegpt_damp=damp,
+            dsnot_cycles=int(dsnot_cycles), dsnot_sublayers=dsnot_sublayers, propagate=propagate,
+        ).resolved()
+        job = PruneJob(
+            model=st.session_state.model_spec, dtype=st.session_state.model_options["dtype"],
+            trust_remote_code=st.session_state.model_options["trust_remote_code"], calib=calib, nsamples=int(nsamples),
+            seqlen=int(seqlen), seed=int(seed), config=config, eval=evals, eval_windows=int(eval_windows),
+            save=save or None,
+        )
+        label = f"{method} {pattern if ':' in pattern else sparsity} on {calib}"
+        st.session_state.prune_job = manager().submit(
+            label, lambda j: run_prune_job(job, j.emit, j.cancel_event), device=config.device).id
+    except CalibLabError as exc:
+        st.error(str(exc))
+
+
+def block_frames(events):
+    blocks = [e for e in events if getattr(e, "kind", "") == "block"]
+    modules = [e for e in events if getattr(e, "kind", "") == "module"]
+    return blocks, modules
+
+
+@st.fragment(run_every=1.0)
+def live():
+    job_id = st.session_state.get("prune_job")
+    if not job_id:
+        st.caption("Start a run above; it keeps going while you visit other pages.")
+        return
+    job = manager().get(job_id)
+    events = list(job.events)
+    blocks, modules = block_frames(events)
+    stages = [e for e in events if getattr(e, "kind", "") == "stage"]
+    total = stages[-1].total if stages else 1
+    elapsed = (job.ended or time.time()) - (job.started or time.time())
+    head = f"Job {job.id} ({job.label}): **{job.status}**"
+    if job.status == "queued":
+        head += f", waiting for {manager().position(job)} job(s) on {job.device}"
+    st.markdown(head)
+    done = len(blocks)
+    eta = (elapsed / done * (total - done)) if done else None
+    st.progress(done / max(total, 1), f"{done}/{total} blocks, {elapsed:.0f} s" + (f", ETA {eta:.0f} s" if eta else ""))
+    if not job.done and st.button("Cancel run"):
+        job.cancel()
+    for e in events:
+        if getattr(e, "kind", "") == "pipeline" and e.stage in ("estimate", "ppl", "saved", "load"):
+            st.caption(e.message)
+    if blocks:
+        frame = pd.DataFrame({"block": [b.index for b in blocks], "achieved": [b.sparsity for b in blocks],
+                              "target": [b.target_sparsity for b in blocks], "seconds": [b.seconds for b in blocks],
+                              "outlier_ratio": [b.outlier_ratio for b in blocks]})
+        allocation = next((e for e in events if getattr(e, "kind", "") == "allocation"), None)
+        fig = go.Figure()
+        fig.add_bar(x=frame.block, y=frame.achieved, name="achieved sparsity")
+        if allocation:
+            fig.add_scatter(x=list(range(len(allocation.target_sparsities))), y=allocation.target_sparsities,
+                            name="OWL allocation", mode="lines+markers")
+        uniform = (sum(allocation.target_sparsities) / len(allocation.target_sparsities)) if allocation else frame.target[0]
+        fig.add_hline(y=uniform, line_dash="dot", annotation_text="uniform target")
+        fig.update_layout(title="Per-block sparsity", xaxis_title="block", yaxis_title="sparsity", height=300)
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(fig, use_container_width=True, key="sparsity_chart")
+        c2.plotly_chart(px.bar(frame, x="block", y="seconds", title="Seconds per block", height=300),
+                        use_container_width=True)
+        if allocation:
+            st.plotly_chart(px.line(x=list(range(len(allocation.outlier_ratios))), y=allocation.outlier_ratios,
+                                    labels={"x": "block", "y": "outlier ratio D_l (%)"}, title="OWL outlier ratio",
+                                    height=250), use_container_width=True)
+    if modules and any(m.rel_recon_error is not None for m in modules):
+        heat = pd.DataFrame([(m.block, m.name, m.rel_recon_error) for m in modules], columns=["block", "module", "error"])
+        pivot = heat.pivot(index="module", columns="block", values="error")
+        st.plotly_chart(px.imshow(pivot, aspect="auto", color_continuous_scale="Viridis",
+                                  title="Relative reconstruction error ||WX - W'X|| / ||WX||", height=320),
+                        use_container_width=True, key="recon_heatmap")
+    if job.status == "finished":
+        for p in job.result["perplexity"]:
+            st.metric(f"Perplexity on {p['source']}", f"{p['ppl']:.2f}", help=p["protocol"])
+        st.success(f"Recorded as run {job.result['run_id']}. Compare it on the Results page.")
+    elif job.status in ("failed", "cancelled"):
+        st.error(f"{job.status}: {job.error}")
+
+
+live()

@@ -1,0 +1,66 @@
+import json
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from calib_core.runs import RunStore
+
+st.title("Results")
+with st.expander("Reading these charts"):
+    st.markdown("Each run is one (model, calibration set, method, sparsity, seed). Calibration data matters "
+                "when runs that differ only in their calibration source differ by more than seed noise; the "
+                "effect grows with sparsity and is largest for N:M patterns.")
+runs = RunStore().list()
+if not runs:
+    st.info("No runs yet. Start one on the Prune page or with `python -m calib_core prune`.")
+    st.stop()
+
+rows = []
+for run in runs:
+    record = run["record"] or {}
+    calib = record.get("calibration") or {}
+    row = {"id": run["id"], "status": run["status"], "created": run["created"], "model": run["model"],
+           "method": run["method"], "base": (run["config"] or {}).get("base"), "sparsity": run["sparsity"],
+           "calibration": run["calibration"], "nsamples": calib.get("nsamples"), "seqlen": calib.get("seqlen"),
+           "seed": calib.get("seed"), "overall_sparsity": record.get("overall_sparsity"),
+           "prune_s": (record.get("timings") or {}).get("prune_total")}
+    for p in record.get("perplexity", []):
+        row[f"ppl {p['source']}"] = p["ppl"]
+    rows.append(row)
+table = pd.DataFrame(rows)
+c1, c2 = st.columns(2)
+methods = c1.multiselect("Methods", sorted(table.method.dropna().unique()), sorted(table.method.dropna().unique()))
+statuses = c2.multiselect("Status", sorted(table.status.unique()), ["finished"] if "finished" in set(table.status) else [])
+view = table[table.method.isin(methods) & table.status.isin(statuses)]
+st.dataframe(view, use_container_width=True, hide_index=True)
+st.download_button("Download table (CSV)", view.to_csv(index=False), "runs.csv")
+
+ppl_columns = [c for c in view.columns if c.startswith("ppl ")]
+if ppl_columns and not view.empty:
+    metric = st.selectbox("Perplexity", ppl_columns)
+    finished = view.dropna(subset=[metric])
+    st.plotly_chart(px.bar(finished, x="id", y=metric, color="method", hover_data=["calibration", "sparsity"],
+                           title="Perplexity per run"), use_container_width=True)
+    numeric = finished[finished.sparsity.str.contains(":") == False].copy()  # noqa: E712 (pandas mask)
+    if not numeric.empty:
+        numeric["sparsity"] = numeric.sparsity.astype(float)
+        st.plotly_chart(px.line(numeric.sort_values("sparsity"), x="sparsity", y=metric, color="calibration",
+                                line_dash="method", markers=True, log_y=True,
+                                title="Perplexity vs sparsity by calibration source"), use_container_width=True)
+
+selected = st.multiselect("Overlay per-block sparsity of runs", list(view.id))
+overlay = []
+for run in runs:
+    if run["id"] in selected and run["record"]:
+        overlay += [{"run": str(run["id"]), "block": b["index"], "sparsity": b["sparsity"]} for b in run["record"]["blocks"]]
+if overlay:
+    st.plotly_chart(px.line(pd.DataFrame(overlay), x="block", y="sparsity", color="run", markers=True,
+                            title="Per-block sparsity"), use_container_width=True)
+one = st.selectbox("Report of run", [None] + list(view.id))
+if one:
+    record = next(r for r in runs if r["id"] == one)
+    st.download_button("Download report (JSON)", json.dumps(record, indent=2), f"run-{one}.json")
+    saved = ((record["record"] or {}).get("job") or {}).get("save")
+    if saved:
+        st.write(f"Pruned model folder: `{saved}`")

@@ -1,0 +1,60 @@
+import plotly.express as px
+import streamlit as st
+
+from calib_core import sets
+from calib_core.jobs import manager
+from calib_core.models import load_model
+from calib_core.similarity import REFERENCE_CORPORA, build_reference, sample_texts, similarity_table
+
+st.title("Similarity to pretraining data")
+with st.expander("What Min-K%++ measures"):
+    st.markdown(r"""
+At each position the model predicts a distribution $p$; with $\mu_t = \sum_v p(v)\log p(v)$ and
+$\sigma_t^2 = \sum_v p(v)(\log p(v))^2 - \mu_t^2$, the token's score is $z_t = (\log p(x_t) - \mu_t)/\sigma_t$.
+**Min-K%++** averages the lowest $K$ fraction of $z_t$: text seen in training has few surprising tokens, so
+a higher score means more training-like. Min-K% uses $\log p(x_t)$ instead. N-gram overlap and unigram
+Jensen-Shannon divergence compare word statistics with a reference corpus without any model.
+""")
+options = ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"] + [f"set:{n}" for n in sets.list_sets()]
+chosen = st.multiselect("Sets to compare", options, options[:2])
+c1, c2, c3, c4 = st.columns(4)
+reference = c1.selectbox("Reference corpus", [None, "builtin:wiki", "builtin:news", "builtin:books", "builtin:code"]
+                         + list(REFERENCE_CORPORA), help="Online corpora stream from the hub; offline they fail clearly.")
+samples = c2.number_input("Texts per set", 2, 2000, 16)
+k = c3.slider("K", 0.05, 1.0, 0.5)
+max_tokens = c4.number_input("Tokens per text", 16, 4096, 256)
+if st.button("Score", type="primary", disabled=not chosen):
+    spec, options_ = st.session_state.model_spec, dict(st.session_state.model_options)
+
+    def work(job):
+        loaded = load_model(spec, **options_)
+        named = {s: sample_texts(s, int(samples)) for s in chosen}
+        ref = build_reference(reference, model=loaded.model, tokenizer=loaded.tokenizer, window=int(max_tokens)) if reference else None
+        return similarity_table(loaded.model, loaded.tokenizer, named, ref, k, int(max_tokens), int(max_tokens))
+
+    st.session_state.sim_job = manager().submit("similarity", work).id
+
+
+@st.fragment(run_every=1.0)
+def show():
+    job_id = st.session_state.get("sim_job")
+    if not job_id:
+        return
+    job = manager().get(job_id)
+    if not job.done:
+        st.info(f"Scoring: {job.status}")
+        return
+    if job.status != "finished":
+        st.error(job.error)
+        return
+    table, summary = job.result
+    metric = st.selectbox("Metric", [c for c in table.columns if c not in ("set", "sample", "tokens", "text")])
+    st.plotly_chart(px.violin(table, x="set", y=metric, box=True, points="all", hover_data=["sample"]),
+                    use_container_width=True)
+    st.caption(f"K = {table.attrs['k']}, {table.attrs['max_tokens']} tokens per text, window {table.attrs['window']}, "
+               f"reference {table.attrs['reference']}")
+    st.dataframe(summary, use_container_width=True)
+    st.dataframe(table, use_container_width=True, hide_index=True)
+
+
+show()
