@@ -101,6 +101,8 @@ def main():
     parser.add_argument("--single", nargs=2, metavar=("METHOD", "SETTING"))
     parser.add_argument("--only", action="append", help="METHOD:SETTING, e.g. wanda:0.5 or owl:2:4")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "engine_bench"))
+    parser.add_argument("--merge", action="store_true",
+                        help="replace the --only points in the existing results instead of starting afresh")
     args = parser.parse_args()
     if args.single:
         print(json.dumps(single(*args.single)))
@@ -109,12 +111,17 @@ def main():
     if args.only:
         points = [tuple(p.split(":", 1)) for p in args.only]
     rows = []
+    if args.merge:
+        rows = [r for r in json.loads(Path(args.out + ".json").read_text())["rows"]
+                if (r["method"], r["setting"]) not in points]
     for method, setting in points:
         proc = subprocess.run([sys.executable, __file__, "--single", method, setting], capture_output=True, text=True)
         if proc.returncode:
             print(proc.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"{method} {setting} failed")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        rows.sort(key=lambda r: (r["setting"] != "-", SETTINGS.index(r["setting"]) if r["setting"] in SETTINGS else -1,
+                                 METHODS.index(r["method"]) if r["method"] in METHODS else -1))
         print(json.dumps(rows[-1]), flush=True)
         Path(args.out + ".json").write_text(json.dumps({"calibration": CALIB, "eval": EVAL, "rows": rows}, indent=2))
     Path(args.out + ".md").write_text(
