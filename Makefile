@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench clean
+.PHONY: install browser run test bench clean
 
 install: $(VENV)/.installed
 
@@ -18,7 +18,13 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 run: install
 	$(BIN)/streamlit run app.py
 
-test: install
+# The browser test drives Debian's chromium; as root we install it, otherwise that test says how.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
+		echo "chromium not installed: the browser test will be skipped (apt-get install chromium)"
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 bench: install

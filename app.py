@@ -9,6 +9,7 @@ st.set_page_config(page_title="Calibration Lab", layout="wide")
 st.session_state.setdefault("model_spec", assets.DEFAULT_MODEL)
 st.session_state.setdefault("model_options", {"dtype": "float32", "quantization": None, "trust_remote_code": False})
 st.session_state.setdefault("calib_source", "builtin:wiki")
+st.session_state.setdefault("device", "auto")
 
 pages = st.navigation([
     st.Page("pages/home.py", title="Start", icon=":material/home:", default=True),
@@ -20,7 +21,7 @@ pages = st.navigation([
 ])
 
 with st.sidebar:
-    st.markdown(f"**Model:** `{st.session_state.model_spec}`")
+    st.markdown(f"**Model:** `{st.session_state.model_spec}` on {st.session_state.device}")
     st.markdown(f"**Calibration:** `{st.session_state.calib_source}`")
     active = [j for j in manager().jobs() if not j.done]
     for job in active:

@@ -111,6 +111,16 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def place_for_inference(model: nn.Module, device: str = "auto") -> torch.device:
+    """Move a model to the compute device for generation or scoring. Quantized models stay where
+    bitsandbytes put them (they cannot be moved after loading)."""
+    target = resolve_device(device)
+    if not is_quantized(model):
+        model.to(target)
+        return target
+    return next(model.parameters()).device
+
+
 def _offline_message(spec: str) -> str:
     return (
         f"Model '{spec}' is not in the local Hugging Face cache and the hub cannot be reached. "

@@ -27,6 +27,7 @@ class PruneJob:
     eval_seqlen: int | None = None  # default: seqlen
     eval_windows: int | None = None
     save: str | None = None
+    keep_masks: bool = True  # for mask agreement between runs (agreement.py)
 
 
 @dataclass
@@ -85,6 +86,10 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None) -> dict
         record = run_record(job.model, info, calibration, result, perplexities, timings, loaded.notes)
         record["run_id"] = run_id
         record["job"] = {k: v for k, v in asdict(job).items() if k != "config"}
+        if job.keep_masks:
+            from .agreement import save_masks
+
+            record["masks"] = str(save_masks(loaded.model, store.path.parent / "masks" / f"run-{run_id}.npz"))
         if job.save:
             loaded.model.save_pretrained(job.save)
             loaded.tokenizer.save_pretrained(job.save)

@@ -97,9 +97,11 @@ def generate_set(model, tokenizer, config: GenerationConfig, on_event=None, canc
     pad = _pad_id(tokenizer)
     eos = getattr(tokenizer, "eos_token_id", None)
     device = next(model.parameters()).device
-    generated: list[list[int]] = []
-    started, new_tokens, cancelled = time.perf_counter(), 0, False
-    torch.manual_seed(config.seed)
+    generated: list[list[int]] = []  # scorable texts (>= 2 tokens), in prompt order
+    ppls: list[float] = []
+    done, new_tokens, generation_seconds, cancelled = 0, 0, 0.0, False
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)  # scoring between batches draws no random numbers
     for start in range(0, len(prompts), config.batch_size):
         if cancel is not None and cancel.is_set():
             cancelled = True
@@ -111,6 +113,7 @@ def generate_set(model, tokenizer, config: GenerationConfig, on_event=None, canc
         for row, ids in enumerate(batch):  # left padding: generation continues at the right edge
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             mask[row, width - len(ids):] = 1
+        t = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=True,
@@ -118,32 +121,33 @@ def generate_set(model, tokenizer, config: GenerationConfig, on_event=None, canc
                 repetition_penalty=config.repetition_penalty, max_new_tokens=config.max_new_tokens,
                 pad_token_id=pad, use_cache=True,
             )
+        generation_seconds += time.perf_counter() - t
+        texts = []
         for row, ids in enumerate(batch):
             continuation = out[row, width:].tolist()
             if eos is not None and eos in continuation:
                 continuation = continuation[: continuation.index(eos)]
-            generated.append(ids + continuation)
+            texts.append(ids + continuation)
             new_tokens += len(continuation)
-        emit(GenerationProgress(len(generated), len(prompts), new_tokens / (time.perf_counter() - started),
-                                tokenizer.decode(generated[-1], skip_special_tokens=True)))
-    scorable = [g for g in generated if len(g) >= 2]
-    ppls = []
-    if scorable:  # each text in one window: ppl over the whole text, prefix included
-        longest = max(len(g) for g in scorable)
-        ppls = [perplexity_of(s) for s in score_token_ids(model, scorable, window=longest, pad_id=pad)]
+        done += len(batch)
+        scorable = [g for g in texts if len(g) >= 2]
+        if scorable:  # each text in one window: ppl over the whole text, prefix included
+            longest = max(len(g) for g in scorable)
+            ppls += [perplexity_of(s) for s in score_token_ids(model, scorable, window=longest, pad_id=pad)]
+            generated += scorable
+        emit(GenerationProgress(done, len(prompts), new_tokens / max(generation_seconds, 1e-9),
+                                tokenizer.decode(texts[-1], skip_special_tokens=True), list(ppls)))
     kept, threshold = filter_by_perplexity(ppls, config.drop_fraction)
     records = [
         {"text": tokenizer.decode(ids, skip_special_tokens=True), "ppl": ppl, "kept": keep,
          "prefix": tokenizer.decode(ids[: config.prefix_tokens], skip_special_tokens=True), "tokens": len(ids)}
-        for ids, ppl, keep in zip(scorable, ppls, kept)
+        for ids, ppl, keep in zip(generated, ppls, kept)
     ]
-    emit(GenerationProgress(len(generated), len(prompts), new_tokens / max(time.perf_counter() - started, 1e-9),
-                            records[-1]["text"] if records else "", ppls))
     from .runs import environment_versions
 
     metadata = {
         "kind": "self-generated", "generator": model_name, "config": asdict(config), "filter_threshold": threshold,
-        "seconds": time.perf_counter() - started, "new_tokens": new_tokens, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": time.perf_counter() - started, "generation_seconds": generation_seconds, "new_tokens": new_tokens, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "device": str(device), "versions": environment_versions(), "cancelled": cancelled,
     }
     return GeneratedSet(records, threshold, metadata, cancelled)

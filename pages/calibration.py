@@ -9,8 +9,8 @@ from calib_core import sets
 from calib_core.data import FILE_TYPES, load_documents, read_text_file
 from calib_core.errors import CalibLabError
 from calib_core.jobs import manager
-from calib_core.selfgen import GenerationConfig, generate_set, save_generated
-from calib_core.models import load_model
+from calib_core.selfgen import GenerationConfig, filter_by_perplexity, generate_set, save_generated
+from calib_core.models import load_model, place_for_inference, resolve_device
 
 MAX_UPLOAD_MB = 50
 st.title("Calibration data")
@@ -100,15 +100,18 @@ with generate:
     if st.button("Generate", type="primary"):
         config = GenerationConfig(source=source, texts=int(count), max_new_tokens=int(new_tokens),
                                   prefix_tokens=int(prefix), drop_fraction=drop)
-        spec, options = st.session_state.model_spec, dict(st.session_state.model_options)
+        spec, options, device = st.session_state.model_spec, dict(st.session_state.model_options), st.session_state.device
 
         def work(job):  # runs in the job thread: no streamlit calls in here
             loaded = load_model(spec, **options)
+            place_for_inference(loaded.model, device)
             result = generate_set(loaded.model, loaded.tokenizer, config, job.emit, job.cancel_event, spec)
             save_generated(set_name, result)
             return result
 
-        st.session_state.gen_job = manager().submit(f"self-generate {set_name}", work).id
+        st.session_state.gen_settings = {"name": set_name, "drop": drop}
+        st.session_state.gen_job = manager().submit(f"self-generate {set_name}", work,
+                                                    device=str(resolve_device(device))).id
 
     @st.fragment(run_every=1.0)
     def generation_progress():
@@ -123,13 +126,17 @@ with generate:
             st.progress(last.texts_done / last.texts_total, f"{last.texts_done}/{last.texts_total} texts, "
                         f"{last.tokens_per_second:.1f} tokens/s")
             st.text_area("Latest text", last.latest_text[:1500], height=120, disabled=True)
+            if last.ppls:  # the running distribution, with the threshold the filter would use now
+                _, threshold = filter_by_perplexity(last.ppls, st.session_state.gen_settings["drop"])
+                fig = px.histogram(x=last.ppls, nbins=30, labels={"x": "perplexity under the generating model"})
+                if threshold:
+                    fig.add_vline(x=threshold, line_dash="dash", annotation_text=f"drop above {threshold:.1f}")
+                st.plotly_chart(fig, use_container_width=True, key="gen_ppl_hist")
         if job.status == "finished":
             result = job.result
-            fig = px.histogram(x=[r["ppl"] for r in result.records], nbins=30, labels={"x": "perplexity"})
-            if result.threshold:
-                fig.add_vline(x=result.threshold, line_dash="dash", annotation_text="filter threshold")
-            st.plotly_chart(fig, use_container_width=True)
-            st.success(f"{len(result.kept_texts)} of {len(result.records)} texts kept.")
+            early = " Cancelled early: what was generated before the cancel is kept." if result.cancelled else ""
+            st.success(f"{len(result.kept_texts)} of {len(result.records)} texts kept (threshold "
+                       f"{result.threshold or float('nan'):.2f}); saved as set:{st.session_state.gen_settings['name']}.{early}")
         elif job.status in ("failed", "cancelled"):
             st.error(job.error or job.status)
         elif st.button("Cancel generation"):

@@ -1,4 +1,5 @@
 import streamlit as st
+import torch
 
 from calib_core import assets
 from calib_core.errors import CalibLabError
@@ -14,10 +15,13 @@ if kind == "Bundled default":
 else:
     spec = st.text_input("Hub id" if kind == "Hub id" else "Folder",
                          placeholder="HuggingFaceTB/SmolLM2-135M" if kind == "Hub id" else "/path/to/model")
-col1, col2, col3 = st.columns(3)
+col1, col2, col3, col4 = st.columns(4)
 dtype = col1.selectbox("dtype", ["float32", "bfloat16", "float16"])
-quantization = col2.selectbox("Quantized load (generation and scoring only)", [None, "8bit", "4bit"])
-trust = col3.checkbox("Allow the repository's own code (trust_remote_code)")
+devices = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+device = col2.selectbox("Compute device", devices, help="auto: CUDA when present. Weights stay in CPU memory; "
+                        "each block visits the device for its turn when pruning.")
+quantization = col3.selectbox("Quantized load (generation and scoring only)", [None, "8bit", "4bit"])
+trust = col4.checkbox("Allow the repository's own code (trust_remote_code)")
 if trust:
     st.warning("Remote code runs with your permissions. Read it before enabling this.")
 if st.button("Load", type="primary", disabled=not spec):
@@ -26,6 +30,7 @@ if st.button("Load", type="primary", disabled=not spec):
             cached_model(spec, dtype, quantization, trust)
         st.session_state.model_spec = spec
         st.session_state.model_options = {"dtype": dtype, "quantization": quantization, "trust_remote_code": trust}
+        st.session_state.device = device
     except CalibLabError as exc:
         st.error(str(exc))
 
@@ -47,7 +52,7 @@ if st.session_state.get("model_loaded"):
     nsamples = n.number_input("nsamples", 1, 2048, 32)
     seqlen = L.number_input("seqlen", 8, 8192, 512)
     for method in ("wanda", "sparsegpt"):
-        estimate = estimate_memory(loaded.model, nsamples, seqlen, method, resolve_device("auto"))
+        estimate = estimate_memory(loaded.model, nsamples, seqlen, method, resolve_device(st.session_state.device))
         st.write(f"Memory estimate for {method}: {estimate.describe()}")
 else:
     st.caption("No model loaded yet: pages work lazily and load it when they need it.")

@@ -8,6 +8,7 @@ import streamlit as st
 from calib_core.errors import CalibLabError
 from calib_core.jobs import manager
 from calib_core.pipeline import PruneJob, run_prune_job
+from calib_core.models import resolve_device
 from calib_core.prune import PruneConfig
 
 st.title("Prune")
@@ -56,6 +57,7 @@ if submitted:
             method=method, base=base if method in ("dsnot", "owl") else None, pattern=pattern, sparsity=sparsity,
             owl_m=owl_m, owl_lambda=owl_lambda, sparsegpt_blocksize=int(blocksize), sparsegpt_damp=damp,
             dsnot_cycles=int(dsnot_cycles), dsnot_sublayers=dsnot_sublayers, propagate=propagate,
+            device=st.session_state.device,
         ).resolved()
         job = PruneJob(
             model=st.session_state.model_spec, dtype=st.session_state.model_options["dtype"],
@@ -65,7 +67,7 @@ if submitted:
         )
         label = f"{method} {pattern if ':' in pattern else sparsity} on {calib}"
         st.session_state.prune_job = manager().submit(
-            label, lambda j: run_prune_job(job, j.emit, j.cancel_event), device=config.device).id
+            label, lambda j: run_prune_job(job, j.emit, j.cancel_event), device=str(resolve_device(config.device))).id
     except CalibLabError as exc:
         st.error(str(exc))
 

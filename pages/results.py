@@ -4,6 +4,8 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from calib_core.agreement import block_agreement, mask_agreement
+from calib_core.errors import CalibLabError
 from calib_core.runs import RunStore
 
 st.title("Results")
@@ -57,6 +59,36 @@ for run in runs:
 if overlay:
     st.plotly_chart(px.line(pd.DataFrame(overlay), x="block", y="sparsity", color="run", markers=True,
                             title="Per-block sparsity"), use_container_width=True)
+st.subheader("Mask agreement")
+with st.expander("What this measures"):
+    st.markdown(r"""For two runs of the same model, the Jaccard index of the weights each kept,
+$J = |K_A \cap K_B| \,/\, |K_A \cup K_B|$, per module and pooled per block. At 50% sparsity two independent
+random masks give $J \approx 1/3$; identical masks give 1. Two calibration sets that give a low $J$ prune the
+model differently, whatever their perplexities say.""")
+with_masks = [r for r in runs if r["status"] == "finished" and (r["record"] or {}).get("masks")]
+if len(with_masks) < 2:
+    st.caption("Needs two finished runs with stored masks (runs started from the app or the CLI keep them).")
+else:
+    names = {r["id"]: f"{r['id']}: {r['method']} {r['sparsity']} on {r['calibration']} ({r['model']})" for r in with_masks}
+    c1, c2 = st.columns(2)
+    run_a = c1.selectbox("Run A", list(names), format_func=names.get)
+    run_b = c2.selectbox("Run B", list(names), index=1, format_func=names.get)
+    masks = {r["id"]: r["record"]["masks"] for r in with_masks}
+    if run_a != run_b:
+        try:
+            per_module = mask_agreement(masks[run_a], masks[run_b])
+            per_block = block_agreement(per_module)
+            overall = per_module.kept_both.sum() / per_module.kept_either.sum()
+            st.metric("Jaccard of kept weights, whole model", f"{overall:.3f}")
+            c1, c2 = st.columns(2)
+            c1.plotly_chart(px.bar(per_block, x="block", y="jaccard", range_y=[0, 1], title="Per-block Jaccard"),
+                            use_container_width=True)
+            c2.plotly_chart(px.imshow(per_module.pivot(index="module", columns="block", values="jaccard"),
+                                      aspect="auto", zmin=0, zmax=1, title="Jaccard per module"),
+                            use_container_width=True)
+        except CalibLabError as exc:
+            st.error(str(exc))
+
 one = st.selectbox("Report of run", [None] + list(view.id))
 if one:
     record = next(r for r in runs if r["id"] == one)

@@ -3,7 +3,7 @@ import streamlit as st
 
 from calib_core import sets
 from calib_core.jobs import manager
-from calib_core.models import load_model
+from calib_core.models import load_model, place_for_inference
 from calib_core.similarity import REFERENCE_CORPORA, build_reference, sample_texts, similarity_table
 
 st.title("Similarity to pretraining data")
@@ -24,10 +24,11 @@ samples = c2.number_input("Texts per set", 2, 2000, 16)
 k = c3.slider("K", 0.05, 1.0, 0.5)
 max_tokens = c4.number_input("Tokens per text", 16, 4096, 256)
 if st.button("Score", type="primary", disabled=not chosen):
-    spec, options_ = st.session_state.model_spec, dict(st.session_state.model_options)
+    spec, options_, device = st.session_state.model_spec, dict(st.session_state.model_options), st.session_state.device
 
     def work(job):
         loaded = load_model(spec, **options_)
+        place_for_inference(loaded.model, device)
         named = {s: sample_texts(s, int(samples)) for s in chosen}
         ref = build_reference(reference, model=loaded.model, tokenizer=loaded.tokenizer, window=int(max_tokens)) if reference else None
         return similarity_table(loaded.model, loaded.tokenizer, named, ref, k, int(max_tokens), int(max_tokens))
@@ -48,9 +49,22 @@ def show():
         st.error(job.error)
         return
     table, summary = job.result
-    metric = st.selectbox("Metric", [c for c in table.columns if c not in ("set", "sample", "tokens", "text")])
-    st.plotly_chart(px.violin(table, x="set", y=metric, box=True, points="all", hover_data=["sample"]),
-                    use_container_width=True)
+    c1, c2 = st.columns([3, 1])
+    metric = c1.selectbox("Metric", [c for c in table.columns if c not in ("set", "sample", "tokens", "text")])
+    shape = c2.radio("Plot", ["violin", "box"], horizontal=True)
+    plot = px.violin if shape == "violin" else px.box
+    fig = plot(table, x="set", y=metric, points="all", custom_data=["set", "sample"], hover_data=["sample"],
+               **({"box": True} if shape == "violin" else {}))
+    picked = st.plotly_chart(fig, use_container_width=True, on_select="rerun", selection_mode="points",
+                             key="similarity_chart")
+    points = picked.selection.points if picked else []
+    if points:  # click a point to read its text
+        chosen_set, sample = points[0]["customdata"][:2]
+        row = table[(table.set == chosen_set) & (table["sample"] == sample)].iloc[0]
+        st.text_area(f"{chosen_set} sample {sample} ({metric} = {row[metric]:.3f})", row.text[:4000], height=160,
+                     disabled=True)
+    else:
+        st.caption("Click a point to read its text.")
     st.caption(f"K = {table.attrs['k']}, {table.attrs['max_tokens']} tokens per text, window {table.attrs['window']}, "
                f"reference {table.attrs['reference']}")
     st.dataframe(summary, use_container_width=True)

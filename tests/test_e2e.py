@@ -1,0 +1,146 @@
+"""The app in a real browser: Playwright drives Debian's chromium against `streamlit run app.py`.
+
+Flow: open the app, build and save a small calibration set, start a small prune of the bundled
+model, wait for the per-block chart and the perplexity, switch page and back while it runs, and
+find the run on the Results page. A screenshot of every page and the measured timings are kept in
+tests/output/e2e/ (override with CALIB_LAB_E2E_OUT). CI sets CALIB_LAB_E2E=required so that a
+missing browser fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+OUT = Path(os.environ.get("CALIB_LAB_E2E_OUT", ROOT / "tests" / "output" / "e2e"))
+
+
+def _require_browser():
+    missing = []
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package (pip install -r requirements.txt)")
+    if not Path(CHROMIUM).exists():
+        missing.append(f"{CHROMIUM} (apt-get install chromium)")
+    if missing:
+        reason = "browser test needs " + " and ".join(missing)
+        if os.environ.get("CALIB_LAB_E2E") == "required":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app_url(tmp_path):
+    port = _free_port()
+    env = dict(os.environ, CALIB_LAB_DATA=str(tmp_path / "data"))
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+         "--server.headless", "true", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("streamlit did not start:\n" + (proc.stdout.read() if proc.poll() is not None else ""))
+            time.sleep(0.3)
+        yield url, started, tmp_path / "data"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _open(page, title: str):
+    page.get_by_role("link", name=title).first.click()
+    page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
+
+
+def _fill(page, label: str, value):
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def test_browser_flow_set_prune_results(app_url):
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    url, launched, data = app_url
+    OUT.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.get_by_role("heading", name="Calibration Lab").wait_for(timeout=60_000)
+        timings["launch_to_first_render_s"] = time.perf_counter() - launched
+        page.screenshot(path=OUT / "1-start.png", full_page=True)
+
+        _open(page, "Model")
+        page.screenshot(path=OUT / "2-model.png", full_page=True)
+
+        _open(page, "Calibration data")
+        page.get_by_text("Preview").first.wait_for(timeout=60_000)  # builtin:wiki is the default choice
+        page.get_by_label("Save as set", exact=True).first.fill("e2e-wiki")
+        page.get_by_label("Save as set", exact=True).first.press("Tab")
+        page.get_by_role("button", name="Save set").click()
+        page.get_by_text("Saved set:e2e-wiki").wait_for(timeout=30_000)
+        page.screenshot(path=OUT / "3-calibration.png", full_page=True)
+
+        _open(page, "Similarity")
+        page.screenshot(path=OUT / "4-similarity.png", full_page=True)
+
+        _open(page, "Prune")
+        assert page.get_by_label("Calibration source", exact=True).input_value() == "set:e2e-wiki"
+        _fill(page, "nsamples", 4)
+        _fill(page, "seqlen", 128)
+        _fill(page, "Eval windows per source", 4)
+        page.get_by_role("button", name="Start pruning").click()
+        start = time.perf_counter()
+        page.get_by_text("Per-block sparsity").first.wait_for(timeout=180_000)
+        timings["start_to_first_chart_s"] = time.perf_counter() - start
+        page.screenshot(path=OUT / "5-prune-running.png", full_page=True)
+
+        _open(page, "Results")  # leave while the job runs ...
+        _open(page, "Prune")  # ... and come back: the live view picks the job up again
+        page.get_by_text("Per-block sparsity").first.wait_for(timeout=60_000)
+        page.get_by_text("Perplexity on builtin:wiki").wait_for(timeout=300_000)
+        timings["start_to_perplexity_s"] = time.perf_counter() - start
+        page.screenshot(path=OUT / "6-prune-finished.png", full_page=True)
+
+        _open(page, "Results")
+        page.get_by_text("Perplexity per run").wait_for(timeout=60_000)
+        grid = page.get_by_test_id("stDataFrame").first
+        grid.wait_for(timeout=30_000)
+        page.screenshot(path=OUT / "7-results.png", full_page=True)
+        browser.close()
+
+    (OUT / "timings.json").write_text(json.dumps(timings, indent=2))
+    from calib_core.runs import RunStore
+
+    runs = RunStore(data / "runs.sqlite").list()
+    assert [(r["status"], r["method"], r["calibration"]) for r in runs] == [("finished", "wanda", "set:e2e-wiki")]
