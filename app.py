@@ -20,13 +20,20 @@ pages = st.navigation([
     st.Page("pages/results.py", title="Results", icon=":material/table_chart:"),
 ])
 
+
+@st.fragment(run_every=2.0)
+def job_status():  # refreshed on its own so a finished job does not show as running
+    active = [j for j in manager().jobs() if not j.done]
+    for job in active:
+        where = f", {manager().position(job)} ahead on {job.device}" if job.status == "queued" else ""
+        st.markdown(f"**Job {job.id}** {job.label}: {job.status}{where}")
+    if not active:
+        st.caption("No job running.")
+
+
 with st.sidebar:
     st.markdown(f"**Model:** `{st.session_state.model_spec}` on {st.session_state.device}")
     st.markdown(f"**Calibration:** `{st.session_state.calib_source}`")
-    active = [j for j in manager().jobs() if not j.done]
-    for job in active:
-        st.markdown(f"**Job {job.id}** {job.label}: {job.status}")
-    if not active:
-        st.caption("No job running.")
+    job_status()
 
 pages.run()

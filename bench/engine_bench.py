@@ -38,7 +38,7 @@ def plain_forward(model, ids) -> float:
         return time.perf_counter() - t
 
 
-def single(method: str, setting: str) -> dict:
+def single(method: str, setting: str, owl_lambda: float | None = None) -> dict:
     import torch
 
     from calib_core.data import build_calibration
@@ -49,10 +49,12 @@ def single(method: str, setting: str) -> dict:
     torch.set_num_threads(2)
     lm = load_model("smollm2-135m")
     out = {"method": method, "setting": setting}
+    if owl_lambda is not None:
+        out["owl_lambda"] = owl_lambda
     if method != "dense":
         pattern = setting if ":" in setting else "unstructured"
         sparsity = 0.5 if ":" in setting else float(setting)
-        config = PruneConfig(method=method, sparsity=sparsity, pattern=pattern)
+        config = PruneConfig(method=method, sparsity=sparsity, pattern=pattern, owl_lambda=owl_lambda)
         calib = None
         if config.needs_calibration:
             calib = build_calibration(CALIB["spec"], lm.tokenizer, CALIB["nsamples"], CALIB["seqlen"], CALIB["seed"])
@@ -101,11 +103,12 @@ def main():
     parser.add_argument("--single", nargs=2, metavar=("METHOD", "SETTING"))
     parser.add_argument("--only", action="append", help="METHOD:SETTING, e.g. wanda:0.5 or owl:2:4")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "engine_bench"))
+    parser.add_argument("--owl-lambda", type=float, help="override OWL's lambda (default: 0.08, or 2 for N:M)")
     parser.add_argument("--merge", action="store_true",
                         help="replace the --only points in the existing results instead of starting afresh")
     args = parser.parse_args()
     if args.single:
-        print(json.dumps(single(*args.single)))
+        print(json.dumps(single(*args.single, owl_lambda=args.owl_lambda)))
         return
     points = [("dense", "-")] + [(m, s) for s in SETTINGS for m in METHODS]
     if args.only:
@@ -115,7 +118,10 @@ def main():
         rows = [r for r in json.loads(Path(args.out + ".json").read_text())["rows"]
                 if (r["method"], r["setting"]) not in points]
     for method, setting in points:
-        proc = subprocess.run([sys.executable, __file__, "--single", method, setting], capture_output=True, text=True)
+        command = [sys.executable, __file__, "--single", method, setting]
+        if args.owl_lambda is not None:
+            command += ["--owl-lambda", str(args.owl_lambda)]
+        proc = subprocess.run(command, capture_output=True, text=True)
         if proc.returncode:
             print(proc.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"{method} {setting} failed")
@@ -124,8 +130,9 @@ def main():
                                  METHODS.index(r["method"]) if r["method"] in METHODS else -1))
         print(json.dumps(rows[-1]), flush=True)
         Path(args.out + ".json").write_text(json.dumps({"calibration": CALIB, "eval": EVAL, "rows": rows}, indent=2))
+    lam = f"; OWL lambda {args.owl_lambda}" if args.owl_lambda is not None else ""
     Path(args.out + ".md").write_text(
-        f"Calibration {CALIB}; eval {EVAL}; torch threads 2.\n\n" + table(rows) + "\n"
+        f"Calibration {CALIB}; eval {EVAL}; torch threads 2{lam}.\n\n" + table(rows) + "\n"
     )
     print(table(rows))
 

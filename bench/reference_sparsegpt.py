@@ -121,7 +121,6 @@ def prune_reference(model, ids, sparsity, prune_n, prune_m):
         for name, module in linears.items():
             module.weight.data = _obs_prune(module.weight.data, hessians[name], sparsity, prune_n, prune_m).to(
                 module.weight.dtype)
-        del hessians
         inputs = [_block_out(layer(x, **kwargs)) for x in inputs]
 
 

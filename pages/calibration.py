@@ -1,5 +1,4 @@
 import tempfile
-import time
 from pathlib import Path
 
 import plotly.express as px
@@ -10,6 +9,7 @@ from calib_core.data import FILE_TYPES, load_documents, read_text_file
 from calib_core.errors import CalibLabError
 from calib_core.jobs import manager
 from calib_core.selfgen import GenerationConfig, filter_by_perplexity, generate_set, save_generated
+from ui_cache import cached_model
 from calib_core.models import load_model, place_for_inference, resolve_device
 
 MAX_UPLOAD_MB = 50
@@ -62,9 +62,16 @@ with build:
         texts = None
     if texts:
         st.write(f"{len(texts)} texts from `{origin}`")
-        st.text_area("Preview", texts[0][:2000], height=150, disabled=True)
-        words = [len(t.split()) for t in texts]
-        st.plotly_chart(px.histogram(x=words, nbins=40, labels={"x": "words per text"}), use_container_width=True)
+        shown = st.number_input("Preview text number", 1, len(texts), 1) - 1
+        st.text_area("Preview", texts[shown][:2000], height=150, disabled=True)
+        counted = texts[:2000]  # enough for the shape of the distribution
+        if st.session_state.get("model_loaded") or st.toggle("Count tokens with the model's tokenizer (loads it)"):
+            tokenizer = cached_model(st.session_state.model_spec, **st.session_state.model_options).tokenizer
+            lengths, unit = [len(ids) for ids in tokenizer(counted, add_special_tokens=False)["input_ids"]], "tokens"
+        else:
+            lengths, unit = [len(t.split()) for t in counted], "words"
+        st.plotly_chart(px.histogram(x=lengths, nbins=40, labels={"x": f"{unit} per text"},
+                                     title=f"Length of {len(counted)} texts"), use_container_width=True)
         if origin.startswith(("builtin:", "set:")) and st.button("Use as calibration source"):
             st.session_state.calib_source = origin
         name = st.text_input("Save as set", key="save_name")

@@ -8,8 +8,9 @@ import streamlit as st
 from calib_core.errors import CalibLabError
 from calib_core.jobs import manager
 from calib_core.pipeline import PruneJob, run_prune_job
-from calib_core.models import resolve_device
+from calib_core.models import estimate_memory, resolve_device
 from calib_core.prune import PruneConfig
+from ui_cache import cached_model
 
 st.title("Prune")
 with st.expander("How the methods choose weights"):
@@ -24,32 +25,52 @@ with st.expander("How the methods choose weights"):
   the target: $s_l = 1 - (r_l - \bar r + 1 - S)$.
 """)
 
-with st.form("prune"):
+# Streamlit forgets a page's widgets when the user leaves it: keep the last submitted settings.
+last = st.session_state.setdefault("prune_form", {})
+METHODS, BASES, PATTERNS = ["wanda", "magnitude", "sparsegpt", "dsnot", "owl"], ["wanda", "sparsegpt", "magnitude"], \
+    ["unstructured", "2:4", "4:8"]
+EVAL_SOURCES = ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"]
+
+with st.container(border=True):
     c1, c2, c3, c4 = st.columns(4)
-    method = c1.selectbox("Method", ["wanda", "magnitude", "sparsegpt", "dsnot", "owl"])
-    base = c2.selectbox("Base (DSnoT / OWL)", ["wanda", "sparsegpt", "magnitude"])
-    pattern = c3.selectbox("Pattern", ["unstructured", "2:4", "4:8"])
-    sparsity = c4.slider("Sparsity (unstructured)", 0.0, 0.95, 0.5, 0.05)
+    method = c1.selectbox("Method", METHODS, METHODS.index(last.get("method", "wanda")))
+    base = c2.selectbox("Base (DSnoT / OWL)", BASES, BASES.index(last.get("base", "wanda")))
+    pattern = c3.selectbox("Pattern", PATTERNS, PATTERNS.index(last.get("pattern", "unstructured")))
+    sparsity = c4.slider("Sparsity (unstructured)", 0.0, 0.95, last.get("sparsity", 0.5), 0.05)
     c5, c6, c7, c8 = st.columns(4)
-    calib = c5.text_input("Calibration source", st.session_state.calib_source)
-    nsamples = c6.number_input("nsamples", 1, 2048, 8)
-    seqlen = c7.number_input("seqlen", 8, 8192, 256)
-    seed = c8.number_input("seed", 0, 10**6, 0)
+    calib = c5.text_input("Calibration source", st.session_state.calib_source,
+                          help="builtin:NAME, set:NAME, file:PATH, tokens:PATH or hf:NAME[:CONFIG[:SPLIT]]")
+    nsamples = c6.number_input("nsamples", 1, 2048, last.get("nsamples", 8))
+    seqlen = c7.number_input("seqlen", 8, 8192, last.get("seqlen", 256))
+    seed = c8.number_input("seed", 0, 10**6, last.get("seed", 0))
     c9, c10, c11, c12 = st.columns(4)
-    evals = c9.multiselect("Perplexity on", ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"],
-                           ["builtin:wiki"])
-    eval_windows = c10.number_input("Eval windows per source", 1, 10000, 8)
-    owl_m = c11.number_input("OWL M", 1.0, 20.0, 5.0)
-    owl_lambda = c12.number_input("OWL lambda", 0.0, 4.0, 0.08, format="%.3f")
+    evals = c9.multiselect("Perplexity on", EVAL_SOURCES, last.get("evals", ["builtin:wiki"]))
+    eval_windows = c10.number_input("Eval windows per source", 1, 10000, last.get("eval_windows", 8))
+    owl_m = c11.number_input("OWL M", 1.0, 20.0, last.get("owl_m"), placeholder="auto: 5, or 6 for N:M")
+    owl_lambda = c12.number_input("OWL lambda", 0.0, 4.0, last.get("owl_lambda"), format="%.3f",
+                                  placeholder="auto: 0.08, or 2 (in N) for N:M")
     with st.expander("More settings"):
         d1, d2, d3, d4 = st.columns(4)
-        blocksize = d1.number_input("SparseGPT blocksize", 1, 4096, 128)
-        damp = d2.number_input("SparseGPT damping", 0.0, 1.0, 0.01, format="%.3f")
-        dsnot_cycles = d3.number_input("DSnoT cycles", 1, 1000, 50)
+        blocksize = d1.number_input("SparseGPT blocksize", 1, 4096, last.get("blocksize", 128))
+        damp = d2.number_input("SparseGPT damping", 0.0, 1.0, last.get("damp", 0.01), format="%.3f")
+        dsnot_cycles = d3.number_input("DSnoT cycles", 1, 1000, last.get("dsnot_cycles", 50))
         dsnot_sublayers = d4.selectbox("DSnoT sublayers", ["all", "attention", "mlp"])
         propagate = st.radio("Next block sees", ["pruned", "dense"], horizontal=True)
         save = st.text_input("Save the pruned model to folder (optional)")
-    submitted = st.form_submit_button("Start pruning", type="primary")
+    st.session_state.prune_form = dict(
+        method=method, base=base, pattern=pattern, sparsity=sparsity, nsamples=nsamples, seqlen=seqlen, seed=seed,
+        evals=evals, eval_windows=eval_windows, owl_m=owl_m, owl_lambda=owl_lambda, blocksize=blocksize, damp=damp,
+        dsnot_cycles=dsnot_cycles)
+    estimate_method = base if method in ("dsnot", "owl") else method
+    if st.session_state.get("model_loaded") or st.toggle("Show the memory estimate (loads the model)"):
+        try:
+            loaded = cached_model(st.session_state.model_spec, **st.session_state.model_options)
+            estimate = estimate_memory(loaded.model, int(nsamples), int(seqlen), estimate_method,
+                                       resolve_device(st.session_state.device))
+            st.caption(f"Memory estimate: {estimate.describe()}")
+        except CalibLabError as exc:
+            st.error(str(exc))
+    submitted = st.button("Start pruning", type="primary")
 
 if submitted:
     try:

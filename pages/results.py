@@ -42,7 +42,8 @@ ppl_columns = [c for c in view.columns if c.startswith("ppl ")]
 if ppl_columns and not view.empty:
     metric = st.selectbox("Perplexity", ppl_columns)
     finished = view.dropna(subset=[metric])
-    st.plotly_chart(px.bar(finished, x="id", y=metric, color="method", hover_data=["calibration", "sparsity"],
+    labelled = finished.assign(run=finished.id.map("run {}".format))
+    st.plotly_chart(px.bar(labelled, x="run", y=metric, color="method", hover_data=["calibration", "sparsity"],
                            title="Perplexity per run"), use_container_width=True)
     numeric = finished[finished.sparsity.str.contains(":") == False].copy()  # noqa: E712 (pandas mask)
     if not numeric.empty:

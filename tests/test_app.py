@@ -22,6 +22,13 @@ def test_page_renders(page):
     assert not app.exception, app.exception
 
 
+def _wait(job, seconds=60):
+    deadline = time.time() + seconds
+    while not job.done and time.time() < deadline:
+        time.sleep(0.2)
+    return job
+
+
 def test_prune_flow_on_tiny_model(tmp_path):
     folder = save_tiny_folder(tmp_path / "tiny")
     app = AppTest.from_file(APP, default_timeout=60)
@@ -31,12 +38,25 @@ def test_prune_flow_on_tiny_model(tmp_path):
     app.text_input[0].set_value("builtin:wiki")
     app.number_input[0].set_value(2)
     app.number_input[1].set_value(16)
-    app.button[0].click().run()  # the form's submit button
-    job = manager().get(app.session_state["prune_job"])
-    deadline = time.time() + 60
-    while not job.done and time.time() < deadline:
-        time.sleep(0.2)
-    assert job.status == "finished", job.error
+    for seed in (0, 1):  # two calibration draws of the same source
+        app.number_input[2].set_value(seed)
+        next(b for b in app.button if b.label == "Start pruning").click().run()
+        job = _wait(manager().get(app.session_state["prune_job"]))
+        assert job.status == "finished", job.error
     app.switch_page("pages/results.py").run()
     assert not app.exception
-    assert app.dataframe[0].value["status"].tolist() == ["finished"]
+    table = app.dataframe[0].value
+    assert table["status"].tolist() == ["finished", "finished"] and table["seed"].tolist() == [0, 1]
+    # mask agreement between the two runs: a Jaccard strictly between "disjoint" and "identical"
+    jaccard = float(next(m for m in app.metric if m.label.startswith("Jaccard")).value)
+    assert 0.3 < jaccard < 1.0
+
+
+def test_prune_page_keeps_settings_across_pages():
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    app.switch_page("pages/prune.py").run()
+    app.number_input[0].set_value(3).run()
+    app.switch_page("pages/results.py").run()
+    app.switch_page("pages/prune.py").run()
+    assert app.number_input[0].value == 3

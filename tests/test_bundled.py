@@ -4,7 +4,6 @@ import json
 import threading
 
 import pytest
-import torch
 
 from calib_core import assets
 from calib_core.cli import main as cli_main

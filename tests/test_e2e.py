@@ -9,6 +9,7 @@ missing browser fails instead of skipping.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -27,9 +28,7 @@ OUT = Path(os.environ.get("CALIB_LAB_E2E_OUT", ROOT / "tests" / "output" / "e2e"
 
 def _require_browser():
     missing = []
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         missing.append("the playwright package (pip install -r requirements.txt)")
     if not Path(CHROMIUM).exists():
         missing.append(f"{CHROMIUM} (apt-get install chromium)")
@@ -94,7 +93,7 @@ def test_browser_flow_set_prune_results(app_url):
     timings = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})
         page.goto(url)
         page.get_by_role("heading", name="Calibration Lab").wait_for(timeout=60_000)
         timings["launch_to_first_render_s"] = time.perf_counter() - launched

@@ -1,7 +1,6 @@
 """Self-generation, similarity scores and quantized loading on tiny models."""
 
 import math
-import threading
 from collections import Counter
 
 import pytest

@@ -11,7 +11,7 @@ ordering; the methods only turn statistics and a weight into a mask (and SparseG
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
@@ -32,7 +32,6 @@ from .config import PruneConfig
 from .dsnot import dsnot_refine
 from .events import AllocationEvent, BlockRecord, ModuleRecord, StageEvent
 from .magnitude import magnitude_mask
-from .masks import Pattern, parse_pattern
 from .owl import outlier_ratio, owl_nm_allocation, owl_sparsities
 from .sparsegpt import sparsegpt_prune
 from .stats import InputStats
