@@ -17,7 +17,12 @@ st.title("Calibration data")
 with st.expander("From text to calibration samples"):
     st.markdown("A run draws `nsamples` windows of `seqlen` tokens with a seeded RNG, either from one random "
                 "document each (document mode) or from all texts joined (concatenate mode). The same "
-                "(source, nsamples, seqlen, seed, tokenizer) always gives the same samples and fingerprint.")
+                "(source, nsamples, seqlen, seed, tokenizer) always gives the same samples and fingerprint.\n\n"
+                "Self-generation (Ji et al. 2025): from a $P$-token prefix the model samples a continuation "
+                "$x_{P+1..T} \\sim p_\\theta(\\cdot \\mid x_{<t})$ (temperature, top-p, top-k, repetition penalty); each "
+                "text is scored by $\\mathrm{ppl} = \\exp(-\\frac{1}{T-1}\\sum_t \\log p_\\theta(x_t \\mid x_{<t}))$ and "
+                "texts above the $(1 - \\text{drop})$ percentile are dropped: the set keeps what the model "
+                "itself finds most likely, which is close to its pretraining distribution.")
 
 build, generate = st.tabs(["Build a set", "Self-generate"])
 with build:

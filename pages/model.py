@@ -7,8 +7,13 @@ from ui_cache import cached_model
 
 st.title("Model")
 with st.expander("What is pruned"):
-    st.markdown("Every Linear (or GPT-2 Conv1D) inside the decoder blocks: attention q/k/v/o and the MLP "
-                "projections. Embeddings and the LM head are never pruned.")
+    st.markdown(r"""Every Linear (or GPT-2 Conv1D) inside the decoder blocks: attention q/k/v/o and the MLP
+projections. Embeddings and the LM head are never pruned. Sparsity of a matrix $W$ is
+$s = \#\{W_{ij} = 0\} / \#W$; N:M means every group of M consecutive inputs of a row keeps M - N weights.
+Pruning is layer-wise: block $l$ sees the calibration activations $X_l$ produced by the blocks before it
+and chooses its mask to keep $\|W_l X_l - \hat W_l X_l\|$ small. Memory needed is roughly weights +
+$2 \cdot n \cdot L \cdot d$ block inputs/outputs (n samples of L tokens, hidden size d) + per-method statistics
+(SparseGPT: one $d_{in} \times d_{in}$ Hessian per Linear).""")
 kind = st.radio("Source", ["Bundled default", "Hub id", "Local folder"], horizontal=True)
 if kind == "Bundled default":
     spec = assets.DEFAULT_MODEL

@@ -86,7 +86,7 @@ def _fill(page, label: str, value):
 
 def test_browser_flow_set_prune_results(app_url):
     _require_browser()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     url, launched, data = app_url
     OUT.mkdir(parents=True, exist_ok=True)
@@ -114,7 +114,8 @@ def test_browser_flow_set_prune_results(app_url):
         page.screenshot(path=OUT / "4-similarity.png", full_page=True)
 
         _open(page, "Prune")
-        assert page.get_by_label("Calibration source", exact=True).input_value() == "set:e2e-wiki"
+        # the saved set became the calibration source (waits while the page finishes rendering)
+        expect(page.get_by_label("Calibration source", exact=True)).to_have_value("set:e2e-wiki", timeout=30_000)
         _fill(page, "nsamples", 4)
         _fill(page, "seqlen", 128)
         _fill(page, "Eval windows per source", 4)
