@@ -193,15 +193,25 @@ def sample_texts(spec: str, count: int, seed: int = 0, part: str = "calib") -> l
     return random.Random(seed).sample(docs, count)
 
 
+@dataclass
+class SimilarityProgress:
+    sets_done: int
+    sets_total: int
+    last_set: str
+    texts_scored: int
+    kind: str = "similarity"
+
+
 def similarity_table(model, tokenizer, named_texts: dict[str, list[str]], reference: Reference | None = None,
-                     k: float = 0.5, max_tokens: int = 512, window: int = 512, batch_size: int = 4):
-    """Per-sample scores for several sets -> (per-sample DataFrame, per-set summary DataFrame)."""
+                     k: float = 0.5, max_tokens: int = 512, window: int = 512, batch_size: int = 4, on_event=None):
+    """Per-sample scores for several sets -> (per-sample DataFrame, per-set summary DataFrame).
+    `on_event` gets a SimilarityProgress after each set."""
     import pandas as pd
 
     if not 0 < k <= 1:
         raise SourceError(f"K must be in (0, 1], got {k}.")
     rows = []
-    for set_name, texts in named_texts.items():
+    for done, (set_name, texts) in enumerate(named_texts.items(), 1):
         ids = [tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"][:max_tokens] for t in texts]
         keep = [i for i, x in enumerate(ids) if len(x) >= 2]
         scored = score_token_ids(model, [ids[i] for i in keep], window, batch_size, _pad_id(tokenizer))
@@ -217,6 +227,8 @@ def similarity_table(model, tokenizer, named_texts: dict[str, list[str]], refere
                 if reference.centroid is not None:
                     row["embedding_cosine"] = float(F.cosine_similarity(s.embedding, reference.centroid, dim=0))
             rows.append(row)
+        if on_event is not None:
+            on_event(SimilarityProgress(done, len(named_texts), set_name, len(rows)))
     table = pd.DataFrame(rows)
     metrics = [c for c in table.columns if c not in ("set", "sample", "tokens", "text")]
     summary = table.groupby("set", sort=False)[metrics].describe(percentiles=[0.25, 0.5, 0.75])

@@ -31,7 +31,8 @@ if st.button("Score", type="primary", disabled=not chosen):
         place_for_inference(loaded.model, device)
         named = {s: sample_texts(s, int(samples)) for s in chosen}
         ref = build_reference(reference, model=loaded.model, tokenizer=loaded.tokenizer, window=int(max_tokens)) if reference else None
-        return similarity_table(loaded.model, loaded.tokenizer, named, ref, k, int(max_tokens), int(max_tokens))
+        return similarity_table(loaded.model, loaded.tokenizer, named, ref, k, int(max_tokens), int(max_tokens),
+                                on_event=job.emit)
 
     st.session_state.sim_job = manager().submit("similarity", work).id
 
@@ -43,7 +44,15 @@ def show():
         return
     job = manager().get(job_id)
     if not job.done:
-        st.info(f"Scoring: {job.status}")
+        progress = [e for e in job.events if getattr(e, "kind", "") == "similarity"]
+        if job.status == "queued":
+            st.info(f"Scoring is queued behind {manager().position(job)} job(s).")
+        elif progress:
+            last = progress[-1]
+            st.progress(last.sets_done / last.sets_total, f"{last.sets_done}/{last.sets_total} sets scored "
+                        f"({last.texts_scored} texts), last: {last.last_set}")
+        else:
+            st.info("Loading the model and the texts...")
         return
     if job.status != "finished":
         st.error(job.error)

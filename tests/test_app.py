@@ -60,3 +60,22 @@ def test_prune_page_keeps_settings_across_pages():
     app.switch_page("pages/results.py").run()
     app.switch_page("pages/prune.py").run()
     assert app.number_input[0].value == 3
+
+
+def test_similarity_page_scores_sets_on_tiny_model(tmp_path):
+    folder = save_tiny_folder(tmp_path / "tiny")
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.session_state["model_spec"] = str(folder)
+    app.run()
+    app.switch_page("pages/similarity.py").run()
+    app.number_input[0].set_value(3)  # texts per set
+    app.number_input[1].set_value(32)  # tokens per text
+    next(b for b in app.button if b.label == "Score").click().run()
+    job = _wait(manager().get(app.session_state["sim_job"]))
+    assert job.status == "finished", job.error
+    assert [e.sets_done for e in job.events] == [1, 2]
+    app.run()
+    assert not app.exception
+    table, _summary = job.result
+    assert sorted(set(table["set"])) == ["builtin:news", "builtin:wiki"] and len(table) == 6
+    assert app.get("plotly_chart")  # the violin of the chosen metric is drawn

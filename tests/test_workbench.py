@@ -133,8 +133,11 @@ def test_similarity_table_and_embedding_cosine():
     reference = Reference("self", 2, set(), Counter(words(texts["alpha"][0])))
     scored = score_token_ids(model, [TOK(texts["beta"][0])["input_ids"]], window=512)[0]
     reference.centroid = scored.embedding
-    table, summary = similarity_table(model, TOK, texts, reference, k=0.5, max_tokens=128)
+    events = []
+    table, summary = similarity_table(model, TOK, texts, reference, k=0.5, max_tokens=128, on_event=events.append)
     assert list(table["set"]) == ["alpha", "alpha", "beta"]
+    assert [(e.sets_done, e.sets_total, e.last_set, e.texts_scored) for e in events] == [(1, 2, "alpha", 2),
+                                                                                      (2, 2, "beta", 3)]
     assert table.loc[table["set"] == "beta", "embedding_cosine"].iloc[0] == pytest.approx(1.0, abs=1e-5)
     assert {"min_k_pp", "min_k", "ppl", "ngram_overlap", "js_divergence"} <= set(table.columns)
     assert summary.loc["alpha", ("min_k_pp", "count")] == 2
