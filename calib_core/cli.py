@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list recorded pruning runs")
     runs.add_argument("--show", type=int, default=None, metavar="ID", help="print one run's full record")
 
+    sweep = sub.add_parser("sweep", help="run a grid of runs (sources x methods x sparsities x nsamples x seeds); "
+                                         "resumable: finished points are skipped")
+    sweep.add_argument("grid", metavar="GRID.yaml", help="grid file (.yaml/.yml/.json), see calib_core/sweeps.py")
+    sweep.add_argument("--dry-run", action="store_true", help="list the points and which already finished")
+
     evaluate = sub.add_parser("eval", help="perplexity of a (dense or saved pruned) model")
     _add_model_args(evaluate)
     _add_eval_args(evaluate)
@@ -112,7 +117,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"prune": _cmd_prune, "eval": _cmd_eval, "calib": _cmd_calib, "sets": _cmd_sets,
-                    "similarity": _cmd_similarity, "runs": _cmd_runs}
+                    "similarity": _cmd_similarity, "runs": _cmd_runs, "sweep": _cmd_sweep}
         return commands[args.command](args)
     except CalibLabError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -311,6 +316,30 @@ def _cmd_runs(args) -> int:
         print(f"{run['id']:>4} {run['status']:<11} {run['created']:<19} {str(run['model'])[:16]:<16} "
               f"{str(run['method']):<10} {str(run['sparsity']):<8} {ppl}")
     return 0
+
+
+def _cmd_sweep(args) -> int:
+    from .runs import RunStore
+    from .sweeps import SweepGrid, run_sweep
+
+    grid = SweepGrid.from_file(args.grid)
+    store = RunStore()
+    if args.dry_run:
+        done = store.finished_points(grid.name)
+        for point in grid.points():
+            print(f"{'done' if point.key in done else 'todo'}  {point.key}  {point.label()}")
+        return 0
+
+    def on_event(event):
+        if getattr(event, "kind", "") == "pipeline" and event.stage in ("sweep", "ppl", "run"):
+            print(event.message, flush=True)
+
+    summary = run_sweep(grid, store, on_event)
+    print(f"sweep {grid.name}: {summary.ran} ran, {summary.skipped} skipped (finished before), "
+          f"{len(summary.failed)} failed")
+    for failure in summary.failed:
+        print(f"failed: {failure}", file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 def block_table(blocks) -> str:

@@ -40,9 +40,11 @@ class PipelineEvent:
     kind: str = "pipeline"
 
 
-def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None) -> dict:
+def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=None, sweep: str | None = None,
+                  point_key: str | None = None) -> dict:
     """Run a job and return its report; the run store records it as running, then finished,
-    failed or cancelled."""
+    failed or cancelled. `loaded` (a LoadedModel of job.model holding dense weights) skips loading:
+    sweeps load once and restore the dense weights between points."""
     from .data import build_calibration
     from .evaluate import perplexity
     from .models import describe_model, load_model
@@ -52,11 +54,12 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None) -> dict
     emit = on_event or (lambda event: None)
     config = job.config.resolved()  # a bad config fails before anything loads
     store = store or RunStore()
-    run_id = store.start(job.model, config.as_dict(), job.calib)
+    run_id = store.start(job.model, config.as_dict(), job.calib, sweep, point_key)
     emit(PipelineEvent("run", f"run {run_id} started", {"run_id": run_id}))
     try:
         t = time.perf_counter()
-        loaded = load_model(job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code)
+        if loaded is None:
+            loaded = load_model(job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code)
         timings = {"load_model": time.perf_counter() - t}
         for note in loaded.notes:
             emit(PipelineEvent("load", note))

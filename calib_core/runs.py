@@ -101,6 +101,8 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT
 )
 """
+# Columns added after the first release of the store: (name, type), added to older files on open.
+_ADDED_COLUMNS = [("sweep", "TEXT"), ("point_key", "TEXT")]
 
 
 class RunStore:
@@ -116,16 +118,22 @@ class RunStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
+            present = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            for name, kind in _ADDED_COLUMNS:
+                if name not in present:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
         self.mark_interrupted()
 
-    def start(self, model: str, config: dict, calibration: str | None) -> int:
+    def start(self, model: str, config: dict, calibration: str | None, sweep: str | None = None,
+              point_key: str | None = None) -> int:
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
         sparsity = config.get("pattern") if ":" in str(config.get("pattern")) else str(config.get("sparsity"))
         with self._connect() as db:
             cursor = db.execute(
-                "INSERT INTO runs (created, updated, status, pid, model, method, sparsity, calibration, config) "
-                "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
-                (now, now, os.getpid(), model, config.get("method"), sparsity, calibration, json.dumps(config)),
+                "INSERT INTO runs (created, updated, status, pid, model, method, sparsity, calibration, config, sweep, "
+                "point_key) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (now, now, os.getpid(), model, config.get("method"), sparsity, calibration, json.dumps(config), sweep,
+                 point_key),
             )
             return int(cursor.lastrowid)
 
@@ -137,6 +145,12 @@ class RunStore:
                 "UPDATE runs SET status = ?, updated = ?, record = ?, error = ? WHERE id = ?",
                 (status, time.strftime("%Y-%m-%dT%H:%M:%S"), json.dumps(record) if record else None, error, run_id),
             )
+
+    def finished_points(self, sweep: str) -> set[str]:
+        """Keys of the sweep's points that already finished: a resumed sweep skips them."""
+        with self._connect() as db:
+            rows = db.execute("SELECT point_key FROM runs WHERE sweep = ? AND status = 'finished'", (sweep,))
+            return {key for (key,) in rows}
 
     def mark_interrupted(self) -> int:
         """Runs still 'running' whose process is gone were killed: say so."""

@@ -1,0 +1,161 @@
+"""Sweeps: a grid of calibration sources x methods x sparsities x nsamples x seeds for one model.
+
+Every point is an ordinary run in the run store, tagged with the sweep's name and a key derived
+from the point's settings, so a restarted sweep skips the points that already finished. The model
+is loaded once; before each point its dense weights are restored from an in-memory copy (this
+costs one extra copy of the weights in RAM, instead of a reload from disk per point).
+
+Grid file (YAML or JSON):
+
+    name: wiki-vs-news
+    model: smollm2-135m
+    calibration: [builtin:wiki, builtin:news, set:selfgen]
+    methods: [wanda, {method: owl, base: wanda}]     # a name or PruneConfig fields
+    sparsities: [0.5, 0.6, "2:4"]                     # a fraction (unstructured) or N:M
+    nsamples: [32]
+    seqlen: 512
+    seeds: [0, 1, 2, 3, 4]
+    eval: [builtin:wiki]
+    eval_windows: 32
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from . import assets
+from .errors import CalibLabError, ConfigError, PruningCancelled
+from .pipeline import PipelineEvent, PruneJob, run_prune_job
+from .prune import PruneConfig
+
+
+@dataclass
+class SweepGrid:
+    name: str
+    model: str = assets.DEFAULT_MODEL
+    calibration: list[str] = field(default_factory=lambda: ["builtin:wiki"])
+    methods: list = field(default_factory=lambda: ["wanda"])
+    sparsities: list = field(default_factory=lambda: [0.5])
+    nsamples: list[int] = field(default_factory=lambda: [32])
+    seqlen: int = 512
+    seeds: list[int] = field(default_factory=lambda: [0])
+    eval: list[str] = field(default_factory=lambda: ["builtin:wiki"])
+    eval_windows: int | None = 32
+    mode: str = "document"
+    dtype: str = "float32"
+    keep_masks: bool = False  # 13 MB per point for SmolLM2: opt in for mask agreement
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SweepGrid:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Sweep grid file '{path}' does not exist.")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            data = json.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"'{path.name}': a sweep grid is a .yaml, .yml or .json file.")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data) -> SweepGrid:
+        if not isinstance(data, dict) or not data.get("name"):
+            raise ConfigError("A sweep grid is a mapping with at least a 'name'.")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"Unknown sweep grid keys {sorted(unknown)}; known: {sorted(known)}.")
+        grid = cls(**data)
+        for key in ("calibration", "methods", "sparsities", "nsamples", "seeds", "eval"):
+            if not isinstance(getattr(grid, key), list) or (key != "eval" and not getattr(grid, key)):
+                raise ConfigError(f"Sweep grid '{key}' must be a non-empty list.")
+        grid.points()  # every point's config is validated before anything runs
+        return grid
+
+    def points(self) -> list[SweepPoint]:
+        out = []
+        for calib, method, setting, nsamples, seed in itertools.product(
+            self.calibration, self.methods, self.sparsities, self.nsamples, self.seeds
+        ):
+            options = {"method": method} if isinstance(method, str) else dict(method)
+            if isinstance(setting, str) and ":" in setting:
+                options["pattern"] = setting
+            else:
+                options["sparsity"] = float(setting)
+            config = PruneConfig(**options).resolved()
+            needs_data = config.needs_calibration
+            out.append(SweepPoint(calib if needs_data else None, config, nsamples, seed if needs_data else 0))
+        unique = {p.key: p for p in out}  # magnitude ignores source and seed: run it once per setting
+        return list(unique.values())
+
+
+@dataclass
+class SweepPoint:
+    calibration: str | None
+    config: PruneConfig
+    nsamples: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        described = json.dumps([self.calibration, self.config.as_dict(), self.nsamples, self.seed], sort_keys=True)
+        return hashlib.sha1(described.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        setting = self.config.pattern if ":" in self.config.pattern else self.config.sparsity
+        return f"{self.config.method} {setting} on {self.calibration} n={self.nsamples} seed={self.seed}"
+
+
+@dataclass
+class SweepSummary:
+    ran: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    run_ids: list[int] = field(default_factory=list)
+
+
+def run_sweep(grid: SweepGrid, store=None, on_event=None, cancel=None) -> SweepSummary:
+    """Run the points not yet finished; a failing point is recorded and the sweep goes on, a cancel
+    stops it (finished points stay finished)."""
+    from .models import load_model
+    from .runs import RunStore
+
+    emit = on_event or (lambda event: None)
+    store = store or RunStore()
+    points = grid.points()
+    done = store.finished_points(grid.name)
+    summary = SweepSummary(skipped=sum(p.key in done for p in points))
+    todo = [p for p in points if p.key not in done]
+    emit(PipelineEvent("sweep", f"sweep {grid.name}: {len(points)} points, {summary.skipped} already finished",
+                       {"points": len(points), "todo": len(todo)}))
+    if not todo:
+        return summary
+    loaded = load_model(grid.model, dtype=grid.dtype)
+    dense = {name: tensor.detach().clone() for name, tensor in loaded.model.state_dict().items()}
+    for number, point in enumerate(todo, 1):
+        if cancel is not None and cancel.is_set():
+            raise PruningCancelled(f"Sweep {grid.name} cancelled; {summary.ran} points ran, rerun to resume.")
+        loaded.model.load_state_dict(dense)
+        emit(PipelineEvent("sweep", f"point {number}/{len(todo)}: {point.label()}", {"key": point.key}))
+        job = PruneJob(model=grid.model, dtype=grid.dtype, calib=point.calibration, nsamples=point.nsamples,
+                       seqlen=grid.seqlen, seed=point.seed, mode=grid.mode, config=point.config, eval=grid.eval,
+                       eval_windows=grid.eval_windows, keep_masks=grid.keep_masks)
+        try:
+            record = run_prune_job(job, on_event, cancel, store, loaded=loaded, sweep=grid.name, point_key=point.key)
+        except PruningCancelled:
+            raise
+        except CalibLabError as exc:
+            summary.failed.append(f"{point.label()}: {exc}")
+            continue
+        summary.ran += 1
+        summary.run_ids.append(record["run_id"])
+    loaded.model.load_state_dict(dense)
+    return summary
