@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     prune = sub.add_parser("prune", help="prune a model layer by layer and measure perplexity")
+    prune.add_argument("--cloze", type=int, default=0, metavar="N",
+                       help="also measure offline 4-way cloze accuracy with N items per eval source "
+                            "(a teaching proxy for zero-shot tasks, not comparable to published numbers)")
     _add_model_args(prune)
     prune.add_argument("--method", default="wanda", choices=["magnitude", "wanda", "sparsegpt", "dsnot", "owl"])
     prune.add_argument("--base", default=None, help="DSnoT: wanda|sparsegpt; OWL: wanda|sparsegpt|magnitude")
@@ -171,7 +174,7 @@ def _cmd_prune(args) -> int:
         calib=args.calib if config.needs_calibration or args.calib else None, nsamples=args.nsamples,
         seqlen=args.seqlen, seed=args.seed, mode=args.mode, text_column=args.text_column, config=config,
         eval=[] if args.no_eval else (args.eval or DEFAULT_EVAL), eval_seqlen=args.eval_seqlen,
-        eval_windows=args.eval_windows, save=args.save,
+        eval_windows=args.eval_windows, save=args.save, cloze_items=args.cloze,
     )
     label = f"{config.method} {config.pattern if config.parsed_pattern.is_nm else config.sparsity}"
     bar = None
@@ -180,7 +183,7 @@ def _cmd_prune(args) -> int:
     def on_event(event):
         nonlocal bar
         if event.kind == "pipeline":
-            if event.stage == "ppl":
+            if event.stage in ("ppl", "cloze"):
                 print(event.message)
             elif event.stage in ("load", "estimate", "run", "saved"):
                 print(f"{event.stage}: {event.message}", file=sys.stderr)

@@ -27,6 +27,7 @@ class PruneJob:
     eval_seqlen: int | None = None  # default: seqlen
     eval_windows: int | None = None
     save: str | None = None
+    cloze_items: int = 0  # offline zero-shot proxy (cloze.py) on each eval source; 0 = skip
     keep_masks: bool = True  # for mask agreement between runs (agreement.py)
 
 
@@ -86,8 +87,21 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=
             perplexities.append(ppl)
             emit(PipelineEvent("ppl", f"ppl {spec}: {ppl.ppl:.3f} ({ppl.windows} x {ppl.seqlen} tokens)", ppl.as_dict()))
         timings["eval"] = sum(p.seconds for p in perplexities)
+        cloze = []
+        if job.cloze_items:
+            from .cloze import cloze_accuracy
+
+            t = time.perf_counter()
+            for spec in job.eval:
+                accuracy = cloze_accuracy(loaded.model, loaded.tokenizer, spec, items=job.cloze_items)
+                cloze.append(accuracy.as_dict())
+                emit(PipelineEvent("cloze", f"cloze {spec}: acc {accuracy.acc:.3f}, acc_norm {accuracy.acc_norm:.3f} "
+                                            f"({accuracy.items} items)", accuracy.as_dict()))
+            timings["cloze"] = time.perf_counter() - t
         record = run_record(job.model, info, calibration, result, perplexities, timings, loaded.notes)
         record["run_id"] = run_id
+        if cloze:
+            record["cloze"] = cloze
         record["job"] = {k: v for k, v in asdict(job).items() if k != "config"}
         if job.keep_masks:
             from .agreement import save_masks

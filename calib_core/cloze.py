@@ -1,0 +1,94 @@
+"""Offline zero-shot accuracy: a multiple-choice cloze task built from held-out text.
+
+Each item is a passage's first `context_tokens` tokens and 4 candidate continuations of
+`continuation_tokens` tokens: the passage's true next tokens and 3 taken from other held-out
+documents. The model picks the candidate with the highest log-likelihood given the context
+(`acc`), or the highest log-likelihood per character of the candidate's text (`acc_norm`, the
+lm-evaluation-harness convention). Chance is 1/4.
+
+A teaching proxy for the paper's commonsense tasks, measurable with no network: it is NOT comparable
+to published zero-shot numbers.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .data import load_documents
+from .errors import SourceError
+
+
+@dataclass(frozen=True)
+class ClozeItem:
+    context: list[int]
+    candidates: list[list[int]]
+    answer: int  # index of the true continuation
+
+
+@dataclass
+class ClozeResult:
+    source: str
+    items: int
+    acc: float
+    acc_norm: float
+    context_tokens: int
+    continuation_tokens: int
+    seed: int
+    protocol: str = ("4-way cloze on held-out text: true continuation vs 3 from other documents, scored by "
+                     "log-likelihood (acc) and log-likelihood per character (acc_norm); chance 0.25")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def cloze_items(spec: str, tokenizer, items: int = 100, context_tokens: int = 64, continuation_tokens: int = 16,
+                seed: int = 0) -> list[ClozeItem]:
+    """Seeded items from the held-out part of `spec` (one passage per document)."""
+    need = context_tokens + continuation_tokens
+    docs = [ids for ids in (tokenizer(d, add_special_tokens=False, verbose=False)["input_ids"]
+                            for d in load_documents(spec, part="eval")) if len(ids) >= need]
+    if len(docs) < 4:
+        raise SourceError(f"'{spec}' has {len(docs)} held-out documents of >= {need} tokens; a cloze item needs 4.")
+    rng = random.Random(seed)
+    out = []
+    for _ in range(items):
+        picked = rng.sample(range(len(docs)), 4)
+        spans = []
+        for d in picked:
+            start = rng.randrange(0, len(docs[d]) - need + 1)
+            spans.append(docs[d][start : start + need])
+        answer = rng.randrange(4)
+        true_span, others = spans[0], spans[1:]
+        candidates = [span[context_tokens:] for span in others]
+        candidates.insert(answer, true_span[context_tokens:])
+        out.append(ClozeItem(true_span[:context_tokens], candidates, answer))
+    return out
+
+
+@torch.inference_mode()
+def continuation_loglik(model, context: list[int], candidates: list[list[int]]) -> list[float]:
+    """Sum of log p(candidate tokens | context) for each candidate, in one batch (equal lengths)."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([context + c for c in candidates], device=device)
+    logits = model(input_ids=ids, use_cache=False).logits.float()
+    start = len(context)
+    logprobs = F.log_softmax(logits[:, start - 1 : -1], dim=-1)
+    target = ids[:, start:]
+    return logprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(dim=1).tolist()
+
+
+def cloze_accuracy(model, tokenizer, spec: str = "builtin:wiki", items: int = 100, context_tokens: int = 64,
+                   continuation_tokens: int = 16, seed: int = 0) -> ClozeResult:
+    questions = cloze_items(spec, tokenizer, items, context_tokens, continuation_tokens, seed)
+    right = right_norm = 0
+    for q in questions:
+        loglik = continuation_loglik(model, q.context, q.candidates)
+        chars = [max(len(tokenizer.decode(c)), 1) for c in q.candidates]
+        right += max(range(4), key=lambda i: loglik[i]) == q.answer
+        right_norm += max(range(4), key=lambda i: loglik[i] / chars[i]) == q.answer
+    return ClozeResult(spec, len(questions), right / len(questions), right_norm / len(questions), context_tokens,
+                       continuation_tokens, seed)

@@ -1,0 +1,75 @@
+"""Offline cloze accuracy: seeded items from held-out text, log-likelihoods equal a brute force."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from calib_core.cloze import cloze_accuracy, cloze_items, continuation_loglik
+from calib_core.data import load_documents
+from calib_core.errors import SourceError
+from tests.tiny import CharTokenizer, tiny_model
+
+TOK = CharTokenizer()
+
+
+def test_items_are_seeded_and_hold_the_true_continuation():
+    items = cloze_items("builtin:wiki", TOK, items=12, context_tokens=20, continuation_tokens=8, seed=3)
+    assert items == cloze_items("builtin:wiki", TOK, items=12, context_tokens=20, continuation_tokens=8, seed=3)
+    assert items != cloze_items("builtin:wiki", TOK, items=12, context_tokens=20, continuation_tokens=8, seed=4)
+    held_out = [TOK.decode(TOK(d)["input_ids"]) for d in load_documents("builtin:wiki", part="eval")]
+    assert {q.answer for q in items} > {0}  # the answer's position varies
+    for q in items:
+        assert len(q.context) == 20 and all(len(c) == 8 for c in q.candidates) and len(q.candidates) == 4
+        passage = TOK.decode(q.context + q.candidates[q.answer])
+        assert any(passage in doc for doc in held_out)
+
+
+def test_loglik_equals_one_forward_per_candidate():
+    model = tiny_model("llama")
+    context, candidates = [5, 9, 3, 7, 2], [[4, 4, 1], [8, 2, 6], [1, 1, 1], [3, 9, 5]]
+    batched = continuation_loglik(model, context, candidates)
+    for cand, value in zip(candidates, batched):
+        ids = torch.tensor([context + cand])
+        with torch.no_grad():
+            logp = F.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+        brute = sum(float(logp[len(context) + i - 1, tok]) for i, tok in enumerate(cand))
+        assert value == pytest.approx(brute, abs=1e-4)
+
+
+def test_too_short_source_is_refused():
+    with pytest.raises(SourceError, match="held-out documents"):
+        cloze_items("builtin:wiki", TOK, items=2, context_tokens=10**6)
+
+
+def test_bundled_model_beats_chance_and_pruning_hurts(bundled_for_cloze):
+    from calib_core.prune import PruneConfig, prune_model
+
+    lm = bundled_for_cloze
+    dense = cloze_accuracy(lm.model, lm.tokenizer, "builtin:wiki", items=40, context_tokens=48,
+                           continuation_tokens=12)
+    assert dense.acc > 0.6 and dense.items == 40  # chance is 0.25
+    prune_model(lm.model, None, PruneConfig(method="magnitude", sparsity=0.8))
+    pruned = cloze_accuracy(lm.model, lm.tokenizer, "builtin:wiki", items=40, context_tokens=48,
+                            continuation_tokens=12)
+    assert pruned.acc < dense.acc
+
+
+@pytest.fixture
+def bundled_for_cloze():
+    from calib_core.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+def test_pipeline_records_cloze_accuracy(tmp_path):
+    from calib_core.pipeline import PruneJob, run_prune_job
+    from calib_core.prune import PruneConfig
+    from calib_core.runs import RunStore
+    from tests.tiny import save_tiny_folder
+
+    folder = save_tiny_folder(tmp_path / "tiny")
+    record = run_prune_job(PruneJob(model=str(folder), nsamples=2, seqlen=16, config=PruneConfig(method="wanda"),
+                                    eval=["builtin:wiki"], eval_windows=2, cloze_items=5, keep_masks=False),
+                           store=RunStore(tmp_path / "runs.sqlite"))
+    (cloze,) = record["cloze"]
+    assert cloze["items"] == 5 and 0 <= cloze["acc"] <= 1 and cloze["source"] == "builtin:wiki"
