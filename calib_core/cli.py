@@ -108,6 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("grid", metavar="GRID.yaml", help="grid file (.yaml/.yml/.json), see calib_core/sweeps.py")
     sweep.add_argument("--dry-run", action="store_true", help="list the points and which already finished")
 
+    reproduce = sub.add_parser("reproduce", help="the paper's four questions on one model as a resumable sweep, "
+                                                 "then a markdown report with figures")
+    _add_model_args(reproduce)
+    reproduce.add_argument("--seeds", type=int, default=5)
+    reproduce.add_argument("--nsamples", type=int, default=16, help="calibration samples per point (Q1, Q3, Q4)")
+    reproduce.add_argument("--seqlen", type=int, default=512)
+    reproduce.add_argument("--nsamples-curve", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32], help="Q2")
+    reproduce.add_argument("--eval-windows", type=int, default=2, help="held-out windows per builtin source")
+    reproduce.add_argument("--selfgen-texts", type=int, default=80)
+    reproduce.add_argument("--name", default="reproduce", help="sweep name in the run store")
+    reproduce.add_argument("--out", default="docs/results", metavar="DIR", help="report folder")
+    reproduce.add_argument("--report-only", action="store_true", help="write the report from finished runs only")
+    reproduce.add_argument("--dry-run", action="store_true", help="list the points and which already finished")
+
     evaluate = sub.add_parser("eval", help="perplexity of a (dense or saved pruned) model")
     _add_model_args(evaluate)
     _add_eval_args(evaluate)
@@ -120,7 +134,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"prune": _cmd_prune, "eval": _cmd_eval, "calib": _cmd_calib, "sets": _cmd_sets,
-                    "similarity": _cmd_similarity, "runs": _cmd_runs, "sweep": _cmd_sweep}
+                    "similarity": _cmd_similarity, "runs": _cmd_runs, "sweep": _cmd_sweep,
+                "reproduce": _cmd_reproduce}
         return commands[args.command](args)
     except CalibLabError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -343,6 +358,41 @@ def _cmd_sweep(args) -> int:
     for failure in summary.failed:
         print(f"failed: {failure}", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def _cmd_reproduce(args) -> int:
+    from dataclasses import replace
+
+    from .reproduce import ReproSettings, ordered_points, run_reproduction
+    from .runs import RunStore
+
+    defaults = ReproSettings()
+    settings = ReproSettings(model=args.model, seeds=args.seeds, nsamples=args.nsamples, seqlen=args.seqlen,
+                             nsamples_curve=args.nsamples_curve, eval_windows=args.eval_windows, name=args.name,
+                             selfgen=replace(defaults.selfgen, texts=args.selfgen_texts))
+    store = RunStore()
+    if args.dry_run:
+        done = store.finished_points(settings.name)
+        points = ordered_points(settings)
+        for point in points:
+            print(f"{'done' if point.key in done else 'todo'}  {point.key}  {point.label()}")
+        print(f"{sum(p.key in done for p in points)}/{len(points)} points finished")
+        return 0
+    if not args.report_only:
+        def on_event(event):
+            if getattr(event, "kind", "") == "pipeline" and event.stage in ("sweep", "ppl", "selfgen"):
+                print(f"{time.strftime('%H:%M:%S')} {event.message}", flush=True)
+
+        summary = run_reproduction(settings, store, on_event)
+        print(f"reproduction: {summary.ran} ran, {summary.skipped} skipped, {len(summary.failed)} failed")
+        for failure in summary.failed:
+            print(f"failed: {failure}", file=sys.stderr)
+    from .repro_report import write_report
+
+    command = "python -m calib_core " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else None
+    path = write_report(settings, store, args.out, command)
+    print(f"report: {path}")
+    return 0
 
 
 def block_table(blocks) -> str:

@@ -80,6 +80,12 @@ class SweepGrid:
         grid.points()  # every point's config is validated before anything runs
         return grid
 
+    def context(self) -> dict:
+        """What every point shares and its result depends on: part of each point's key, so a grid
+        changed in any of these reruns its points instead of reusing stale ones."""
+        return {"model": self.model, "dtype": self.dtype, "seqlen": self.seqlen, "mode": self.mode,
+                "eval": self.eval, "eval_windows": self.eval_windows}
+
     def points(self) -> list[SweepPoint]:
         out = []
         for calib, method, setting, nsamples, seed in itertools.product(
@@ -92,7 +98,8 @@ class SweepGrid:
                 options["sparsity"] = float(setting)
             config = PruneConfig(**options).resolved()
             needs_data = config.needs_calibration
-            out.append(SweepPoint(calib if needs_data else None, config, nsamples, seed if needs_data else 0))
+            out.append(SweepPoint(calib if needs_data else None, config, nsamples if needs_data else 0,
+                                  seed if needs_data else 0, self.context()))
         unique = {p.key: p for p in out}  # magnitude ignores source and seed: run it once per setting
         return list(unique.values())
 
@@ -103,10 +110,12 @@ class SweepPoint:
     config: PruneConfig
     nsamples: int
     seed: int
+    context: dict = field(default_factory=dict)
 
     @property
     def key(self) -> str:
-        described = json.dumps([self.calibration, self.config.as_dict(), self.nsamples, self.seed], sort_keys=True)
+        described = json.dumps([self.calibration, self.config.as_dict(), self.nsamples, self.seed, self.context],
+                               sort_keys=True)
         return hashlib.sha1(described.encode()).hexdigest()[:16]
 
     def label(self) -> str:
@@ -122,15 +131,19 @@ class SweepSummary:
     run_ids: list[int] = field(default_factory=list)
 
 
-def run_sweep(grid: SweepGrid, store=None, on_event=None, cancel=None) -> SweepSummary:
+def run_sweep(grid: SweepGrid, store=None, on_event=None, cancel=None, points=None) -> SweepSummary:
     """Run the points not yet finished; a failing point is recorded and the sweep goes on, a cancel
-    stops it (finished points stay finished)."""
+    stops it (finished points stay finished). `points` (default: the grid's) lets a caller order or
+    merge points of grids that share the grid's context, e.g. several seeds of every question first."""
     from .models import load_model
     from .runs import RunStore
 
     emit = on_event or (lambda event: None)
     store = store or RunStore()
-    points = grid.points()
+    points = grid.points() if points is None else points
+    foreign = [p for p in points if p.context != grid.context()]
+    if foreign:
+        raise ConfigError(f"{len(foreign)} points were built for another model/seqlen/eval than grid {grid.name}.")
     done = store.finished_points(grid.name)
     summary = SweepSummary(skipped=sum(p.key in done for p in points))
     todo = [p for p in points if p.key not in done]

@@ -1,0 +1,243 @@
+"""The reproduction's markdown report: tables, figures (PNG beside the markdown) and a verdict per
+finding, computed from the finished runs with the criterion stated next to it."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from . import sweep_figures
+from .errors import ConfigError
+from .reproduce import ReproSettings, ordered_points, reproduction_frame
+from .runs import environment_versions
+from .sweep_stats import PPL, setting_label, setting_sort_key, spread_by_setting, summarize, welch_test
+
+ALPHA = 0.05
+
+
+def _cell(row) -> str:
+    return f"{row['mean']:.2f} ± {row['std']:.2f} ({int(row['n'])})"
+
+
+def _pivot(stats: pd.DataFrame, index: str, columns: str, order: list[str] | None = None) -> str:
+    table = stats.assign(cell=stats.apply(_cell, axis=1)).pivot(index=index, columns=columns, values="cell")
+    if order:
+        table = table[[c for c in order if c in table.columns]]
+    return table.fillna("–").to_markdown()
+
+
+class _Report:
+    def __init__(self, out: Path):
+        self.out, self.lines, self.figure_errors = out, [], []
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def figure(self, name: str, build, caption: str) -> None:
+        try:
+            path = sweep_figures.export(build(), self.out / f"{name}.png")
+            self.add(f"![{caption}]({path.name})", "")
+        except ConfigError as exc:
+            self.figure_errors.append(f"{name}: {exc}")
+            self.add(f"(figure {name} not drawn: {exc})", "")
+
+
+def _verdict(ok: bool | None, text: str) -> str:
+    mark = {True: "**reproduces**", False: "**does not reproduce**", None: "**inconclusive**"}[ok]
+    return f"- {mark}: {text}"
+
+
+def write_report(settings: ReproSettings, store, out: str | Path = "docs/results", command: str | None = None) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = reproduction_frame(settings, store)
+    if frame.empty:
+        raise ConfigError(f"No finished runs of reproduction '{settings.name}' yet: run it first.")
+    similarity_path = store.path.parent / f"{settings.name}-similarity.json"
+    similarity = json.loads(similarity_path.read_text())["scores"] if similarity_path.exists() else None
+    report = _Report(out)
+    findings: list[str] = []
+    points = ordered_points(settings)
+    versions = environment_versions()
+    import plotly
+    import scipy
+
+    versions.update(scipy=scipy.__version__, plotly=plotly.__version__)
+    settings_table = {k: v for k, v in settings.as_dict().items() if k != "selfgen"}
+    report.add(
+        f"# Reproduction: calibration data for pruning (Ji et al., ICLR 2025) on `{settings.model}`", "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by"
+        f" `{command or 'python -m calib_core reproduce'}` on {platform.machine()} CPU"
+        f" ({len(frame)} of {len(points)} points finished).", "",
+        "What is measured, and how it differs from the paper:",
+        f"- Model: `{settings.model}` (the bundled SmolLM2-135M-Instruct, Q4_1 dequantised to fp32). The paper "
+        "prunes 7B models.",
+        f"- Calibration: {settings.nsamples} x {settings.seqlen} tokens per point, `{settings.mode}` sampling, "
+        f"{settings.seeds} seeds (paper: 128 x 2048, 20 seeds). Chosen so the whole reproduction fits about two "
+        "hours on 2 CPU cores; these settings were fixed before any result was seen.",
+        f"- Metric: `ppl` = geometric mean of the held-out perplexities on {', '.join(settings.eval)} "
+        f"({settings.eval_windows} x {settings.seqlen}-token windows each, the same windows for every run), lower is "
+        "better. The paper reports zero-shot accuracy; perplexity differences are larger and not in points.",
+        f"- Self-generated set `{settings.selfgen_set}`: {settings.selfgen.texts} texts from 2-token prefixes of wiki, "
+        f"T {settings.selfgen.temperature}, top-p {settings.selfgen.top_p}, top-k {settings.selfgen.top_k}, "
+        f"repetition penalty {settings.selfgen.repetition_penalty}, up to {settings.selfgen.max_new_tokens} new "
+        f"tokens, highest-ppl {settings.selfgen.drop_fraction:.0%} dropped.", "",
+        "Settings:", "", "```json", json.dumps(settings_table, indent=1), "```", "",
+        "Versions:", "", "```json", json.dumps(versions, indent=1), "```", "")
+
+    wanda = frame[frame["method"] == "wanda"]
+    q1 = wanda[(wanda["nsamples"] == settings.nsamples) & wanda["calibration"].isin(settings.sources)]
+    magnitude = summarize(frame[frame["method"] == "magnitude"], ["setting"], PPL)
+    order = sorted(q1["setting"].unique(), key=setting_sort_key)
+
+    # ---- Q1
+    report.add("## Q1: spread across calibration sources (Wanda)", "",
+               "Mean ± std (seeds) of `ppl`; magnitude pruning (no calibration data) as reference.", "")
+    if not q1.empty:
+        stats = summarize(q1, ["calibration", "setting"], PPL)
+        report.add(_pivot(stats, "calibration", "setting", order), "")
+        if not magnitude.empty:
+            report.add("Magnitude: " + ", ".join(f"{r.setting} {r.mean:.1f}" for r in magnitude.itertuples()), "")
+        spread = spread_by_setting(q1, PPL, "wanda")
+        report.add(spread.to_markdown(index=False, floatfmt=".3f"), "")
+        tests = []
+        for row in spread.itertuples():
+            try:
+                result = welch_test(q1[q1["setting"] == row.setting], row.best, row.worst)
+                tests.append(f"- {row.setting}: {result.describe(ALPHA)}")
+            except ConfigError as exc:
+                tests.append(f"- {row.setting}: {exc}")
+        report.add("Best vs worst source, Welch t-test per setting:", "", *tests, "")
+        report.figure("q1_sources", lambda: sweep_figures.source_bars(frame[frame["nsamples"].isin(
+            [0, settings.nsamples])], "wanda"), "Wanda ppl by calibration source per setting")
+        report.figure("q1_spread", lambda: sweep_figures.spread_chart(q1, "wanda"), "spread vs sparsity")
+        rel = dict(zip(spread["setting"], spread["relative spread"]))
+        unstructured = [rel[s] for s in ("50%", "60%", "70%") if s in rel]
+        if len(unstructured) == 3 and {"4:8", "2:4"} <= set(rel):
+            grows = unstructured[0] < unstructured[1] < unstructured[2]
+            nm = min(rel["4:8"], rel["2:4"]) > rel["50%"]
+            findings.append(_verdict(grows and nm, "calibration data matters more as pruning gets harder "
+                                     "(criterion: relative spread 50% < 60% < 70%, and 4:8, 2:4 > 50%): "
+                                     + ", ".join(f"{k} {v:.1%}" for k, v in rel.items()) + "."))
+        below = []
+        for setting in order:
+            if setting in set(magnitude["setting"]):
+                reference = float(magnitude.loc[magnitude["setting"] == setting, "mean"].iloc[0])
+                worse = stats[(stats["setting"] == setting) & (stats["mean"] > reference)]["calibration"].tolist()
+                below += [f"{s} at {setting}" for s in worse]
+        findings.append(_verdict(bool(below), "a bad calibration set can fall below magnitude pruning: "
+                                 + (", ".join(below) if below else "no source is worse than magnitude at any "
+                                    "setting (magnitude is far worse on this model)") + "."))
+
+    # ---- Q2
+    report.add("## Q2: mean and std against the number of calibration samples (Wanda 50%)", "")
+    curve = wanda[(wanda["setting"] == "50%") & wanda["calibration"].isin(settings.curve_sources)]
+    if curve["nsamples"].nunique() >= 2:
+        stats = summarize(curve, ["calibration", "nsamples"], PPL).sort_values(["calibration", "nsamples"])
+        report.add(stats.to_markdown(index=False, floatfmt=".3f"), "")
+        report.figure("q2_nsamples", lambda: sweep_figures.nsamples_band(curve, "wanda", "50%"),
+                      "mean ± std vs calibration samples")
+        for source, group in stats.groupby("calibration"):
+            group = group[group["n"] >= 2]
+            if len(group) < 3:
+                continue
+            first, last = group.iloc[0], group.iloc[-1]
+            big = group[group["nsamples"] >= settings.nsamples]
+            mean_change = (big["mean"].max() - big["mean"].min()) / big["mean"].min() if len(big) >= 2 else None
+            rho = group["nsamples"].corr(group["std"], method="spearman")
+            findings.append(_verdict(bool(last["std"] < first["std"] and rho < 0),
+                                     f"more samples shrink the seed-to-seed std ({source}: std {first['std']:.3f} at "
+                                     f"n={int(first['nsamples'])} -> {last['std']:.3f} at n={int(last['nsamples'])}; "
+                                     f"Spearman(n, std) = {rho:.2f}; criterion: std at the largest n below the "
+                                     "smallest n's, and a negative rank correlation)."))
+            if mean_change is not None:
+                findings.append(_verdict(bool(mean_change < 0.02),
+                                         f"beyond a moderate amount, more samples barely move the mean ({source}: "
+                                         f"means at n >= {settings.nsamples} differ by {mean_change:.1%}; criterion "
+                                         f"< 2%). Over the whole curve the mean goes {first['mean']:.2f} -> "
+                                         f"{last['mean']:.2f}."))
+    else:
+        report.add("Not enough sample counts finished yet.", "")
+
+    # ---- Q3
+    report.add("## Q3: which source is best, and its similarity to pretraining data (Min-K%++)", "")
+    if similarity and not q1.empty:
+        sim = pd.DataFrame([{"calibration": s, "Min-K%++ mean": v["min_k_pp_mean"], "Min-K%++ std": v["min_k_pp_std"],
+                             "Min-K% mean": v["min_k_mean"], "dense ppl of texts": v["ppl_mean"],
+                             "tokens/text": v["tokens_mean"], "texts": int(v["min_k_pp_count"])}
+                            for s, v in similarity.items()])
+        means = summarize(q1, ["setting", "calibration"], PPL).pivot(index="calibration", columns="setting",
+                                                                     values="mean")
+        ranks = means.rank(axis=0).astype(int)
+        ranks.columns = [f"rank {c}" for c in ranks.columns]
+        table = sim.set_index("calibration").join(ranks[[f"rank {c}" for c in order]], how="left")
+        report.add("Min-K%++ (K = 50%) of the dense model on up to "
+                   f"{settings.similarity_texts} texts per source (higher = more training-like), and each source's "
+                   "rank by Wanda `ppl` per setting (1 = best):", "",
+                   table.sort_values("Min-K%++ mean", ascending=False).to_markdown(floatfmt=".3f"), "")
+        builtin = sim[sim["calibration"].isin(means.index)].set_index("calibration")["Min-K%++ mean"]
+        rhos = {s: builtin.corr(means[s].loc[builtin.index], method="spearman") for s in order}
+        most_similar = builtin.idxmax()
+        best = {s: means[s].idxmin() for s in order}
+        wins = sum(b == most_similar for b in best.values())
+        report.add("Spearman correlation between a source's Min-K%++ and its pruned `ppl` (negative = more "
+                   "training-like prunes better): " + ", ".join(f"{s} {r:.2f}" for s, r in rhos.items()), "")
+        findings.append(_verdict(wins > len(order) / 2 and sum(r < 0 for r in rhos.values()) > len(order) / 2,
+                                 f"the most training-like builtin source ({most_similar}) prunes best at {wins} of "
+                                 f"{len(order)} settings (best: " + ", ".join(f"{s} {b}" for s, b in best.items())
+                                 + f"); Min-K%++ vs ppl correlation is negative at {sum(r < 0 for r in rhos.values())} "
+                                 f"of {len(order)} settings (criterion: both in a majority). With "
+                                 f"{len(builtin)} sources a rank correlation is weak evidence."))
+    else:
+        report.add("Similarity scores or Q1 runs missing.", "")
+
+    # ---- Q4
+    report.add(f"## Q4: self-generated calibration data (at {setting_label({'sparsity': settings.selfgen_setting})})", "")
+    q4_setting = setting_label({"sparsity": settings.selfgen_setting})
+    q4 = frame[(frame["setting"] == q4_setting) & (frame["nsamples"] == settings.nsamples)
+               & frame["method"].isin(settings.selfgen_methods)]
+    if not q4.empty:
+        stats = summarize(q4, ["calibration", "method"], PPL)
+        report.add(_pivot(stats, "calibration", "method", settings.selfgen_methods), "")
+        for method in settings.selfgen_methods:
+            data = q4[q4["method"] == method]
+            means = data.groupby("calibration")[PPL].mean()
+            if settings.selfgen_set not in means or len(means) < 2:
+                continue
+            builtin = means.drop(settings.selfgen_set)
+            best = builtin.idxmin()
+            try:
+                test = welch_test(data, settings.selfgen_set, best)
+                detail = test.describe(ALPHA)
+                beyond_noise = test.p < ALPHA
+            except ConfigError as exc:
+                detail, beyond_noise = str(exc), False
+            beats_best = means[settings.selfgen_set] < builtin.min()
+            beats_mean = means[settings.selfgen_set] < builtin.mean()
+            verdict = True if beats_best and beyond_noise else (None if beats_mean else False)
+            findings.append(_verdict(verdict, f"self-generated data improves {method}: self-gen {means[settings.selfgen_set]:.2f} "
+                                              f"vs best builtin {best} {builtin.min():.2f} and builtin average "
+                                              f"{builtin.mean():.2f}. {detail} (criterion: beats the best builtin "
+                                              "source beyond noise; inconclusive if it only beats their average)."))
+            report.figure(f"q4_{method}", lambda d=data, m=method: sweep_figures.seed_violins(d, m, q4_setting),
+                          f"{method} per-seed ppl by source")
+    else:
+        report.add("No Q4 runs finished yet.", "")
+
+    seconds = 0.0
+    for run in store.list(where="sweep = ? AND status = 'finished'", params=(settings.name,)):
+        seconds += sum(v for k, v in (run["record"] or {}).get("timings", {}).items() if k in (
+            "calibration", "prune_total", "eval"))
+    report.add("## Findings", "", *findings, "",
+               f"Compute: {seconds / 60:.0f} min of recorded calibration + pruning + evaluation time over "
+               f"{len(frame)} runs.", "")
+    if report.figure_errors:
+        report.add("Figures not drawn: " + "; ".join(report.figure_errors), "")
+    path = out / "README.md"
+    path.write_text("\n".join(report.lines) + "\n", encoding="utf-8")
+    frame.to_csv(out / "runs.csv", index=False)
+    return path

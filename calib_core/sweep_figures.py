@@ -1,0 +1,126 @@
+"""Plotly figures of a sweep (used by the Sweeps page and the reproduction report) and their export
+to HTML (self-contained, works offline) or PNG (kaleido, which drives a local Chrome/Chromium)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .errors import ConfigError
+from .sweep_stats import PPL, setting_sort_key, spread_by_setting, summarize
+
+
+def _settings(frame: pd.DataFrame) -> list[str]:
+    return sorted(frame["setting"].unique(), key=setting_sort_key)
+
+
+def source_bars(frame: pd.DataFrame, method: str = "wanda", metric: str = PPL, magnitude=True) -> go.Figure:
+    """One panel per sparsity setting: mean metric per calibration source with std error bars, and
+    magnitude pruning at the same setting as a dashed reference line."""
+    data = frame[frame["method"] == method]
+    settings = _settings(data)
+    if not settings:
+        raise ConfigError(f"No finished {method} runs to plot.")
+    fig = make_subplots(rows=1, cols=len(settings), subplot_titles=settings, horizontal_spacing=0.05)
+    means = summarize(data, ["setting", "calibration"], metric)
+    reference = summarize(frame[frame["method"] == "magnitude"], ["setting"], metric) if magnitude else None
+    for col, setting in enumerate(settings, 1):
+        group = means[means["setting"] == setting]
+        fig.add_trace(go.Bar(x=group["calibration"], y=group["mean"], error_y=dict(type="data", array=group["std"]),
+                             customdata=group[["std", "n"]], showlegend=False, marker_color="#4c78a8",
+                             hovertemplate="%{x}<br>mean %{y:.3f}<br>std %{customdata[0]:.3f}<br>seeds "
+                                           "%{customdata[1]}<extra></extra>"), row=1, col=col)
+        if reference is not None and setting in set(reference["setting"]):
+            value = float(reference.loc[reference["setting"] == setting, "mean"].iloc[0])
+            fig.add_hline(y=value, line_dash="dash", line_color="#e45756", row=1, col=col,
+                          annotation_text=f"magnitude {value:.4g}", annotation_position="top left")
+            # keep the bars readable when magnitude is far off the scale: clip the axis, say so in the label
+            top = float((group["mean"] + group["std"]).max())
+            if value > 3 * top:
+                fig.update_yaxes(range=[0, top * 1.3], row=1, col=col)
+                fig.layout.annotations[-1].text = f"magnitude {value:.4g} (off scale)"
+                fig.layout.annotations[-1].y = top * 1.25
+    fig.update_layout(title=f"{method}: {metric} by calibration source (mean +- std over seeds)", height=420,
+                      margin=dict(t=80))
+    return fig
+
+
+def nsamples_band(frame: pd.DataFrame, method: str = "wanda", setting: str = "50%", metric: str = PPL) -> go.Figure:
+    """mean +- std over seeds against the number of calibration samples (log x), one line per source."""
+    data = frame[(frame["method"] == method) & (frame["setting"] == setting)]
+    stats = summarize(data, ["calibration", "nsamples"], metric).sort_values("nsamples")
+    fig = go.Figure()
+    for source, group in stats.groupby("calibration", sort=False):
+        if group["nsamples"].nunique() < 2:
+            continue
+        x = list(group["nsamples"])
+        upper, lower = list(group["mean"] + group["std"]), list(group["mean"] - group["std"])
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=upper + lower[::-1], fill="toself", opacity=0.2, line_width=0,
+                                 name=f"{source} +- std", hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=x, y=group["mean"], mode="lines+markers", name=source))
+    if not fig.data:
+        raise ConfigError(f"No {method} {setting} source has runs at two or more sample counts.")
+    fig.update_xaxes(type="log", title="calibration samples")
+    fig.update_yaxes(title=metric)
+    fig.update_layout(title=f"{method} {setting}: {metric} vs number of calibration samples", height=420)
+    return fig
+
+
+def seed_violins(frame: pd.DataFrame, method: str = "wanda", setting: str = "50%", metric: str = PPL) -> go.Figure:
+    """Per-seed metric per source: the distribution behind each bar."""
+    data = frame[(frame["method"] == method) & (frame["setting"] == setting)]
+    if data.empty:
+        raise ConfigError(f"No finished {method} runs at {setting}.")
+    fig = go.Figure()
+    for source, group in data.groupby("calibration", sort=False):
+        fig.add_trace(go.Violin(y=group[metric], name=source, box_visible=True, points="all", meanline_visible=True,
+                                customdata=group[["seed", "nsamples"]],
+                                hovertemplate="seed %{customdata[0]}, n=%{customdata[1]}: %{y:.3f}<extra></extra>"))
+    fig.update_layout(title=f"{method} {setting}: per-seed {metric}", showlegend=False, height=420)
+    return fig
+
+
+def spread_chart(frame: pd.DataFrame, method: str = "wanda", metric: str = PPL, relative: bool = True) -> go.Figure:
+    """max - min over sources of the mean metric, per sparsity setting (relative to the best source)."""
+    spread = spread_by_setting(frame, metric, method)
+    if spread.empty:
+        raise ConfigError(f"No finished {method} runs.")
+    column = "relative spread" if relative else "spread"
+    y = spread[column] * (100 if relative else 1)
+    fig = go.Figure(go.Bar(x=spread["setting"], y=y, customdata=spread[["best", "worst"]],
+                           hovertemplate="%{x}: %{y:.3g}<br>best %{customdata[0]}<br>worst %{customdata[1]}"
+                                         "<extra></extra>"))
+    fig.update_layout(title=f"{method}: spread across calibration sources ({'% of best ' if relative else ''}{metric})",
+                      yaxis_title="(worst - best) / best, %" if relative else f"worst - best {metric}", height=380)
+    return fig
+
+
+def export(fig: go.Figure, path: str | os.PathLike, width: int = 1100, height: int | None = None) -> Path:
+    """Write `fig` as .html (plotly.js embedded, readable offline) or .png (needs kaleido and a
+    Chrome/Chromium; a system chromium is used when present)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".html":
+        fig.write_html(path, include_plotlyjs=True, full_html=True)
+        return path
+    if path.suffix != ".png":
+        raise ConfigError(f"Export to .html or .png, not '{path.suffix}'.")
+    try:
+        import kaleido  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError("PNG export needs kaleido: pip install kaleido (and a Chrome or Chromium).") from exc
+    if not os.environ.get("BROWSER_PATH"):
+        system = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+        if system:
+            os.environ["BROWSER_PATH"] = system
+    try:
+        fig.write_image(path, width=width, height=height or fig.layout.height or 420)
+    except Exception as exc:  # kaleido reports a missing browser in several ways
+        raise ConfigError(f"PNG export failed ({exc}). Kaleido needs Chrome/Chromium: install chromium, or set "
+                          f"BROWSER_PATH to a Chrome binary; HTML export works without it.") from exc
+    return path

@@ -1,0 +1,118 @@
+"""Statistics over a sweep's runs: one row per finished run, mean/std per group, the spread across
+calibration sources, and a Welch t-test between two sources. Plain pandas/scipy, no plotting."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+from .errors import ConfigError
+
+# The sweep's headline metric: the geometric mean of the held-out perplexities of every eval source,
+# so no single domain (and no source's in-domain advantage) dominates.
+PPL = "ppl"
+SETTING_ORDER = ["50%", "60%", "70%", "80%", "90%", "4:8", "2:4", "1:4"]
+
+
+def setting_label(config: dict) -> str:
+    pattern = str(config.get("pattern", "unstructured"))
+    return pattern if ":" in pattern else f"{round(float(config['sparsity']) * 100):d}%"
+
+
+def setting_sort_key(label: str) -> tuple:
+    return (SETTING_ORDER.index(label), label) if label in SETTING_ORDER else (len(SETTING_ORDER), label)
+
+
+def runs_frame(runs: list[dict]) -> pd.DataFrame:
+    """One row per finished run: what was varied, and every metric it recorded."""
+    rows = []
+    for run in runs:
+        record = run.get("record")
+        if run.get("status") != "finished" or not record:
+            continue
+        config = record.get("config") or run.get("config") or {}
+        calibration = record.get("calibration") or {}
+        row = {
+            "run_id": run["id"], "sweep": run.get("sweep"), "method": config.get("method"),
+            "setting": setting_label(config), "calibration": run.get("calibration") or "none",
+            "nsamples": calibration.get("nsamples", 0), "seed": calibration.get("seed", 0),
+            "overall_sparsity": record.get("overall_sparsity"),
+        }
+        logs = []
+        for ppl in record.get("perplexity", []):
+            row[f"ppl {ppl['source']}"] = ppl["ppl"]
+            logs.append(math.log(ppl["ppl"]))
+        row[PPL] = math.exp(sum(logs) / len(logs)) if logs else float("nan")
+        for cloze in record.get("cloze", []):
+            row[f"cloze acc {cloze['source']}"] = cloze["acc"]
+            row[f"cloze acc_norm {cloze['source']}"] = cloze["acc_norm"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sweep_frame(store, sweep: str) -> pd.DataFrame:
+    frame = runs_frame(store.list(where="sweep = ?", params=(sweep,)))
+    if frame.empty:
+        raise ConfigError(f"Sweep '{sweep}' has no finished runs in {store.path}.")
+    return frame
+
+
+def summarize(frame: pd.DataFrame, by: list[str], metric: str = PPL) -> pd.DataFrame:
+    """mean, std (over seeds, ddof 1), n and standard error per group."""
+    grouped = frame.groupby(by, sort=False)[metric]
+    out = grouped.agg(mean="mean", std="std", n="count").reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    out["sem"] = out["std"] / out["n"].pow(0.5)
+    return out
+
+
+def spread_by_setting(frame: pd.DataFrame, metric: str = PPL, method: str = "wanda") -> pd.DataFrame:
+    """Per setting: max - min over calibration sources of the mean metric, and which source is
+    best (lowest) and worst."""
+    means = summarize(frame[frame["method"] == method], ["setting", "calibration"], metric)
+    rows = []
+    for setting, group in means.groupby("setting", sort=False):
+        best, worst = group.loc[group["mean"].idxmin()], group.loc[group["mean"].idxmax()]
+        rows.append({"setting": setting, "spread": worst["mean"] - best["mean"],
+                     "relative spread": (worst["mean"] - best["mean"]) / best["mean"],
+                     "best": best["calibration"], "worst": worst["calibration"], "sources": len(group),
+                     "min seeds": int(group["n"].min())})
+    out = pd.DataFrame(rows)
+    return out.sort_values("setting", key=lambda s: s.map(setting_sort_key)).reset_index(drop=True) if rows else out
+
+
+@dataclass
+class WelchResult:
+    source_a: str
+    source_b: str
+    mean_a: float
+    mean_b: float
+    n_a: int
+    n_b: int
+    t: float
+    p: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self, alpha: float = 0.05) -> str:
+        verdict = "differ" if self.p < alpha else "do not differ"
+        return (f"{self.source_a} (mean {self.mean_a:.3f}, n={self.n_a}) vs {self.source_b} (mean {self.mean_b:.3f}, "
+                f"n={self.n_b}): Welch t = {self.t:.2f}, p = {self.p:.3g}; they {verdict} at alpha {alpha}.")
+
+
+def welch_test(frame: pd.DataFrame, source_a: str, source_b: str, metric: str = PPL) -> WelchResult:
+    """Welch's unequal-variance t-test between two calibration sources' per-seed metrics (filter the
+    frame to one method and setting first)."""
+    from scipy import stats
+
+    a = frame.loc[frame["calibration"] == source_a, metric].dropna()
+    b = frame.loc[frame["calibration"] == source_b, metric].dropna()
+    if len(a) < 2 or len(b) < 2:
+        raise ConfigError(f"A t-test needs at least 2 seeds per source; {source_a} has {len(a)}, "
+                          f"{source_b} has {len(b)}.")
+    result = stats.ttest_ind(a, b, equal_var=False)
+    return WelchResult(source_a, source_b, float(a.mean()), float(b.mean()), len(a), len(b),
+                       float(result.statistic), float(result.pvalue))
