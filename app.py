@@ -18,6 +18,7 @@ pages = st.navigation([
     st.Page("pages/similarity.py", title="Similarity", icon=":material/compare:"),
     st.Page("pages/prune.py", title="Prune", icon=":material/content_cut:"),
     st.Page("pages/results.py", title="Results", icon=":material/table_chart:"),
+    st.Page("pages/sweeps.py", title="Sweeps", icon=":material/stacked_bar_chart:"),
 ])
 
 

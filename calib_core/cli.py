@@ -28,6 +28,29 @@ def _add_eval_args(parser, required=False):
     parser.add_argument("--no-eval", action="store_true", help="skip perplexity")
 
 
+def _add_ray_args(parser):
+    parser.add_argument("--ray", default=None, metavar="auto|ADDRESS",
+                        help="run one Ray task per point: 'auto' joins this machine's cluster or starts a local one, "
+                             "or a cluster address (ray://host:10001); results go to the local run store")
+    parser.add_argument("--cpus-per-task", type=int, default=1, help="Ray CPUs (and torch threads) per point")
+
+
+def _sweep_runner(args):
+    """run_sweep, or its Ray twin when --ray is given and Ray is installed (else say how to get it)."""
+    from functools import partial
+
+    from .sweeps import run_sweep
+
+    if not args.ray:
+        return run_sweep
+    from .ray_runner import RAY_MISSING, ray_available, run_sweep_on_ray
+
+    if not ray_available():
+        print(f"note: {RAY_MISSING}", file=sys.stderr)
+        return run_sweep
+    return partial(run_sweep_on_ray, address=args.ray, cpus_per_task=args.cpus_per_task)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m calib_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "resumable: finished points are skipped")
     sweep.add_argument("grid", metavar="GRID.yaml", help="grid file (.yaml/.yml/.json), see calib_core/sweeps.py")
     sweep.add_argument("--dry-run", action="store_true", help="list the points and which already finished")
+    _add_ray_args(sweep)
 
     reproduce = sub.add_parser("reproduce", help="the paper's four questions on one model as a resumable sweep, "
                                                  "then a markdown report with figures")
@@ -121,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--out", default="docs/results", metavar="DIR", help="report folder")
     reproduce.add_argument("--report-only", action="store_true", help="write the report from finished runs only")
     reproduce.add_argument("--dry-run", action="store_true", help="list the points and which already finished")
+    _add_ray_args(reproduce)
 
     evaluate = sub.add_parser("eval", help="perplexity of a (dense or saved pruned) model")
     _add_model_args(evaluate)
@@ -338,7 +363,7 @@ def _cmd_runs(args) -> int:
 
 def _cmd_sweep(args) -> int:
     from .runs import RunStore
-    from .sweeps import SweepGrid, run_sweep
+    from .sweeps import SweepGrid
 
     grid = SweepGrid.from_file(args.grid)
     store = RunStore()
@@ -352,7 +377,7 @@ def _cmd_sweep(args) -> int:
         if getattr(event, "kind", "") == "pipeline" and event.stage in ("sweep", "ppl", "run"):
             print(event.message, flush=True)
 
-    summary = run_sweep(grid, store, on_event)
+    summary = _sweep_runner(args)(grid, store, on_event)
     print(f"sweep {grid.name}: {summary.ran} ran, {summary.skipped} skipped (finished before), "
           f"{len(summary.failed)} failed")
     for failure in summary.failed:
@@ -383,7 +408,7 @@ def _cmd_reproduce(args) -> int:
             if getattr(event, "kind", "") == "pipeline" and event.stage in ("sweep", "ppl", "selfgen"):
                 print(f"{time.strftime('%H:%M:%S')} {event.message}", flush=True)
 
-        summary = run_reproduction(settings, store, on_event)
+        summary = run_reproduction(settings, store, on_event, runner=_sweep_runner(args))
         print(f"reproduction: {summary.ran} ran, {summary.skipped} skipped, {len(summary.failed)} failed")
         for failure in summary.failed:
             print(f"failed: {failure}", file=sys.stderr)

@@ -113,13 +113,14 @@ def similarity_scores(settings: ReproSettings) -> dict:
             for source in stats.index}
 
 
-def run_reproduction(settings: ReproSettings, store=None, on_event=None, cancel=None) -> SweepSummary:
-    """Self-generate (once), run every point not yet finished, score similarity (once)."""
+def run_reproduction(settings: ReproSettings, store=None, on_event=None, cancel=None, runner=run_sweep) -> SweepSummary:
+    """Self-generate (once), run every point not yet finished (`runner`: run_sweep, or the Ray runner),
+    score similarity (once)."""
     from .runs import RunStore
 
     store = store or RunStore()
     ensure_selfgen_set(settings, on_event)
-    summary = run_sweep(settings.grid(), store, on_event, cancel, points=ordered_points(settings))
+    summary = runner(settings.grid(), store=store, on_event=on_event, cancel=cancel, points=ordered_points(settings))
     similarity_path = store.path.parent / f"{settings.name}-similarity.json"
     if not similarity_path.exists():
         t = time.perf_counter()

@@ -11,7 +11,7 @@ from tests.tiny import save_tiny_folder
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ["pages/home.py", "pages/model.py", "pages/calibration.py", "pages/similarity.py", "pages/prune.py",
-         "pages/results.py"]
+         "pages/results.py", "pages/sweeps.py"]
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -79,3 +79,27 @@ def test_similarity_page_scores_sets_on_tiny_model(tmp_path):
     table, _summary = job.result
     assert sorted(set(table["set"])) == ["builtin:news", "builtin:wiki"] and len(table) == 6
     assert app.get("plotly_chart")  # the violin of the chosen metric is drawn
+
+
+def test_sweeps_page_runs_a_grid_and_tests_two_sources(tmp_path):
+    folder = save_tiny_folder(tmp_path / "tiny")
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.session_state["model_spec"] = str(folder)
+    app.run()
+    app.switch_page("pages/sweeps.py").run()
+    app.text_input[0].set_value("page-sweep")
+    app.text_input[1].set_value("2")  # calibration samples
+    app.number_input[0].set_value(3)  # seeds
+    app.number_input[1].set_value(16)  # tokens per sample
+    app.number_input[2].set_value(1)  # eval windows
+    next(b for b in app.button if b.label == "Start sweep").click().run()
+    assert "14 points, 0 already finished" in " ".join(m.value for m in app.markdown)  # wanda 2x2x3, magnitude 2
+    next(b for b in app.button if b.label == "Run this grid").click().run()
+    job = _wait(manager().get(app.session_state["sweep_job"]), 120)
+    assert job.status == "finished", job.error
+    assert job.result.ran == 14 and not job.result.failed
+    app.run()
+    assert not app.exception
+    assert len(app.get("plotly_chart")) >= 3  # bars, spread, violins
+    verdict = " ".join(m.value for m in app.markdown if "Welch t" in m.value)
+    assert "builtin:news" in verdict and "builtin:wiki" in verdict and "p = " in verdict

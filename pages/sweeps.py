@@ -1,0 +1,164 @@
+import time
+
+import streamlit as st
+import yaml
+
+from calib_core import sets
+from calib_core.errors import CalibLabError, ConfigError
+from calib_core.jobs import manager
+from calib_core.runs import RunStore
+from calib_core.sweep_figures import export, nsamples_band, seed_violins, source_bars, spread_chart
+from calib_core.sweep_stats import PPL, spread_by_setting, summarize, sweep_frame, welch_test
+from calib_core.sweeps import SweepGrid, run_sweep
+
+BUILTIN = ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"]
+
+st.title("Sweeps")
+with st.expander("Why sweeps, and how to read them"):
+    st.markdown(
+        "One pruning run tells you little about a calibration source: another seed (another random draw of "
+        "calibration samples) can move perplexity as much as switching sources. A sweep repeats every "
+        "(source, method, sparsity, sample count) over several seeds, so each bar is a mean with its spread.\n\n"
+        "- **Bars** show the mean over seeds with ±1 std error bars; the dashed line is magnitude pruning "
+        "(no calibration data) at the same sparsity.\n"
+        "- **Spread** = worst source mean − best source mean, here relative to the best: the paper finds it "
+        "grows with sparsity and is largest for N:M patterns.\n"
+        "- **Welch's t-test** compares two sources without assuming equal variances: "
+        "$t = (\\bar a - \\bar b) / \\sqrt{s_a^2/n_a + s_b^2/n_b}$. A small p (< 0.05) means the difference is "
+        "unlikely to be seed noise alone; with 5 seeds only large effects reach it.\n"
+        "- `ppl` is the geometric mean of the held-out perplexities of every eval source.")
+
+store = RunStore()
+grid_tab, results_tab = st.tabs(["New sweep", "Sweep results"])
+
+with grid_tab:
+    uploaded = st.file_uploader("Grid file (optional)", type=["yaml", "yml", "json"],
+                                help="Same format as `python -m calib_core sweep GRID.yaml`")
+    if uploaded is not None:
+        try:
+            st.session_state.sweep_grid = SweepGrid.from_dict(yaml.safe_load(uploaded.getvalue().decode("utf-8")))
+            st.success(f"Loaded grid '{st.session_state.sweep_grid.name}'.")
+        except (CalibLabError, yaml.YAMLError, UnicodeDecodeError) as exc:
+            st.error(f"Not a valid grid file: {exc}")
+    with st.form("sweep_form"):
+        name = st.text_input("Sweep name", f"sweep-{time.strftime('%m%d-%H%M')}",
+                             help="Runs are tagged with it; rerunning the same name resumes.")
+        c1, c2 = st.columns(2)
+        sources = c1.multiselect("Calibration sources", BUILTIN + [f"set:{s}" for s in sets.list_sets()],
+                                 ["builtin:wiki", "builtin:news"])
+        methods = c2.multiselect("Methods", ["magnitude", "wanda", "sparsegpt", "dsnot", "owl"], ["magnitude", "wanda"])
+        settings = c1.multiselect("Sparsities / patterns", ["0.5", "0.6", "0.7", "0.8", "4:8", "2:4"], ["0.5", "0.6"])
+        nsamples = c2.text_input("Calibration samples (comma-separated)", "8")
+        seeds = c1.number_input("Seeds", 1, 50, 3)
+        seqlen = c2.number_input("Tokens per sample", 16, 4096, 256, step=16)
+        evals = c1.multiselect("Evaluate on (held-out)", BUILTIN, ["builtin:wiki"])
+        windows = c2.number_input("Eval windows per source", 1, 256, 4)
+        submitted = st.form_submit_button("Start sweep", type="primary")
+    if submitted:
+        try:
+            grid = SweepGrid.from_dict(dict(
+                name=name, model=st.session_state.model_spec, calibration=sources, methods=methods,
+                sparsities=[s if ":" in s else float(s) for s in settings], seqlen=int(seqlen),
+                nsamples=[int(n) for n in nsamples.split(",") if n.strip()], seeds=list(range(int(seeds))),
+                eval=evals, eval_windows=int(windows), dtype=st.session_state.model_options["dtype"]))
+            st.session_state.sweep_grid = grid
+        except (CalibLabError, ValueError) as exc:
+            st.error(f"Invalid sweep: {exc}")
+    grid = st.session_state.get("sweep_grid")
+    if grid is not None:
+        done = store.finished_points(grid.name)
+        points = grid.points()
+        st.markdown(f"Grid **{grid.name}**: {len(points)} points, {sum(p.key in done for p in points)} already finished.")
+        if st.button("Run this grid", disabled=bool(st.session_state.get("sweep_job")
+                                                    and not manager().get(st.session_state.sweep_job).done)):
+            job = manager().submit(f"sweep {grid.name}", lambda job, g=grid: run_sweep(g, None, job.emit, job.cancel_event))
+            st.session_state.sweep_job = job.id
+
+    @st.fragment(run_every=2.0)
+    def sweep_progress():
+        job_id = st.session_state.get("sweep_job")
+        if not job_id:
+            return
+        job = manager().get(job_id)
+        marks = [e for e in job.events if getattr(e, "kind", "") == "pipeline" and e.stage == "sweep"]
+        todo = marks[0].data.get("todo", 0) if marks else 0
+        started = len(marks) - 1 if marks else 0
+        st.progress(min(started / todo, 1.0) if todo else 1.0, marks[-1].message if marks else job.status)
+        st.caption(f"Job {job.id}: {job.status}")
+        if not job.done and st.button("Cancel sweep"):
+            job.cancel()
+        if job.status == "finished":
+            summary = job.result
+            st.success(f"{summary.ran} ran, {summary.skipped} skipped, {len(summary.failed)} failed.")
+            for failure in summary.failed:
+                st.warning(failure)
+        elif job.status in ("failed", "cancelled"):
+            st.error(f"{job.status}: {job.error}")
+
+    sweep_progress()
+
+with results_tab:
+    names = sorted({r["sweep"] for r in store.list(where="sweep IS NOT NULL")})
+    if not names:
+        st.info("No sweep has finished points yet.")
+        st.stop()
+    chosen = st.selectbox("Sweep", names, index=len(names) - 1)
+    try:
+        frame = sweep_frame(store, chosen)
+    except ConfigError as exc:
+        st.info(str(exc))
+        st.stop()
+    metrics = [PPL] + [c for c in frame.columns if c.startswith(("ppl ", "cloze "))]
+    c1, c2, c3 = st.columns(3)
+    metric = c1.selectbox("Metric", metrics)
+    calibrated = sorted(m for m in frame["method"].unique() if m != "magnitude") or ["magnitude"]
+    method = c2.selectbox("Method", calibrated)
+    data = frame[frame["method"] == method]
+    settings = list(spread_by_setting(frame, metric, method)["setting"]) or sorted(data["setting"].unique())
+    setting = c3.selectbox("Setting (violins, samples curve, t-test)", settings)
+    counts = sorted(data["nsamples"].unique())
+    n_bars = st.select_slider("Calibration samples (bars)", counts, counts[-1]) if len(counts) > 1 else counts[0]
+    figures = {}
+    bar_frame = frame[frame["nsamples"].isin([0, n_bars])]
+    for key, build in {"bars": lambda: source_bars(bar_frame, method, metric),
+                       "spread": lambda: spread_chart(bar_frame, method, metric),
+                       "violins": lambda: seed_violins(data, method, setting, metric),
+                       "nsamples": lambda: nsamples_band(frame, method, setting, metric)}.items():
+        try:
+            figures[key] = build()
+        except ConfigError as exc:
+            st.caption(f"{key}: {exc}")
+    if "bars" in figures:
+        st.plotly_chart(figures["bars"], use_container_width=True)
+    left, right = st.columns(2)
+    for column, key in ((left, "spread"), (right, "violins")):
+        if key in figures:
+            column.plotly_chart(figures[key], use_container_width=True)
+    if "nsamples" in figures:
+        st.plotly_chart(figures["nsamples"], use_container_width=True)
+
+    st.subheader("Is the difference beyond seed noise?")
+    here = data[(data["setting"] == setting) & (data["nsamples"] == n_bars)]
+    sources = sorted(here["calibration"].unique())
+    if len(sources) >= 2:
+        c1, c2 = st.columns(2)
+        a = c1.selectbox("Source A", sources, 0)
+        b = c2.selectbox("Source B", sources, 1)
+        try:
+            st.markdown(welch_test(here, a, b, metric).describe())
+        except ConfigError as exc:
+            st.warning(str(exc))
+    st.dataframe(summarize(frame, ["method", "setting", "calibration", "nsamples"], metric), hide_index=True,
+                 use_container_width=True)
+
+    st.subheader("Export")
+    kind = st.radio("Format", ["html", "png"], horizontal=True, help="PNG needs kaleido and a Chrome/Chromium.")
+    if st.button("Prepare files"):
+        folder = store.path.parent / "exports" / chosen
+        for key, fig in figures.items():
+            try:
+                path = export(fig, folder / f"{key}.{kind}")
+                st.download_button(f"Download {path.name}", path.read_bytes(), path.name, key=f"dl-{key}")
+            except ConfigError as exc:
+                st.error(str(exc))
+                break

@@ -1,0 +1,124 @@
+"""Sweep statistics, figures and the reproduction (tiny model, tiny settings: the machinery, not the science)."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from calib_core.cli import main as cli_main
+from calib_core.errors import ConfigError
+from calib_core.reproduce import ReproSettings, ordered_points, reproduction_frame, run_reproduction
+from calib_core.repro_report import write_report
+from calib_core.runs import RunStore
+from calib_core.selfgen import GenerationConfig
+from calib_core.sweep_figures import export, nsamples_band, seed_violins, source_bars, spread_chart
+from calib_core.sweep_stats import runs_frame, spread_by_setting, summarize, welch_test
+from tests.tiny import save_tiny_folder
+
+
+def _frame(values: dict) -> pd.DataFrame:
+    """{(source, setting): [per-seed ppl]} -> a runs frame like runs_frame's."""
+    rows = [{"method": "wanda", "calibration": source, "setting": setting, "nsamples": 16, "seed": seed, "ppl": v}
+            for (source, setting), vs in values.items() for seed, v in enumerate(vs)]
+    return pd.DataFrame(rows)
+
+
+def test_summary_spread_and_welch():
+    frame = _frame({("a", "50%"): [10.0, 10.2, 9.8], ("b", "50%"): [12.0, 12.4, 11.6],
+                    ("a", "2:4"): [30.0, 31.0, 29.0], ("b", "2:4"): [30.5, 29.5, 30.0]})
+    stats = summarize(frame, ["calibration", "setting"])
+    row = stats[(stats["calibration"] == "b") & (stats["setting"] == "50%")].iloc[0]
+    assert row["mean"] == pytest.approx(12.0) and row["std"] == pytest.approx(0.4) and row["n"] == 3
+    assert row["sem"] == pytest.approx(0.4 / math.sqrt(3))
+    spread = spread_by_setting(frame)
+    assert list(spread["setting"]) == ["50%", "2:4"]  # paper order, not alphabetical
+    first = spread.iloc[0]
+    assert (first["best"], first["worst"]) == ("a", "b") and first["spread"] == pytest.approx(2.0)
+    clear = welch_test(frame[frame["setting"] == "50%"], "a", "b")
+    noise = welch_test(frame[frame["setting"] == "2:4"], "a", "b")
+    assert clear.p < 0.01 < 0.5 < noise.p
+    assert "differ at alpha" in clear.describe() and "do not differ" in noise.describe()
+    with pytest.raises(ConfigError, match="at least 2 seeds"):
+        welch_test(frame.iloc[:1], "a", "b")
+
+
+def test_runs_frame_uses_finished_runs_and_geometric_mean():
+    record = {"config": {"method": "wanda", "sparsity": 0.6, "pattern": "unstructured"},
+              "calibration": {"nsamples": 8, "seed": 3}, "overall_sparsity": 0.6,
+              "perplexity": [{"source": "builtin:wiki", "ppl": 10.0}, {"source": "builtin:news", "ppl": 40.0}]}
+    runs = [{"id": 1, "status": "finished", "calibration": "builtin:wiki", "record": record},
+            {"id": 2, "status": "failed", "calibration": "builtin:wiki", "record": None}]
+    frame = runs_frame(runs)
+    assert len(frame) == 1
+    row = frame.iloc[0]
+    assert (row["setting"], row["nsamples"], row["seed"]) == ("60%", 8, 3)
+    assert row["ppl"] == pytest.approx(20.0)  # sqrt(10 * 40)
+    assert row["ppl builtin:news"] == 40.0
+
+
+def test_figures_and_export(tmp_path):
+    frame = _frame({("a", "50%"): [10.0, 10.2], ("b", "50%"): [12.0, 12.4], ("a", "60%"): [20.0, 21.0],
+                    ("b", "60%"): [25.0, 24.0]})
+    frame = pd.concat([frame, pd.DataFrame([{"method": "magnitude", "calibration": "none", "setting": "50%",
+                                             "nsamples": 0, "seed": 0, "ppl": 400.0}])])
+    bars = source_bars(frame)
+    assert len(bars.data) == 2 and list(bars.data[0].error_y.array) == pytest.approx([0.1414, 0.2828], rel=1e-3)
+    assert any("magnitude 400" in a.text for a in bars.layout.annotations)
+    spread = spread_chart(frame)
+    assert list(spread.data[0].x) == ["50%", "60%"]
+    assert list(spread.data[0].y) == pytest.approx([100 * 2.1 / 10.1, 100 * 4.0 / 20.5])
+    assert len(seed_violins(frame).data) == 2
+    curve = pd.concat([frame, frame.assign(nsamples=4, ppl=frame["ppl"] * 1.1)])
+    assert len(nsamples_band(curve).data) == 4  # band + line per source
+    with pytest.raises(ConfigError, match="two or more sample counts"):
+        nsamples_band(frame)
+    html = export(bars, tmp_path / "bars.html")
+    assert "plotly" in html.read_text()[:5000].lower() and html.stat().st_size > 1_000_000  # plotly.js embedded
+    with pytest.raises(ConfigError, match=".html or .png"):
+        export(bars, tmp_path / "bars.svgz")
+
+
+def _tiny_settings(folder) -> ReproSettings:
+    return ReproSettings(model=str(folder), seeds=2, nsamples=2, seqlen=16, sources=["builtin:wiki", "builtin:news"],
+                         settings=[0.5, "2:4"], nsamples_curve=[1, 2], eval=["builtin:wiki"], eval_windows=1,
+                         similarity_texts=3, early_seeds=1, selfgen_name="tiny-selfgen",
+                         selfgen=GenerationConfig(texts=6, max_new_tokens=40, batch_size=3, drop_fraction=0.0))
+
+
+def test_points_are_shared_between_questions_and_early_seeds_come_first(tmp_path):
+    settings = _tiny_settings(tmp_path)
+    points = ordered_points(settings)
+    # magnitude 2 + Q1 2x2x2 + Q4 3 sources x 3 methods x 2 seeds (wanda builtin shared with... none: 60%)
+    # + Q2 nsamples 1 on wiki (n=2 shared with Q1) x 2 seeds
+    assert len(points) == 2 + 8 + 18 + 2
+    assert len({p.key for p in points}) == len(points)
+    seeds = [p.seed for p in points if p.config.method != "magnitude"]
+    assert seeds == sorted(seeds)  # seed 0 of every question before seed 1
+    other = ReproSettings(**{**settings.__dict__, "seqlen": 32})
+    assert not {p.key for p in points} & {p.key for p in ordered_points(other)}
+
+
+def test_reproduction_runs_resumes_and_reports(tmp_path):
+    folder = save_tiny_folder(tmp_path / "tiny")
+    settings = _tiny_settings(folder)
+    store = RunStore(tmp_path / "runs.sqlite")
+    first = run_reproduction(settings, store)
+    assert first.failed == [] and first.ran == len(ordered_points(settings))
+    assert run_reproduction(settings, store).ran == 0  # resumed: nothing left
+    frame = reproduction_frame(settings, store)
+    assert set(frame["method"]) == {"magnitude", "wanda", "dsnot", "owl"}
+    assert set(frame["calibration"]) == {"none", "builtin:wiki", "builtin:news", "set:tiny-selfgen"}
+    path = write_report(settings, store, tmp_path / "report", command="python -m calib_core reproduce --test")
+    text = path.read_text()
+    for heading in ("## Q1", "## Q2", "## Q3", "## Q4", "## Findings"):
+        assert heading in text
+    assert "python -m calib_core reproduce --test" in text and '"transformers"' in text
+    assert "Welch t =" in text and "Min-K%++" in text
+    assert text.count("reproduce") >= 3  # verdict lines were written
+    assert (tmp_path / "report" / "runs.csv").exists()
+
+
+def test_cli_reproduce_dry_run(tmp_path, capsys):
+    assert cli_main(["reproduce", "--dry-run", "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().endswith("points finished") and out.count("todo") > 50
