@@ -20,6 +20,14 @@ def _add_model_args(parser):
                         help="allow the model repository's own Python code to run (off by default)")
 
 
+def _add_lm_eval_args(parser):
+    parser.add_argument("--lm-eval", nargs="*", default=None, metavar="TASK",
+                        help="zero-shot accuracy through lm-evaluation-harness on the in-memory model; no TASK = the "
+                             "paper's set (boolq piqa hellaswag winogrande arc_easy arc_challenge); needs the hub")
+    parser.add_argument("--lm-eval-limit", type=int, default=None, metavar="N", help="examples per task")
+    parser.add_argument("--lm-eval-include", default=None, metavar="DIR", help="folder of local lm-eval task YAMLs")
+
+
 def _add_eval_args(parser, required=False):
     parser.add_argument("--eval", action="append", default=None, required=required, metavar="SOURCE",
                         help="evaluation source (repeatable); builtin sources use their held-out part")
@@ -82,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--batch-size", type=int, default=1, help="calibration samples per block forward")
     prune.add_argument("--recon-tokens", type=int, default=512, help="tokens per module for reconstruction error")
     _add_eval_args(prune)
+    _add_lm_eval_args(prune)
     prune.add_argument("--save", default=None, metavar="DIR", help="save the pruned model (HF folder)")
     prune.add_argument("--report", default=None, metavar="FILE.json")
 
@@ -150,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="perplexity of a (dense or saved pruned) model")
     _add_model_args(evaluate)
     _add_eval_args(evaluate)
+    _add_lm_eval_args(evaluate)
     evaluate.add_argument("--seqlen", type=int, default=512)
     evaluate.add_argument("--report", default=None, metavar="FILE.json")
     return parser
@@ -215,6 +225,7 @@ def _cmd_prune(args) -> int:
         seqlen=args.seqlen, seed=args.seed, mode=args.mode, text_column=args.text_column, config=config,
         eval=[] if args.no_eval else (args.eval or DEFAULT_EVAL), eval_seqlen=args.eval_seqlen,
         eval_windows=args.eval_windows, save=args.save, cloze_items=args.cloze,
+        lm_eval_tasks=args.lm_eval, lm_eval_limit=args.lm_eval_limit, lm_eval_include=args.lm_eval_include,
     )
     label = f"{config.method} {config.pattern if config.parsed_pattern.is_nm else config.sparsity}"
     bar = None
@@ -223,7 +234,7 @@ def _cmd_prune(args) -> int:
     def on_event(event):
         nonlocal bar
         if event.kind == "pipeline":
-            if event.stage in ("ppl", "cloze"):
+            if event.stage in ("ppl", "cloze", "zeroshot"):
                 print(event.message)
             elif event.stage in ("load", "estimate", "run", "saved"):
                 print(f"{event.stage}: {event.message}", file=sys.stderr)
@@ -254,9 +265,20 @@ def _cmd_eval(args) -> int:
 
     loaded, load_seconds = _load(args)
     perplexities = _perplexities(args, loaded, args.seqlen)
+    zeroshot = None
+    if args.lm_eval is not None:
+        from .zeroshot import lm_eval_accuracy
+
+        zeroshot = lm_eval_accuracy(loaded.model, loaded.tokenizer, args.lm_eval, args.lm_eval_limit,
+                                    include_path=args.lm_eval_include)
+        for task in zeroshot.tasks:
+            print(f"{task.task}: {task.reported} {task.value:.4f}")
+        print(f"mean: {zeroshot.mean:.4f}")
     if args.report:
         record = run_record(args.model, describe_model(loaded.model), None, None, perplexities,
                             {"load_model": load_seconds}, loaded.notes)
+        if zeroshot is not None:
+            record["zeroshot"] = zeroshot.as_dict()
         write_json(args.report, record)
     return 0
 

@@ -29,6 +29,9 @@ class PruneJob:
     save: str | None = None
     cloze_items: int = 0  # offline zero-shot proxy (cloze.py) on each eval source; 0 = skip
     keep_masks: bool = True  # for mask agreement between runs (agreement.py)
+    lm_eval_tasks: list[str] | None = None  # zero-shot accuracy via lm-eval (zeroshot.py); ["paper"] = paper's set
+    lm_eval_limit: int | None = None  # examples per task (None: all)
+    lm_eval_include: str | None = None  # a local lm-eval task folder
 
 
 @dataclass
@@ -98,7 +101,19 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=
                 emit(PipelineEvent("cloze", f"cloze {spec}: acc {accuracy.acc:.3f}, acc_norm {accuracy.acc_norm:.3f} "
                                             f"({accuracy.items} items)", accuracy.as_dict()))
             timings["cloze"] = time.perf_counter() - t
+        zeroshot = None
+        if job.lm_eval_tasks is not None:
+            from .zeroshot import lm_eval_accuracy
+
+            t = time.perf_counter()
+            zeroshot = lm_eval_accuracy(loaded.model, loaded.tokenizer, job.lm_eval_tasks, job.lm_eval_limit,
+                                        include_path=job.lm_eval_include)
+            timings["lm_eval"] = time.perf_counter() - t
+            for task in zeroshot.tasks:
+                emit(PipelineEvent("zeroshot", f"{task.task}: {task.reported} {task.value:.4f}", asdict(task)))
         record = run_record(job.model, info, calibration, result, perplexities, timings, loaded.notes)
+        if zeroshot is not None:
+            record["zeroshot"] = zeroshot.as_dict()
         record["run_id"] = run_id
         if cloze:
             record["cloze"] = cloze
