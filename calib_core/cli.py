@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("grid", metavar="GRID.yaml", help="grid file (.yaml/.yml/.json), see calib_core/sweeps.py")
     sweep.add_argument("--dry-run", action="store_true", help="list the points and which already finished")
     _add_ray_args(sweep)
+    sweep.add_argument("--figures", default=None, metavar="DIR",
+                       help="afterwards, write each method's charts (HTML, and PNG where kaleido works) and a "
+                            "summary CSV of the sweep to DIR")
 
     reproduce = sub.add_parser("reproduce", help="the paper's four questions on one model as a resumable sweep, "
                                                  "then a markdown report with figures")
@@ -404,7 +407,36 @@ def _cmd_sweep(args) -> int:
           f"{len(summary.failed)} failed")
     for failure in summary.failed:
         print(f"failed: {failure}", file=sys.stderr)
+    if args.figures:
+        _export_sweep(store, grid.name, args.figures)
     return 1 if summary.failed else 0
+
+
+def _export_sweep(store, name: str, folder: str) -> None:
+    from pathlib import Path
+
+    from .sweep_figures import export, sweep_figures
+    from .sweep_stats import summarize, sweep_frame
+
+    frame = sweep_frame(store, name)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    summarize(frame, ["method", "setting", "calibration", "nsamples"]).to_csv(folder / "summary.csv", index=False)
+    png_error = None
+    for method in sorted(frame["method"].unique()):
+        figures, missing = sweep_figures(frame, method)
+        for reason in missing:
+            print(f"{method} {reason}", file=sys.stderr)
+        for view, fig in figures.items():
+            export(fig, folder / f"{method}-{view}.html")
+            if png_error is None:
+                try:
+                    export(fig, folder / f"{method}-{view}.png")
+                except CalibLabError as exc:
+                    png_error = str(exc)
+    if png_error:
+        print(f"note: HTML only: {png_error}", file=sys.stderr)
+    print(f"figures: {folder}")
 
 
 def _cmd_reproduce(args) -> int:

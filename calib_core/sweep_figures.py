@@ -100,6 +100,29 @@ def spread_chart(frame: pd.DataFrame, method: str = "wanda", metric: str = PPL, 
     return fig
 
 
+def sweep_figures(frame: pd.DataFrame, method: str, setting: str | None = None, metric: str = PPL,
+                  nsamples: int | None = None) -> tuple[dict[str, go.Figure], list[str]]:
+    """Every view of one method's results: bars and spread at one sample count (default: the largest),
+    per-seed violins and the samples curve at one setting (default: the first). Returns the figures
+    and, for views the data cannot support, why not."""
+    data = frame[frame["method"] == method]
+    counts = sorted(c for c in data["nsamples"].unique() if c)
+    nsamples = nsamples if nsamples is not None else (counts[-1] if counts else 0)
+    setting = setting or (_settings(data)[0] if not data.empty else "")
+    at_count = frame[frame["nsamples"].isin([0, nsamples])]
+    builders = {"bars": lambda: source_bars(at_count, method, metric),
+                "spread": lambda: spread_chart(at_count, method, metric),
+                "violins": lambda: seed_violins(data[data["nsamples"] == nsamples], method, setting, metric),
+                "nsamples": lambda: nsamples_band(frame, method, setting, metric)}
+    figures, missing = {}, []
+    for name, build in builders.items():
+        try:
+            figures[name] = build()
+        except ConfigError as exc:
+            missing.append(f"{name}: {exc}")
+    return figures, missing
+
+
 def export(fig: go.Figure, path: str | os.PathLike, width: int = 1100, height: int | None = None) -> Path:
     """Write `fig` as .html (plotly.js embedded, readable offline) or .png (needs kaleido and a
     Chrome/Chromium; a system chromium is used when present)."""

@@ -7,7 +7,7 @@ from calib_core import sets
 from calib_core.errors import CalibLabError, ConfigError
 from calib_core.jobs import manager
 from calib_core.runs import RunStore
-from calib_core.sweep_figures import export, nsamples_band, seed_violins, source_bars, spread_chart
+from calib_core.sweep_figures import export, sweep_figures
 from calib_core.sweep_stats import PPL, spread_by_setting, summarize, sweep_frame, welch_test
 from calib_core.sweeps import SweepGrid, run_sweep
 
@@ -118,16 +118,9 @@ with results_tab:
     setting = c3.selectbox("Setting (violins, samples curve, t-test)", settings)
     counts = sorted(data["nsamples"].unique())
     n_bars = st.select_slider("Calibration samples (bars)", counts, counts[-1]) if len(counts) > 1 else counts[0]
-    figures = {}
-    bar_frame = frame[frame["nsamples"].isin([0, n_bars])]
-    for key, build in {"bars": lambda: source_bars(bar_frame, method, metric),
-                       "spread": lambda: spread_chart(bar_frame, method, metric),
-                       "violins": lambda: seed_violins(data, method, setting, metric),
-                       "nsamples": lambda: nsamples_band(frame, method, setting, metric)}.items():
-        try:
-            figures[key] = build()
-        except ConfigError as exc:
-            st.caption(f"{key}: {exc}")
+    figures, missing = sweep_figures(frame, method, setting, metric, n_bars)
+    for reason in missing:
+        st.caption(reason)
     if "bars" in figures:
         st.plotly_chart(figures["bars"], use_container_width=True)
     left, right = st.columns(2)

@@ -87,8 +87,13 @@ def test_cli_sweep_dry_run_and_run(tmp_path, capsys, monkeypatch):
                                     sparsities=[0.5], nsamples=[2], seqlen=16, seeds=[0], eval_windows=2)))
     assert cli_main(["sweep", str(grid), "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("todo")
-    assert cli_main(["sweep", str(grid)]) == 0
-    assert "1 ran, 0 skipped" in capsys.readouterr().out
+    assert cli_main(["sweep", str(grid), "--figures", str(tmp_path / "figs")]) == 0
+    captured = capsys.readouterr()
+    assert "1 ran, 0 skipped" in captured.out
+    assert "nsamples: No wanda 50% source has runs at two or more sample counts" in captured.err
+    for view in ("bars", "spread", "violins"):
+        assert (tmp_path / "figs" / f"wanda-{view}.html").stat().st_size > 1_000_000
+    assert "builtin:wiki" in (tmp_path / "figs" / "summary.csv").read_text()
     assert cli_main(["sweep", str(grid), "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("done")
     bad = tmp_path / "grid.txt"
