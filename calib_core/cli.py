@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--seeds", type=int, default=5)
     reproduce.add_argument("--nsamples", type=int, default=16, help="calibration samples per point (Q1, Q3, Q4)")
     reproduce.add_argument("--seqlen", type=int, default=512)
-    reproduce.add_argument("--nsamples-curve", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32], help="Q2")
+    reproduce.add_argument("--nsamples-curve", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="Q2")
     reproduce.add_argument("--eval-windows", type=int, default=2, help="held-out windows per builtin source")
     reproduce.add_argument("--selfgen-texts", type=int, default=80)
     reproduce.add_argument("--name", default="reproduce", help="sweep name in the run store")

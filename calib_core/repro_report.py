@@ -12,7 +12,7 @@ import pandas as pd
 
 from . import sweep_figures
 from .errors import ConfigError
-from .reproduce import ReproSettings, ordered_points, reproduction_frame
+from .reproduce import ReproSettings, ensure_dense_reference, ensure_similarity, ordered_points, reproduction_frame
 from .runs import environment_versions
 from .sweep_stats import PPL, setting_label, setting_sort_key, spread_by_setting, summarize, welch_test
 
@@ -46,6 +46,11 @@ class _Report:
             self.add(f"(figure {name} not drawn: {exc})", "")
 
 
+def _key_values(mapping: dict) -> str:
+    rows = [f"| {key} | `{json.dumps(value)}` |" for key, value in mapping.items()]
+    return "\n".join(["| | |", "|---|---|", *rows])
+
+
 def _verdict(ok: bool | None, text: str) -> str:
     mark = {True: "**reproduces**", False: "**does not reproduce**", None: "**inconclusive**"}[ok]
     return f"- {mark}: {text}"
@@ -57,8 +62,7 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
     frame = reproduction_frame(settings, store)
     if frame.empty:
         raise ConfigError(f"No finished runs of reproduction '{settings.name}' yet: run it first.")
-    similarity_path = store.path.parent / f"{settings.name}-similarity.json"
-    similarity = json.loads(similarity_path.read_text())["scores"] if similarity_path.exists() else None
+    similarity = ensure_similarity(settings, store)
     report = _Report(out)
     findings: list[str] = []
     points = ordered_points(settings)
@@ -86,8 +90,7 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
         f"T {settings.selfgen.temperature}, top-p {settings.selfgen.top_p}, top-k {settings.selfgen.top_k}, "
         f"repetition penalty {settings.selfgen.repetition_penalty}, up to {settings.selfgen.max_new_tokens} new "
         f"tokens, highest-ppl {settings.selfgen.drop_fraction:.0%} dropped.", "",
-        "Settings:", "", "```json", json.dumps(settings_table, indent=1), "```", "",
-        "Versions:", "", "```json", json.dumps(versions, indent=1), "```", "")
+        "Settings:", "", _key_values(settings_table), "", "Versions:", "", _key_values(versions), "")
 
     wanda = frame[frame["method"] == "wanda"]
     q1 = wanda[(wanda["nsamples"] == settings.nsamples) & wanda["calibration"].isin(settings.sources)]
@@ -100,12 +103,13 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
     if not q1.empty:
         stats = summarize(q1, ["calibration", "setting"], PPL)
         report.add(_pivot(stats, "calibration", "setting", order), "")
-        if not magnitude.empty:
-            report.add("Magnitude: " + ", ".join(f"{r.setting} {r.mean:.1f}" for r in magnitude.itertuples()), "")
+        dense = ensure_dense_reference(settings, store)
+        report.add(f"Dense (unpruned) model: {dense['ppl']:.2f}. Magnitude: "
+                   + ", ".join(f"{r.setting} {r.mean:.1f}" for r in magnitude.itertuples()) + ".", "")
         spread = spread_by_setting(q1, PPL, "wanda")
         report.add(spread.to_markdown(index=False, floatfmt=".3f"), "")
         tests = []
-        for row in spread.itertuples():
+        for row in spread[spread["sources"] >= 2].itertuples():
             try:
                 result = welch_test(q1[q1["setting"] == row.setting], row.best, row.worst)
                 tests.append(f"- {row.setting}: {result.describe(ALPHA)}")
@@ -168,7 +172,7 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
     if similarity and not q1.empty:
         sim = pd.DataFrame([{"calibration": s, "Min-K%++ mean": v["min_k_pp_mean"], "Min-K%++ std": v["min_k_pp_std"],
                              "Min-K% mean": v["min_k_mean"], "dense ppl of texts": v["ppl_mean"],
-                             "tokens/text": v["tokens_mean"], "texts": int(v["min_k_pp_count"])}
+                             "tokens/text": round(v["tokens_mean"]), "texts": int(v["min_k_pp_count"])}
                             for s, v in similarity.items()])
         means = summarize(q1, ["setting", "calibration"], PPL).pivot(index="calibration", columns="setting",
                                                                      values="mean")

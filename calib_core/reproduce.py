@@ -33,7 +33,7 @@ class ReproSettings:
     mode: str = "concat"  # self-generated texts are short; concatenation treats every source alike
     sources: list[str] = field(default_factory=lambda: list(BUILTIN_SOURCES))
     settings: list = field(default_factory=lambda: [0.5, 0.6, 0.7, "4:8", "2:4"])
-    nsamples_curve: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    nsamples_curve: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     curve_sources: list[str] = field(default_factory=lambda: ["builtin:wiki"])
     selfgen_setting: float = 0.6
     selfgen_methods: list[str] = field(default_factory=lambda: ["wanda", "dsnot", "owl"])
@@ -121,12 +121,35 @@ def run_reproduction(settings: ReproSettings, store=None, on_event=None, cancel=
     store = store or RunStore()
     ensure_selfgen_set(settings, on_event)
     summary = runner(settings.grid(), store=store, on_event=on_event, cancel=cancel, points=ordered_points(settings))
-    similarity_path = store.path.parent / f"{settings.name}-similarity.json"
-    if not similarity_path.exists():
+    ensure_similarity(settings, store)
+    return summary
+
+
+def ensure_dense_reference(settings: ReproSettings, store) -> dict:
+    """Perplexities of the unpruned model on the same eval windows, computed once."""
+    import math
+
+    from .evaluate import perplexity
+    from .models import load_model
+
+    path = store.path.parent / f"{settings.name}-dense.json"
+    if not path.exists():
+        loaded = load_model(settings.model)
+        ppls = {spec: perplexity(loaded.model, loaded.tokenizer, spec, seqlen=settings.seqlen,
+                                 max_windows=settings.eval_windows).ppl for spec in settings.eval}
+        geometric = math.exp(sum(math.log(v) for v in ppls.values()) / len(ppls))
+        path.write_text(json.dumps({"ppl": geometric, "per_source": ppls}, indent=2))
+    return json.loads(path.read_text())
+
+
+def ensure_similarity(settings: ReproSettings, store) -> dict:
+    """Q3's similarity scores, computed once and kept beside the run store."""
+    path = store.path.parent / f"{settings.name}-similarity.json"
+    if not path.exists():
         t = time.perf_counter()
         scores = similarity_scores(settings)
-        similarity_path.write_text(json.dumps({"seconds": time.perf_counter() - t, "scores": scores}, indent=2))
-    return summary
+        path.write_text(json.dumps({"seconds": time.perf_counter() - t, "scores": scores}, indent=2))
+    return json.loads(path.read_text())["scores"]
 
 
 def reproduction_frame(settings: ReproSettings, store):
