@@ -21,32 +21,35 @@ def _settings(frame: pd.DataFrame) -> list[str]:
 
 def source_bars(frame: pd.DataFrame, method: str = "wanda", metric: str = PPL, magnitude=True) -> go.Figure:
     """One panel per sparsity setting: mean metric per calibration source with std error bars, and
-    magnitude pruning at the same setting as a dashed reference line."""
+    magnitude pruning at the same setting as a dashed reference line (named in the panel title; drawn
+    when it falls near the bars). The y axes are zoomed to the bars: differences between sources are
+    often a few percent."""
     data = frame[frame["method"] == method]
     settings = _settings(data)
     if not settings:
         raise ConfigError(f"No finished {method} runs to plot.")
-    fig = make_subplots(rows=1, cols=len(settings), subplot_titles=settings, horizontal_spacing=0.05)
     means = summarize(data, ["setting", "calibration"], metric)
     reference = summarize(frame[frame["method"] == "magnitude"], ["setting"], metric) if magnitude else None
+    lines = {}
+    if reference is not None:
+        lines = {r.setting: float(r.mean) for r in reference.itertuples() if r.setting in settings}
+    titles = [f"{s}<br>magnitude {lines[s]:.4g}" if s in lines else s for s in settings]
+    fig = make_subplots(rows=1, cols=len(settings), subplot_titles=titles, horizontal_spacing=0.05)
     for col, setting in enumerate(settings, 1):
         group = means[means["setting"] == setting]
         fig.add_trace(go.Bar(x=group["calibration"], y=group["mean"], error_y=dict(type="data", array=group["std"]),
                              customdata=group[["std", "n"]], showlegend=False, marker_color="#4c78a8",
                              hovertemplate="%{x}<br>mean %{y:.3f}<br>std %{customdata[0]:.3f}<br>seeds "
                                            "%{customdata[1]}<extra></extra>"), row=1, col=col)
-        if reference is not None and setting in set(reference["setting"]):
-            value = float(reference.loc[reference["setting"] == setting, "mean"].iloc[0])
-            fig.add_hline(y=value, line_dash="dash", line_color="#e45756", row=1, col=col,
-                          annotation_text=f"magnitude {value:.4g}", annotation_position="top left")
-            # keep the bars readable when magnitude is far off the scale: clip the axis, say so in the label
-            top = float((group["mean"] + group["std"]).max())
-            if value > 3 * top:
-                fig.update_yaxes(range=[0, top * 1.3], row=1, col=col)
-                fig.layout.annotations[-1].text = f"magnitude {value:.4g} (off scale)"
-                fig.layout.annotations[-1].y = top * 1.25
-    fig.update_layout(title=f"{method}: {metric} by calibration source (mean +- std over seeds)", height=420,
-                      margin=dict(t=80))
+        low, high = float((group["mean"] - group["std"]).min()), float((group["mean"] + group["std"]).max())
+        pad = max(high - low, 1e-3 * abs(high)) * 0.5
+        lower, upper = max(low - pad, 0.0) if low >= 0 else low - pad, high + pad
+        if setting in lines and lower <= lines[setting] <= upper * 1.5:
+            upper = max(upper, lines[setting] * 1.05)
+            fig.add_hline(y=lines[setting], line_dash="dash", line_color="#e45756", row=1, col=col)
+        fig.update_yaxes(range=[lower, upper], row=1, col=col)
+    fig.update_layout(title=f"{method}: {metric} by calibration source (mean ± std over seeds; y axes zoomed)",
+                      height=440, margin=dict(t=100))
     return fig
 
 
@@ -101,7 +104,7 @@ def spread_chart(frame: pd.DataFrame, method: str = "wanda", metric: str = PPL, 
 
 
 def sweep_figures(frame: pd.DataFrame, method: str, setting: str | None = None, metric: str = PPL,
-                  nsamples: int | None = None) -> tuple[dict[str, go.Figure], list[str]]:
+                  nsamples: int | None = None, relative: bool = True) -> tuple[dict[str, go.Figure], list[str]]:
     """Every view of one method's results: bars and spread at one sample count (default: the largest),
     per-seed violins and the samples curve at one setting (default: the first). Returns the figures
     and, for views the data cannot support, why not."""
@@ -111,7 +114,7 @@ def sweep_figures(frame: pd.DataFrame, method: str, setting: str | None = None, 
     setting = setting or (_settings(data)[0] if not data.empty else "")
     at_count = frame[frame["nsamples"].isin([0, nsamples])]
     builders = {"bars": lambda: source_bars(at_count, method, metric),
-                "spread": lambda: spread_chart(at_count, method, metric),
+                "spread": lambda: spread_chart(at_count, method, metric, relative),
                 "violins": lambda: seed_violins(data[data["nsamples"] == nsamples], method, setting, metric),
                 "nsamples": lambda: nsamples_band(frame, method, setting, metric)}
     figures, missing = {}, []

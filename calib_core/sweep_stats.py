@@ -16,6 +16,11 @@ PPL = "ppl"
 SETTING_ORDER = ["50%", "60%", "70%", "80%", "90%", "4:8", "2:4", "1:4"]
 
 
+def higher_is_better(metric: str) -> bool:
+    """Accuracies (cloze, zero-shot) go up when pruning does less harm; perplexities go down."""
+    return "acc" in metric
+
+
 def setting_label(config: dict) -> str:
     pattern = str(config.get("pattern", "unstructured"))
     return pattern if ":" in pattern else f"{round(float(config['sparsity']) * 100):d}%"
@@ -70,13 +75,14 @@ def summarize(frame: pd.DataFrame, by: list[str], metric: str = PPL) -> pd.DataF
 
 def spread_by_setting(frame: pd.DataFrame, metric: str = PPL, method: str = "wanda") -> pd.DataFrame:
     """Per setting: max - min over calibration sources of the mean metric, and which source is
-    best (lowest) and worst."""
+    best and worst (lowest perplexity, highest accuracy)."""
     means = summarize(frame[frame["method"] == method], ["setting", "calibration"], metric)
     rows = []
     for setting, group in means.groupby("setting", sort=False):
-        best, worst = group.loc[group["mean"].idxmin()], group.loc[group["mean"].idxmax()]
-        rows.append({"setting": setting, "spread": worst["mean"] - best["mean"],
-                     "relative spread": (worst["mean"] - best["mean"]) / best["mean"],
+        low, high = group.loc[group["mean"].idxmin()], group.loc[group["mean"].idxmax()]
+        best, worst = (high, low) if higher_is_better(metric) else (low, high)
+        spread = high["mean"] - low["mean"]
+        rows.append({"setting": setting, "spread": spread, "relative spread": spread / abs(best["mean"]),
                      "best": best["calibration"], "worst": worst["calibration"], "sources": len(group),
                      "min seeds": int(group["n"].min())})
     out = pd.DataFrame(rows)

@@ -118,7 +118,9 @@ with results_tab:
     setting = c3.selectbox("Setting (violins, samples curve, t-test)", settings)
     counts = sorted(data["nsamples"].unique())
     n_bars = st.select_slider("Calibration samples (bars)", counts, counts[-1]) if len(counts) > 1 else counts[0]
-    figures, missing = sweep_figures(frame, method, setting, metric, n_bars)
+    relative = st.toggle("Spread relative to the best source", True,
+                         help="Perplexities differ by orders of magnitude between settings; relative spread compares them.")
+    figures, missing = sweep_figures(frame, method, setting, metric, n_bars, relative)
     for reason in missing:
         st.caption(reason)
     if "bars" in figures:

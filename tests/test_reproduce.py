@@ -34,6 +34,9 @@ def test_summary_spread_and_welch():
     assert list(spread["setting"]) == ["50%", "2:4"]  # paper order, not alphabetical
     first = spread.iloc[0]
     assert (first["best"], first["worst"]) == ("a", "b") and first["spread"] == pytest.approx(2.0)
+    accuracy = frame.assign(**{"cloze acc": 1 / frame["ppl"]})
+    first_acc = spread_by_setting(accuracy, "cloze acc").iloc[0]
+    assert (first_acc["best"], first_acc["worst"]) == ("a", "b")  # higher accuracy is better
     clear = welch_test(frame[frame["setting"] == "50%"], "a", "b")
     noise = welch_test(frame[frame["setting"] == "2:4"], "a", "b")
     assert clear.p < 0.01 < 0.5 < noise.p
@@ -63,7 +66,8 @@ def test_figures_and_export(tmp_path):
                                              "nsamples": 0, "seed": 0, "ppl": 400.0}])])
     bars = source_bars(frame)
     assert len(bars.data) == 2 and list(bars.data[0].error_y.array) == pytest.approx([0.1414, 0.2828], rel=1e-3)
-    assert any("magnitude 400" in a.text for a in bars.layout.annotations)
+    assert any("magnitude 400" in a.text for a in bars.layout.annotations)  # named in the 50% panel title
+    assert bars.layout.yaxis.range[0] > 5  # zoomed to the bars (10 .. 12.4), not from zero
     spread = spread_chart(frame)
     assert list(spread.data[0].x) == ["50%", "60%"]
     assert list(spread.data[0].y) == pytest.approx([100 * 2.1 / 10.1, 100 * 4.0 / 20.5])
