@@ -92,7 +92,7 @@ def test_sweeps_page_runs_a_grid_and_tests_two_sources(tmp_path):
     app.number_input[0].set_value(3)  # seeds
     app.number_input[1].set_value(16)  # tokens per sample
     app.number_input[2].set_value(1)  # eval windows
-    app.multiselect[2].set_value(["0.5"])  # one sparsity
+    next(m for m in app.multiselect if m.label == "Sparsities / patterns").set_value(["0.5"])
     next(b for b in app.button if b.label == "Start sweep").click().run()
     assert "7 points, 0 already finished" in " ".join(m.value for m in app.markdown)  # wanda 2 sources x 3, magnitude
     next(b for b in app.button if b.label == "Run this grid").click().run()

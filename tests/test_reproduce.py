@@ -116,7 +116,7 @@ def test_reproduction_runs_resumes_and_reports(tmp_path):
     text = path.read_text()
     for heading in ("## Q1", "## Q2", "## Q3", "## Q4", "## Findings"):
         assert heading in text
-    assert "python -m calib_core reproduce --test" in text and '"transformers"' in text
+    assert "python -m calib_core reproduce --test" in text and "| transformers |" in text
     assert "Welch t =" in text and "Min-K%++" in text
     assert text.count("reproduce") >= 3  # verdict lines were written
     assert (tmp_path / "report" / "runs.csv").exists()
