@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import CalibLabError, ConfigError, PruningCancelled
-from .pipeline import PipelineEvent, PruneJob
+from .pipeline import PipelineEvent
 from .sweeps import SweepGrid, SweepPoint, SweepSummary
 
 RAY_MISSING = ("Ray is not installed, so the sweep runs locally. To run it on a Ray cluster: pip install 'ray[default]' "
@@ -42,11 +42,8 @@ def _run_point(grid: SweepGrid, point: SweepPoint, threads: int) -> dict:
         _WORKER_MODELS[key] = (loaded, {k: v.detach().clone() for k, v in loaded.model.state_dict().items()})
     loaded, dense = _WORKER_MODELS[key]
     loaded.model.load_state_dict(dense)
-    job = PruneJob(model=grid.model, dtype=grid.dtype, calib=point.calibration, nsamples=point.nsamples,
-                   seqlen=grid.seqlen, seed=point.seed, mode=grid.mode, config=point.config, eval=grid.eval,
-                   eval_windows=grid.eval_windows, keep_masks=grid.keep_masks)
     with tempfile.TemporaryDirectory() as scratch:  # the worker's own throwaway store
-        record = run_prune_job(job, store=RunStore(Path(scratch) / "runs.sqlite"), loaded=loaded)
+        record = run_prune_job(grid.job(point), store=RunStore(Path(scratch) / "runs.sqlite"), loaded=loaded)
         if record.get("masks"):
             record["mask_bytes"] = Path(record.pop("masks")).read_bytes()
     return record

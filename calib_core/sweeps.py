@@ -86,6 +86,12 @@ class SweepGrid:
         return {"model": self.model, "dtype": self.dtype, "seqlen": self.seqlen, "mode": self.mode,
                 "eval": self.eval, "eval_windows": self.eval_windows}
 
+    def job(self, point: SweepPoint) -> PruneJob:
+        """The pipeline job of one point (the local and the Ray runner run the same thing)."""
+        return PruneJob(model=self.model, dtype=self.dtype, calib=point.calibration, nsamples=point.nsamples,
+                        seqlen=self.seqlen, seed=point.seed, mode=self.mode, config=point.config, eval=self.eval,
+                        eval_windows=self.eval_windows, keep_masks=self.keep_masks)
+
     def points(self) -> list[SweepPoint]:
         out = []
         for calib, method, setting, nsamples, seed in itertools.product(
@@ -158,11 +164,8 @@ def run_sweep(grid: SweepGrid, store=None, on_event=None, cancel=None, points=No
             raise PruningCancelled(f"Sweep {grid.name} cancelled; {summary.ran} points ran, rerun to resume.")
         loaded.model.load_state_dict(dense)
         emit(PipelineEvent("sweep", f"point {number}/{len(todo)}: {point.label()}", {"key": point.key}))
-        job = PruneJob(model=grid.model, dtype=grid.dtype, calib=point.calibration, nsamples=point.nsamples,
-                       seqlen=grid.seqlen, seed=point.seed, mode=grid.mode, config=point.config, eval=grid.eval,
-                       eval_windows=grid.eval_windows, keep_masks=grid.keep_masks)
         try:
-            record = run_prune_job(job, on_event, cancel, store, loaded=loaded, sweep=grid.name, point_key=point.key)
+            record = run_prune_job(grid.job(point), on_event, cancel, store, loaded=loaded, sweep=grid.name, point_key=point.key)
         except PruningCancelled:
             raise
         except CalibLabError as exc:

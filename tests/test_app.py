@@ -22,6 +22,15 @@ def test_page_renders(page):
     assert not app.exception, app.exception
 
 
+def _app_on_tiny_model(tmp_path, page: str) -> AppTest:
+    """The app with a tiny local model selected, opened on `page`."""
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.session_state["model_spec"] = str(save_tiny_folder(tmp_path / "tiny"))
+    app.run()
+    app.switch_page(page).run()
+    return app
+
+
 def _wait(job, seconds=60):
     deadline = time.time() + seconds
     while not job.done and time.time() < deadline:
@@ -30,11 +39,7 @@ def _wait(job, seconds=60):
 
 
 def test_prune_flow_on_tiny_model(tmp_path):
-    folder = save_tiny_folder(tmp_path / "tiny")
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.session_state["model_spec"] = str(folder)
-    app.run()
-    app.switch_page("pages/prune.py").run()
+    app = _app_on_tiny_model(tmp_path, "pages/prune.py")
     app.text_input[0].set_value("builtin:wiki")
     app.number_input[0].set_value(2)
     app.number_input[1].set_value(16)
@@ -63,11 +68,7 @@ def test_prune_page_keeps_settings_across_pages():
 
 
 def test_similarity_page_scores_sets_on_tiny_model(tmp_path):
-    folder = save_tiny_folder(tmp_path / "tiny")
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.session_state["model_spec"] = str(folder)
-    app.run()
-    app.switch_page("pages/similarity.py").run()
+    app = _app_on_tiny_model(tmp_path, "pages/similarity.py")
     app.number_input[0].set_value(3)  # texts per set
     app.number_input[1].set_value(32)  # tokens per text
     next(b for b in app.button if b.label == "Score").click().run()
@@ -82,11 +83,7 @@ def test_similarity_page_scores_sets_on_tiny_model(tmp_path):
 
 
 def test_sweeps_page_runs_a_grid_and_tests_two_sources(tmp_path):
-    folder = save_tiny_folder(tmp_path / "tiny")
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.session_state["model_spec"] = str(folder)
-    app.run()
-    app.switch_page("pages/sweeps.py").run()
+    app = _app_on_tiny_model(tmp_path, "pages/sweeps.py")
     app.text_input[0].set_value("page-sweep")
     app.text_input[1].set_value("2")  # calibration samples
     app.number_input[0].set_value(3)  # seeds

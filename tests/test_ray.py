@@ -28,7 +28,7 @@ def local_ray():
     ray.shutdown()
 
 
-def test_ray_sweep_matches_local_and_resumes(tmp_path, local_ray, monkeypatch):
+def test_ray_sweep_matches_local_and_resumes(tmp_path, local_ray):
     folder = save_tiny_folder(tmp_path / "tiny")
     store = RunStore(tmp_path / "runs.sqlite")
     summary = run_sweep_on_ray(_grid(folder), store=store)
