@@ -468,7 +468,9 @@ def _cmd_reproduce(args) -> int:
             print(f"failed: {failure}", file=sys.stderr)
     from .repro_report import write_report
 
-    command = "python -m calib_core " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else None
+    # The report names the command that makes its runs (a --report-only redraw shows the same numbers).
+    argv = [a for a in sys.argv[1:] if a != "--report-only"]
+    command = "python -m calib_core " + " ".join(argv) if sys.argv[0].endswith("__main__.py") else None
     path = write_report(settings, store, args.out, command)
     print(f"report: {path}")
     return 0

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import sweep_figures
-from .errors import ConfigError
-from .reproduce import ReproSettings, ensure_dense_reference, ensure_similarity, ordered_points, reproduction_frame
+from .errors import CalibLabError, ConfigError
+from .reproduce import PLAN_CHANGES, ReproSettings, ensure_dense_reference, ensure_similarity, ordered_points, reproduction_frame
 from .runs import environment_versions
 from .sweep_stats import PPL, setting_label, setting_sort_key, spread_by_setting, summarize, welch_test
 
@@ -56,6 +56,25 @@ def _verdict(ok: bool | None, text: str) -> str:
     return f"- {mark}: {text}"
 
 
+def report_caveats(settings: ReproSettings) -> list[str]:
+    from .sets import load_set
+
+    lines = [f"- {change}" for change in PLAN_CHANGES]
+    try:
+        records = [r for r in load_set(settings.selfgen_name)["records"] if r.get("kept", True)]
+    except CalibLabError:  # no self-generated set saved (e.g. a report on another machine)
+        return lines
+    pool = sum(int(r.get("tokens", 0)) for r in records)
+    drawn = settings.nsamples * settings.seqlen
+    if pool and pool < 2 * drawn:
+        lines.append(
+            f"- The self-generated set is small: {len(records)} kept texts, about {pool} tokens, while a point draws "
+            f"{settings.nsamples} x {settings.seqlen} = {drawn} tokens from it. Its windows overlap heavily within and "
+            "across seeds, so its seed-to-seed std is understated and the Welch p-values that involve it are "
+            "optimistic. (Each builtin source's calibration split holds over 600k tokens.)")
+    return lines
+
+
 def write_report(settings: ReproSettings, store, out: str | Path = "docs/results", command: str | None = None) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,9 +93,9 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
     settings_table = {k: v for k, v in settings.as_dict().items() if k != "selfgen"}
     report.add(
         f"# Reproduction: calibration data for pruning (Ji et al., ICLR 2025) on `{settings.model}`", "",
-        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by"
+        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the runs of"
         f" `{command or 'python -m calib_core reproduce'}` on {platform.machine()} CPU"
-        f" ({len(frame)} of {len(points)} points finished).", "",
+        f" ({len(frame)} of {len(points)} points finished; the command resumes, skipping finished points).", "",
         "What is measured, and how it differs from the paper:",
         f"- Model: `{settings.model}` (the bundled SmolLM2-135M-Instruct, Q4_1 dequantised to fp32). The paper "
         "prunes 7B models.",
@@ -236,6 +255,7 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
     for run in store.list(where="sweep = ? AND status = 'finished'", params=(settings.name,)):
         seconds += sum(v for k, v in (run["record"] or {}).get("timings", {}).items() if k in (
             "calibration", "prune_total", "eval"))
+    report.add("## Caveats", "", *report_caveats(settings), "")
     report.add("## Findings", "", *findings, "",
                f"Compute: {seconds / 60:.0f} min of recorded calibration + pruning + evaluation time over "
                f"{len(frame)} runs.", "")

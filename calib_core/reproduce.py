@@ -23,6 +23,12 @@ from .sweeps import SweepGrid, SweepPoint, SweepSummary, run_sweep
 
 BUILTIN_SOURCES = ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"]
 
+# Changes to the defaults below made after the first reproduction had started; the report lists them.
+PLAN_CHANGES = [
+    "The Q2 curve was planned as n = 1, 2, 4, 8, 16, 32; n = 32 was dropped during the first run to fit the "
+    "session's time, before any Q2 result existed.",
+]
+
 
 @dataclass
 class ReproSettings:

@@ -7,9 +7,10 @@ import pytest
 
 from calib_core.cli import main as cli_main
 from calib_core.errors import ConfigError
-from calib_core.reproduce import ReproSettings, ordered_points, reproduction_frame, run_reproduction
-from calib_core.repro_report import write_report
+from calib_core.reproduce import PLAN_CHANGES, ReproSettings, ordered_points, reproduction_frame, run_reproduction
+from calib_core.repro_report import report_caveats, write_report
 from calib_core.runs import RunStore
+from calib_core.sets import save_set
 from calib_core.selfgen import GenerationConfig
 from calib_core.sweep_figures import export, nsamples_band, seed_violins, source_bars, spread_chart
 from calib_core.sweep_stats import runs_frame, spread_by_setting, summarize, welch_test
@@ -114,12 +115,22 @@ def test_reproduction_runs_resumes_and_reports(tmp_path):
     assert set(frame["calibration"]) == {"none", "builtin:wiki", "builtin:news", "set:tiny-selfgen"}
     path = write_report(settings, store, tmp_path / "report", command="python -m calib_core reproduce --test")
     text = path.read_text()
-    for heading in ("## Q1", "## Q2", "## Q3", "## Q4", "## Findings"):
+    for heading in ("## Q1", "## Q2", "## Q3", "## Q4", "## Caveats", "## Findings"):
         assert heading in text
     assert "python -m calib_core reproduce --test" in text and "| transformers |" in text
     assert "Welch t =" in text and "Min-K%++" in text
     assert text.count("reproduce") >= 3  # verdict lines were written
     assert (tmp_path / "report" / "runs.csv").exists()
+
+
+def test_report_caveats_name_plan_changes_and_a_self_generated_pool_smaller_than_a_draw():
+    settings = ReproSettings(nsamples=16, seqlen=512, selfgen_name="small-pool")
+    assert report_caveats(settings) == [f"- {change}" for change in PLAN_CHANGES]  # no set saved: no pool caveat
+    save_set("small-pool", [{"text": "a generated text", "tokens": 100, "kept": True}] * 80
+             + [{"text": "dropped", "tokens": 500, "kept": False}])
+    pool = report_caveats(settings)[-1]
+    assert "80 kept texts, about 8000 tokens" in pool and "16 x 512 = 8192" in pool
+    assert len(report_caveats(ReproSettings(nsamples=2, seqlen=512, selfgen_name="small-pool"))) == len(PLAN_CHANGES)
 
 
 def test_cli_reproduce_dry_run(tmp_path, capsys):
