@@ -71,7 +71,7 @@ def report_caveats(settings: ReproSettings) -> list[str]:
             f"- The self-generated set is small: {len(records)} kept texts, about {pool} tokens, while a point draws "
             f"{settings.nsamples} x {settings.seqlen} = {drawn} tokens from it. Its windows overlap heavily within and "
             "across seeds, so its seed-to-seed std is understated and the Welch p-values that involve it are "
-            "optimistic. (Each builtin source's calibration split holds over 600k tokens.)")
+            "optimistic.")
     return lines
 
 

@@ -43,7 +43,8 @@ def source_bars(frame: pd.DataFrame, method: str = "wanda", metric: str = PPL, m
                                            "%{customdata[1]}<extra></extra>"), row=1, col=col)
         low, high = float((group["mean"] - group["std"]).min()), float((group["mean"] + group["std"]).max())
         pad = max(high - low, 1e-3 * abs(high)) * 0.5
-        lower, upper = max(low - pad, 0.0) if low >= 0 else low - pad, high + pad
+        lower = low - pad if low < 0 else max(low - pad, 0.0)  # positive metrics never get a negative axis
+        upper = high + pad
         if setting in lines and lower <= lines[setting] <= upper * 1.5:
             upper = max(upper, lines[setting] * 1.05)
             fig.add_hline(y=lines[setting], line_dash="dash", line_color="#e45756", row=1, col=col)
