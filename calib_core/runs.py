@@ -64,6 +64,7 @@ def run_record(model_spec: str, model_info: dict, calibration, result, perplexit
         "calibration": calibration.describe() if calibration is not None else None,
         "overall_sparsity": result.overall_sparsity if result else None,
         "allocation": asdict(result.allocation) if result and result.allocation else None,
+        "method_details": result.method_details if result else None,
         "blocks": [asdict(b) for b in result.blocks] if result else [],
         "reconstruction_error_tokens": result.config.recon_tokens if result else None,
         "memory_estimate": result.memory_estimate if result else None,

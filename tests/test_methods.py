@@ -71,22 +71,26 @@ def _shift(W, mask, mean):
     return (W * mean * mask).sum(1).abs()
 
 
+@pytest.mark.parametrize("rule", ["original", "same-sign", "improve"])
 @pytest.mark.parametrize("pattern", [UNSTRUCTURED, Pattern(2, 4)])
-def test_dsnot_keeps_row_sparsity_and_reduces_expected_shift(pattern):
+def test_dsnot_keeps_row_sparsity_and_reduces_expected_shift(pattern, rule):
     torch.manual_seed(2)
     W = torch.randn(48, 64)
     X = correlated_inputs(features=64, seed=3)
     stats = stats_for(X, with_mean=True)
     initial = wanda_mask(W, stats, 0.5, pattern)
-    refined = dsnot_refine(W, initial, stats, pattern, threshold=0.0, max_cycles=50)
+    refined = dsnot_refine(W, initial, stats, pattern, threshold=0.1, max_cycles=50, rule=rule)
     assert torch.equal(refined.sum(1), initial.sum(1))
     if pattern.is_nm:
         assert (refined.view(48, 16, 4).sum(2) == 2).all()
     mean = stats.token_sum_mean()
     before, after = _shift(W, initial, mean), _shift(W, refined, mean)
-    assert (after <= before + 1e-4).all()
-    assert after.sum() < 0.5 * before.sum()  # it actually does something
     assert not torch.equal(refined, initial)
+    # Only rules that test each swap promise a shift that never grows; the authors' default keeps
+    # swapping while |err| > threshold and may overshoot (exactness: tests/test_fidelity.py).
+    if rule == "improve" or (rule == "same-sign" and not pattern.is_nm):
+        assert (after <= before + 1e-4).all()
+        assert after.sum() < 0.5 * before.sum()
 
 
 def test_dsnot_threshold_stops_rows_already_good():
@@ -123,9 +127,9 @@ def test_outlier_ratio_counts_scores_above_m_times_mean():
     assert outlier_ratio(scores, 5) == pytest.approx(12.5)
 
 
-def test_owl_mixed_nm_keeps_mean_n_and_orders_layers():
+def test_owl_balanced_mixed_nm_keeps_mean_n_and_orders_layers():
     ratios = [1.0, 4.0, 2.0, 9.0, 3.0, 0.5, 6.0, 2.5]
-    patterns = owl_nm_allocation(ratios, Pattern(4, 8), lam=2.0)
+    patterns = owl_nm_allocation(ratios, Pattern(4, 8), lam=2.0, rule="balanced")
     ns = [p.n for p in patterns]
     assert sum(ns) == 4 * len(ns)
     assert all(0 <= n <= 7 and p.m == 8 for n, p in zip(ns, patterns))

@@ -9,7 +9,22 @@ from .masks import Pattern, check_sparsity, parse_pattern
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "dsnot", "owl")
 BASES = {"dsnot": ("wanda", "sparsegpt"), "owl": ("wanda", "sparsegpt", "magnitude")}
-SUBLAYERS = ("all", "attention", "mlp")
+# "skip-mlp" is the DSnoT authors' default (`--skip_layer mlp`): modules whose first name part is
+# `mlp` keep the initial mask; on Llama-style names only the attention Linears are refined.
+SUBLAYERS = ("skip-mlp", "all", "attention", "mlp")
+# DSnoT's swap rule: "original" applies the swap while |err| > threshold (the authors' default,
+# `without_same_sign`); "same-sign" adds their optional test that err keeps its initial sign;
+# "improve" is our variant: a swap must shrink |err|, and a row stops at its first rejected swap.
+DSNOT_RULES = ("original", "same-sign", "improve")
+# DSnoT on a SparseGPT base: "static" is the authors' initial mask (per-row W^2 / diag(H^-1)^2, no
+# weight update); "full" is our variant (the mask of a complete SparseGPT pass).
+DSNOT_SPARSEGPT_INIT = ("static", "full")
+# DSnoT's error is a sum over tokens, so its threshold depends on seqlen: "none" uses it as given
+# (the authors tuned 0.1 at 2048 tokens); "seqlen" scales it by seqlen / 2048.
+DSNOT_THRESHOLD_SCALE = ("none", "seqlen")
+# OWL mixed N:M: "original" is the authors' rule (width lambda, N_l = N - round(r_l - mean r), mean N
+# may drift from the target); "balanced" is our variant (width 2 lambda, clipped, mean N kept).
+OWL_NM_RULES = ("original", "balanced")
 PROPAGATION = ("pruned", "dense")
 
 
@@ -24,7 +39,11 @@ class PruneConfig:
     dsnot_threshold: float = 0.1
     dsnot_cycles: int = 50
     dsnot_var_power: float = 1.0
-    dsnot_sublayers: str = "all"
+    dsnot_sublayers: str = "skip-mlp"
+    dsnot_rule: str = "original"
+    dsnot_sparsegpt_init: str = "static"
+    dsnot_threshold_scale: str = "none"
+    owl_nm_rule: str = "original"
     owl_m: float | None = None  # outlier threshold M; default 5 unstructured, 6 N:M
     owl_lambda: float | None = None  # default 0.08 unstructured, 2 (in units of N) N:M
     propagate: str = "pruned"  # feed the next block the pruned (standard) or the dense outputs
@@ -63,8 +82,11 @@ class PruneConfig:
             raise ConfigError(f"--base only applies to dsnot and owl, not {self.method}.")
         else:
             base = None
-        if self.dsnot_sublayers not in SUBLAYERS:
-            raise ConfigError(f"DSnoT sublayers must be one of {SUBLAYERS}, got '{self.dsnot_sublayers}'.")
+        for name, choices in (("dsnot_sublayers", SUBLAYERS), ("dsnot_rule", DSNOT_RULES),
+                              ("dsnot_sparsegpt_init", DSNOT_SPARSEGPT_INIT),
+                              ("dsnot_threshold_scale", DSNOT_THRESHOLD_SCALE), ("owl_nm_rule", OWL_NM_RULES)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}, got '{getattr(self, name)}'.")
         if self.propagate not in PROPAGATION:
             raise ConfigError(f"propagate must be one of {PROPAGATION}, got '{self.propagate}'.")
         for name in ("sparsegpt_blocksize", "batch_size", "dsnot_cycles"):

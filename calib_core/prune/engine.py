@@ -32,8 +32,9 @@ from .config import PruneConfig
 from .dsnot import dsnot_refine
 from .events import AllocationEvent, BlockRecord, ModuleRecord, StageEvent
 from .magnitude import magnitude_mask
+from .masks import mask_from_scores
 from .owl import outlier_ratio, owl_nm_allocation, owl_sparsities
-from .sparsegpt import sparsegpt_prune
+from .sparsegpt import sparsegpt_prune, sparsegpt_static_scores
 from .stats import InputStats
 from .wanda import wanda_mask, wanda_scores
 
@@ -50,6 +51,7 @@ class PruneResult:
     seconds: dict[str, float]
     allocation: AllocationEvent | None = None
     memory_estimate: dict | None = None
+    method_details: dict | None = None  # which rule/variant ran, what DSnoT refined, OWL's achieved sparsity
 
 
 @dataclass
@@ -217,6 +219,10 @@ class Pruner:
         self.cancel = cancel
         self.device = resolve_device(self.cfg.device)
         self.blocks = decoder_blocks(model)
+        self._dsnot_refined: set[str] = set()
+        self._dsnot_skipped: set[str] = set()
+        self._seqlen: int | None = None
+        self._dsnot_threshold = self.cfg.dsnot_threshold
         if is_quantized(model):
             raise ConfigError(
                 "This model is loaded quantized (8-/4-bit). Pruning needs floating-point weights: "
@@ -234,6 +240,9 @@ class Pruner:
         if calibration is not None:
             if calibration.dim() != 2 or calibration.numel() == 0:
                 raise ConfigError("Calibration must be a non-empty [nsamples, seqlen] tensor of token ids.")
+            self._seqlen = int(calibration.shape[1])
+            if cfg.dsnot_threshold_scale == "seqlen":  # the authors' 0.1 was set for 2048-token sequences
+                self._dsnot_threshold = cfg.dsnot_threshold * self._seqlen / 2048
             estimate = self.memory_estimate(*calibration.shape)
             check_memory(estimate, self.device)
         uniform = [(cfg.target_sparsity, cfg.parsed_pattern)] * len(self.blocks)
@@ -256,10 +265,36 @@ class Pruner:
         seconds["total"] = time.perf_counter() - start
         zeros = sum(round(m.sparsity * m.shape[0] * m.shape[1]) for b in records for m in b.modules)
         total = sum(m.shape[0] * m.shape[1] for b in records for m in b.modules)
+        overall = zeros / max(total, 1)
         return PruneResult(
-            cfg, records, zeros / max(total, 1), seconds, allocation,
-            estimate.as_dict() if estimate else None,
+            cfg, records, overall, seconds, allocation,
+            estimate.as_dict() if estimate else None, self._method_details(allocation, overall),
         )
+
+    def _method_details(self, allocation, overall: float) -> dict | None:
+        cfg = self.cfg
+        if cfg.method == "dsnot":
+            details = {
+                "rule": cfg.dsnot_rule, "sublayers": cfg.dsnot_sublayers,
+                "refined_modules": sorted(self._dsnot_refined), "initial_mask_only": sorted(self._dsnot_skipped),
+                "threshold": cfg.dsnot_threshold, "threshold_scale": cfg.dsnot_threshold_scale,
+                "effective_threshold": self._dsnot_threshold, "seqlen": self._seqlen,
+                "variance": "within-sequence variance, pooled over sequences with token weights",
+            }
+            if cfg.base == "sparsegpt":
+                details["sparsegpt_init"] = cfg.dsnot_sparsegpt_init
+            return {"dsnot": details}
+        if cfg.method == "owl":
+            details = {"m": cfg.owl_m, "lambda": cfg.owl_lambda, "target_sparsity": cfg.target_sparsity,
+                       "planned_sparsity": allocation.planned_sparsity if allocation else None,
+                       "achieved_sparsity": overall}
+            if cfg.parsed_pattern.is_nm:
+                details["nm_rule"] = cfg.owl_nm_rule
+                if cfg.base != "wanda":
+                    details["extension"] = (f"mixed N:M on a {cfg.base} base is a Calibration Lab extension: "
+                                            "the OWL authors mix N only for Wanda")
+            return {"owl": details}
+        return None
 
     def memory_estimate(self, nsamples: int, seqlen: int):
         method = self.cfg.base if self.cfg.method in ("owl", "dsnot") else self.cfg.method
@@ -337,19 +372,28 @@ class Pruner:
         stats = hooks.stats.get(name) if hooks else None
         original = W.float().clone() if hooks and name in hooks.recon_x else None
         refine = method == "dsnot" and self._dsnot_applies(name)
+        if method == "dsnot":
+            (self._dsnot_refined if refine else self._dsnot_skipped).add(name)
+        static_init = method == "dsnot" and cfg.dsnot_sparsegpt_init == "static"
         if method == "magnitude":
             W[magnitude_mask(W, sparsity, pattern)] = 0
-        elif base == "sparsegpt" and not refine:
+        elif base == "sparsegpt" and not refine and not static_init:
             new_W, _mask = self._sparsegpt(W, stats, sparsity, pattern)
             set_weight_matrix(module, new_W)
         else:
-            if base == "sparsegpt":
-                # DSnoT is training-free: it refines SparseGPT's mask over the original weights.
+            initial_metric = None
+            if base == "sparsegpt" and static_init:
+                # The DSnoT authors' SparseGPT base: the static saliency per row, weights unchanged.
+                initial_metric = sparsegpt_static_scores(W, stats.hessian(), cfg.sparsegpt_damp)
+                mask = mask_from_scores(initial_metric, sparsity, pattern, per_row=True)
+            elif base == "sparsegpt":
+                # Our variant: DSnoT refines a full SparseGPT pass's mask over the original weights.
                 _new_W, mask = self._sparsegpt(W, stats, sparsity, pattern)
             else:
                 mask = wanda_mask(W, stats, sparsity, pattern)
             if refine:
-                mask = dsnot_refine(W, mask, stats, pattern, cfg.dsnot_threshold, cfg.dsnot_cycles, cfg.dsnot_var_power)
+                mask = dsnot_refine(W, mask, stats, pattern, self._dsnot_threshold, cfg.dsnot_cycles,
+                                    cfg.dsnot_var_power, cfg.dsnot_rule, initial_metric)
             W[mask] = 0
         achieved = float((weight_matrix(module) == 0).sum()) / W.numel()
         error = rel = None
@@ -373,6 +417,8 @@ class Pruner:
 
     def _dsnot_applies(self, name: str) -> bool:
         which = self.cfg.dsnot_sublayers
+        if which == "skip-mlp":  # the authors' name test: the first name part is not "mlp"
+            return name.split(".")[0] != "mlp"
         return which == "all" or (which == "attention") == _is_attention(name)
 
     def _owl_allocation(self, calibration: torch.Tensor):
@@ -397,11 +443,13 @@ class Pruner:
             self.emit(StageEvent("outlier_scan", index + 1, len(self.blocks), 0.0))
         pattern = cfg.parsed_pattern
         if pattern.is_nm:
-            patterns = owl_nm_allocation(ratios, pattern, cfg.owl_lambda)
+            patterns = owl_nm_allocation(ratios, pattern, cfg.owl_lambda, cfg.owl_nm_rule)
             targets = [(p.sparsity, p) for p in patterns]
         else:
             targets = [(s, pattern) for s in owl_sparsities(ratios, cfg.sparsity, cfg.owl_lambda)]
-        allocation = AllocationEvent(ratios, [s for s, _ in targets], [str(p) for _, p in targets])
+        sparsities = [s for s, _ in targets]
+        allocation = AllocationEvent(ratios, sparsities, [str(p) for _, p in targets],
+                                     sum(sparsities) / len(sparsities))
         return targets, allocation
 
 

@@ -46,11 +46,14 @@ class BlockRecord:
 
 @dataclass
 class AllocationEvent:
-    """OWL's plan: per-block outlier ratio D_l (%) and the sparsity (or N:M) each block gets."""
+    """OWL's plan: per-block outlier ratio D_l (%) and the sparsity (or N:M) each block gets.
+    `planned_sparsity` is the mean of the blocks' targets: for mixed N:M with the authors' rule it
+    can differ from the requested target."""
 
     outlier_ratios: list[float]
     target_sparsities: list[float]
     patterns: list[str]
+    planned_sparsity: float | None = None
     kind: str = "allocation"
 
 

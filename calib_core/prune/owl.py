@@ -1,7 +1,8 @@
 """OWL (Yin et al. 2024): outlier-weighted layerwise sparsity.
 
-Layers with more outliers (Wanda scores above M times the layer mean) are pruned less, while the
-mean sparsity over layers stays at the target.
+Layers with more outliers (Wanda scores above M times the layer mean) are pruned less. Unstructured:
+the mean sparsity over layers stays at the target. Mixed N:M (the authors' rule): each layer gets its
+own N of M, and the achieved mean sparsity may differ from the target (the run records it).
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ def outlier_ratio(scores: list[torch.Tensor], threshold_m: float) -> float:
     return float(100.0 * (flat > threshold_m * flat.mean()).sum() / flat.numel())
 
 
-def _centered_rank(ratios: list[float], lam: float) -> list[float]:
+def _centered_rank(ratios: list[float], width: float) -> list[float]:
+    """Outlier ratios min-max scaled to [0, width], minus their mean."""
     lo, hi = min(ratios), max(ratios)
     if hi == lo:
         return [0.0] * len(ratios)
-    r = [(d - lo) / (hi - lo) * 2 * lam for d in ratios]
+    r = [(d - lo) / (hi - lo) * width for d in ratios]
     mean_r = sum(r) / len(r)
     return [x - mean_r for x in r]
 
 
 def owl_sparsities(ratios: list[float], target: float, lam: float) -> list[float]:
-    """sparsity_l = 1 - (r_l - mean(r) + (1 - S)): mean equals S, more outliers -> less pruning."""
-    sparsities = [1.0 - (c + (1.0 - target)) for c in _centered_rank(ratios, lam)]
+    """sparsity_l = 1 - (r_l - mean(r) + (1 - S)), r scaled to [0, 2 lambda]: mean equals S, more
+    outliers -> less pruning."""
+    sparsities = [1.0 - (c + (1.0 - target)) for c in _centered_rank(ratios, 2 * lam)]
     if min(sparsities) < 0 or max(sparsities) >= 1:
         raise ConfigError(
             f"OWL lambda {lam} pushes layer sparsities outside [0, 1) around target {target}: "
@@ -40,13 +43,33 @@ def owl_sparsities(ratios: list[float], target: float, lam: float) -> list[float
     return sparsities
 
 
-def owl_nm_allocation(ratios: list[float], pattern: Pattern, lam: float) -> list[Pattern]:
-    """Mixed N:M: a per-layer N around the target N (lambda in units of N), keeping sum(N) fixed.
+def owl_nm_allocation(ratios: list[float], pattern: Pattern, lam: float, rule: str = "original") -> list[Pattern]:
+    """Mixed N:M: a per-layer N around the target N (more outliers -> fewer zeros).
 
-    Continuous N_l = N - (r_l - mean r) is clipped to [0, M-1] and rounded by largest remainder so
-    the layers' mean N equals the target N whenever the clipping allows it.
+    "original" (the authors' rule): r scaled to [0, lambda] in units of N, N_l = N - round(r_l -
+    mean r) with round half to even; nothing re-balances, so the layers' mean N may fall below the
+    target. N_l = 0 leaves a layer dense; a setting that needs N_l outside [0, M-1] is refused.
+    "balanced" (our variant): width 2 lambda, clipped to [0, M-1], then largest-remainder rounding
+    that keeps the mean N at the target whenever the clipping allows it.
     """
-    wanted = [min(max(pattern.n - c, 0.0), pattern.m - 1.0) for c in _centered_rank(ratios, lam)]
+    if rule == "balanced":
+        return _balanced_nm_allocation(ratios, pattern, lam)
+    if rule != "original":
+        raise ConfigError(f"Unknown OWL N:M rule '{rule}'.")
+    # Python's round() is round-half-to-even, as numpy's np.round in the authors' code.
+    ns = [pattern.n - round(c) for c in _centered_rank(ratios, lam)]
+    bad = [(layer, n) for layer, n in enumerate(ns) if not 0 <= n <= pattern.m - 1]
+    if bad:
+        layer, n = bad[0]
+        raise ConfigError(
+            f"OWL mixed N:M with lambda {lam} gives block {layer} N = {n}, outside [0, {pattern.m - 1}] for "
+            f"{pattern}: choose a smaller lambda."
+        )
+    return [Pattern(n, pattern.m) for n in ns]
+
+
+def _balanced_nm_allocation(ratios: list[float], pattern: Pattern, lam: float) -> list[Pattern]:
+    wanted = [min(max(pattern.n - c, 0.0), pattern.m - 1.0) for c in _centered_rank(ratios, 2 * lam)]
     total = pattern.n * len(ratios)
     floors = [math.floor(w) for w in wanted]
     remaining = total - sum(floors)

@@ -17,14 +17,8 @@ def sparsegpt_prune(
     damp: float = 0.01,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (updated weight [out, in] in fp32, mask with True = pruned)."""
-    W = weight.detach().clone().float()
-    H = hessian.detach().clone().float()
+    W, Hinv = _prepared(weight, hessian, damp)
     rows, cols = W.shape
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    H.diagonal().add_(damp * torch.mean(torch.diag(H)))
-    Hinv = _upper_cholesky_of_inverse(H)
 
     mask = torch.zeros_like(W, dtype=torch.bool)
     for i1 in range(0, cols, blocksize):
@@ -57,6 +51,24 @@ def sparsegpt_prune(
         mask[:, i1:i2] = mask1
     W[mask] = 0.0
     return W, mask
+
+
+def sparsegpt_static_scores(weight: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """SparseGPT's saliency W^2 / diag(Hinv)^2 on the unchanged weights, without the column-by-column
+    updates: the DSnoT authors' initial metric for their SparseGPT base."""
+    W, Hinv = _prepared(weight, hessian, damp)
+    return W.square() / torch.diag(Hinv).square().unsqueeze(0)
+
+
+def _prepared(weight: torch.Tensor, hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 copies: dead inputs (H_jj = 0) get H_jj = 1 and W[:, j] = 0; damped H; Hinv's upper factor."""
+    W = weight.detach().clone().float()
+    H = hessian.detach().clone().float()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H.diagonal().add_(damp * torch.mean(torch.diag(H)))
+    return W, _upper_cholesky_of_inverse(H)
 
 
 def _upper_cholesky_of_inverse(H: torch.Tensor) -> torch.Tensor:

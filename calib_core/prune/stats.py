@@ -8,13 +8,15 @@ import torch
 class InputStats:
     """Running statistics of a Linear's input X [tokens, in].
 
-    Always: the per-feature sum of squares (Wanda's ||X_j||^2). Optionally the per-feature sum
-    (DSnoT's mean and variance) and the Gram matrix X^T X (SparseGPT's Hessian).
+    Always: the per-feature sum of squares (Wanda's ||X_j||^2). Optionally the per-feature sum and
+    the within-sequence variance (DSnoT) and the Gram matrix X^T X (SparseGPT's Hessian).
     """
 
     def __init__(self, in_features: int, device, with_mean: bool = False, with_hessian: bool = False):
         self.sum_sq = torch.zeros(in_features, dtype=torch.float32, device=device)
         self.sum = torch.zeros(in_features, dtype=torch.float32, device=device) if with_mean else None
+        # sum over sequences of (tokens in the sequence x its per-feature variance)
+        self.within_var_sum = torch.zeros(in_features, dtype=torch.float32, device=device) if with_mean else None
         self.gram = (
             torch.zeros(in_features, in_features, dtype=torch.float32, device=device) if with_hessian else None
         )
@@ -22,10 +24,14 @@ class InputStats:
         self.samples = 0
 
     def add(self, x: torch.Tensor, samples: int) -> None:
-        x = x.reshape(-1, x.shape[-1]).float()
+        """`x` is [samples, tokens, in] or the [tokens, in] of one sample."""
+        sequences = x.float() if x.dim() == 3 else x.float().unsqueeze(0)
+        x = sequences.reshape(-1, x.shape[-1])
         self.sum_sq += x.square().sum(0)
         if self.sum is not None:
             self.sum += x.sum(0)
+            per_sequence = torch.var(sequences, dim=1, unbiased=False) * sequences.shape[1]
+            self.within_var_sum += per_sequence.sum(0)
         if self.gram is not None:
             self.gram.addmm_(x.t(), x)
         self.tokens += x.shape[0]
@@ -48,8 +54,8 @@ class InputStats:
         return self.sum / max(self.samples, 1)
 
     def variance(self) -> torch.Tensor:
-        """Per-feature variance over all calibration tokens."""
-        if self.sum is None:
+        """DSnoT's variance: each sequence's per-feature variance over its tokens, averaged with
+        token weights (as the authors accumulate it; excludes the spread between sequence means)."""
+        if self.within_var_sum is None:
             raise RuntimeError("Variance requested from statistics collected without it.")
-        tokens = max(self.tokens, 1)
-        return (self.sum_sq / tokens - (self.sum / tokens).square()).clamp_min(0.0)
+        return self.within_var_sum / max(self.tokens, 1)
