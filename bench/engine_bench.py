@@ -73,6 +73,9 @@ def single(method: str, setting: str, owl_lambda: float | None = None) -> dict:
         if result.allocation:
             out["owl_sparsity_range"] = [min(result.allocation.target_sparsities), max(result.allocation.target_sparsities)]
             out["owl_patterns"] = sorted(set(result.allocation.patterns))
+            out["owl_planned_sparsity"] = result.allocation.planned_sparsity
+        if result.method_details:
+            out["method_details"] = result.method_details
     ppl = perplexity(lm.model, lm.tokenizer, EVAL["spec"], seqlen=EVAL["seqlen"], max_windows=EVAL["max_windows"])
     out["ppl"] = ppl.ppl
     out["eval_tokens"] = ppl.tokens
@@ -89,7 +92,8 @@ def table(rows: list[dict]) -> str:
         note = ""
         if "owl_sparsity_range" in r:
             lo, hi = r["owl_sparsity_range"]
-            note = f"layer sparsity {lo:.3f}..{hi:.3f}" if ":" not in r["setting"] else "N per layer " + ", ".join(r["owl_patterns"])
+            note = (f"layer sparsity {lo:.3f}..{hi:.3f}" if ":" not in r["setting"] else
+                    "N per layer " + ", ".join(r["owl_patterns"]) + f"; achieved {r['overall_sparsity']:.4f}")
         lines.append(
             f"| {r['method']} | {r['setting']} | {r['ppl']:.2f} | {r.get('prune_seconds', 0):.1f} | "
             f"{r.get('forward_seconds', float('nan')):.1f} | {r.get('cost_ratio', float('nan')):.2f} | "

@@ -7,9 +7,28 @@ import sys
 import time
 
 from . import assets
+from .data import DEFAULT_CONCAT_SEPARATOR, MODES
 from .errors import CalibLabError
+from .evaluate import PROTOCOLS
+from .prune.config import DSNOT_RULES, DSNOT_SPARSEGPT_INIT, DSNOT_THRESHOLD_SCALE, OWL_NM_RULES, SUBLAYERS
 
 DEFAULT_EVAL = ["builtin:wiki"]
+
+
+def _unescape(text: str) -> str:
+    """'\\n\\n' typed on a command line -> two newlines (a literal space or text passes unchanged)."""
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+
+
+def _add_sampling_args(parser, default_mode: str):
+    parser.add_argument("--mode", default=default_mode, choices=MODES,
+                        help="document: a random window of a document longer than seqlen; concat: windows of all "
+                             "texts joined with --concat-separator; document_pad: a whole text with more than "
+                             "seqlen-3 tokens, right-padded with token id 0 (the authors' OWL/DSnoT code for "
+                             "self-generated data)")
+    parser.add_argument("--concat-separator", type=_unescape, default=DEFAULT_CONCAT_SEPARATOR, metavar="TEXT",
+                        help="concat mode: what joins the texts, backslash escapes allowed (default '\\n\\n'; "
+                             "the authors' Wanda code joins self-generated texts with ' ')")
 
 
 def _add_model_args(parser):
@@ -34,6 +53,10 @@ def _add_eval_args(parser, required=False):
     parser.add_argument("--eval-seqlen", type=int, default=None, help="perplexity window (default: --seqlen)")
     parser.add_argument("--eval-windows", type=int, default=None, help="at most this many windows per source")
     parser.add_argument("--no-eval", action="store_true", help="skip perplexity")
+    parser.add_argument("--ppl-protocol", default="heldout", choices=PROTOCOLS,
+                        help="heldout: eval texts without empty rows, no special tokens; wikitext2: Wanda/SparseGPT's "
+                             "WikiText-2 stream (every row incl. empty ones, special tokens), e.g. with "
+                             "--eval hf:wikitext:wikitext-2-raw-v1:test (needs the hub)")
 
 
 def _add_ray_args(parser):
@@ -76,16 +99,28 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--nsamples", type=int, default=128)
     prune.add_argument("--seqlen", type=int, default=2048)
     prune.add_argument("--seed", type=int, default=0)
-    prune.add_argument("--mode", default="document", choices=["document", "concat"])
+    _add_sampling_args(prune, "document")
     prune.add_argument("--text-column", default=None)
     prune.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block size")
     prune.add_argument("--damp", type=float, default=0.01, help="SparseGPT dampening (fraction of mean diag H)")
     prune.add_argument("--dsnot-threshold", type=float, default=0.1)
     prune.add_argument("--dsnot-cycles", type=int, default=50)
     prune.add_argument("--dsnot-var-power", type=float, default=1.0)
-    prune.add_argument("--dsnot-sublayers", default="all", choices=["all", "attention", "mlp"])
+    prune.add_argument("--dsnot-sublayers", default="skip-mlp", choices=list(SUBLAYERS),
+                       help="modules DSnoT refines; skip-mlp (the authors' default) keeps the initial mask on mlp.*")
+    prune.add_argument("--dsnot-rule", default="original", choices=list(DSNOT_RULES),
+                       help="original: swap while |err| > threshold (the authors' default); same-sign: also keep "
+                            "err's sign; improve: our variant, a swap must shrink |err|")
+    prune.add_argument("--dsnot-sparsegpt-init", default="static", choices=list(DSNOT_SPARSEGPT_INIT),
+                       help="DSnoT on a SparseGPT base: static per-row W^2/diag(H^-1)^2 (the authors') or full "
+                            "(our variant: a whole SparseGPT pass's mask)")
+    prune.add_argument("--dsnot-threshold-scale", default="none", choices=list(DSNOT_THRESHOLD_SCALE),
+                       help="seqlen: scale the threshold by seqlen/2048 (the authors tuned 0.1 at 2048 tokens)")
     prune.add_argument("--owl-m", type=float, default=None, help="outlier threshold M (default 5; 6 for N:M)")
     prune.add_argument("--owl-lambda", type=float, default=None, help="OWL lambda (default 0.08; 2 for N:M)")
+    prune.add_argument("--owl-nm-rule", default="original", choices=list(OWL_NM_RULES),
+                       help="mixed N:M: original (the authors': width lambda, mean N may drift) or balanced "
+                            "(our variant: width 2 lambda, mean N kept)")
     prune.add_argument("--propagate", default="pruned", choices=["pruned", "dense"])
     prune.add_argument("--batch-size", type=int, default=1, help="calibration samples per block forward")
     prune.add_argument("--recon-tokens", type=int, default=512, help="tokens per module for reconstruction error")
@@ -105,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="load the generator through bitsandbytes")
     calib.add_argument("--texts", type=int, default=64)
     calib.add_argument("--prefix-tokens", type=int, default=2)
-    calib.add_argument("--max-new-tokens", type=int, default=256)
+    calib.add_argument("--max-new-tokens", type=int, default=256,
+                       help="new tokens per text at most (default 256, CPU-friendly; the paper generates up to 2048 "
+                            "on GPU). Document modes need texts longer than seqlen")
     calib.add_argument("--temperature", type=float, default=0.6)
     calib.add_argument("--top-p", type=float, default=0.95)
     calib.add_argument("--top-k", type=int, default=50)
@@ -125,10 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     similarity.add_argument("--sets", nargs="+", required=True, metavar="SOURCE", help="sources or set:NAME to compare")
     similarity.add_argument("--reference", default=None,
                             help="reference corpus: a source spec or one of c4, slimpajama, dclm, fineweb-edu, wikipedia")
-    similarity.add_argument("--samples", type=int, default=64, help="texts per set")
+    similarity.add_argument("--samples", type=int, default=64, help="windows (or texts) per set")
+    similarity.add_argument("--scoring", default="windows", choices=["windows", "texts"],
+                            help="windows: calibration windows of --seqlen tokens drawn as `prune` draws them "
+                                 "(--mode, --seed), with the tokenizer's BOS first, so every set is scored on "
+                                 "equally long items; texts: whole texts cut to --max-tokens, no special tokens")
+    similarity.add_argument("--seqlen", type=int, default=512, help="window length (--scoring windows)")
+    _add_sampling_args(similarity, "concat")
     similarity.add_argument("--k", type=float, default=0.5)
     similarity.add_argument("--ngram", type=int, default=3)
-    similarity.add_argument("--max-tokens", type=int, default=512, help="tokens per text scored")
+    similarity.add_argument("--max-tokens", type=int, default=512, help="tokens per text scored (--scoring texts)")
     similarity.add_argument("--seed", type=int, default=0)
     similarity.add_argument("--out", default=None, metavar="TABLE.csv", help="per-sample table")
 
@@ -152,7 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--seqlen", type=int, default=512)
     reproduce.add_argument("--nsamples-curve", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="Q2")
     reproduce.add_argument("--eval-windows", type=int, default=2, help="held-out windows per builtin source")
-    reproduce.add_argument("--selfgen-texts", type=int, default=80)
+    reproduce.add_argument("--selfgen-texts", type=int, default=None, help="prefixes to self-generate from (default 256)")
+    reproduce.add_argument("--previous", default=None, metavar="RUNS.csv",
+                           help="an earlier report's runs.csv: its points whose method and data did not change are "
+                                "carried over instead of rerun (the report says which)")
     reproduce.add_argument("--name", default="reproduce", help="sweep name in the run store")
     reproduce.add_argument("--out", default="docs/results", metavar="DIR", help="report folder")
     reproduce.add_argument("--report-only", action="store_true", help="write the report from finished runs only")
@@ -202,8 +248,9 @@ def _perplexities(args, loaded, seqlen):
     results = []
     for spec in args.eval or DEFAULT_EVAL:
         result = perplexity(loaded.model, loaded.tokenizer, spec, seqlen=args.eval_seqlen or seqlen,
-                            max_windows=args.eval_windows, device=args.device)
-        print(f"ppl {spec}: {result.ppl:.3f}  ({result.windows} x {result.seqlen} tokens, {result.seconds:.1f} s)")
+                            max_windows=args.eval_windows, device=args.device, protocol=args.ppl_protocol)
+        print(f"ppl {spec}: {result.ppl:.3f}  ({args.ppl_protocol}, {result.windows} x {result.seqlen} tokens, "
+              f"{result.seconds:.1f} s)")
         results.append(result)
     return results
 
@@ -219,14 +266,17 @@ def _cmd_prune(args) -> int:
         method=args.method, sparsity=args.sparsity, pattern=args.pattern, base=args.base,
         sparsegpt_blocksize=args.blocksize, sparsegpt_damp=args.damp, dsnot_threshold=args.dsnot_threshold,
         dsnot_cycles=args.dsnot_cycles, dsnot_var_power=args.dsnot_var_power,
-        dsnot_sublayers=args.dsnot_sublayers, owl_m=args.owl_m, owl_lambda=args.owl_lambda,
+        dsnot_sublayers=args.dsnot_sublayers, dsnot_rule=args.dsnot_rule,
+        dsnot_sparsegpt_init=args.dsnot_sparsegpt_init, dsnot_threshold_scale=args.dsnot_threshold_scale,
+        owl_m=args.owl_m, owl_lambda=args.owl_lambda, owl_nm_rule=args.owl_nm_rule,
         propagate=args.propagate, batch_size=args.batch_size, recon_tokens=args.recon_tokens, device=args.device,
     ).resolved()  # fail on a bad config before loading anything
     job = PruneJob(
         model=args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
         calib=args.calib if config.needs_calibration or args.calib else None, nsamples=args.nsamples,
-        seqlen=args.seqlen, seed=args.seed, mode=args.mode, text_column=args.text_column, config=config,
-        eval=[] if args.no_eval else (args.eval or DEFAULT_EVAL), eval_seqlen=args.eval_seqlen,
+        seqlen=args.seqlen, seed=args.seed, mode=args.mode, concat_separator=args.concat_separator,
+        text_column=args.text_column, config=config, eval=[] if args.no_eval else (args.eval or DEFAULT_EVAL),
+        ppl_protocol=args.ppl_protocol, eval_seqlen=args.eval_seqlen,
         eval_windows=args.eval_windows, save=args.save, cloze_items=args.cloze,
         lm_eval_tasks=args.lm_eval, lm_eval_limit=args.lm_eval_limit, lm_eval_include=args.lm_eval_include,
     )
@@ -239,7 +289,7 @@ def _cmd_prune(args) -> int:
         if event.kind == "pipeline":
             if event.stage in ("ppl", "cloze", "zeroshot"):
                 print(event.message)
-            elif event.stage in ("load", "estimate", "run", "saved"):
+            elif event.stage in ("load", "estimate", "run", "saved") or event.message.startswith("note: "):
                 print(f"{event.stage}: {event.message}", file=sys.stderr)
         elif event.kind == "block":
             blocks.append(event)
@@ -319,6 +369,8 @@ def _cmd_calib(args) -> int:
     kept = len(result.kept_texts)
     print(f"saved set:{args.name}: {len(result.records)} texts, {kept} kept "
           f"(ppl < {result.threshold if result.threshold is None else round(result.threshold, 2)})")
+    longer = ", ".join(f"{n} > {length}" for length, n in result.metadata["kept_texts_longer_than"].items())
+    print(f"kept texts longer than N tokens: {longer}")
     return 0
 
 
@@ -345,10 +397,11 @@ def _cmd_sets(args) -> int:
 
 
 def _cmd_similarity(args) -> int:
-    from .similarity import build_reference, sample_texts, similarity_table
+    from .similarity import build_reference, sample_for_scoring, similarity_table
 
     loaded, _ = _load(args)
-    named = {spec: sample_texts(spec, args.samples, args.seed) for spec in args.sets}
+    named = {spec: sample_for_scoring(spec, loaded.tokenizer, args.samples, args.seed, args.scoring, args.seqlen,
+                                      args.mode, args.concat_separator) for spec in args.sets}
     reference = None
     if args.reference:
         reference = build_reference(args.reference, args.ngram, model=loaded.model, tokenizer=loaded.tokenizer,
@@ -357,8 +410,12 @@ def _cmd_similarity(args) -> int:
                                       args.max_tokens)
     means = table.drop(columns=["sample", "text"]).groupby("set", sort=False).agg(["mean", "std"])
     print(means.to_string(float_format=lambda v: f"{v:.4f}"))
-    print(f"(K = {args.k}, {args.max_tokens} tokens per text, window {args.max_tokens}"
-          f"{', reference ' + reference.spec if reference else ''})")
+    if args.scoring == "windows":
+        scored = f"{args.mode} windows of {args.seqlen} tokens (+ the tokenizer's leading special tokens), seed {args.seed}"
+    else:
+        scored = f"whole texts cut to {args.max_tokens} tokens, window {args.max_tokens}"
+    print(f"(K = {args.k}; scored: {scored}; tokens per scored item: {table['tokens'].min()}-{table['tokens'].max()}"
+          f"{'; reference ' + reference.spec if reference else ''})")
     if args.out:
         table.to_csv(args.out, index=False)
         print(f"per-sample table written to {args.out}")
@@ -448,7 +505,7 @@ def _cmd_reproduce(args) -> int:
     defaults = ReproSettings()
     settings = ReproSettings(model=args.model, seeds=args.seeds, nsamples=args.nsamples, seqlen=args.seqlen,
                              nsamples_curve=args.nsamples_curve, eval_windows=args.eval_windows, name=args.name,
-                             selfgen=replace(defaults.selfgen, texts=args.selfgen_texts))
+                             selfgen=replace(defaults.selfgen, texts=args.selfgen_texts or defaults.selfgen.texts))
     store = RunStore()
     if args.dry_run:
         done = store.finished_points(settings.name)
@@ -462,7 +519,12 @@ def _cmd_reproduce(args) -> int:
             if getattr(event, "kind", "") == "pipeline" and event.stage in ("sweep", "ppl", "selfgen"):
                 print(f"{time.strftime('%H:%M:%S')} {event.message}", flush=True)
 
-        summary = run_reproduction(settings, store, on_event, runner=_sweep_runner(args))
+        previous = None
+        if args.previous:
+            import pandas as pd
+
+            previous = pd.read_csv(args.previous)
+        summary = run_reproduction(settings, store, on_event, runner=_sweep_runner(args), previous=previous)
         print(f"reproduction: {summary.ran} ran, {summary.skipped} skipped, {len(summary.failed)} failed")
         for failure in summary.failed:
             print(f"failed: {failure}", file=sys.stderr)
@@ -471,7 +533,7 @@ def _cmd_reproduce(args) -> int:
     # The report names the command that makes its runs (a --report-only redraw shows the same numbers).
     argv = [a for a in sys.argv[1:] if a != "--report-only"]
     command = "python -m calib_core " + " ".join(argv) if sys.argv[0].endswith("__main__.py") else None
-    path = write_report(settings, store, args.out, command)
+    path = write_report(settings, store, args.out, command, previous=args.previous)
     print(f"report: {path}")
     return 0
 

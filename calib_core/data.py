@@ -2,18 +2,28 @@
 
 A source is a spec string:
   builtin:wiki|news|books|code      offline corpora, split into a calibration pool and an eval part
-  hf:NAME[:CONFIG[:SPLIT]]          a hub dataset, streamed, first `limit` documents
+  hf:NAME[:CONFIG[:SPLIT]]          a hub dataset, streamed as far as the sampling needs (see build_calibration)
   file:PATH                         .txt (one document), .jsonl, .json, .csv, .parquet (a text column)
   set:NAME                          a saved calibration set
   tokens:PATH                       a .pt/.npy [nsamples, seqlen] tensor of token ids, used as is
+
+Sampling modes (all seeded, so (source, nsamples, seqlen, seed, tokenizer) fixes the samples):
+  document      a random document with more than seqlen tokens, a random seqlen window of it
+                (the Wanda/SparseGPT C4 loaders)
+  concat        all documents joined with `concat_separator`, tokenized once, random seqlen windows
+                (the authors' Wanda code joins self-generated texts with " ")
+  document_pad  a random whole text with more than seqlen - 3 tokens (tokenized with the tokenizer's
+                special tokens); one of at most seqlen tokens is right-padded with token id 0, a longer
+                one gives a random seqlen window (the authors' OWL/DSnoT code for self-generated texts)
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +32,22 @@ import torch
 from . import assets, hub, sets
 from .errors import SourceError
 
-MODES = ("document", "concat")
+MODES = ("document", "concat", "document_pad")
+DEFAULT_CONCAT_SEPARATOR = "\n\n"
 FILE_TYPES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 _TEXT_COLUMNS = ("text", "content", "document", "body", "article", "sentence")
-HF_DEFAULT_LIMIT = 5000
+# document_pad copies the authors' OWL/DSnoT loader: texts need more than seqlen - 3 tokens, and short
+# ones are padded with id 0 whatever token that is (the pad tokens are fed to the model like any other).
+DOCUMENT_PAD_ID = 0
+DOCUMENT_PAD_SLACK = 3
+# Hub sources are streamed. Document modes read until 10 documents per sample qualify: the paper
+# draws from whole shards, so windows rarely share a document and the seed-to-seed spread is real.
+# Concat mode reads about 10 x nsamples x seqlen tokens. Either way reading stops at the scan cap.
+HUB_ELIGIBLE_PER_SAMPLE = 10
+HUB_CONCAT_TOKENS_PER_SAMPLED_TOKEN = 10
+HUB_SCAN_MAX_DOCUMENTS = 200_000
+HUB_SCAN_MAX_CHARACTERS = 1_000_000_000
+_HUB_TOKENIZE_BATCH = 256
 
 
 @dataclass
@@ -38,7 +60,15 @@ class CalibrationSet:
     seed: int
     tokenizer: str
     fingerprint: str
-    documents: int = 0
+    documents: int = 0  # documents read from the source
+    concat_separator: str | None = None  # concat mode only
+    pad_id: int | None = None  # document_pad only
+    padded_samples: int = 0
+    eligible_documents: int | None = None  # documents long enough for a window (document modes)
+    special_tokens: bool = False  # texts tokenized with the tokenizer's default special tokens (BOS ...)
+    hub_scan: dict | None = None  # how far a streamed hub dataset was read, and why it stopped
+    notes: list[str] = field(default_factory=list)
+    unpadded_lengths: list[int] = field(default_factory=list, repr=False)  # real tokens per sample
 
     @property
     def nsamples(self) -> int:
@@ -52,7 +82,10 @@ class CalibrationSet:
         return {
             "source": self.source, "mode": self.mode, "seed": self.seed, "nsamples": self.nsamples,
             "seqlen": self.seqlen, "tokenizer": self.tokenizer, "fingerprint": self.fingerprint,
-            "documents": self.documents,
+            "documents": self.documents, "eligible_documents": self.eligible_documents,
+            "concat_separator": self.concat_separator, "pad_id": self.pad_id,
+            "padded_samples": self.padded_samples, "special_tokens": self.special_tokens,
+            "hub_scan": self.hub_scan, "notes": self.notes,
         }
 
 
@@ -74,9 +107,11 @@ def parse_source(spec: str) -> tuple[str, str]:
     return kind, rest
 
 
-def load_documents(spec: str, part: str = "calib", limit: int | None = None, text_column: str | None = None) -> list[str]:
+def load_documents(spec: str, part: str = "calib", limit: int | None = None, text_column: str | None = None,
+                   keep_empty: bool = False) -> list[str]:
     """Documents of a text source. `part` picks a builtin corpus' calibration pool or held-out
-    eval part; other sources ignore it (choose the split in the spec)."""
+    eval part; other sources ignore it (choose the split in the spec). Empty and whitespace-only
+    rows are dropped unless `keep_empty` (the WikiText-2 perplexity protocol joins them too)."""
     kind, rest = parse_source(spec)
     if kind == "builtin":
         if part not in ("calib", "eval", "all"):
@@ -90,15 +125,17 @@ def load_documents(spec: str, part: str = "calib", limit: int | None = None, tex
         docs = sets.set_texts(rest)
     else:
         raise SourceError(f"'{spec}' is a token tensor, not text: it is used as calibration samples as is.")
-    docs = [d for d in docs if d and d.strip()]
+    if not keep_empty:
+        docs = [d for d in docs if d and d.strip()]
     if limit:
         docs = docs[:limit]
-    if not docs:
+    if not any(d and d.strip() for d in docs):
         raise SourceError(f"Source '{spec}' has no non-empty text.")
     return docs
 
 
-def _hf_documents(rest: str, limit: int | None, text_column: str | None) -> list[str]:
+def _hf_rows(rest: str, text_column: str | None):
+    """Every row's text of a hub dataset, streamed in order (empty rows included)."""
     parts = rest.split(":")
     name, config = parts[0], (parts[1] or None) if len(parts) > 1 else None
     split = parts[2] if len(parts) > 2 and parts[2] else "train"
@@ -113,14 +150,14 @@ def _hf_documents(rest: str, limit: int | None, text_column: str | None) -> list
         stream = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as exc:  # datasets raises many types for bad names/configs
         raise SourceError(f"Could not open hub dataset '{rest}': {str(exc).splitlines()[0]}") from exc
-    docs = []
     column = text_column
     for row in stream:
         column = column or _detect_text_column({k: [v] for k, v in row.items()}, f"hf:{rest}")
-        docs.append(str(row[column]))
-        if limit and len(docs) >= limit:
-            break
-    return docs
+        yield str(row[column])
+
+
+def _hf_documents(rest: str, limit: int | None, text_column: str | None) -> list[str]:
+    return list(itertools.islice(_hf_rows(rest, text_column), limit))
 
 
 def _detect_text_column(columns: dict[str, list], where: str) -> str:
@@ -213,40 +250,79 @@ def _column_texts(columns: dict[str, list], where: str, text_column: str | None)
 # ---------------------------------------------------------------- documents -> samples
 
 
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+def _encode(tokenizer, texts: list[str], special_tokens: bool = False) -> list[list[int]]:
     # Long documents are fine here: we cut windows ourselves, so silence the max-length warning.
-    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    return tokenizer(texts, add_special_tokens=special_tokens, verbose=False)["input_ids"]
 
 
-def sample_windows(token_docs: list[list[int]], nsamples: int, seqlen: int, seed: int, mode: str) -> torch.Tensor:
-    """Seeded random windows of seqlen tokens (document mode or concatenate mode)."""
+def check_mode(mode: str) -> None:
     if mode not in MODES:
-        raise SourceError(f"Sampling mode must be one of {MODES}, got '{mode}'.")
+        raise SourceError(f"Sampling mode must be one of {', '.join(MODES)}, got '{mode}'.")
+
+
+def eligibility_floor(mode: str, seqlen: int) -> int | None:
+    """A document can give a sample in `mode` when it has MORE than this many tokens (None: concat
+    mode uses the joined stream, not documents)."""
+    check_mode(mode)
+    return {"document": seqlen, "document_pad": seqlen - DOCUMENT_PAD_SLACK}.get(mode)
+
+
+def _too_short(mode: str, seqlen: int, lengths: list[int], where: str = "") -> SourceError:
+    longest = max(lengths, default=0)
+    counted = f"{len(lengths)} {'documents' if mode == 'document' else 'texts'}{where}, longest: {longest} tokens"
+    if mode == "document":
+        return SourceError(
+            f"No document has more than {seqlen} tokens ({counted}). Lower seqlen, use concat mode, or use "
+            f"longer texts (self-generated: a larger max_new_tokens)."
+        )
+    return SourceError(
+        f"document_pad needs texts with more than seqlen - {DOCUMENT_PAD_SLACK} = {seqlen - DOCUMENT_PAD_SLACK} "
+        f"tokens; none has ({counted}). Generate longer texts (a larger max_new_tokens; the paper generates up "
+        f"to 2048 new tokens) or lower seqlen."
+    )
+
+
+@dataclass
+class Windows:
+    ids: torch.Tensor  # [nsamples, seqlen]
+    unpadded_lengths: list[int]  # real tokens per row: seqlen, except document_pad rows padded with DOCUMENT_PAD_ID
+
+
+def draw_windows(token_docs: list, nsamples: int, seqlen: int, seed: int, mode: str) -> Windows:
+    """Seeded random samples of seqlen tokens from tokenized documents (see MODES in the module doc)."""
+    check_mode(mode)
     if nsamples < 1 or seqlen < 2:
         raise SourceError(f"Need nsamples >= 1 and seqlen >= 2, got {nsamples} x {seqlen}.")
     rng = random.Random(seed)
-    if mode == "document":
-        eligible = [d for d in token_docs if len(d) > seqlen]
-        if not eligible:
-            longest = max((len(d) for d in token_docs), default=0)
-            raise SourceError(
-                f"No document has more than {seqlen} tokens (longest: {longest}). Lower seqlen or use "
-                f"concatenate mode."
-            )
-        rows = []
-        for _ in range(nsamples):
-            doc = eligible[rng.randrange(len(eligible))]
-            start = rng.randrange(len(doc) - seqlen)
-            rows.append(doc[start : start + seqlen])
-    else:
+    rows, lengths = [], []
+    if mode == "concat":
         stream = [t for d in token_docs for t in d]
         if len(stream) < seqlen:
             raise SourceError(f"The source has {len(stream)} tokens in all, fewer than seqlen {seqlen}.")
-        rows = []
         for _ in range(nsamples):
             start = rng.randrange(len(stream) - seqlen + 1)
             rows.append(stream[start : start + seqlen])
-    return torch.tensor(rows, dtype=torch.long)
+            lengths.append(seqlen)
+    else:
+        floor = eligibility_floor(mode, seqlen)
+        eligible = [d for d in token_docs if len(d) > floor]
+        if not eligible:
+            raise _too_short(mode, seqlen, [len(d) for d in token_docs])
+        for _ in range(nsamples):
+            doc = eligible[rng.randrange(len(eligible))]
+            if len(doc) > seqlen:
+                start = rng.randrange(len(doc) - seqlen)
+                rows.append(doc[start : start + seqlen])
+                lengths.append(seqlen)
+            else:  # document_pad: the whole text, seqlen - 2 .. seqlen tokens
+                rows.append(list(doc) + [DOCUMENT_PAD_ID] * (seqlen - len(doc)))
+                lengths.append(len(doc))
+    return Windows(torch.from_numpy(np.asarray(rows, dtype=np.int64)), lengths)
+
+
+def sample_windows(token_docs: list, nsamples: int, seqlen: int, seed: int, mode: str) -> torch.Tensor:
+    """The token ids of draw_windows."""
+    return draw_windows(token_docs, nsamples, seqlen, seed, mode).ids
 
 
 def build_calibration(
@@ -258,23 +334,99 @@ def build_calibration(
     mode: str = "document",
     text_column: str | None = None,
     limit: int | None = None,
-    concat_separator: str = "\n\n",
+    concat_separator: str = DEFAULT_CONCAT_SEPARATOR,
 ) -> CalibrationSet:
-    """Draw calibration samples. Identical inputs give identical samples (and fingerprint)."""
+    """Draw calibration samples. Identical inputs give identical samples (and fingerprint).
+
+    `limit` keeps the first `limit` documents. Without it a hub source is streamed only as far as
+    `mode` needs (HUB_* above); `hub_scan` says how far and why reading stopped, and `notes` say
+    when the pool is smaller than wanted."""
+    check_mode(mode)
     tok_name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
     kind, rest = parse_source(spec)
     if kind == "tokens":
         ids = load_token_tensor(Path(rest).expanduser(), len(tokenizer))
-        return CalibrationSet(ids, spec, "tokens", seed, tok_name, fingerprint_tokens(ids))
+        return CalibrationSet(ids, spec, "tokens", seed, tok_name, fingerprint_tokens(ids),
+                              unpadded_lengths=[ids.shape[1]] * ids.shape[0])
+    # The authors' OWL/DSnoT loader tokenizes each text with the tokenizer's defaults (a BOS first for
+    # Llama tokenizers); the other modes keep this project's plain tokenization.
+    special_tokens = mode == "document_pad"
+    hub_scan, notes = None, []
     if kind == "hf" and limit is None:
-        limit = HF_DEFAULT_LIMIT
-    docs = load_documents(spec, "calib", limit, text_column)
-    if mode == "concat":
-        token_docs = _encode(tokenizer, [concat_separator.join(docs)])
+        token_docs, documents, hub_scan, notes = _hub_pool(rest, text_column, tokenizer, mode, nsamples, seqlen,
+                                                           concat_separator, special_tokens)
     else:
-        token_docs = _encode(tokenizer, docs)
-    ids = sample_windows(token_docs, nsamples, seqlen, seed, mode)
-    return CalibrationSet(ids, spec, mode, seed, tok_name, fingerprint_tokens(ids), len(docs))
+        docs = load_documents(spec, "calib", limit, text_column)
+        documents = len(docs)
+        texts = [concat_separator.join(docs)] if mode == "concat" else docs
+        token_docs = _encode(tokenizer, texts, special_tokens)
+    windows = draw_windows(token_docs, nsamples, seqlen, seed, mode)
+    floor = eligibility_floor(mode, seqlen)
+    return CalibrationSet(
+        windows.ids, spec, mode, seed, tok_name, fingerprint_tokens(windows.ids), documents,
+        concat_separator=concat_separator if mode == "concat" else None,
+        pad_id=DOCUMENT_PAD_ID if mode == "document_pad" else None,
+        padded_samples=sum(n < seqlen for n in windows.unpadded_lengths),
+        eligible_documents=None if floor is None else sum(len(d) > floor for d in token_docs),
+        special_tokens=special_tokens, hub_scan=hub_scan, notes=notes, unpadded_lengths=windows.unpadded_lengths,
+    )
+
+
+def _tokenized(texts, tokenizer, special_tokens: bool):
+    """(text, token ids) of each non-empty text, tokenized in batches as the texts arrive."""
+    texts = (t for t in texts if t.strip())
+    while batch := list(itertools.islice(texts, _HUB_TOKENIZE_BATCH)):
+        yield from zip(batch, _encode(tokenizer, batch, special_tokens))
+
+
+def _hub_pool(rest: str, text_column: str | None, tokenizer, mode: str, nsamples: int, seqlen: int,
+              separator: str, special_tokens: bool) -> tuple[list, int, dict, list[str]]:
+    """Stream a hub dataset until the pool is big enough for `mode` or the scan cap is hit.
+    Returns (token docs for draw_windows, documents read, scan summary, notes)."""
+    floor = eligibility_floor(mode, seqlen)
+    if floor is None:
+        wanted, unit = HUB_CONCAT_TOKENS_PER_SAMPLED_TOKEN * nsamples * seqlen, "tokens"
+    else:
+        wanted, unit = HUB_ELIGIBLE_PER_SAMPLE * nsamples, f"documents with more than {floor} tokens"
+    texts, token_docs, lengths = [], [], []
+    have = characters = 0
+    stopped = "end of dataset"
+    for text, ids in _tokenized(_hf_rows(rest, text_column), tokenizer, special_tokens):
+        characters += len(text)
+        lengths.append(len(ids))
+        if floor is None:
+            texts.append(text)
+            have += len(ids)
+        elif len(ids) > floor:  # only qualifying documents are kept, as compact arrays
+            token_docs.append(np.asarray(ids, dtype=np.int32))
+            have += 1
+        if have >= wanted:
+            stopped = "enough"
+            break
+        if len(lengths) >= HUB_SCAN_MAX_DOCUMENTS or characters >= HUB_SCAN_MAX_CHARACTERS:
+            stopped = "scan cap"
+            break
+    read = len(lengths)
+    scan = {"documents_read": read, "characters_read": characters, "wanted": f"{wanted} {unit}",
+            "found": have, "stopped": stopped, "max_documents": HUB_SCAN_MAX_DOCUMENTS,
+            "max_characters": HUB_SCAN_MAX_CHARACTERS}
+    if not read:
+        raise SourceError(f"Hub dataset '{rest}' has no non-empty text.")
+    if floor is not None and not token_docs:
+        raise _too_short(mode, seqlen, lengths, f" read from hf:{rest}, stopped at the {stopped}")
+    notes = []
+    if have < wanted:
+        where = ("the scan cap" if stopped == "scan cap" else "the end of the dataset")
+        notes.append(
+            f"hf:{rest}: reading stopped at {where} ({read} documents, {characters} characters) with {have} of the "
+            f"{wanted} {unit} wanted ("
+            + (f"{HUB_CONCAT_TOKENS_PER_SAMPLED_TOKEN} x nsamples x seqlen); " if floor is None
+               else f"{HUB_ELIGIBLE_PER_SAMPLE} x nsamples); ")
+            + ("windows will overlap more." if floor is None else "windows will repeat documents more often.")
+        )
+    if floor is None:
+        token_docs = _encode(tokenizer, [separator.join(texts)])
+    return token_docs, read, scan, notes
 
 
 def load_token_tensor(path: Path, vocab_size: int | None = None) -> torch.Tensor:

@@ -1,8 +1,14 @@
 """Perplexity with an explicit, recorded protocol (paper-notes section 7).
 
-WikiText-2 style: join the evaluation texts with "\\n\\n", tokenize once (no special tokens), cut
-non-overlapping windows of `seqlen`, and report exp(total NLL / total predicted tokens), where each
-window predicts its seqlen - 1 next tokens. The window length changes the number: always record it.
+Both protocols join the evaluation texts with "\\n\\n", tokenize once, cut non-overlapping windows
+of `seqlen` and report exp(total NLL / total predicted tokens), where each window predicts its
+seqlen - 1 next tokens (every window predicts as many tokens, so this equals Wanda's exp of the mean
+per-window loss). They differ in the token stream:
+  heldout    (default) the source's eval part without empty rows, no special tokens
+  wikitext2  as Wanda/SparseGPT evaluate WikiText-2: every row of the split, empty ones included,
+             with the tokenizer's default special tokens (one BOS first for Llama tokenizers); use it
+             with hf:wikitext:wikitext-2-raw-v1:test to compare with published numbers
+The window length changes the number: always record it.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from .data import load_documents
-from .errors import SourceError
+from .errors import ConfigError, SourceError
 from .models import resolve_device
+
+PROTOCOLS = ("heldout", "wikitext2")
 
 
 @dataclass
@@ -33,10 +41,17 @@ class PerplexityResult:
         return asdict(self)
 
 
-def eval_token_stream(spec: str, tokenizer, part: str = "eval") -> torch.Tensor:
+def check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"Perplexity protocol must be one of {', '.join(PROTOCOLS)}, got '{protocol}'.")
+
+
+def eval_token_stream(spec: str, tokenizer, part: str = "eval", protocol: str = "heldout") -> torch.Tensor:
     """The evaluation part of a source as one token stream (builtin: the held-out documents)."""
-    docs = load_documents(spec, part=part)
-    ids = tokenizer("\n\n".join(docs), add_special_tokens=False, verbose=False)["input_ids"]
+    check_protocol(protocol)
+    wikitext2 = protocol == "wikitext2"
+    texts = load_documents(spec, part=part, keep_empty=wikitext2)
+    ids = tokenizer("\n\n".join(texts), add_special_tokens=wikitext2, verbose=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -49,11 +64,14 @@ def perplexity(
     batch_size: int = 1,
     device: str = "auto",
     stream: torch.Tensor | None = None,
+    protocol: str = "heldout",
 ) -> PerplexityResult:
-    """Perplexity of `model` on the evaluation part of `spec` (or a given token `stream`)."""
+    """Perplexity of `model` on the evaluation part of `spec` under `protocol` (or a given token
+    `stream`, which the result still names with `protocol`)."""
     start = time.perf_counter()
+    check_protocol(protocol)
     if stream is None:
-        stream = eval_token_stream(spec, tokenizer)
+        stream = eval_token_stream(spec, tokenizer, protocol=protocol)
     windows = stream.numel() // seqlen
     if max_windows:
         windows = min(windows, max_windows)
@@ -77,9 +95,13 @@ def perplexity(
         if target != home:
             model.to(home)
     predicted = windows * (seqlen - 1)
-    protocol = (
-        f"eval part of {spec}, joined with '\\n\\n', {windows} non-overlapping windows of {seqlen} "
-        f"tokens, ppl = exp(sum NLL / {predicted} predicted tokens)"
+    stream_made = (
+        "every row of the split incl. empty rows, joined with '\\n\\n', tokenizer's default special tokens"
+        if protocol == "wikitext2" else "eval part without empty rows, joined with '\\n\\n', no special tokens"
     )
-    return PerplexityResult(spec, math.exp(total_nll / predicted), seqlen, windows, predicted, protocol,
+    described = (
+        f"{protocol}: {spec}, {stream_made}, {windows} non-overlapping windows of {seqlen} tokens, "
+        f"ppl = exp(sum NLL / {predicted} predicted tokens)"
+    )
+    return PerplexityResult(spec, math.exp(total_nll / predicted), seqlen, windows, predicted, described,
                             time.perf_counter() - start)

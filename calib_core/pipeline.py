@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from . import assets
+from .data import DEFAULT_CONCAT_SEPARATOR, build_calibration, check_mode
 from .errors import PruningCancelled
 from .prune import PruneConfig
 
@@ -20,10 +21,12 @@ class PruneJob:
     nsamples: int = 128
     seqlen: int = 2048
     seed: int = 0
-    mode: str = "document"
+    mode: str = "document"  # document | concat | document_pad (data.py)
+    concat_separator: str = DEFAULT_CONCAT_SEPARATOR  # concat mode: what joins the documents
     text_column: str | None = None
     config: PruneConfig = field(default_factory=PruneConfig)
     eval: list[str] = field(default_factory=lambda: ["builtin:wiki"])
+    ppl_protocol: str = "heldout"  # heldout | wikitext2 (evaluate.py)
     eval_seqlen: int | None = None  # default: seqlen
     eval_windows: int | None = None
     save: str | None = None
@@ -49,14 +52,15 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=
     """Run a job and return its report; the run store records it as running, then finished,
     failed or cancelled. `loaded` (a LoadedModel of job.model holding dense weights) skips loading:
     sweeps load once and restore the dense weights between points."""
-    from .data import build_calibration
-    from .evaluate import perplexity
+    from .evaluate import check_protocol, perplexity
     from .models import describe_model, load_model
     from .prune.engine import Pruner
     from .runs import RunStore, run_record, write_json
 
     emit = on_event or (lambda event: None)
     config = job.config.resolved()  # a bad config fails before anything loads
+    check_mode(job.mode)
+    check_protocol(job.ppl_protocol)
     store = store or RunStore()
     run_id = store.start(job.model, config.as_dict(), job.calib, sweep, point_key)
     emit(PipelineEvent("run", f"run {run_id} started", {"run_id": run_id}))
@@ -72,8 +76,10 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=
         t = time.perf_counter()
         if job.calib:
             calibration = build_calibration(job.calib, loaded.tokenizer, job.nsamples, job.seqlen, job.seed,
-                                            job.mode, job.text_column)
+                                            job.mode, job.text_column, concat_separator=job.concat_separator)
             emit(PipelineEvent("calibration", f"calibration {calibration.fingerprint}", calibration.describe()))
+            for note in calibration.notes:
+                emit(PipelineEvent("calibration", f"note: {note}"))
         timings["calibration"] = time.perf_counter() - t
         pruner = Pruner(loaded.model, config, emit, cancel)
         if calibration is not None:
@@ -86,9 +92,10 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=
             if cancel is not None and cancel.is_set():
                 raise PruningCancelled("Cancelled before evaluation.")
             ppl = perplexity(loaded.model, loaded.tokenizer, spec, seqlen=job.eval_seqlen or job.seqlen,
-                             max_windows=job.eval_windows, device=config.device)
+                             max_windows=job.eval_windows, device=config.device, protocol=job.ppl_protocol)
             perplexities.append(ppl)
-            emit(PipelineEvent("ppl", f"ppl {spec}: {ppl.ppl:.3f} ({ppl.windows} x {ppl.seqlen} tokens)", ppl.as_dict()))
+            emit(PipelineEvent("ppl", f"ppl {spec}: {ppl.ppl:.3f} ({job.ppl_protocol}, {ppl.windows} x {ppl.seqlen} "
+                                      f"tokens)", ppl.as_dict()))
         timings["eval"] = sum(p.seconds for p in perplexities)
         cloze = []
         if job.cloze_items:

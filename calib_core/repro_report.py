@@ -12,7 +12,10 @@ import pandas as pd
 
 from . import sweep_figures
 from .errors import CalibLabError, ConfigError
-from .reproduce import PLAN_CHANGES, ReproSettings, ensure_dense_reference, ensure_similarity, ordered_points, reproduction_frame
+from .reproduce import (
+    CHANGES_SINCE_PREVIOUS, PLAN_CHANGES, RUN_LABEL, ReproSettings, carried_points, ensure_dense_reference,
+    ensure_similarity, ordered_points, reproduction_frame,
+)
 from .runs import environment_versions
 from .sweep_stats import PPL, setting_label, setting_sort_key, spread_by_setting, summarize, welch_test
 
@@ -75,12 +78,29 @@ def report_caveats(settings: ReproSettings) -> list[str]:
     return lines
 
 
-def write_report(settings: ReproSettings, store, out: str | Path = "docs/results", command: str | None = None) -> Path:
+def carried_runs(settings: ReproSettings, previous: pd.DataFrame, made: pd.DataFrame) -> pd.DataFrame:
+    """The previous report's rows for the points carried over (see `carried_points`) not rerun since."""
+    carried = carried_points(settings, previous)
+    main = made[(made["eval_windows"] == settings.eval_windows) & (made["mode"] == settings.mode)] if not made.empty else made
+    done = set(map(tuple, main[list(RUN_LABEL)].itertuples(index=False))) if not main.empty else set()
+    rows = [row for label, row in carried.items() if label not in done]
+    return pd.DataFrame(rows, columns=previous.columns).assign(
+        eval_windows=settings.eval_windows, mode=settings.mode, carried=True)
+
+
+def write_report(settings: ReproSettings, store, out: str | Path = "docs/results", command: str | None = None,
+                 previous: str | Path | None = None) -> Path:
+    """`previous`: the runs.csv of an earlier report, whose unchanged points are carried over."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    frame = reproduction_frame(settings, store)
+    made = reproduction_frame(settings, store)
+    previous_frame = pd.read_csv(previous) if previous else None
+    frame = made.assign(carried=False) if not made.empty else made
+    if previous_frame is not None:
+        frame = pd.concat([frame, carried_runs(settings, previous_frame, made)], ignore_index=True)
     if frame.empty:
         raise ConfigError(f"No finished runs of reproduction '{settings.name}' yet: run it first.")
+    everything, frame = frame, frame[frame["eval_windows"] == settings.eval_windows]
     similarity = ensure_similarity(settings, store)
     report = _Report(out)
     findings: list[str] = []
@@ -95,7 +115,9 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
         f"# Reproduction: calibration data for pruning (Ji et al., ICLR 2025) on `{settings.model}`", "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the runs of"
         f" `{command or 'python -m calib_core reproduce'}` on {platform.machine()} CPU"
-        f" ({len(frame)} of {len(points)} points finished; the command resumes, skipping finished points).", "",
+        f" ({len(everything)} of {len(points)} points finished; the command resumes, skipping finished points)."
+        + (f" {int(everything['carried'].sum())} runs are carried over unchanged from the previous report's runs.csv "
+           "(see 'What changed since the previous report')." if everything["carried"].any() else ""), "",
         "What is measured, and how it differs from the paper:",
         f"- Model: `{settings.model}` (the bundled SmolLM2-135M-Instruct, Q4_1 dequantised to fp32). The paper "
         "prunes 7B models.",
@@ -108,7 +130,12 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
         f"- Self-generated set `{settings.selfgen_set}`: {settings.selfgen.texts} texts from 2-token prefixes of wiki, "
         f"T {settings.selfgen.temperature}, top-p {settings.selfgen.top_p}, top-k {settings.selfgen.top_k}, "
         f"repetition penalty {settings.selfgen.repetition_penalty}, up to {settings.selfgen.max_new_tokens} new "
-        f"tokens, highest-ppl {settings.selfgen.drop_fraction:.0%} dropped.", "",
+        f"tokens (the paper: 2048), highest-ppl {settings.selfgen.drop_fraction:.0%} dropped. Q4 draws it as the "
+        "paper's code does for each method: " + "; ".join(
+            f"{m}: `{mode}`" + (f" joined with {sep!r}" if mode == "concat" else "")
+            for m, (mode, sep) in settings.selfgen_sampling.items()) + ".",
+        "- Methods run as their authors' code does by default (DSnoT: the authors' swap rule, attention sublayers "
+        "only, threshold 0.1 unscaled at 512 tokens; OWL: Wanda base, M 5, lambda 0.08).", "",
         "Settings:", "", _key_values(settings_table), "", "Versions:", "", _key_values(versions), "")
 
     wanda = frame[frame["method"] == "wanda"]
@@ -191,7 +218,7 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
     if similarity and not q1.empty:
         sim = pd.DataFrame([{"calibration": s, "Min-K%++ mean": v["min_k_pp_mean"], "Min-K%++ std": v["min_k_pp_std"],
                              "Min-K% mean": v["min_k_mean"], "dense ppl of texts": v["ppl_mean"],
-                             "tokens/text": round(v["tokens_mean"]), "texts": int(v["min_k_pp_count"])}
+                             "tokens scored per window": round(v["tokens_mean"]), "windows": int(v["min_k_pp_count"])}
                             for s, v in similarity.items()])
         means = summarize(q1, ["setting", "calibration"], PPL).pivot(index="calibration", columns="setting",
                                                                      values="mean")
@@ -199,7 +226,8 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
         ranks.columns = [f"rank {c}" for c in ranks.columns]
         table = sim.set_index("calibration").join(ranks[[f"rank {c}" for c in order]], how="left")
         report.add("Min-K%++ (K = 50%) of the dense model on up to "
-                   f"{settings.similarity_texts} texts per source (higher = more training-like), and each source's "
+                   f"{settings.similarity_texts} windows of {settings.seqlen} tokens per source, drawn as calibration draws them, "
+                   "with the tokenizer's special tokens (higher = more training-like), and each source's "
                    "rank by Wanda `ppl` per setting (1 = best):", "",
                    table.sort_values("Min-K%++ mean", ascending=False).to_markdown(floatfmt=".3f"), "")
         builtin = sim[sim["calibration"].isin(means.index)].set_index("calibration")["Min-K%++ mean"]
@@ -251,17 +279,88 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
     else:
         report.add("No Q4 runs finished yet.", "")
 
+    _eval_check_section(report, settings, everything, findings)
+    if previous_frame is not None:
+        _changes_section(report, settings, previous_frame, frame)
     seconds = 0.0
     for run in store.list(where="sweep = ? AND status = 'finished'", params=(settings.name,)):
         seconds += sum(v for k, v in (run["record"] or {}).get("timings", {}).items() if k in (
             "calibration", "prune_total", "eval"))
     report.add("## Caveats", "", *report_caveats(settings), "")
     report.add("## Findings", "", *findings, "",
-               f"Compute: {seconds / 60:.0f} min of recorded calibration + pruning + evaluation time over "
-               f"{len(frame)} runs.", "")
+               f"Compute: {seconds / 60:.0f} min of recorded calibration + pruning + evaluation time over the "
+               f"{len(made)} runs made for this report" + (f" ({int(everything['carried'].sum())} more carried over)"
+                                                           if everything["carried"].any() else "") + ".", "")
     if report.figure_errors:
         report.add("Figures not drawn: " + "; ".join(report.figure_errors), "")
     path = out / "README.md"
     path.write_text("\n".join(report.lines) + "\n", encoding="utf-8")
-    frame.to_csv(out / "runs.csv", index=False)
+    everything.to_csv(out / "runs.csv", index=False)
     return path
+
+
+def _source_ranks(frame: pd.DataFrame) -> pd.DataFrame:
+    means = summarize(frame, ["setting", "calibration"], PPL).pivot(index="calibration", columns="setting", values="mean")
+    return means.rank(axis=0).astype(int)
+
+
+def _eval_check_section(report: _Report, settings: ReproSettings, everything: pd.DataFrame, findings: list) -> None:
+    """Q1 at a few settings on the main eval and on more windows, side by side: ranks and verdicts."""
+    small, big = settings.eval_windows, settings.eval_check_windows
+    labels = [setting_label({"pattern": s} if isinstance(s, str) else {"sparsity": s}) for s in settings.eval_check_settings]
+    wanda = everything[(everything["method"] == "wanda") & (everything["nsamples"] == settings.nsamples)
+                       & everything["calibration"].isin(settings.sources) & everything["setting"].isin(labels)]
+    report.add(f"## Evaluation size: Q1 on {small} vs {big} windows per domain", "",
+               f"The same Wanda points ({', '.join(labels)}; {len(settings.sources)} sources, {settings.seeds} seeds) "
+               f"evaluated on {small} and on {big} held-out windows of {settings.seqlen} tokens per domain.", "")
+    parts = {n: wanda[wanda["eval_windows"] == n] for n in (small, big)}
+    if parts[big].empty or parts[small].empty:
+        report.add("Not run yet.", "")
+        return
+    rows, same_everywhere = [], True
+    for label in labels:
+        tests = {}
+        for n, part in parts.items():
+            data = part[part["setting"] == label]
+            ranks = _source_ranks(data)[label] if not data.empty else None
+            spread = spread_by_setting(data, PPL, "wanda").iloc[0] if not data.empty else None
+            try:
+                test = welch_test(data, spread["best"], spread["worst"])
+                verdict = "beyond noise" if test.p < ALPHA else "within noise"
+                tests[n] = (ranks, verdict, f"{spread['best']} vs {spread['worst']}: p = {test.p:.3g}")
+            except (ConfigError, TypeError, KeyError) as exc:
+                tests[n] = (ranks, None, str(exc))
+        (ranks_a, verdict_a, text_a), (ranks_b, verdict_b, text_b) = tests[small], tests[big]
+        same = ranks_a is not None and ranks_b is not None and ranks_a.to_dict() == ranks_b.to_dict()
+        same_everywhere &= same and verdict_a == verdict_b
+        for source in settings.sources:
+            rows.append({"setting": label, "source": source,
+                         f"rank ({small} windows)": None if ranks_a is None else ranks_a.get(source),
+                         f"rank ({big} windows)": None if ranks_b is None else ranks_b.get(source)})
+        report.add(f"- {label}: best vs worst, {small} windows: {text_a} ({verdict_a}); {big} windows: {text_b} "
+                   f"({verdict_b}); ranks {'identical' if same else 'differ'}.")
+    report.add("", pd.DataFrame(rows).to_markdown(index=False), "")
+    findings.append(f"- **evaluation size**: Q1's source ranks and best-vs-worst verdicts at {', '.join(labels)} are "
+                    + ("the same" if same_everywhere else "not all the same")
+                    + f" on {small} and {big} windows per domain (details in the section above).")
+
+
+def _changes_section(report: _Report, settings: ReproSettings, previous: pd.DataFrame, frame: pd.DataFrame) -> None:
+    """What differs from the previous report, and Q4 before and after."""
+    report.add("## What changed since the previous report", "", *[f"- {c}" for c in CHANGES_SINCE_PREVIOUS], "")
+    q4_setting = setting_label({"sparsity": settings.selfgen_setting})
+    old = previous[(previous["setting"] == q4_setting) & previous["method"].isin(settings.selfgen_methods)
+                   & (previous["nsamples"] == settings.nsamples)]
+    new = frame[(frame["setting"] == q4_setting) & frame["method"].isin(settings.selfgen_methods)
+                & (frame["nsamples"] == settings.nsamples)]
+    if old.empty or new.empty:
+        return
+    rename = lambda c: "self-generated" if c.startswith("set:") else c  # noqa: E731
+    old_means = old.assign(calibration=old["calibration"].map(rename)).groupby(["calibration", "method"])[PPL].mean()
+    new_means = new.assign(calibration=new["calibration"].map(rename)).groupby(["calibration", "method"])[PPL].mean()
+    table = pd.DataFrame({"previous": old_means, "now": new_means}).reset_index()
+    table["previous"] = table["previous"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
+    table["now"] = table["now"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
+    report.add(f"Q4 mean `ppl` at {q4_setting}, previous report vs now (unchanged points are carried over, so "
+               "their numbers are equal):", "", table.pivot(index="calibration", columns="method",
+                                                              values=["previous", "now"]).to_markdown(), "")

@@ -25,7 +25,7 @@ class GenerationConfig:
     source: str = "builtin:wiki"
     texts: int = 64
     prefix_tokens: int = 2  # incl. BOS where the tokenizer adds one
-    max_new_tokens: int = 256  # the paper's 2048 is a GPU setting
+    max_new_tokens: int = 256  # CPU-friendly; the paper generates up to 2048 (GPU)
     temperature: float = 0.6
     top_p: float = 0.95
     top_k: int = 50
@@ -41,6 +41,10 @@ class GenerationConfig:
             raise ConfigError(f"drop_fraction must be in [0, 1), got {self.drop_fraction}.")
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
             raise ConfigError("Need temperature > 0, 0 < top_p <= 1, top_k >= 0, repetition_penalty > 0.")
+
+
+# Window lengths at which the metadata counts kept texts long enough for document-mode sampling.
+LENGTH_MARKS = (128, 256, 512, 1024, 2048)
 
 
 @dataclass
@@ -145,8 +149,12 @@ def generate_set(model, tokenizer, config: GenerationConfig, on_event=None, canc
     ]
     from .runs import environment_versions
 
+    # Counted on the generated ids (prefix and BOS included); re-tokenizing the decoded text can differ
+    # by a token or two. document mode needs more than seqlen tokens, document_pad more than seqlen - 3.
+    kept_lengths = [r["tokens"] for r in records if r["kept"]]
     metadata = {
         "kind": "self-generated", "generator": model_name, "config": asdict(config), "filter_threshold": threshold,
+        "kept_texts_longer_than": {str(mark): sum(n > mark for n in kept_lengths) for mark in LENGTH_MARKS},
         "seconds": time.perf_counter() - started, "generation_seconds": generation_seconds, "new_tokens": new_tokens, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "device": str(device), "versions": environment_versions(), "cancelled": cancelled,
     }

@@ -2,7 +2,16 @@
 
 Model-based, from one forward pass per window: Min-K%++ (Zhang et al. 2024), Min-K%, perplexity
 and a mean-pooled hidden-state embedding. Model-free: n-gram overlap and unigram Jensen-Shannon
-divergence against a reference corpus. Long texts are scored in windows whose length is recorded.
+divergence against a reference corpus.
+
+What is scored (sample_for_scoring):
+  windows  (default) the windows a calibration set of the source would use (data.build_calibration
+           with the same seqlen, mode and seed), each preceded by the tokenizer's leading special
+           tokens (BOS where it adds one, as the Min-K%++ reference tokenizes), so every window token
+           is scored and sets of short texts (self-generated) and long ones are scored on equally
+           long items
+  texts    whole texts cut to max_tokens tokens without special tokens (the first token is context,
+           not scored); long texts are scored in windows whose length is recorded
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .data import load_documents
+from .data import DEFAULT_CONCAT_SEPARATOR, build_calibration, load_documents
 from .errors import SourceError
 
 # Online samples of real pretraining corpora (streamed; offline they fail with a clear message).
@@ -185,12 +194,46 @@ def _pad_id(tokenizer) -> int:
 # ---------------------------------------------------------------- per-set tables
 
 
+SCORING = ("windows", "texts")
+
+
 def sample_texts(spec: str, count: int, seed: int = 0, part: str = "calib") -> list[str]:
     """`count` documents of a source drawn with a seeded RNG (all of them if fewer)."""
     docs = load_documents(spec, part=part)
     if len(docs) <= count:
         return docs
     return random.Random(seed).sample(docs, count)
+
+
+def leading_special_tokens(tokenizer) -> list[int]:
+    """The ids a tokenizer puts before a text by default: [BOS] for Llama tokenizers, [] for GPT-2/Qwen."""
+    probe = "Hello world"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return list(full[:start])
+    return []
+
+
+def sample_for_scoring(spec: str, tokenizer, count: int, seed: int = 0, scoring: str = "windows", seqlen: int = 512,
+                       mode: str = "concat", concat_separator: str = DEFAULT_CONCAT_SEPARATOR) -> list:
+    """What similarity_table scores for one source (see the module doc):
+    windows: `count` token windows, exactly the samples build_calibration(spec, tokenizer, count, seqlen,
+             seed, mode) draws, each with the tokenizer's leading special tokens first (document_pad's
+             padding is left out, and a window that already starts with them gets none added);
+    texts:   `count` whole texts (sample_texts); seqlen and mode do not apply."""
+    if scoring == "texts":
+        return sample_texts(spec, count, seed)
+    if scoring != "windows":
+        raise SourceError(f"Scoring must be one of {', '.join(SCORING)}, got '{scoring}'.")
+    calibration = build_calibration(spec, tokenizer, count, seqlen, seed, mode, concat_separator=concat_separator)
+    prefix = leading_special_tokens(tokenizer)
+    windows = []
+    for row, length in zip(calibration.input_ids.tolist(), calibration.unpadded_lengths):
+        row = row[:length]
+        windows.append(row if row[: len(prefix)] == prefix else prefix + row)
+    return windows
 
 
 @dataclass
@@ -202,21 +245,33 @@ class SimilarityProgress:
     kind: str = "similarity"
 
 
-def similarity_table(model, tokenizer, named_texts: dict[str, list[str]], reference: Reference | None = None,
+def similarity_table(model, tokenizer, named_texts: dict[str, list], reference: Reference | None = None,
                      k: float = 0.5, max_tokens: int = 512, window: int = 512, batch_size: int = 4, on_event=None):
     """Per-sample scores for several sets -> (per-sample DataFrame, per-set summary DataFrame).
+    `named_texts` maps a set name to texts (str: the `texts` scoring, cut to `max_tokens` tokens and
+    scored in windows of `window`) or to token windows (lists of ids from sample_for_scoring: each
+    scored whole). The `tokens` column is the length of each scored item.
     `on_event` gets a SimilarityProgress after each set."""
     import pandas as pd
 
     if not 0 < k <= 1:
         raise SourceError(f"K must be in (0, 1], got {k}.")
-    rows = []
-    for done, (set_name, texts) in enumerate(named_texts.items(), 1):
-        ids = [tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"][:max_tokens] for t in texts]
+    rows, scoring = [], {}
+    for done, (set_name, items) in enumerate(named_texts.items(), 1):
+        if all(isinstance(item, str) for item in items):
+            scoring[set_name] = "texts"
+            ids = [tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"][:max_tokens] for t in items]
+            score_window = window
+        elif all(isinstance(item, (list, tuple)) for item in items):
+            scoring[set_name] = "windows"
+            ids = [list(item) for item in items]
+            score_window = max((len(i) for i in ids), default=2)  # one forward per window, nothing split
+        else:
+            raise SourceError(f"Set '{set_name}': give either texts or token windows, not a mix.")
         keep = [i for i, x in enumerate(ids) if len(x) >= 2]
-        scored = score_token_ids(model, [ids[i] for i in keep], window, batch_size, _pad_id(tokenizer))
+        scored = score_token_ids(model, [ids[i] for i in keep], score_window, batch_size, _pad_id(tokenizer))
         for i, s in zip(keep, scored):
-            text = tokenizer.decode(ids[i]) if hasattr(tokenizer, "decode") else texts[i]
+            text = tokenizer.decode(ids[i], skip_special_tokens=True) if hasattr(tokenizer, "decode") else items[i]
             row = {
                 "set": set_name, "sample": i, "tokens": len(ids[i]), "text": text,
                 "min_k_pp": min_k(s.z, k), "min_k": min_k(s.logp, k), "ppl": perplexity_of(s),
@@ -232,6 +287,6 @@ def similarity_table(model, tokenizer, named_texts: dict[str, list[str]], refere
     table = pd.DataFrame(rows)
     metrics = [c for c in table.columns if c not in ("set", "sample", "tokens", "text")]
     summary = table.groupby("set", sort=False)[metrics].describe(percentiles=[0.25, 0.5, 0.75])
-    table.attrs.update({"k": k, "max_tokens": max_tokens, "window": window,
+    table.attrs.update({"k": k, "max_tokens": max_tokens, "window": window, "scoring": scoring,
                         "reference": reference.spec if reference else None})
     return table, summary

@@ -17,6 +17,9 @@ Grid file (YAML or JSON):
     seeds: [0, 1, 2, 3, 4]
     eval: [builtin:wiki]
     eval_windows: 32
+    mode: document                                    # document | concat | document_pad
+    concat_separator: "\\n\\n"                        # concat mode only
+    ppl_protocol: heldout                             # heldout | wikitext2
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import assets
+from .data import DEFAULT_CONCAT_SEPARATOR, check_mode
 from .errors import CalibLabError, ConfigError, PruningCancelled
 from .pipeline import PipelineEvent, PruneJob, run_prune_job
 from .prune import PruneConfig
@@ -46,6 +50,8 @@ class SweepGrid:
     eval: list[str] = field(default_factory=lambda: ["builtin:wiki"])
     eval_windows: int | None = 32
     mode: str = "document"
+    concat_separator: str = DEFAULT_CONCAT_SEPARATOR
+    ppl_protocol: str = "heldout"
     dtype: str = "float32"
     keep_masks: bool = False  # 13 MB per point for SmolLM2: opt in for mask agreement
 
@@ -77,19 +83,30 @@ class SweepGrid:
         for key in ("calibration", "methods", "sparsities", "nsamples", "seeds", "eval"):
             if not isinstance(getattr(grid, key), list) or (key != "eval" and not getattr(grid, key)):
                 raise ConfigError(f"Sweep grid '{key}' must be a non-empty list.")
+        from .evaluate import check_protocol
+
+        check_mode(grid.mode)
+        check_protocol(grid.ppl_protocol)
         grid.points()  # every point's config is validated before anything runs
         return grid
 
     def context(self) -> dict:
         """What every point shares and its result depends on: part of each point's key, so a grid
         changed in any of these reruns its points instead of reusing stale ones."""
-        return {"model": self.model, "dtype": self.dtype, "seqlen": self.seqlen, "mode": self.mode,
-                "eval": self.eval, "eval_windows": self.eval_windows}
+        context = {"model": self.model, "dtype": self.dtype, "seqlen": self.seqlen, "mode": self.mode,
+                   "eval": self.eval, "eval_windows": self.eval_windows}
+        # Options added later enter the key only when changed, so points of earlier sweeps keep their keys.
+        if self.concat_separator != DEFAULT_CONCAT_SEPARATOR:
+            context["concat_separator"] = self.concat_separator
+        if self.ppl_protocol != "heldout":
+            context["ppl_protocol"] = self.ppl_protocol
+        return context
 
     def job(self, point: SweepPoint) -> PruneJob:
         """The pipeline job of one point (the local and the Ray runner run the same thing)."""
         return PruneJob(model=self.model, dtype=self.dtype, calib=point.calibration, nsamples=point.nsamples,
-                        seqlen=self.seqlen, seed=point.seed, mode=self.mode, config=point.config, eval=self.eval,
+                        seqlen=self.seqlen, seed=point.seed, mode=self.mode, concat_separator=self.concat_separator,
+                        config=point.config, eval=self.eval, ppl_protocol=self.ppl_protocol,
                         eval_windows=self.eval_windows, keep_masks=self.keep_masks)
 
     def points(self) -> list[SweepPoint]:

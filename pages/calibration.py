@@ -15,9 +15,12 @@ from calib_core.models import load_model, place_for_inference, resolve_device
 MAX_UPLOAD_MB = 50
 st.title("Calibration data")
 with st.expander("From text to calibration samples"):
-    st.markdown("A run draws `nsamples` windows of `seqlen` tokens with a seeded RNG, either from one random "
-                "document each (document mode) or from all texts joined (concatenate mode). The same "
-                "(source, nsamples, seqlen, seed, tokenizer) always gives the same samples and fingerprint.\n\n"
+    st.markdown("A run draws `nsamples` windows of `seqlen` tokens with a seeded RNG: from one random document "
+                "longer than `seqlen` each (document mode), from all texts joined with a separator (concatenate "
+                "mode; the authors' Wanda code joins self-generated texts with a space), or a whole random text "
+                "with more than `seqlen` - 3 tokens, padded with token id 0 up to `seqlen` (document_pad mode, "
+                "the authors' OWL/DSnoT code). The same (source, nsamples, seqlen, seed, tokenizer) always gives "
+                "the same samples and fingerprint.\n\n"
                 "Self-generation (Ji et al. 2025): from a $P$-token prefix the model samples a continuation "
                 "$x_{P+1..T} \\sim p_\\theta(\\cdot \\mid x_{<t})$ (temperature, top-p, top-k, repetition penalty); each "
                 "text is scored by $\\mathrm{ppl} = \\exp(-\\frac{1}{T-1}\\sum_t \\log p_\\theta(x_t \\mid x_{<t}))$ and "
@@ -104,7 +107,9 @@ with generate:
     c1, c2, c3 = st.columns(3)
     source = c1.selectbox("Prefixes from", ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"])
     count = c2.number_input("Texts", 1, 5000, 16)
-    new_tokens = c3.number_input("Max new tokens", 8, 2048, 128)
+    new_tokens = c3.number_input("Max new tokens", 8, 4096, 128,
+                                 help="The paper generates up to 2048 new tokens (GPU); a CPU manages a few "
+                                      "hundred. Document and document_pad sampling need texts longer than seqlen.")
     c4, c5, c6 = st.columns(3)
     prefix = c4.number_input("Prefix tokens", 1, 64, 2)
     drop = c5.slider("Drop highest-ppl fraction", 0.0, 0.9, 0.2)
@@ -147,8 +152,10 @@ with generate:
         if job.status == "finished":
             result = job.result
             early = " Cancelled early: what was generated before the cancel is kept." if result.cancelled else ""
+            longer = ", ".join(f"{n} > {length}" for length, n in result.metadata["kept_texts_longer_than"].items())
             st.success(f"{len(result.kept_texts)} of {len(result.records)} texts kept (threshold "
-                       f"{result.threshold or float('nan'):.2f}); saved as set:{st.session_state.gen_settings['name']}.{early}")
+                       f"{result.threshold or float('nan'):.2f}); saved as set:{st.session_state.gen_settings['name']}.{early}"
+                       f" Kept texts longer than N tokens: {longer}.")
         elif job.status in ("failed", "cancelled"):
             st.error(job.error or job.status)
         elif st.button("Cancel generation"):

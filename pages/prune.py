@@ -5,11 +5,14 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from calib_core.data import MODES
 from calib_core.errors import CalibLabError
+from calib_core.evaluate import PROTOCOLS
 from calib_core.jobs import manager
 from calib_core.pipeline import PruneJob, run_prune_job
 from calib_core.models import estimate_memory, resolve_device
 from calib_core.prune import PruneConfig
+from calib_core.prune.config import DSNOT_RULES, DSNOT_SPARSEGPT_INIT, DSNOT_THRESHOLD_SCALE, OWL_NM_RULES, SUBLAYERS
 from ui_cache import cached_model
 
 st.title("Prune")
@@ -30,6 +33,9 @@ last = st.session_state.setdefault("prune_form", {})
 METHODS, BASES, PATTERNS = ["wanda", "magnitude", "sparsegpt", "dsnot", "owl"], ["wanda", "sparsegpt", "magnitude"], \
     ["unstructured", "2:4", "4:8"]
 EVAL_SOURCES = ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"]
+# Labels for the concat-mode separators worth offering (a text box cannot show a blank line).
+SEPARATORS = {"blank line (\\n\\n)": "\n\n", "space (the authors' Wanda code for self-generated data)": " ",
+              "newline (\\n)": "\n"}
 
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns(4)
@@ -54,13 +60,50 @@ with st.container(border=True):
         blocksize = d1.number_input("SparseGPT blocksize", 1, 4096, last.get("blocksize", 128))
         damp = d2.number_input("SparseGPT damping", 0.0, 1.0, last.get("damp", 0.01), format="%.3f")
         dsnot_cycles = d3.number_input("DSnoT cycles", 1, 1000, last.get("dsnot_cycles", 50))
-        dsnot_sublayers = d4.selectbox("DSnoT sublayers", ["all", "attention", "mlp"])
+        dsnot_sublayers = d4.selectbox(
+            "DSnoT sublayers", SUBLAYERS, SUBLAYERS.index(last.get("dsnot_sublayers", "skip-mlp")),
+            help="skip-mlp (the DSnoT authors' default): mlp.* keep the initial mask, only attention is refined")
+        d5, d6, d7, d8 = st.columns(4)
+        dsnot_rule = d5.selectbox(
+            "DSnoT swap rule", DSNOT_RULES, DSNOT_RULES.index(last.get("dsnot_rule", "original")),
+            help="original: swap while |err| > threshold (the authors' default); same-sign: also keep err's sign; "
+                 "improve: our variant, a swap must shrink |err|")
+        dsnot_sparsegpt_init = d6.selectbox(
+            "DSnoT SparseGPT start", DSNOT_SPARSEGPT_INIT,
+            DSNOT_SPARSEGPT_INIT.index(last.get("dsnot_sparsegpt_init", "static")),
+            help="static: the authors' per-row W^2/diag(H^-1)^2 mask; full: our variant, a whole SparseGPT pass's mask")
+        dsnot_threshold_scale = d7.selectbox(
+            "DSnoT threshold scale", DSNOT_THRESHOLD_SCALE,
+            DSNOT_THRESHOLD_SCALE.index(last.get("dsnot_threshold_scale", "none")),
+            help="DSnoT's error sums over tokens; seqlen scales the threshold 0.1 (set for 2048 tokens) by seqlen/2048")
+        owl_nm_rule = d8.selectbox(
+            "OWL mixed N:M rule", OWL_NM_RULES, OWL_NM_RULES.index(last.get("owl_nm_rule", "original")),
+            help="original: the OWL authors' rounding, the mean N may differ from the target; balanced: our "
+                 "variant keeps the mean N")
         propagate = st.radio("Next block sees", ["pruned", "dense"], horizontal=True)
+        e1, e2, e3 = st.columns(3)
+        mode = e1.selectbox("Sampling mode", MODES, MODES.index(last.get("mode", "document")),
+                            help="document: a window of one document longer than seqlen; concat: windows of all "
+                                 "texts joined; document_pad: a whole text with more than seqlen - 3 tokens, "
+                                 "padded with token id 0 (the authors' OWL/DSnoT code for self-generated data)")
+        separator = e2.selectbox("Concat separator", list(SEPARATORS),
+                                 list(SEPARATORS).index(last.get("separator", next(iter(SEPARATORS)))),
+                                 disabled=mode != "concat")
+        ppl_protocol = e3.selectbox("Perplexity protocol", PROTOCOLS,
+                                    PROTOCOLS.index(last.get("ppl_protocol", "heldout")),
+                                    help="heldout: eval texts without empty rows, no special tokens; wikitext2: "
+                                         "Wanda/SparseGPT's WikiText-2 stream (every row incl. empty ones, with the "
+                                         "tokenizer's special tokens)")
         save = st.text_input("Save the pruned model to folder (optional)")
     st.session_state.prune_form = dict(
         method=method, base=base, pattern=pattern, sparsity=sparsity, nsamples=nsamples, seqlen=seqlen, seed=seed,
         evals=evals, eval_windows=eval_windows, owl_m=owl_m, owl_lambda=owl_lambda, blocksize=blocksize, damp=damp,
-        dsnot_cycles=dsnot_cycles)
+        dsnot_cycles=dsnot_cycles, mode=mode, separator=separator, ppl_protocol=ppl_protocol,
+        dsnot_sublayers=dsnot_sublayers, dsnot_rule=dsnot_rule, dsnot_sparsegpt_init=dsnot_sparsegpt_init,
+        dsnot_threshold_scale=dsnot_threshold_scale, owl_nm_rule=owl_nm_rule)
+    if method == "owl" and ":" in pattern and base != "wanda":
+        st.caption(f"Mixed N:M on a {base} base is a Calibration Lab extension: the OWL authors mix N only for Wanda. "
+                   "The run record says so.")
     estimate_method = base if method in ("dsnot", "owl") else method
     if st.session_state.get("model_loaded") or st.toggle("Show the memory estimate (loads the model)"):
         try:
@@ -77,14 +120,16 @@ if submitted:
         config = PruneConfig(
             method=method, base=base if method in ("dsnot", "owl") else None, pattern=pattern, sparsity=sparsity,
             owl_m=owl_m, owl_lambda=owl_lambda, sparsegpt_blocksize=int(blocksize), sparsegpt_damp=damp,
-            dsnot_cycles=int(dsnot_cycles), dsnot_sublayers=dsnot_sublayers, propagate=propagate,
+            dsnot_cycles=int(dsnot_cycles), dsnot_sublayers=dsnot_sublayers, dsnot_rule=dsnot_rule,
+            dsnot_sparsegpt_init=dsnot_sparsegpt_init, dsnot_threshold_scale=dsnot_threshold_scale,
+            owl_nm_rule=owl_nm_rule, propagate=propagate,
             device=st.session_state.device,
         ).resolved()
         job = PruneJob(
             model=st.session_state.model_spec, dtype=st.session_state.model_options["dtype"],
             trust_remote_code=st.session_state.model_options["trust_remote_code"], calib=calib, nsamples=int(nsamples),
-            seqlen=int(seqlen), seed=int(seed), config=config, eval=evals, eval_windows=int(eval_windows),
-            save=save or None,
+            seqlen=int(seqlen), seed=int(seed), mode=mode, concat_separator=SEPARATORS[separator], config=config,
+            eval=evals, ppl_protocol=ppl_protocol, eval_windows=int(eval_windows), save=save or None,
         )
         label = f"{method} {pattern if ':' in pattern else sparsity} on {calib}"
         st.session_state.prune_job = manager().submit(
@@ -121,7 +166,8 @@ def live():
     if not job.done and st.button("Cancel run"):
         job.cancel()
     for e in events:
-        if getattr(e, "kind", "") == "pipeline" and e.stage in ("estimate", "ppl", "saved", "load"):
+        if getattr(e, "kind", "") == "pipeline" and (e.stage in ("estimate", "ppl", "saved", "load")
+                                                     or e.message.startswith("note: ")):
             st.caption(e.message)
     if blocks:
         frame = pd.DataFrame({"block": [b.index for b in blocks], "achieved": [b.sparsity for b in blocks],
@@ -134,7 +180,7 @@ def live():
             fig.add_scatter(x=list(range(len(allocation.target_sparsities))), y=allocation.target_sparsities,
                             name="OWL allocation", mode="lines+markers")
         uniform = (sum(allocation.target_sparsities) / len(allocation.target_sparsities)) if allocation else frame.target[0]
-        fig.add_hline(y=uniform, line_dash="dot", annotation_text="uniform target")
+        fig.add_hline(y=uniform, line_dash="dot", annotation_text="planned mean" if allocation else "uniform target")
         fig.update_layout(title="Per-block sparsity", xaxis_title="block", yaxis_title="sparsity", height=300)
         c1, c2 = st.columns(2)
         c1.plotly_chart(fig, use_container_width=True, key="sparsity_chart")
@@ -151,6 +197,16 @@ def live():
                                   title="Relative reconstruction error ||WX - W'X|| / ||WX||", height=320),
                         use_container_width=True, key="recon_heatmap")
     if job.status == "finished":
+        details = job.result.get("method_details") or {}
+        if "owl" in details:
+            owl = details["owl"]
+            st.caption(f"OWL: target sparsity {owl['target_sparsity']:.4f}, planned mean {owl['planned_sparsity']:.4f}, "
+                       f"achieved {owl['achieved_sparsity']:.4f}" + (f". {owl['extension']}." if "extension" in owl else ""))
+        if "dsnot" in details:
+            dsnot = details["dsnot"]
+            st.caption(f"DSnoT ({dsnot['rule']} rule, threshold {dsnot['effective_threshold']:.4g} at seqlen "
+                       f"{dsnot['seqlen']}) refined {', '.join(dsnot['refined_modules']) or 'nothing'}; initial mask "
+                       f"only: {', '.join(dsnot['initial_mask_only']) or 'nothing'}.")
         for p in job.result["perplexity"]:
             st.metric(f"Perplexity on {p['source']}", f"{p['ppl']:.2f}", help=p["protocol"])
         st.success(f"Recorded as run {job.result['run_id']}. Compare it on the Results page.")

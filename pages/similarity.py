@@ -2,9 +2,10 @@ import plotly.express as px
 import streamlit as st
 
 from calib_core import sets
+from calib_core.data import MODES
 from calib_core.jobs import manager
 from calib_core.models import load_model, place_for_inference
-from calib_core.similarity import REFERENCE_CORPORA, build_reference, sample_texts, similarity_table
+from calib_core.similarity import REFERENCE_CORPORA, build_reference, sample_for_scoring, similarity_table
 
 st.title("Similarity to pretraining data")
 with st.expander("What Min-K%++ measures"):
@@ -14,22 +15,34 @@ $\sigma_t^2 = \sum_v p(v)(\log p(v))^2 - \mu_t^2$, the token's score is $z_t = (
 **Min-K%++** averages the lowest $K$ fraction of $z_t$: text seen in training has few surprising tokens, so
 a higher score means more training-like. Min-K% uses $\log p(x_t)$ instead. N-gram overlap and unigram
 Jensen-Shannon divergence compare word statistics with a reference corpus without any model.
+
+**What is scored.** By default the windows a calibration set would use (same length, sampling mode and
+seed as a pruning run), each with the tokenizer's BOS first where it adds one, so that every window token
+is scored and sets of short texts (self-generated) and long ones are compared on equally long items.
+"Whole texts" scores each text's first N tokens instead (no special tokens).
 """)
 options = ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"] + [f"set:{n}" for n in sets.list_sets()]
 chosen = st.multiselect("Sets to compare", options, options[:2])
 c1, c2, c3, c4 = st.columns(4)
 reference = c1.selectbox("Reference corpus", [None, "builtin:wiki", "builtin:news", "builtin:books", "builtin:code"]
                          + list(REFERENCE_CORPORA), help="Online corpora stream from the hub; offline they fail clearly.")
-samples = c2.number_input("Texts per set", 2, 2000, 16)
+samples = c2.number_input("Items per set", 2, 2000, 16)
 k = c3.slider("K", 0.05, 1.0, 0.5)
-max_tokens = c4.number_input("Tokens per text", 16, 4096, 256)
+max_tokens = c4.number_input("Tokens per item", 16, 4096, 256, help="window length, or the cut of a whole text")
+d1, d2, d3 = st.columns(3)
+scoring = d1.radio("Score", ["windows", "texts"], horizontal=True,
+                   format_func={"windows": "calibration windows", "texts": "whole texts"}.get)
+mode = d2.selectbox("Sampling mode (windows)", MODES, MODES.index("concat"), disabled=scoring != "windows",
+                    help="concat works for short texts too; document needs texts longer than the window")
+seed = d3.number_input("Seed", 0, 10**6, 0)
 if st.button("Score", type="primary", disabled=not chosen):
     spec, options_, device = st.session_state.model_spec, dict(st.session_state.model_options), st.session_state.device
 
     def work(job):
         loaded = load_model(spec, **options_)
         place_for_inference(loaded.model, device)
-        named = {s: sample_texts(s, int(samples)) for s in chosen}
+        named = {s: sample_for_scoring(s, loaded.tokenizer, int(samples), int(seed), scoring, int(max_tokens), mode)
+                 for s in chosen}
         ref = build_reference(reference, model=loaded.model, tokenizer=loaded.tokenizer, window=int(max_tokens)) if reference else None
         return similarity_table(loaded.model, loaded.tokenizer, named, ref, k, int(max_tokens), int(max_tokens),
                                 on_event=job.emit)
@@ -74,8 +87,11 @@ def show():
                      disabled=True)
     else:
         st.caption("Click a point to read its text.")
-    st.caption(f"K = {table.attrs['k']}, {table.attrs['max_tokens']} tokens per text, window {table.attrs['window']}, "
-               f"reference {table.attrs['reference']}")
+    lengths = table.groupby("set", sort=False)["tokens"].agg(["min", "max"])
+    scored = "; ".join(f"{name}: {table.attrs['scoring'][name]}, {row['min']}"
+                       + (f"-{row['max']}" if row["max"] != row["min"] else "") + " tokens per item"
+                       for name, row in lengths.iterrows())
+    st.caption(f"K = {table.attrs['k']}; {scored}; reference {table.attrs['reference']}")
     st.dataframe(summary, use_container_width=True)
     st.dataframe(table, use_container_width=True, hide_index=True)
 

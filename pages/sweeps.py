@@ -4,6 +4,7 @@ import streamlit as st
 import yaml
 
 from calib_core import sets
+from calib_core.data import MODES
 from calib_core.errors import CalibLabError, ConfigError
 from calib_core.jobs import manager
 from calib_core.runs import RunStore
@@ -53,6 +54,9 @@ with grid_tab:
         seqlen = c2.number_input("Tokens per sample", 16, 4096, 256, step=16)
         evals = c1.multiselect("Evaluate on (held-out)", BUILTIN, ["builtin:wiki"])
         windows = c2.number_input("Eval windows per source", 1, 256, 4)
+        mode = c1.selectbox("Sampling mode", MODES, help="document | concat (texts joined with a blank line) | "
+                                                         "document_pad (whole texts padded with id 0, as the "
+                                                         "authors' OWL/DSnoT code)")
         submitted = st.form_submit_button("Start sweep", type="primary")
     if submitted:
         try:
@@ -60,7 +64,7 @@ with grid_tab:
                 name=name, model=st.session_state.model_spec, calibration=sources, methods=methods,
                 sparsities=[s if ":" in s else float(s) for s in settings], seqlen=int(seqlen),
                 nsamples=[int(n) for n in nsamples.split(",") if n.strip()], seeds=list(range(int(seeds))),
-                eval=evals, eval_windows=int(windows), dtype=st.session_state.model_options["dtype"]))
+                eval=evals, eval_windows=int(windows), mode=mode, dtype=st.session_state.model_options["dtype"]))
             st.session_state.sweep_grid = grid
         except (CalibLabError, ValueError) as exc:
             st.error(f"Invalid sweep: {exc}")

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from calib_core import assets, sets
-from calib_core.data import build_calibration, load_documents, read_text_file, sample_windows
+from calib_core.data import (DOCUMENT_PAD_ID, build_calibration, draw_windows, load_documents, read_text_file,
+                             sample_windows)
 from calib_core.errors import SourceError
-from tests.tiny import CharTokenizer
+from tests.tiny import CharTokenizer, char_tokenizer
 
 TOK = CharTokenizer()
 
@@ -161,3 +162,151 @@ def test_hub_dataset_offline_is_explained(monkeypatch):
     monkeypatch.setattr("calib_core.hub.hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(SourceError, match="cannot be reached.*builtin"):
         load_documents("hf:wikitext:wikitext-2-raw-v1:test")
+
+
+# ---------------------------------------------------------------- sampling modes as in the authors' code
+
+
+def test_document_pad_pads_short_texts_with_zero_and_windows_long_ones():
+    seqlen = 10
+    padded, exact, long, too_short = [5] * 8, list(range(40, 50)), list(range(100, 130)), [9] * 7
+    windows = draw_windows([padded, exact, long, too_short], nsamples=60, seqlen=seqlen, seed=0, mode="document_pad")
+    kinds = set()
+    for row, length in zip(windows.ids.tolist(), windows.unpadded_lengths):
+        if row == padded + [DOCUMENT_PAD_ID] * 2:  # more than seqlen - 3 tokens: kept whole, padded with id 0
+            kinds.add("padded")
+            assert length == 8
+        elif row == exact:
+            kinds.add("exact")
+            assert length == seqlen
+        else:  # longer than seqlen: a random window, as in document mode
+            assert row == list(range(row[0], row[0] + seqlen)) and 100 <= row[0] <= 119 and length == seqlen
+            kinds.add("window")
+    assert kinds == {"padded", "exact", "window"}  # the 7-token text (not > seqlen - 3) is never drawn
+
+
+def test_document_pad_is_reproducible_and_recorded():
+    tok = char_tokenizer(add_bos=True)
+    texts = ["a" * 14, "b" * 15, "c" * 40, "d" * 5]  # 15, 16, 41, 6 tokens with the BOS
+    sets.save_set("gen", [{"text": t} for t in texts], {"kind": "self-generated"})
+    a = build_calibration("set:gen", tok, nsamples=12, seqlen=16, seed=3, mode="document_pad")
+    b = build_calibration("set:gen", tok, nsamples=12, seqlen=16, seed=3, mode="document_pad")
+    assert torch.equal(a.input_ids, b.input_ids) and a.fingerprint == b.fingerprint
+    record = a.describe()
+    assert record["mode"] == "document_pad" and record["pad_id"] == 0 and record["special_tokens"] is True
+    assert record["eligible_documents"] == 3 and record["documents"] == 4 and record["concat_separator"] is None
+    char = {c: tok(c, add_special_tokens=False)["input_ids"][0] for c in "abc"}
+    padded, exact = [1] + [char["a"]] * 14 + [0], [1] + [char["b"]] * 15  # BOS first, as the tokenizer adds it
+    windows = ([char["c"]] * 16, [1] + [char["c"]] * 15)
+    rows = a.input_ids.tolist()
+    assert all(row in (padded, exact, *windows) for row in rows)  # the 6-token text is never drawn
+    assert record["padded_samples"] == rows.count(padded) > 0 and exact in rows
+    assert a.unpadded_lengths == [15 if row == padded else 16 for row in rows]
+
+
+def test_document_pad_without_long_enough_texts_says_what_to_do():
+    sets.save_set("short", [{"text": "x" * n} for n in (5, 9, 12)])
+    with pytest.raises(SourceError, match=r"more than seqlen - 3 = 61 tokens; none has \(3 texts, longest: 12 "
+                                          r"tokens\).*max_new_tokens.*lower seqlen"):
+        build_calibration("set:short", TOK, nsamples=2, seqlen=64, mode="document_pad")
+
+
+def test_concat_separator_joins_the_texts_and_is_recorded():
+    sets.save_set("two", [{"text": "aaaa"}, {"text": "bbbb"}])
+    spaced = build_calibration("set:two", TOK, nsamples=1, seqlen=9, mode="concat", concat_separator=" ")
+    assert spaced.input_ids[0].tolist() == TOK("aaaa bbbb")["input_ids"]  # the only window of 9 tokens
+    assert spaced.describe()["concat_separator"] == " " and spaced.describe()["eligible_documents"] is None
+    default = build_calibration("set:two", TOK, nsamples=1, seqlen=10, mode="concat")
+    assert default.input_ids[0].tolist() == TOK("aaaa\n\nbbbb")["input_ids"]
+    assert default.describe()["concat_separator"] == "\n\n"
+
+
+def test_document_mode_records_eligible_documents():
+    calib = build_calibration("builtin:news", TOK, nsamples=4, seqlen=64, seed=0, mode="document")
+    docs = load_documents("builtin:news")
+    assert calib.describe()["eligible_documents"] == sum(len(TOK(d)["input_ids"]) > 64 for d in docs)
+    assert calib.describe()["pad_id"] is None and calib.describe()["padded_samples"] == 0
+
+
+def test_bad_mode_is_named():
+    with pytest.raises(SourceError, match="one of document, concat, document_pad, got 'pad'"):
+        build_calibration("builtin:news", TOK, nsamples=1, seqlen=8, mode="pad")
+
+
+def test_keep_empty_rows_only_when_asked(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t}) for t in ["one", "", " ", "two"]))
+    assert load_documents(f"file:{path}") == ["one", "two"]
+    assert load_documents(f"file:{path}", keep_empty=True) == ["one", "", " ", "two"]
+
+
+# ---------------------------------------------------------------- hub document pools (a fake stream)
+
+
+class FakeHub:
+    """Stands in for datasets.load_dataset(..., streaming=True): rows in order, counting how many were read."""
+
+    def __init__(self, texts):
+        self.texts, self.read = texts, 0
+
+    def __call__(self, name, config=None, split="train", streaming=False):
+        assert streaming
+        return self
+
+    def __iter__(self):
+        for text in self.texts:
+            self.read += 1
+            yield {"id": self.read, "text": text}
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    import datasets
+
+    def install(texts):
+        hub = FakeHub(texts)
+        monkeypatch.setattr("calib_core.hub.hub_reachable", lambda timeout=3.0: True)
+        monkeypatch.setattr(datasets, "load_dataset", hub)
+        return hub
+
+    return install
+
+
+def test_hub_document_pool_reads_until_ten_per_sample_qualify(fake_hub):
+    # one long document in every 300 rows: 30 qualify only after 9000 rows, past the old fixed 5000
+    texts = [("long document " * 10 if i % 300 == 299 else "short") for i in range(12000)]
+    hub = fake_hub(texts)
+    calib = build_calibration("hf:fake/corpus", TOK, nsamples=3, seqlen=100, seed=0, mode="document")
+    record = calib.describe()
+    assert record["eligible_documents"] == 30 and record["documents"] == 9000
+    assert record["hub_scan"]["stopped"] == "enough" and record["hub_scan"]["documents_read"] == 9000
+    assert hub.read < 9000 + 256 + 1  # stops within one tokenizer batch of the last document needed
+    assert not record["notes"]
+    again = build_calibration("hf:fake/corpus", TOK, nsamples=3, seqlen=100, seed=0, mode="document")
+    assert again.fingerprint == calib.fingerprint
+
+
+def test_hub_scan_cap_is_reported(fake_hub, monkeypatch):
+    monkeypatch.setattr("calib_core.data.HUB_SCAN_MAX_DOCUMENTS", 1000)
+    fake_hub([("long document " * 10 if i % 300 == 299 else "short") for i in range(12000)])
+    calib = build_calibration("hf:fake/corpus", TOK, nsamples=3, seqlen=100, seed=0, mode="document")
+    record = calib.describe()
+    assert record["eligible_documents"] == 3 and record["hub_scan"]["stopped"] == "scan cap"
+    assert "scan cap" in record["notes"][0] and "3 of the 30 documents with more than 100 tokens" in record["notes"][0]
+    monkeypatch.setattr("calib_core.data.HUB_SCAN_MAX_DOCUMENTS", 200)
+    with pytest.raises(SourceError, match=r"No document has more than 100 tokens \(200 documents read from "
+                                          r"hf:fake/corpus, stopped at the scan cap, longest: 5 tokens\)"):
+        build_calibration("hf:fake/corpus", TOK, nsamples=3, seqlen=100, seed=0, mode="document")
+
+
+def test_hub_document_pad_pool_and_concat_budget(fake_hub):
+    texts = ["x" * (50 + i % 40) for i in range(2000)]  # 50..89 characters = tokens
+    fake_hub(texts)
+    padded = build_calibration("hf:fake/gen", TOK, nsamples=2, seqlen=64, mode="document_pad")
+    assert padded.describe()["eligible_documents"] == 20  # more than 61 tokens: 10 per sample
+    assert padded.describe()["hub_scan"]["documents_read"] == 32  # lengths 50..61 come first and do not count
+    hub = fake_hub(texts)
+    joined = build_calibration("hf:fake/gen", TOK, nsamples=2, seqlen=64, mode="concat", concat_separator=" ")
+    read = joined.describe()["hub_scan"]["documents_read"]
+    assert sum(len(t) for t in texts[:read]) >= 10 * 2 * 64 > sum(len(t) for t in texts[: read - 1])
+    assert joined.documents == read and joined.describe()["concat_separator"] == " " and hub.read < 2000

@@ -94,13 +94,22 @@ def test_points_are_shared_between_questions_and_early_seeds_come_first(tmp_path
     settings = _tiny_settings(tmp_path)
     points = ordered_points(settings)
     # magnitude 2 + Q1 2x2x2 + Q4 3 sources x 3 methods x 2 seeds (wanda builtin shared with... none: 60%)
-    # + Q2 nsamples 1 on wiki (n=2 shared with Q1) x 2 seeds
-    assert len(points) == 2 + 8 + 18 + 2
+    # + Q2 nsamples 1 on wiki (n=2 shared with Q1) x 2 seeds + the eval check (Q1's 2x2x2 on 16 windows)
+    assert len(points) == 2 + 8 + 18 + 2 + 8
     assert len({p.key for p in points}) == len(points)
     seeds = [p.seed for p in points if p.config.method != "magnitude"]
     assert seeds == sorted(seeds)  # seed 0 of every question before seed 1
     other = ReproSettings(**{**settings.__dict__, "seqlen": 32})
     assert not {p.key for p in points} & {p.key for p in ordered_points(other)}
+
+
+def test_self_generated_points_are_drawn_as_the_papers_code_draws_them(tmp_path):
+    settings = _tiny_settings(tmp_path)
+    selfgen = {p.config.method: p.context for p in ordered_points(settings) if p.calibration == settings.selfgen_set}
+    assert selfgen["wanda"]["mode"] == "concat" and selfgen["wanda"]["concat_separator"] == " "
+    assert selfgen["dsnot"]["mode"] == selfgen["owl"]["mode"] == "document_pad"
+    builtin = {p.context["mode"] for p in ordered_points(settings) if p.calibration in settings.sources}
+    assert builtin == {"concat"}
 
 
 def test_reproduction_runs_resumes_and_reports(tmp_path):
@@ -123,6 +132,30 @@ def test_reproduction_runs_resumes_and_reports(tmp_path):
     verdicts = [line for line in findings.splitlines() if line.startswith("- **")]
     assert len(verdicts) >= 5  # magnitude (Q1), Q3, and one per Q4 method; Q2 needs 3 sample counts
     assert (tmp_path / "report" / "runs.csv").exists()
+    assert "## Evaluation size: Q1 on 1 vs 16 windows per domain" in text
+    assert "ranks identical" in text or "ranks differ" in text
+
+    # A new store with the previous report's runs.csv: only changed points (DSnoT, the self-generated set,
+    # here renamed) run again; the rest is carried over with its numbers.
+    previous = pd.read_csv(tmp_path / "report" / "runs.csv")
+    renamed = ReproSettings(**{**settings.__dict__, "selfgen_name": "tiny-selfgen-2"})
+    fresh = RunStore(tmp_path / "fresh.sqlite")
+    second = run_reproduction(renamed, fresh, previous=previous)
+    made = reproduction_frame(renamed, fresh)
+    assert second.failed == [] and second.ran == len(made)
+    assert set(made["method"]) == {"dsnot", "wanda", "owl"}
+    assert set(made.loc[made["method"] == "owl", "calibration"]) == {"set:tiny-selfgen-2"}
+    assert set(made.loc[(made["method"] == "wanda") & (made["eval_windows"] == 1), "calibration"]) == {"set:tiny-selfgen-2"}
+    path = write_report(renamed, fresh, tmp_path / "report2", previous=tmp_path / "report" / "runs.csv")
+    text = path.read_text()
+    assert "## What changed since the previous report" in text and "carried over unchanged" in text
+    rows = pd.read_csv(tmp_path / "report2" / "runs.csv")
+    carried = rows[rows["carried"]]
+    assert len(carried) + len(made) == len(ordered_points(renamed))
+    main = previous[previous["eval_windows"] == settings.eval_windows]
+    old = main.set_index(["method", "setting", "calibration", "nsamples", "seed"])["ppl"]
+    for row in carried.itertuples():
+        assert row.ppl == old.loc[(row.method, row.setting, row.calibration, row.nsamples, row.seed)]
 
 
 def test_report_caveats_name_plan_changes_and_a_self_generated_pool_smaller_than_a_draw():

@@ -12,9 +12,11 @@ from calib_core.errors import ConfigError
 from calib_core.models import load_model
 from calib_core.prune import PruneConfig, prune_model
 from calib_core.selfgen import GenerationConfig, filter_by_perplexity, generate_set, save_generated
-from calib_core.similarity import (Reference, js_divergence, min_k, ngram_overlap, ngrams, score_token_ids,
-                                   similarity_table, words)
-from tests.tiny import CharTokenizer, random_ids, save_tiny_folder, tiny_model
+from calib_core.data import build_calibration
+from calib_core.errors import SourceError
+from calib_core.similarity import (Reference, js_divergence, leading_special_tokens, min_k, ngram_overlap, ngrams,
+                                   sample_for_scoring, sample_texts, score_token_ids, similarity_table, words)
+from tests.tiny import CharTokenizer, char_tokenizer, random_ids, save_tiny_folder, tiny_model
 
 TOK = CharTokenizer()
 
@@ -88,6 +90,9 @@ def test_generation_is_seeded_and_filtered():
     # the running ppl distribution grows batch by batch and ends as the records' ppls
     assert len(events[0].ppls) == 4 and events[-1].ppls == [r["ppl"] for r in first.records]
     assert first.metadata["config"]["temperature"] == 0.6 and first.metadata["filter_threshold"] is not None
+    kept_lengths = [r["tokens"] for r in first.records if r["kept"]]
+    assert first.metadata["kept_texts_longer_than"]["128"] == sum(n > 128 for n in kept_lengths) == 0
+    assert set(first.metadata["kept_texts_longer_than"]) == {"128", "256", "512", "1024", "2048"}
     save_generated("tiny-gen", first)
     assert sets.set_texts("tiny-gen") == first.kept_texts
 
@@ -161,3 +166,53 @@ def test_quantized_load_reports_smaller_footprint(tmp_path):
     four_bit = describe_model(load_model(str(folder), quantization="4bit").model)
     assert four_bit["quantized"] and not full["quantized"]
     assert four_bit["memory_footprint_bytes"] < full["memory_footprint_bytes"]
+
+
+# ---------------------------------------------------------------- what Min-K%++ scores
+
+
+def _short_and_long_sets():
+    sets.save_set("short-texts", [{"text": f"a short text {i}."} for i in range(12)], {"kind": "self-generated"})
+    sets.save_set("long-texts", [{"text": f"a much longer document number {i}. " * 8} for i in range(4)])
+
+
+def test_scoring_windows_are_the_calibration_windows_with_bos_first():
+    tok = char_tokenizer(add_bos=True)
+    assert leading_special_tokens(tok) == [tok.bos_token_id] and leading_special_tokens(TOK) == []
+    windows = sample_for_scoring("builtin:news", tok, 4, seed=3, seqlen=24, mode="document")
+    calibration = build_calibration("builtin:news", tok, 4, 24, 3, "document")
+    assert [w[1:] for w in windows] == calibration.input_ids.tolist()
+    assert all(w[0] == tok.bos_token_id for w in windows)
+    assert sample_for_scoring("builtin:news", tok, 4, seed=3, scoring="texts") == sample_texts("builtin:news", 4, 3)
+    with pytest.raises(SourceError, match="windows, texts"):
+        sample_for_scoring("builtin:news", tok, 4, scoring="sentences")
+
+
+def test_sets_of_short_and_long_texts_are_scored_on_equal_windows():
+    tok, model = char_tokenizer(add_bos=True), tiny_model("llama")
+    _short_and_long_sets()
+    named = {s: sample_for_scoring(s, tok, 3, seqlen=40, mode="concat") for s in ("set:short-texts", "set:long-texts")}
+    table, _ = similarity_table(model, tok, named, k=0.5)
+    assert table["tokens"].tolist() == [41] * 6  # BOS + 40 window tokens, every one of them scored
+    assert table.attrs["scoring"] == {"set:short-texts": "windows", "set:long-texts": "windows"}
+    scores = score_token_ids(model, [named["set:short-texts"][0]], window=41)[0]
+    assert scores.logp.numel() == 40 and table["min_k_pp"].iloc[0] == pytest.approx(min_k(scores.z, 0.5), abs=1e-6)
+    # the per-text option scores what each text happens to be: very different lengths per set
+    texts = {s: sample_for_scoring(s, tok, 3, scoring="texts") for s in ("set:short-texts", "set:long-texts")}
+    by_text, _ = similarity_table(model, tok, texts, k=0.5, max_tokens=512)
+    lengths = by_text.groupby("set")["tokens"].max()
+    assert lengths["set:short-texts"] < 20 < 200 < lengths["set:long-texts"]
+    assert by_text.attrs["scoring"]["set:short-texts"] == "texts"
+
+
+def test_document_pad_padding_is_not_scored():
+    tok = char_tokenizer(add_bos=True)
+    sets.save_set("gen", [{"text": "z" * n} for n in (14, 15, 30)])  # 15, 16, 31 tokens with the BOS
+    windows = sample_for_scoring("set:gen", tok, 10, seqlen=16, mode="document_pad")
+    assert {len(w) for w in windows} <= {15, 16, 17}  # a padded text keeps its 15 real tokens, no pad id 0
+    assert all(0 not in w and w[0] == tok.bos_token_id and w.count(tok.bos_token_id) == 1 for w in windows)
+
+
+def test_a_set_must_be_texts_or_windows():
+    with pytest.raises(SourceError, match="not a mix"):
+        similarity_table(tiny_model("llama"), TOK, {"mixed": ["some text", [5, 6, 7]]})

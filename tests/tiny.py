@@ -54,15 +54,22 @@ class CharTokenizer:
         return "".join(chr(32 + (int(i) - 3) % 95) if i >= 3 else "" for i in ids)
 
 
-def save_tiny_folder(path, model_type: str = "llama"):
-    """A complete local model folder (weights + a character-level fast tokenizer), no downloads."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def char_tokenizer(add_bos: bool = False):
+    """A character-level fast tokenizer (<pad>=0, <s>=1, </s>=2). With add_bos it puts <s> before every
+    text when asked for special tokens, as Llama tokenizers do."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{chr(32 + i): 3 + i for i in range(VOCAB - 3)}}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    if add_bos:
+        backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def save_tiny_folder(path, model_type: str = "llama"):
+    """A complete local model folder (weights + a character-level fast tokenizer), no downloads."""
     tiny_model(model_type).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
     return path
