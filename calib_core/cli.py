@@ -195,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--seqlen", type=int, default=512)
     reproduce.add_argument("--nsamples-curve", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="Q2")
     reproduce.add_argument("--eval-windows", type=int, default=2, help="held-out windows per builtin source")
-    reproduce.add_argument("--selfgen-texts", type=int, default=None, help="prefixes to self-generate from (default 256)")
+    reproduce.add_argument("--selfgen-texts", type=int, default=None, help="prefixes to self-generate from (default 128)")
+    reproduce.add_argument("--selfgen-max-new-tokens", type=int, default=None,
+                           help="new tokens per self-generated text (default 640 on CPU; the paper: 2048)")
     reproduce.add_argument("--previous", default=None, metavar="RUNS.csv",
                            help="an earlier report's runs.csv: its points whose method and data did not change are "
                                 "carried over instead of rerun (the report says which)")
@@ -499,31 +501,35 @@ def _export_sweep(store, name: str, folder: str) -> None:
 def _cmd_reproduce(args) -> int:
     from dataclasses import replace
 
-    from .reproduce import ReproSettings, ordered_points, run_reproduction
+    from .reproduce import ReproSettings, ordered_points, points_to_run, run_reproduction
     from .runs import RunStore
 
     defaults = ReproSettings()
     settings = ReproSettings(model=args.model, seeds=args.seeds, nsamples=args.nsamples, seqlen=args.seqlen,
                              nsamples_curve=args.nsamples_curve, eval_windows=args.eval_windows, name=args.name,
-                             selfgen=replace(defaults.selfgen, texts=args.selfgen_texts or defaults.selfgen.texts))
+                             selfgen=replace(defaults.selfgen, texts=args.selfgen_texts or defaults.selfgen.texts,
+                                             max_new_tokens=args.selfgen_max_new_tokens or defaults.selfgen.max_new_tokens))
     store = RunStore()
+    previous = None
+    if args.previous:
+        import pandas as pd
+
+        previous = pd.read_csv(args.previous)
     if args.dry_run:
         done = store.finished_points(settings.name)
         points = ordered_points(settings)
+        to_run = {p.key for p in points_to_run(settings, previous)}
         for point in points:
-            print(f"{'done' if point.key in done else 'todo'}  {point.key}  {point.label()}")
-        print(f"{sum(p.key in done for p in points)}/{len(points)} points finished")
+            state = "done" if point.key in done else ("todo" if point.key in to_run else "carried")
+            print(f"{state:7}  {point.key}  {point.label()}")
+        carried = f", {len(points) - len(to_run)} carried over from {args.previous}" if previous is not None else ""
+        print(f"{sum(p.key in done for p in points)}/{len(points)} points finished{carried}")
         return 0
     if not args.report_only:
         def on_event(event):
             if getattr(event, "kind", "") == "pipeline" and event.stage in ("sweep", "ppl", "selfgen"):
                 print(f"{time.strftime('%H:%M:%S')} {event.message}", flush=True)
 
-        previous = None
-        if args.previous:
-            import pandas as pd
-
-            previous = pd.read_csv(args.previous)
         summary = run_reproduction(settings, store, on_event, runner=_sweep_runner(args), previous=previous)
         print(f"reproduction: {summary.ran} ran, {summary.skipped} skipped, {len(summary.failed)} failed")
         for failure in summary.failed:

@@ -26,8 +26,8 @@ from .sweeps import SweepGrid, SweepPoint, SweepSummary, run_sweep
 BUILTIN_SOURCES = ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"]
 
 # The self-generated set: long enough that texts exceed seqlen - 3 tokens for the OWL/DSnoT draw.
-SELFGEN_TEXTS = 256
-SELFGEN_MAX_NEW_TOKENS = 768
+SELFGEN_TEXTS = 128
+SELFGEN_MAX_NEW_TOKENS = 640
 
 # Since the previous report (docs/results at 81364d6): methods whose runs must be made again, and why.
 RERUN_METHODS = ["dsnot"]
@@ -163,6 +163,13 @@ def carried_points(settings: ReproSettings, previous) -> dict[tuple, dict]:
     return {label: row for label, row in rows.items() if label in eligible}
 
 
+def points_to_run(settings: ReproSettings, previous=None) -> list[SweepPoint]:
+    """The ordered points, less those carried over from `previous` (an earlier report's runs.csv)."""
+    carried = carried_points(settings, previous) if previous is not None else {}
+    main = settings.grid().context()
+    return [p for p in ordered_points(settings) if _run_label(p) not in carried or p.context != main]
+
+
 def _context_key(context: dict) -> str:
     return json.dumps(context, sort_keys=True)
 
@@ -233,8 +240,7 @@ def run_reproduction(settings: ReproSettings, store=None, on_event=None, cancel=
 
     store = store or RunStore()
     ensure_selfgen_set(settings, on_event)
-    carried = carried_points(settings, previous) if previous is not None else {}
-    points = [p for p in ordered_points(settings) if _run_label(p) not in carried or p.context != settings.grid().context()]
+    points = points_to_run(settings, previous)
     summary = run_points(settings, points, store, on_event, cancel, runner)
     summary.skipped += len(ordered_points(settings)) - len(points)
     ensure_similarity(settings, store)
