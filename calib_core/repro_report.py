@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import sweep_figures
+from .data import eligibility_floor
 from .errors import CalibLabError, ConfigError
 from .reproduce import (
     CHANGES_SINCE_PREVIOUS, PLAN_CHANGES, RUN_LABEL, ReproSettings, carried_points, ensure_dense_reference,
@@ -69,6 +70,16 @@ def report_caveats(settings: ReproSettings) -> list[str]:
         return lines
     pool = sum(int(r.get("tokens", 0)) for r in records)
     drawn = settings.nsamples * settings.seqlen
+    whole_text = [m for m, (mode, _) in settings.selfgen_sampling.items() if mode == "document_pad"]
+    if whole_text:
+        floor = eligibility_floor("document_pad", settings.seqlen)
+        long_enough = sum(int(r.get("tokens", 0)) > floor for r in records)
+        lines.append(
+            f"- {' and '.join(whole_text)} draw the self-generated set as the paper's code does: whole texts with more "
+            f"than {floor} tokens. Only {long_enough} of the {len(records)} kept texts are that long (this model "
+            f"mostly stops early; the paper generates up to 2048 tokens on a GPU from 5,000 prefixes), so each of "
+            f"their points draws its {settings.nsamples} samples from {long_enough} texts: nearly the same data for "
+            "every seed, an understated seed std and optimistic p-values.")
     if pool and pool < 2 * drawn:
         lines.append(
             f"- The self-generated set is small: {len(records)} kept texts, about {pool} tokens, while a point draws "
@@ -364,3 +375,18 @@ def _changes_section(report: _Report, settings: ReproSettings, previous: pd.Data
     report.add(f"Q4 mean `ppl` at {q4_setting}, previous report vs now (unchanged points are carried over, so "
                "their numbers are equal):", "", table.pivot(index="calibration", columns="method",
                                                               values=["previous", "now"]).to_markdown(), "")
+    for method in settings.selfgen_methods:
+        lines = []
+        for when, means in (("previous", old_means), ("now", new_means)):
+            if method not in means.index.get_level_values("method"):
+                continue
+            by_source = means.xs(method, level="method")
+            if "self-generated" not in by_source or len(by_source) < 2:
+                lines.append(f"{when}: no self-generated result")
+                continue
+            builtin = by_source.drop("self-generated")
+            beats = by_source["self-generated"] < builtin.min()
+            lines.append(f"{when}: self-generated {by_source['self-generated']:.2f} vs best builtin "
+                         f"{builtin.idxmin()} {builtin.min():.2f}, {'lower' if beats else 'not lower'}")
+        report.add(f"- Does self-generated data beat every builtin source for {method}? " + "; ".join(lines) + ".")
+    report.add("")

@@ -165,7 +165,9 @@ def test_report_caveats_name_plan_changes_and_a_self_generated_pool_smaller_than
              + [{"text": "dropped", "tokens": 500, "kept": False}])
     pool = report_caveats(settings)[-1]
     assert "80 kept texts, about 8000 tokens" in pool and "16 x 512 = 8192" in pool
-    assert len(report_caveats(ReproSettings(nsamples=2, seqlen=512, selfgen_name="small-pool"))) == len(PLAN_CHANGES)
+    few_samples = report_caveats(ReproSettings(nsamples=2, seqlen=512, selfgen_name="small-pool"))
+    assert len(few_samples) == len(PLAN_CHANGES) + 1  # no small-pool caveat; the whole-text draw's stays
+    assert "Only 0 of the 80 kept texts" in few_samples[-1] and "more than 509 tokens" in few_samples[-1]
 
 
 def test_cli_reproduce_dry_run(tmp_path, capsys):
