@@ -38,25 +38,39 @@ def _sign(x: float) -> int:
 # ---------------------------------------------------------------- DSnoT references (one row at a time)
 
 
+def reference_regrow_walk(pruned, regrow_key):
+    """The regrow candidates of one row: pruned weights sorted by key, taken from the top while err > 0
+    and from the bottom otherwise; None once the needed sign runs out."""
+    order = sorted(pruned, key=lambda j: (regrow_key[j], j))  # ascending, stable
+    low, high = 0, len(order) - 1
+
+    def next_candidate(err):
+        nonlocal low, high
+        if err > 0:
+            grow = order[high] if high >= 0 and regrow_key[order[high]] > 0 else None
+            high -= 1
+        else:
+            grow = order[low] if low < len(order) and regrow_key[order[low]] < 0 else None
+            low += 1
+        return grow
+
+    return next_candidate
+
+
 def reference_dsnot_row(contrib, regrow_key, cut_rank, pruned, threshold, cycles, same_sign):
     """The authors' unstructured loop for one row, written as plain Python lists."""
     pruned = set(pruned)
     cols = len(contrib)
     err = sum(contrib[j] for j in pruned)
     initial_sign = _sign(err)
-    regrow = sorted(pruned, key=lambda j: (regrow_key[j], j))  # ascending, stable
+    regrow = reference_regrow_walk(pruned, regrow_key)
     kept = sorted((j for j in range(cols) if j not in pruned), key=lambda j: (cut_rank[j], j))
     cut_list = ([j for j in kept if contrib[j] < 0] + [j for j in kept if contrib[j] == 0]
                 + [j for j in kept if contrib[j] > 0][::-1])
-    low, high, front, back = 0, len(regrow) - 1, 0, len(cut_list) - 1
+    front, back = 0, len(cut_list) - 1
     swaps = 0
     for _ in range(cycles):
-        if err > 0:
-            grow = regrow[high] if high >= 0 and regrow_key[regrow[high]] > 0 else None
-            high -= 1
-        else:
-            grow = regrow[low] if low < len(regrow) and regrow_key[regrow[low]] < 0 else None
-            low += 1
+        grow = regrow(err)
         crossed = front > back
         if err < 0:
             cut = cut_list[back] if back >= 0 else None
@@ -83,15 +97,9 @@ def reference_dsnot_nm_row(contrib, regrow_key, metric, pruned, m, threshold, cy
     used = set(pruned)
     err = sum(contrib[j] for j in pruned)
     initial_sign = _sign(err)
-    regrow = sorted(pruned, key=lambda j: (regrow_key[j], j))
-    low, high = 0, len(regrow) - 1
+    regrow = reference_regrow_walk(pruned, regrow_key)
     for _ in range(cycles):
-        if err > 0:
-            grow = regrow[high] if high >= 0 and regrow_key[regrow[high]] > 0 else None
-            high -= 1
-        else:
-            grow = regrow[low] if low < len(regrow) and regrow_key[regrow[low]] < 0 else None
-            low += 1
+        grow = regrow(err)
         if abs(err) <= threshold or grow is None:
             break
         start = grow - grow % m
