@@ -79,7 +79,7 @@ with build:
         else:
             lengths, unit = [len(t.split()) for t in counted], "words"
         st.plotly_chart(px.histogram(x=lengths, nbins=40, labels={"x": f"{unit} per text"},
-                                     title=f"Length of {len(counted)} texts"), use_container_width=True)
+                                     title=f"Length of {len(counted)} texts"), width="stretch")
         if origin.startswith(("builtin:", "set:")) and st.button("Use as calibration source"):
             st.session_state.calib_source = origin
         name = st.text_input("Save as set", key="save_name")
@@ -148,7 +148,7 @@ with generate:
                 fig = px.histogram(x=last.ppls, nbins=30, labels={"x": "perplexity under the generating model"})
                 if threshold:
                     fig.add_vline(x=threshold, line_dash="dash", annotation_text=f"drop above {threshold:.1f}")
-                st.plotly_chart(fig, use_container_width=True, key="gen_ppl_hist")
+                st.plotly_chart(fig, width="stretch", key="gen_ppl_hist")
         if job.status == "finished":
             result = job.result
             early = " Cancelled early: what was generated before the cancel is kept." if result.cancelled else ""

@@ -183,19 +183,19 @@ def live():
         fig.add_hline(y=uniform, line_dash="dot", annotation_text="planned mean" if allocation else "uniform target")
         fig.update_layout(title="Per-block sparsity", xaxis_title="block", yaxis_title="sparsity", height=300)
         c1, c2 = st.columns(2)
-        c1.plotly_chart(fig, use_container_width=True, key="sparsity_chart")
+        c1.plotly_chart(fig, width="stretch", key="sparsity_chart")
         c2.plotly_chart(px.bar(frame, x="block", y="seconds", title="Seconds per block", height=300),
-                        use_container_width=True)
+                        width="stretch")
         if allocation:
             st.plotly_chart(px.line(x=list(range(len(allocation.outlier_ratios))), y=allocation.outlier_ratios,
                                     labels={"x": "block", "y": "outlier ratio D_l (%)"}, title="OWL outlier ratio",
-                                    height=250), use_container_width=True)
+                                    height=250), width="stretch")
     if modules and any(m.rel_recon_error is not None for m in modules):
         heat = pd.DataFrame([(m.block, m.name, m.rel_recon_error) for m in modules], columns=["block", "module", "error"])
         pivot = heat.pivot(index="module", columns="block", values="error")
         st.plotly_chart(px.imshow(pivot, aspect="auto", color_continuous_scale="Viridis",
                                   title="Relative reconstruction error ||WX - W'X|| / ||WX||", height=320),
-                        use_container_width=True, key="recon_heatmap")
+                        width="stretch", key="recon_heatmap")
     if job.status == "finished":
         details = job.result.get("method_details") or {}
         if "owl" in details:

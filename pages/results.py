@@ -35,7 +35,7 @@ c1, c2 = st.columns(2)
 methods = c1.multiselect("Methods", sorted(table.method.dropna().unique()), sorted(table.method.dropna().unique()))
 statuses = c2.multiselect("Status", sorted(table.status.unique()), ["finished"] if "finished" in set(table.status) else [])
 view = table[table.method.isin(methods) & table.status.isin(statuses)]
-st.dataframe(view, use_container_width=True, hide_index=True)
+st.dataframe(view, width="stretch", hide_index=True)
 st.download_button("Download table (CSV)", view.to_csv(index=False), "runs.csv")
 
 ppl_columns = [c for c in view.columns if c.startswith("ppl ")]
@@ -44,13 +44,13 @@ if ppl_columns and not view.empty:
     finished = view.dropna(subset=[metric])
     labelled = finished.assign(run=finished.id.map("run {}".format))
     st.plotly_chart(px.bar(labelled, x="run", y=metric, color="method", hover_data=["calibration", "sparsity"],
-                           title="Perplexity per run"), use_container_width=True)
+                           title="Perplexity per run"), width="stretch")
     numeric = finished[finished.sparsity.str.contains(":") == False].copy()  # noqa: E712 (pandas mask)
     if not numeric.empty:
         numeric["sparsity"] = numeric.sparsity.astype(float)
         st.plotly_chart(px.line(numeric.sort_values("sparsity"), x="sparsity", y=metric, color="calibration",
                                 line_dash="method", markers=True, log_y=True,
-                                title="Perplexity vs sparsity by calibration source"), use_container_width=True)
+                                title="Perplexity vs sparsity by calibration source"), width="stretch")
 
 selected = st.multiselect("Overlay per-block sparsity of runs", list(view.id))
 overlay = []
@@ -59,7 +59,7 @@ for run in runs:
         overlay += [{"run": str(run["id"]), "block": b["index"], "sparsity": b["sparsity"]} for b in run["record"]["blocks"]]
 if overlay:
     st.plotly_chart(px.line(pd.DataFrame(overlay), x="block", y="sparsity", color="run", markers=True,
-                            title="Per-block sparsity"), use_container_width=True)
+                            title="Per-block sparsity"), width="stretch")
 st.subheader("Mask agreement")
 with st.expander("What this measures"):
     st.markdown(r"""For two runs of the same model, the Jaccard index of the weights each kept,
@@ -83,10 +83,10 @@ else:
             st.metric("Jaccard of kept weights, whole model", f"{overall:.3f}")
             c1, c2 = st.columns(2)
             c1.plotly_chart(px.bar(per_block, x="block", y="jaccard", range_y=[0, 1], title="Per-block Jaccard"),
-                            use_container_width=True)
+                            width="stretch")
             c2.plotly_chart(px.imshow(per_module.pivot(index="module", columns="block", values="jaccard"),
                                       aspect="auto", zmin=0, zmax=1, title="Jaccard per module"),
-                            use_container_width=True)
+                            width="stretch")
         except CalibLabError as exc:
             st.error(str(exc))
 

@@ -77,7 +77,7 @@ def show():
     plot = px.violin if shape == "violin" else px.box
     fig = plot(table, x="set", y=metric, points="all", custom_data=["set", "sample"], hover_data=["sample"],
                **({"box": True} if shape == "violin" else {}))
-    picked = st.plotly_chart(fig, use_container_width=True, on_select="rerun", selection_mode="points",
+    picked = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode="points",
                              key="similarity_chart")
     points = picked.selection.points if picked else []
     if points:  # click a point to read its text
@@ -92,8 +92,8 @@ def show():
                        + (f"-{row['max']}" if row["max"] != row["min"] else "") + " tokens per item"
                        for name, row in lengths.iterrows())
     st.caption(f"K = {table.attrs['k']}; {scored}; reference {table.attrs['reference']}")
-    st.dataframe(summary, use_container_width=True)
-    st.dataframe(table, use_container_width=True, hide_index=True)
+    st.dataframe(summary, width="stretch")
+    st.dataframe(table, width="stretch", hide_index=True)
 
 
 show()

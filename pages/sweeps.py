@@ -128,13 +128,13 @@ with results_tab:
     for reason in missing:
         st.caption(reason)
     if "bars" in figures:
-        st.plotly_chart(figures["bars"], use_container_width=True)
+        st.plotly_chart(figures["bars"], width="stretch")
     left, right = st.columns(2)
     for column, key in ((left, "spread"), (right, "violins")):
         if key in figures:
-            column.plotly_chart(figures[key], use_container_width=True)
+            column.plotly_chart(figures[key], width="stretch")
     if "nsamples" in figures:
-        st.plotly_chart(figures["nsamples"], use_container_width=True)
+        st.plotly_chart(figures["nsamples"], width="stretch")
 
     st.subheader("Is the difference beyond seed noise?")
     here = data[(data["setting"] == setting) & (data["nsamples"] == n_bars)]
@@ -148,7 +148,7 @@ with results_tab:
         except ConfigError as exc:
             st.warning(str(exc))
     st.dataframe(summarize(frame, ["method", "setting", "calibration", "nsamples"], metric), hide_index=True,
-                 use_container_width=True)
+                 width="stretch")
 
     st.subheader("Export")
     kind = st.radio("Format", ["html", "png"], horizontal=True, help="PNG needs kaleido and a Chrome/Chromium.")
