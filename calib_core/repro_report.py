@@ -328,6 +328,10 @@ def _eval_check_section(report: _Report, settings: ReproSettings, everything: pd
     if parts[big].empty or parts[small].empty:
         report.add("Not run yet.", "")
         return
+    seeds = {n: int(part.groupby(["setting", "calibration"])["seed"].nunique().min()) for n, part in parts.items()}
+    if seeds[big] < settings.seeds:
+        report.add(f"So far {seeds[big]} of {settings.seeds} seeds ran on {big} windows (at least {seeds[small]} on "
+                   f"{small}); the command resumes the rest.", "")
     rows, same_everywhere = [], True
     for label in labels:
         tests = {}
@@ -353,7 +357,8 @@ def _eval_check_section(report: _Report, settings: ReproSettings, everything: pd
     report.add("", pd.DataFrame(rows).to_markdown(index=False), "")
     findings.append(f"- **evaluation size**: Q1's source ranks and best-vs-worst verdicts at {', '.join(labels)} are "
                     + ("the same" if same_everywhere else "not all the same")
-                    + f" on {small} and {big} windows per domain (details in the section above).")
+                    + f" on {small} and {big} windows per domain ({seeds[small]} and {seeds[big]} seeds; details in "
+                    "the section above).")
 
 
 def _changes_section(report: _Report, settings: ReproSettings, previous: pd.DataFrame, frame: pd.DataFrame) -> None:
