@@ -1,4 +1,4 @@
-"""Text sources -> documents -> calibration samples (paper-notes section 4).
+"""Text sources -> documents -> calibration samples.
 
 A source is a spec string:
   builtin:wiki|news|books|code      offline corpora, split into a calibration pool and an eval part

@@ -1,4 +1,4 @@
-"""Perplexity with an explicit, recorded protocol (paper-notes section 7).
+"""Perplexity with an explicit, recorded protocol (WikiText-2 style, as in Wanda and SparseGPT).
 
 Both protocols join the evaluation texts with "\\n\\n", tokenize once, cut non-overlapping windows
 of `seqlen` and report exp(total NLL / total predicted tokens), where each window predicts its

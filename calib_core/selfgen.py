@@ -1,4 +1,4 @@
-"""Self-generated calibration data: generate, then filter (paper-notes section 2).
+"""Self-generated calibration data: generate, then filter (Ji et al., ICLR 2025).
 
 Take the first P tokens of source texts as prefixes, let the model continue them by sampling,
 score every text (prefix included) with the same model, and drop the highest-perplexity fraction.

@@ -1,4 +1,4 @@
-"""How training-like is a text? (paper-notes section 3)
+"""How training-like is a text? Min-K%++ (Zhang et al. 2024) and companions
 
 Model-based, from one forward pass per window: Min-K%++ (Zhang et al. 2024), Min-K%, perplexity
 and a mean-pooled hidden-state embedding. Model-free: n-gram overlap and unigram Jensen-Shannon

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import hub
 from .errors import ConfigError, SourceError
 
-# paper-notes: boolq, piqa, hellaswag, winogrande, arc_easy, arc_challenge (zero-shot; MMLU is 5-shot)
+# The task set of Ji et al. (ICLR 2025): boolq, piqa, hellaswag, winogrande, arc_easy, arc_challenge (zero-shot; MMLU is 5-shot)
 PAPER_TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge")
 INSTALL = "pip install lm_eval==0.4.13"
 

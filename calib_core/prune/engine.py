@@ -1,4 +1,4 @@
-"""The layer-wise sequential pruning engine (paper-notes section 5).
+"""The layer-wise sequential pruning engine (as in Wanda, SparseGPT, OWL and DSnoT).
 
 Capture what decoder block 0 receives for every calibration sample (hidden states plus every
 keyword input: masks, rotary embeddings, positions), then block by block: run the dense block with
