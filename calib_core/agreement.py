@@ -9,7 +9,6 @@ Jaccard index of the kept weights, |A and B| / |A or B|.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pandas as pd
 from torch import nn
 
 from .errors import ConfigError
+from .files import atomic_file
 from .models import decoder_blocks, prunable_modules, weight_matrix
 
 
@@ -29,11 +29,9 @@ def save_masks(model: nn.Module, path: str | os.PathLike) -> Path:
             arrays[f"{b}/{name}"] = np.packbits(kept, axis=None)
             arrays[f"{b}/{name}#shape"] = np.asarray(kept.shape)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    os.close(fd)
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would append .npz to a name
+            np.savez(handle, **arrays)
     return path
 
 

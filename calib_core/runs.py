@@ -8,7 +8,6 @@ import os
 import platform
 import sqlite3
 import subprocess
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .files import atomic_write_json
 
 
 def environment_versions() -> dict:
@@ -76,12 +76,7 @@ def run_record(model_spec: str, model_info: dict, calibration, result, perplexit
 
 
 def write_json(path: str | os.PathLike, record: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(record, handle, indent=2)
-    os.replace(tmp, path)
+    atomic_write_json(path, record)
 
 
 # ---------------------------------------------------------------- the run store

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from .errors import SourceError
+from .files import atomic_file, atomic_write_json, clean_stale_temporaries
 from .paths import data_dir
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -18,6 +18,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 def sets_dir() -> Path:
     path = data_dir() / "sets"
     path.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(path)
     return path
 
 
@@ -33,16 +34,8 @@ def save_set(name: str, records: list[dict], metadata: dict | None = None) -> Pa
     """records: dicts with at least 'text' (and optionally 'ppl', 'kept')."""
     if not records or not all(isinstance(r.get("text"), str) and r["text"].strip() for r in records):
         raise SourceError("A calibration set needs at least one non-empty text, and every record a 'text'.")
-    path = _path(name)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"name": name, "metadata": metadata or {}, "records": records}, handle)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write_json(_path(name), {"name": name, "metadata": metadata or {}, "records": records},
+                             indent=None)
 
 
 def load_set(name: str) -> dict:
@@ -77,10 +70,7 @@ def export_set(name: str, path: str | os.PathLike) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".parquet"):
         raise SourceError(f"Export to .jsonl or .parquet, not '{suffix or path.name}'.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         if suffix == ".jsonl":
             with open(tmp, "w") as handle:
                 for record in data["records"]:
@@ -89,9 +79,5 @@ def export_set(name: str, path: str | os.PathLike) -> Path:
             import pandas as pd
 
             pd.DataFrame(data["records"]).to_parquet(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    path.with_suffix(".meta.json").write_text(json.dumps(data["metadata"], indent=2))
+    atomic_write_json(path.with_suffix(".meta.json"), data["metadata"])
     return path

@@ -11,7 +11,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
+from .files import atomic_file
 from .sweep_stats import PPL, setting_sort_key, spread_by_setting, summarize
 
 
@@ -133,7 +134,8 @@ def export(fig: go.Figure, path: str | os.PathLike, width: int = 1100, height: i
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".html":
-        fig.write_html(path, include_plotlyjs=True, full_html=True)
+        with atomic_file(path) as tmp:
+            fig.write_html(tmp, include_plotlyjs=True, full_html=True)
         return path
     if path.suffix != ".png":
         raise ConfigError(f"Export to .html or .png, not '{path.suffix}'.")
@@ -146,7 +148,10 @@ def export(fig: go.Figure, path: str | os.PathLike, width: int = 1100, height: i
         if system:
             os.environ["BROWSER_PATH"] = system
     try:
-        fig.write_image(path, width=width, height=height or fig.layout.height or 420)
+        with atomic_file(path) as tmp:
+            fig.write_image(tmp, format="png", width=width, height=height or fig.layout.height or 420)
+    except OutputError:
+        raise
     except Exception as exc:  # kaleido reports a missing browser in several ways
         raise ConfigError(f"PNG export failed ({exc}). Kaleido needs Chrome/Chromium: install chromium, or set "
                           f"BROWSER_PATH to a Chrome binary; HTML export works without it.") from exc
