@@ -13,7 +13,7 @@ import shutil
 import sysconfig
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from .errors import ModelLoadError, SourceError
 from .files import atomic_folder, atomic_write_json
@@ -56,16 +56,33 @@ def bundled_model_dir(alias: str = DEFAULT_MODEL) -> Path:
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").exists():
             return target
-        # Holding the lock, no other converter is running: a leftover from before is a killed one's
-        # (older versions named their temporaries .ALIAS-XXXX).
-        for leftover in target.parent.glob(f".{alias}-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        _remove_legacy_temporaries(target.parent, alias)
         source = _package_dir(package)
         if not (source / gguf_name).exists():
             raise ModelLoadError(f"{gguf_name} missing from the installed '{package}' package.")
         with atomic_folder(target) as tmp:
             _convert_gguf(source, gguf_name, tmp)
     return target
+
+
+def remove_stale_conversions() -> None:
+    """Leftovers of killed conversions: our temporaries are cleaned by their pid, and older versions'
+    `.ALIAS-XXXX` folders whenever no conversion of that alias is running (its lock is free)."""
+    folder = cache_dir() / "models"
+    for alias in BUNDLED_ALIASES:
+        if not any(folder.glob(f".{alias}-*")):
+            continue
+        lock = FileLock(str(folder / f"{alias}-v{_CONVERSION_VERSION}") + ".lock")
+        try:
+            with lock.acquire(timeout=0):
+                _remove_legacy_temporaries(folder, alias)
+        except Timeout:
+            pass
+
+
+def _remove_legacy_temporaries(folder: Path, alias: str) -> None:
+    for leftover in folder.glob(f".{alias}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _convert_gguf(folder: Path, gguf_name: str, out: Path) -> None:

@@ -9,6 +9,7 @@ import time
 from . import assets
 from .data import DEFAULT_CONCAT_SEPARATOR, MODES
 from .errors import CalibLabError
+from .paths import clean_stale_files
 from .evaluate import PROTOCOLS
 from .prune.config import DSNOT_RULES, DSNOT_SPARSEGPT_INIT, DSNOT_THRESHOLD_SCALE, OWL_NM_RULES, SUBLAYERS
 
@@ -126,7 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--recon-tokens", type=int, default=512, help="tokens per module for reconstruction error")
     _add_eval_args(prune)
     _add_lm_eval_args(prune)
-    prune.add_argument("--save", default=None, metavar="DIR", help="save the pruned model (HF folder)")
+    prune.add_argument("--save", default=None, metavar="DIR",
+                       help="save the pruned model, its tokenizer and the report (a Hugging Face folder; written "
+                            "to a temporary sibling and renamed into place when complete)")
+    prune.add_argument("--overwrite", action="store_true", help="replace a non-empty --save folder")
     prune.add_argument("--report", default=None, metavar="FILE.json")
 
     calib = sub.add_parser("calib", help="build a calibration set from a source, or self-generate one")
@@ -219,12 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        clean_stale_files()
         commands = {"prune": _cmd_prune, "eval": _cmd_eval, "calib": _cmd_calib, "sets": _cmd_sets,
                     "similarity": _cmd_similarity, "runs": _cmd_runs, "sweep": _cmd_sweep,
                 "reproduce": _cmd_reproduce}
         return commands[args.command](args)
     except CalibLabError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the machine's refusal (permissions, a full disk): say it in one line
+        print(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory: lower nsamples, seqlen or the batch size", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -262,7 +273,6 @@ def _cmd_prune(args) -> int:
 
     from .pipeline import PruneJob, run_prune_job
     from .prune import PruneConfig
-    from .runs import write_json
 
     config = PruneConfig(
         method=args.method, sparsity=args.sparsity, pattern=args.pattern, base=args.base,
@@ -279,7 +289,8 @@ def _cmd_prune(args) -> int:
         seqlen=args.seqlen, seed=args.seed, mode=args.mode, concat_separator=args.concat_separator,
         text_column=args.text_column, config=config, eval=[] if args.no_eval else (args.eval or DEFAULT_EVAL),
         ppl_protocol=args.ppl_protocol, eval_seqlen=args.eval_seqlen,
-        eval_windows=args.eval_windows, save=args.save, cloze_items=args.cloze,
+        eval_windows=args.eval_windows, save=args.save, overwrite=args.overwrite, report=args.report,
+        cloze_items=args.cloze,
         lm_eval_tasks=args.lm_eval, lm_eval_limit=args.lm_eval_limit, lm_eval_include=args.lm_eval_include,
     )
     label = f"{config.method} {config.pattern if config.parsed_pattern.is_nm else config.sparsity}"
@@ -308,16 +319,16 @@ def _cmd_prune(args) -> int:
     record = run_prune_job(job, on_event)
     print(f"overall sparsity {record['overall_sparsity']:.4f}; prune {record['timings']['prune_total']:.1f} s; "
           f"recorded as run {record['run_id']}")
-    if args.report:
-        write_json(args.report, record)
-        print(f"report written to {args.report}")
     return 0
 
 
 def _cmd_eval(args) -> int:
+    from .files import check_output_file
     from .models import describe_model
     from .runs import run_record, write_json
 
+    if args.report:
+        check_output_file(args.report)
     loaded, load_seconds = _load(args)
     perplexities = _perplexities(args, loaded, args.seqlen)
     zeroshot = None
@@ -399,8 +410,11 @@ def _cmd_sets(args) -> int:
 
 
 def _cmd_similarity(args) -> int:
+    from .files import check_output_file
     from .similarity import build_reference, sample_for_scoring, similarity_table
 
+    if args.out:
+        check_output_file(args.out, (".csv",))
     loaded, _ = _load(args)
     named = {spec: sample_for_scoring(spec, loaded.tokenizer, args.samples, args.seed, args.scoring, args.seqlen,
                                       args.mode, args.concat_separator) for spec in args.sets}
@@ -419,7 +433,10 @@ def _cmd_similarity(args) -> int:
     print(f"(K = {args.k}; scored: {scored}; tokens per scored item: {table['tokens'].min()}-{table['tokens'].max()}"
           f"{'; reference ' + reference.spec if reference else ''})")
     if args.out:
-        table.to_csv(args.out, index=False)
+        from .files import atomic_file
+
+        with atomic_file(args.out) as tmp:
+            table.to_csv(tmp, index=False)
         print(f"per-sample table written to {args.out}")
     return 0
 
@@ -450,6 +467,10 @@ def _cmd_sweep(args) -> int:
     from .sweeps import SweepGrid
 
     grid = SweepGrid.from_file(args.grid)
+    if args.figures:
+        from .files import check_output_folder
+
+        check_output_folder(args.figures, overwrite=True)  # figures replace their own files
     store = RunStore()
     if args.dry_run:
         done = store.finished_points(grid.name)
@@ -480,7 +501,10 @@ def _export_sweep(store, name: str, folder: str) -> None:
     frame = sweep_frame(store, name)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    summarize(frame, ["method", "setting", "calibration", "nsamples"]).to_csv(folder / "summary.csv", index=False)
+    from .files import atomic_file
+
+    with atomic_file(folder / "summary.csv") as tmp:
+        summarize(frame, ["method", "setting", "calibration", "nsamples"]).to_csv(tmp, index=False)
     png_error = None
     for method in sorted(frame["method"].unique()):
         figures, missing = sweep_figures(frame, method)
@@ -509,6 +533,10 @@ def _cmd_reproduce(args) -> int:
                              nsamples_curve=args.nsamples_curve, eval_windows=args.eval_windows, name=args.name,
                              selfgen=replace(defaults.selfgen, texts=args.selfgen_texts or defaults.selfgen.texts,
                                              max_new_tokens=args.selfgen_max_new_tokens or defaults.selfgen.max_new_tokens))
+    if not args.dry_run:
+        from .files import check_output_folder
+
+        check_output_folder(args.out, overwrite=True)  # the report replaces its own files
     store = RunStore()
     previous = None
     if args.previous:

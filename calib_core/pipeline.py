@@ -29,7 +29,9 @@ class PruneJob:
     ppl_protocol: str = "heldout"  # heldout | wikitext2 (evaluate.py)
     eval_seqlen: int | None = None  # default: seqlen
     eval_windows: int | None = None
-    save: str | None = None
+    save: str | None = None  # a folder for the pruned model, its tokenizer and the report
+    overwrite: bool = False  # replace a non-empty save folder
+    report: str | None = None  # a JSON file for the report
     cloze_items: int = 0  # offline zero-shot proxy (cloze.py) on each eval source; 0 = skip
     keep_masks: bool = True  # for mask agreement between runs (agreement.py)
     lm_eval_tasks: list[str] | None = None  # zero-shot accuracy via lm-eval (zeroshot.py); ["paper"] = paper's set
@@ -47,93 +49,35 @@ class PipelineEvent:
     kind: str = "pipeline"
 
 
+def check_outputs(job: PruneJob) -> None:
+    """Fail before any work when the job's save folder or report file cannot be written."""
+    from .files import check_output_file, check_output_folder
+
+    if job.save:
+        check_output_folder(job.save, job.overwrite)
+    if job.report:
+        check_output_file(job.report)
+
+
 def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=None, sweep: str | None = None,
                   point_key: str | None = None) -> dict:
-    """Run a job and return its report; the run store records it as running, then finished,
-    failed or cancelled. `loaded` (a LoadedModel of job.model holding dense weights) skips loading:
-    sweeps load once and restore the dense weights between points."""
-    from .evaluate import check_protocol, perplexity
-    from .models import describe_model, load_model
-    from .prune.engine import Pruner
-    from .runs import RunStore, run_record, write_json
+    """Run a job and return its report; the run store records it as running, then finished (only once
+    the saved folder and report are in place), failed or cancelled. `loaded` (a LoadedModel of
+    job.model holding dense weights) skips loading: sweeps load once and restore the dense weights
+    between points."""
+    from .evaluate import check_protocol
+    from .runs import RunStore
 
     emit = on_event or (lambda event: None)
-    config = job.config.resolved()  # a bad config fails before anything loads
+    config = job.config.resolved()  # a bad config or destination fails before anything loads
     check_mode(job.mode)
     check_protocol(job.ppl_protocol)
+    check_outputs(job)
     store = store or RunStore()
     run_id = store.start(job.model, config.as_dict(), job.calib, sweep, point_key)
     emit(PipelineEvent("run", f"run {run_id} started", {"run_id": run_id}))
     try:
-        t = time.perf_counter()
-        if loaded is None:
-            loaded = load_model(job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code)
-        timings = {"load_model": time.perf_counter() - t}
-        for note in loaded.notes:
-            emit(PipelineEvent("load", note))
-        info = describe_model(loaded.model)
-        calibration = None
-        t = time.perf_counter()
-        if job.calib:
-            calibration = build_calibration(job.calib, loaded.tokenizer, job.nsamples, job.seqlen, job.seed,
-                                            job.mode, job.text_column, concat_separator=job.concat_separator)
-            emit(PipelineEvent("calibration", f"calibration {calibration.fingerprint}", calibration.describe()))
-            for note in calibration.notes:
-                emit(PipelineEvent("calibration", f"note: {note}"))
-        timings["calibration"] = time.perf_counter() - t
-        pruner = Pruner(loaded.model, config, emit, cancel)
-        if calibration is not None:
-            estimate = pruner.memory_estimate(calibration.nsamples, calibration.seqlen)
-            emit(PipelineEvent("estimate", f"memory estimate: {estimate.describe()}", estimate.as_dict()))
-        result = pruner.run(calibration.input_ids if calibration is not None else None)
-        timings.update({f"prune_{k}": v for k, v in result.seconds.items()})
-        perplexities = []
-        for spec in job.eval:
-            if cancel is not None and cancel.is_set():
-                raise PruningCancelled("Cancelled before evaluation.")
-            ppl = perplexity(loaded.model, loaded.tokenizer, spec, seqlen=job.eval_seqlen or job.seqlen,
-                             max_windows=job.eval_windows, device=config.device, protocol=job.ppl_protocol)
-            perplexities.append(ppl)
-            emit(PipelineEvent("ppl", f"ppl {spec}: {ppl.ppl:.3f} ({job.ppl_protocol}, {ppl.windows} x {ppl.seqlen} "
-                                      f"tokens)", ppl.as_dict()))
-        timings["eval"] = sum(p.seconds for p in perplexities)
-        cloze = []
-        if job.cloze_items:
-            from .cloze import cloze_accuracy
-
-            t = time.perf_counter()
-            for spec in job.eval:
-                accuracy = cloze_accuracy(loaded.model, loaded.tokenizer, spec, items=job.cloze_items)
-                cloze.append(accuracy.as_dict())
-                emit(PipelineEvent("cloze", f"cloze {spec}: acc {accuracy.acc:.3f}, acc_norm {accuracy.acc_norm:.3f} "
-                                            f"({accuracy.items} items)", accuracy.as_dict()))
-            timings["cloze"] = time.perf_counter() - t
-        zeroshot = None
-        if job.lm_eval_tasks is not None:
-            from .zeroshot import lm_eval_accuracy
-
-            t = time.perf_counter()
-            zeroshot = lm_eval_accuracy(loaded.model, loaded.tokenizer, job.lm_eval_tasks, job.lm_eval_limit,
-                                        include_path=job.lm_eval_include)
-            timings["lm_eval"] = time.perf_counter() - t
-            for task in zeroshot.tasks:
-                emit(PipelineEvent("zeroshot", f"{task.task}: {task.reported} {task.value:.4f}", asdict(task)))
-        record = run_record(job.model, info, calibration, result, perplexities, timings, loaded.notes)
-        if zeroshot is not None:
-            record["zeroshot"] = zeroshot.as_dict()
-        record["run_id"] = run_id
-        if cloze:
-            record["cloze"] = cloze
-        record["job"] = {k: v for k, v in asdict(job).items() if k != "config"}
-        if job.keep_masks:
-            from .agreement import save_masks
-
-            record["masks"] = str(save_masks(loaded.model, store.path.parent / "masks" / f"run-{run_id}.npz"))
-        if job.save:
-            loaded.model.save_pretrained(job.save)
-            loaded.tokenizer.save_pretrained(job.save)
-            write_json(f"{job.save}/calib_lab_report.json", record)
-            emit(PipelineEvent("saved", f"saved pruned model to {job.save}", {"path": job.save}))
+        record = _run(job, config, run_id, emit, cancel, store, loaded)
     except (PruningCancelled, KeyboardInterrupt) as exc:
         store.finish(run_id, "cancelled", error=str(exc) or "interrupted")
         raise
@@ -142,3 +86,110 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=
         raise
     store.finish(run_id, "finished", record)
     return record
+
+
+def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, loaded) -> dict:
+    from .models import check_memory, describe_model, load_model
+    from .prune.engine import Pruner
+    from .runs import run_record
+
+    t = time.perf_counter()
+    if loaded is None:
+        loaded = load_model(job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code)
+    timings = {"load_model": time.perf_counter() - t}
+    for note in loaded.notes:
+        emit(PipelineEvent("load", note))
+    if job.save:
+        from .files import check_free_space
+
+        check_free_space(job.save, sum(p.numel() * p.element_size() for p in loaded.model.parameters()))
+    info = describe_model(loaded.model)
+    pruner = Pruner(loaded.model, config, emit, cancel)
+    calibration = None
+    t = time.perf_counter()
+    if job.calib:
+        # Refuse what cannot fit before reading any text (the engine checks again with the real shape).
+        estimate = pruner.memory_estimate(job.nsamples, job.seqlen)
+        check_memory(estimate, pruner.device)
+        calibration = build_calibration(job.calib, loaded.tokenizer, job.nsamples, job.seqlen, job.seed,
+                                        job.mode, job.text_column, concat_separator=job.concat_separator)
+        emit(PipelineEvent("calibration", f"calibration {calibration.fingerprint}", calibration.describe()))
+        for note in calibration.notes:
+            emit(PipelineEvent("calibration", f"note: {note}"))
+    timings["calibration"] = time.perf_counter() - t
+    if calibration is not None:
+        estimate = pruner.memory_estimate(calibration.nsamples, calibration.seqlen)
+        emit(PipelineEvent("estimate", f"memory estimate: {estimate.describe()}", estimate.as_dict()))
+    result = pruner.run(calibration.input_ids if calibration is not None else None)
+    timings.update({f"prune_{k}": v for k, v in result.seconds.items()})
+    perplexities = _perplexities(job, loaded, config, emit, cancel)
+    timings["eval"] = sum(p.seconds for p in perplexities)
+    extras = _zero_shot(job, loaded, emit, timings)
+    record = run_record(job.model, info, calibration, result, perplexities, timings, loaded.notes)
+    record.update(extras)
+    record["run_id"] = run_id
+    record["job"] = {k: v for k, v in asdict(job).items() if k != "config"}
+    if job.keep_masks:
+        from .agreement import save_masks
+
+        record["masks"] = str(save_masks(loaded.model, store.path.parent / "masks" / f"run-{run_id}.npz"))
+    _write_outputs(job, loaded, record, emit)
+    return record
+
+
+def _perplexities(job: PruneJob, loaded, config: PruneConfig, emit, cancel) -> list:
+    from .evaluate import perplexity
+
+    perplexities = []
+    for spec in job.eval:
+        if cancel is not None and cancel.is_set():
+            raise PruningCancelled("Cancelled before evaluation.")
+        ppl = perplexity(loaded.model, loaded.tokenizer, spec, seqlen=job.eval_seqlen or job.seqlen,
+                         max_windows=job.eval_windows, device=config.device, protocol=job.ppl_protocol)
+        perplexities.append(ppl)
+        emit(PipelineEvent("ppl", f"ppl {spec}: {ppl.ppl:.3f} ({job.ppl_protocol}, {ppl.windows} x {ppl.seqlen} "
+                                  f"tokens)", ppl.as_dict()))
+    return perplexities
+
+
+def _zero_shot(job: PruneJob, loaded, emit, timings: dict) -> dict:
+    """The cloze proxy and lm-eval accuracies the job asked for, as record entries."""
+    extras = {}
+    if job.cloze_items:
+        from .cloze import cloze_accuracy
+
+        t = time.perf_counter()
+        extras["cloze"] = []
+        for spec in job.eval:
+            accuracy = cloze_accuracy(loaded.model, loaded.tokenizer, spec, items=job.cloze_items)
+            extras["cloze"].append(accuracy.as_dict())
+            emit(PipelineEvent("cloze", f"cloze {spec}: acc {accuracy.acc:.3f}, acc_norm {accuracy.acc_norm:.3f} "
+                                        f"({accuracy.items} items)", accuracy.as_dict()))
+        timings["cloze"] = time.perf_counter() - t
+    if job.lm_eval_tasks is not None:
+        from .zeroshot import lm_eval_accuracy
+
+        t = time.perf_counter()
+        zeroshot = lm_eval_accuracy(loaded.model, loaded.tokenizer, job.lm_eval_tasks, job.lm_eval_limit,
+                                    include_path=job.lm_eval_include)
+        timings["lm_eval"] = time.perf_counter() - t
+        for task in zeroshot.tasks:
+            emit(PipelineEvent("zeroshot", f"{task.task}: {task.reported} {task.value:.4f}", asdict(task)))
+        extras["zeroshot"] = zeroshot.as_dict()
+    return extras
+
+
+def _write_outputs(job: PruneJob, loaded, record: dict, emit) -> None:
+    """The saved folder (model, tokenizer, report) appears whole or not at all; then the report file."""
+    from .files import atomic_folder
+    from .runs import write_json
+
+    if job.save:
+        with atomic_folder(job.save, job.overwrite) as folder:
+            loaded.model.save_pretrained(folder)
+            loaded.tokenizer.save_pretrained(folder)
+            write_json(folder / "calib_lab_report.json", record)
+        emit(PipelineEvent("saved", f"saved pruned model to {job.save}", {"path": job.save}))
+    if job.report:
+        write_json(job.report, record)
+        emit(PipelineEvent("saved", f"report written to {job.report}", {"path": job.report}))
