@@ -12,9 +12,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import psutil
 import torch
 
 from . import __version__
+from .errors import OutputError
 from .files import atomic_write_json
 
 
@@ -98,49 +100,84 @@ CREATE TABLE IF NOT EXISTS runs (
 )
 """
 # Columns added after the first release of the store: (name, type), added to older files on open.
-_ADDED_COLUMNS = [("sweep", "TEXT"), ("point_key", "TEXT")]
+_ADDED_COLUMNS = [("sweep", "TEXT"), ("point_key", "TEXT"), ("pid_started", "REAL")]
+
+
+def _process_start(pid: int | None = None) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _process_gone(pid: int | None, started: float | None) -> bool:
+    """True when the process that ran a run no longer exists; a pid now used by a process started at
+    another time (pid reuse) counts as gone. Rows from before start times were kept only have the pid."""
+    if not pid:
+        return True
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return True
+        return started is not None and abs(process.create_time() - started) > 1.0
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.AccessDenied:  # another user's live process
+        return False
 
 
 class RunStore:
     """Run records in SQLite under the user data dir. Every write is one short transaction in WAL
     mode, so a killed process leaves the store readable; a run whose process died is marked
-    'interrupted' the next time the store is opened."""
+    'interrupted' the next time the store is opened. A store that cannot be written (a full disk, a
+    read-only file) still opens and lists; starting a run there fails with an OutputError."""
 
     def __init__(self, path: str | os.PathLike | None = None):
         from .paths import data_dir
 
         self.path = Path(path) if path else data_dir() / "runs.sqlite"
         self._connect = lambda: sqlite3.connect(self.path, timeout=30)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
-            present = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-            for name, kind in _ADDED_COLUMNS:
-                if name not in present:
-                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
-        self.mark_interrupted()
+        self.read_only_reason: str | None = None
+        try:
+            with self._connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(_SCHEMA)
+                present = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+                for name, kind in _ADDED_COLUMNS:
+                    if name not in present:
+                        db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+            self.mark_interrupted()
+        except sqlite3.OperationalError as exc:
+            if not self.path.exists():
+                raise OutputError(f"Cannot create the run store '{self.path}': {exc}.") from exc
+            self.read_only_reason = str(exc)
+
+    def _write(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        try:
+            with self._connect() as db:
+                return db.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise OutputError(f"Cannot write the run store '{self.path}': {exc}. Free disk space (or fix the "
+                              f"file's permissions) and retry.") from exc
 
     def start(self, model: str, config: dict, calibration: str | None, sweep: str | None = None,
               point_key: str | None = None) -> int:
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
         sparsity = config.get("pattern") if ":" in str(config.get("pattern")) else str(config.get("sparsity"))
-        with self._connect() as db:
-            cursor = db.execute(
-                "INSERT INTO runs (created, updated, status, pid, model, method, sparsity, calibration, config, sweep, "
-                "point_key) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
-                (now, now, os.getpid(), model, config.get("method"), sparsity, calibration, json.dumps(config), sweep,
-                 point_key),
-            )
-            return int(cursor.lastrowid)
+        cursor = self._write(
+            "INSERT INTO runs (created, updated, status, pid, pid_started, model, method, sparsity, calibration, "
+            "config, sweep, point_key) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (now, now, os.getpid(), _process_start(), model, config.get("method"), sparsity, calibration,
+             json.dumps(config), sweep, point_key),
+        )
+        return int(cursor.lastrowid)
 
     def finish(self, run_id: int, status: str, record: dict | None = None, error: str | None = None) -> None:
         if status not in ("finished", "failed", "cancelled"):
             raise ValueError(f"Unknown final status '{status}'.")
-        with self._connect() as db:
-            db.execute(
-                "UPDATE runs SET status = ?, updated = ?, record = ?, error = ? WHERE id = ?",
-                (status, time.strftime("%Y-%m-%dT%H:%M:%S"), json.dumps(record) if record else None, error, run_id),
-            )
+        self._write("UPDATE runs SET status = ?, updated = ?, record = ?, error = ? WHERE id = ?",
+                    (status, time.strftime("%Y-%m-%dT%H:%M:%S"), json.dumps(record) if record else None, error,
+                     run_id))
 
     def finished_points(self, sweep: str) -> set[str]:
         """Keys of the sweep's points that already finished: a resumed sweep skips them."""
@@ -150,11 +187,9 @@ class RunStore:
 
     def mark_interrupted(self) -> int:
         """Runs still 'running' whose process is gone were killed: say so."""
-        import psutil
-
         with self._connect() as db:
-            rows = db.execute("SELECT id, pid FROM runs WHERE status = 'running'").fetchall()
-            dead = [run_id for run_id, pid in rows if not pid or not psutil.pid_exists(pid)]
+            rows = db.execute("SELECT id, pid, pid_started FROM runs WHERE status = 'running'").fetchall()
+            dead = [run_id for run_id, pid, started in rows if _process_gone(pid, started)]
             db.executemany("UPDATE runs SET status = 'interrupted' WHERE id = ?", [(r,) for r in dead])
         return len(dead)
 
@@ -173,5 +208,7 @@ class RunStore:
             item = dict(row)
             for key in ("config", "record"):
                 item[key] = json.loads(item[key]) if item[key] else None
+            if item["status"] == "running" and _process_gone(item["pid"], item.get("pid_started")):
+                item["status"] = "interrupted"  # a store that cannot be written shows it all the same
             out.append(item)
         return out

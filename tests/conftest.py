@@ -8,3 +8,33 @@ torch.set_num_threads(2)
 def isolated_user_data(tmp_path, monkeypatch):
     """Saved sets and runs go to a temporary folder; the model/corpus cache is shared."""
     monkeypatch.setenv("CALIB_LAB_DATA", str(tmp_path / "user-data"))
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 4 MB tmpfs to fill up (a full disk on demand); skipped where mounting is not allowed."""
+    import subprocess
+
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_disk(folder) -> None:
+    """Write into `folder` until its file system is full."""
+    import errno
+
+    with open(folder / "filler", "wb", buffering=0) as handle:
+        for size in (65536, 4096, 1):  # then the last partial blocks
+            try:
+                while True:
+                    handle.write(b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc

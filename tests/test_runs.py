@@ -51,3 +51,44 @@ def test_two_stores_write_concurrently(tmp_path):
     statuses = {r["id"]: r["status"] for r in RunStore(tmp_path / "runs.sqlite").list()}
     assert statuses == {ids[0]: "finished", ids[1]: "failed"}
     assert json.loads(json.dumps(a.get(ids[1])))["error"] == "boom"
+
+
+def test_a_reused_pid_does_not_keep_a_dead_run_running(tmp_path):
+    """The store keeps the process start time with the pid: a live process that took a dead run's pid
+    (here: this test process, with another start time) does not keep that run 'running'."""
+    import sqlite3
+
+    import psutil
+
+    path = tmp_path / "runs.sqlite"
+    store = RunStore(path)
+    reused = store.start("m", {"method": "wanda"}, None)
+    own = store.start("m", {"method": "wanda"}, None)
+    assert store.get(own)["pid_started"] == pytest.approx(psutil.Process().create_time())
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE runs SET pid_started = pid_started - 3600 WHERE id = ?", (reused,))
+    reopened = RunStore(path)
+    assert reopened.get(reused)["status"] == "interrupted"
+    assert reopened.get(own)["status"] == "running"
+
+
+def test_the_store_lists_on_a_full_disk_and_refuses_new_runs_clearly(small_tmpfs):
+    import sqlite3
+
+    from calib_core.errors import OutputError
+    from tests.conftest import fill_disk
+
+    path = small_tmpfs / "runs.sqlite"
+    store = RunStore(path)
+    finished = store.start("m", {"method": "wanda"}, None)
+    store.finish(finished, "finished", {"perplexity": []})
+    for _ in range(3):
+        store.start("m", {"method": "sparsegpt"}, None)
+    with sqlite3.connect(path) as db:  # their process died
+        db.execute("UPDATE runs SET pid = 4194303 WHERE status = 'running'")
+    fill_disk(small_tmpfs)
+    full = RunStore(path)  # opening would mark the dead runs: it cannot write, and must still open
+    assert full.read_only_reason and "full" in full.read_only_reason
+    assert [r["status"] for r in full.list()] == ["finished", "interrupted", "interrupted", "interrupted"]
+    with pytest.raises(OutputError, match="Cannot write the run store"):
+        full.start("m", {"method": "wanda"}, None)
