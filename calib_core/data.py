@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
+import pickle
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,24 +31,30 @@ import numpy as np
 import torch
 
 from . import assets, hub, sets
-from .errors import SourceError
+from .errors import InsufficientMemoryError, SourceError
+from .text_files import LazyText, detect_text_column, iter_file_documents, too_large_to_list
+from .tokens import Pool, ReadLimits, read_pool
 
 MODES = ("document", "concat", "document_pad")
 DEFAULT_CONCAT_SEPARATOR = "\n\n"
-FILE_TYPES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
-_TEXT_COLUMNS = ("text", "content", "document", "body", "article", "sentence")
 # document_pad copies the authors' OWL/DSnoT loader: texts need more than seqlen - 3 tokens, and short
 # ones are padded with id 0 whatever token that is (the pad tokens are fed to the model like any other).
 DOCUMENT_PAD_ID = 0
 DOCUMENT_PAD_SLACK = 3
-# Hub sources are streamed. Document modes read until 10 documents per sample qualify: the paper
-# draws from whole shards, so windows rarely share a document and the seed-to-seed spread is real.
-# Concat mode reads about 10 x nsamples x seqlen tokens. Either way reading stops at the scan cap.
+# Reading is bounded: a source is read only until the sampling has enough, and never more than its read
+# budget. Files, sets and hub sources with a document limit stop after max(READ_TOKENS_FLOOR,
+# READ_TOKENS_PER_SAMPLED_TOKEN x nsamples x seqlen) tokens (a source smaller than the floor is read
+# whole). Streamed hub sources stop once 10 documents per sample qualify (document modes: the paper
+# draws from whole shards, so windows rarely share a document and the seed-to-seed spread is real) or
+# READ_TOKENS_PER_SAMPLED_TOKEN x nsamples x seqlen tokens are joined (concat), or at the scan cap.
+# Builtin corpora are small and fixed: always read whole.
+READ_TOKENS_FLOOR = 2_000_000
+READ_TOKENS_PER_SAMPLED_TOKEN = 10
 HUB_ELIGIBLE_PER_SAMPLE = 10
-HUB_CONCAT_TOKENS_PER_SAMPLED_TOKEN = 10
 HUB_SCAN_MAX_DOCUMENTS = 200_000
 HUB_SCAN_MAX_CHARACTERS = 1_000_000_000
-_HUB_TOKENIZE_BATCH = 256
+# Whole-source views (load_documents: previews, saving a set, prefixes) hold every text in memory.
+LIST_MAX_CHARACTERS = 64_000_000
 
 
 @dataclass
@@ -67,6 +74,7 @@ class CalibrationSet:
     eligible_documents: int | None = None  # documents long enough for a window (document modes)
     special_tokens: bool = False  # texts tokenized with the tokenizer's default special tokens (BOS ...)
     hub_scan: dict | None = None  # how far a streamed hub dataset was read, and why it stopped
+    read_scan: dict | None = None  # a file or set cut at its read budget: how far it was read
     notes: list[str] = field(default_factory=list)
     unpadded_lengths: list[int] = field(default_factory=list, repr=False)  # real tokens per sample
 
@@ -85,7 +93,7 @@ class CalibrationSet:
             "documents": self.documents, "eligible_documents": self.eligible_documents,
             "concat_separator": self.concat_separator, "pad_id": self.pad_id,
             "padded_samples": self.padded_samples, "special_tokens": self.special_tokens,
-            "hub_scan": self.hub_scan, "notes": self.notes,
+            "hub_scan": self.hub_scan, "read_scan": self.read_scan, "notes": self.notes,
         }
 
 
@@ -107,28 +115,41 @@ def parse_source(spec: str) -> tuple[str, str]:
     return kind, rest
 
 
-def load_documents(spec: str, part: str = "calib", limit: int | None = None, text_column: str | None = None,
-                   keep_empty: bool = False) -> list[str]:
-    """Documents of a text source. `part` picks a builtin corpus' calibration pool or held-out
-    eval part; other sources ignore it (choose the split in the spec). Empty and whitespace-only
-    rows are dropped unless `keep_empty` (the WikiText-2 perplexity protocol joins them too)."""
+def source_texts(spec: str, part: str = "calib", text_column: str | None = None) -> Iterator:
+    """The texts of a source in order, read lazily: strings, or a LazyText for a .txt file (see
+    text_files). `part` picks a builtin corpus' calibration pool or held-out eval part; other sources
+    ignore it (choose the split in the spec)."""
     kind, rest = parse_source(spec)
     if kind == "builtin":
         if part not in ("calib", "eval", "all"):
             raise SourceError(f"part must be calib, eval or all, got '{part}'.")
-        docs = [d["text"] for d in assets.builtin_documents(rest) if part == "all" or d["split"] == part]
-    elif kind == "hf":
-        docs = _hf_documents(rest, limit, text_column)
-    elif kind == "file":
-        docs = read_text_file(Path(rest).expanduser(), text_column)
-    elif kind == "set":
-        docs = sets.set_texts(rest)
-    else:
-        raise SourceError(f"'{spec}' is a token tensor, not text: it is used as calibration samples as is.")
-    if not keep_empty:
-        docs = [d for d in docs if d and d.strip()]
-    if limit:
-        docs = docs[:limit]
+        return (d["text"] for d in assets.builtin_documents(rest) if part == "all" or d["split"] == part)
+    if kind == "hf":
+        return _hf_rows(rest, text_column)
+    if kind == "file":
+        return iter_file_documents(Path(rest).expanduser(), text_column)
+    if kind == "set":
+        return iter(sets.set_texts(rest))
+    raise SourceError(f"'{spec}' is a token tensor, not text: it is used as calibration samples as is.")
+
+
+def load_documents(spec: str, part: str = "calib", limit: int | None = None, text_column: str | None = None,
+                   keep_empty: bool = False, max_characters: int = LIST_MAX_CHARACTERS) -> list[str]:
+    """Documents of a text source as a list (see source_texts), at most `limit` of them. Empty and
+    whitespace-only rows are dropped unless `keep_empty` (the WikiText-2 perplexity protocol joins them
+    too). A source with more than `max_characters` is refused: sampling reads it as a stream instead."""
+    docs, total = [], 0
+    for text in source_texts(spec, part, text_column):
+        if isinstance(text, LazyText):
+            text = text.read(max_characters - total)
+        if not keep_empty and not (text and text.strip()):
+            continue
+        total += len(text)
+        if total > max_characters:
+            raise too_large_to_list(spec, max_characters)
+        docs.append(text)
+        if limit and len(docs) >= limit:
+            break
     if not any(d and d.strip() for d in docs):
         raise SourceError(f"Source '{spec}' has no non-empty text.")
     return docs
@@ -152,107 +173,16 @@ def _hf_rows(rest: str, text_column: str | None):
         raise SourceError(f"Could not open hub dataset '{rest}': {str(exc).splitlines()[0]}") from exc
     column = text_column
     for row in stream:
-        column = column or _detect_text_column({k: [v] for k, v in row.items()}, f"hf:{rest}")
+        column = column or detect_text_column({k: [v] for k, v in row.items()}, f"hf:{rest}")
         yield str(row[column])
 
 
-def _hf_documents(rest: str, limit: int | None, text_column: str | None) -> list[str]:
-    return list(itertools.islice(_hf_rows(rest, text_column), limit))
-
-
-def _detect_text_column(columns: dict[str, list], where: str) -> str:
-    for name in _TEXT_COLUMNS:
-        if name in columns:
-            return name
-    textual = {k: v for k, v in columns.items() if v and all(isinstance(x, str) for x in v[:50])}
-    if not textual:
-        raise SourceError(
-            f"{where} has no text column (columns: {', '.join(map(str, columns)) or 'none'}). Name "
-            f"one with a string column, or pass its name as the text column."
-        )
-    return max(textual, key=lambda k: sum(len(x) for x in textual[k][:50]))
-
-
-def read_text_file(path: Path, text_column: str | None = None) -> list[str]:
-    """Documents from a local file, with a specific error for every way the file can be wrong."""
-    if not path.exists():
-        raise SourceError(f"File '{path}' does not exist.")
-    suffix = path.suffix.lower()
-    if suffix not in FILE_TYPES:
-        raise SourceError(f"'{path.name}': unsupported file type '{suffix}'. Use one of {', '.join(FILE_TYPES)}.")
-    if path.stat().st_size == 0:
-        raise SourceError(f"'{path.name}' is empty.")
-    if suffix == ".parquet":
-        import pandas as pd
-
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as exc:
-            raise SourceError(f"'{path.name}' is not a readable parquet file: {exc}") from exc
-        return _column_texts({c: frame[c].tolist() for c in frame.columns}, path.name, text_column)
-    raw = path.read_bytes()
-    if b"\x00" in raw[:65536]:
-        raise SourceError(f"'{path.name}' looks binary (NUL bytes), not {suffix} text.")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SourceError(
-            f"'{path.name}' is not UTF-8 text (byte {exc.start}): re-save it as UTF-8."
-        ) from exc
-    if not text.strip():
-        raise SourceError(f"'{path.name}' contains only whitespace.")
-    if suffix == ".txt":
-        return [text]
-    if suffix == ".csv":
-        import io
-
-        import pandas as pd
-
-        try:
-            frame = pd.read_csv(io.StringIO(text))
-        except Exception as exc:
-            raise SourceError(f"'{path.name}' is not valid CSV: {exc}") from exc
-        return _column_texts({c: frame[c].tolist() for c in frame.columns}, path.name, text_column)
-    try:
-        if suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            rows = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SourceError(f"'{path.name}' is not valid {suffix[1:].upper()}: {exc}") from exc
-    if isinstance(rows, dict):  # {"data": [...]} wraps the records; any other object is one record
-        lists = [v for v in rows.values() if isinstance(v, list)]
-        rows = lists[0] if len(lists) == 1 and len(rows) == 1 else [rows]
-    if rows and all(isinstance(r, str) for r in rows):
-        return rows
-    if not rows or not all(isinstance(r, dict) for r in rows):
-        raise SourceError(f"'{path.name}': expected a list of strings or of objects with a text field.")
-    columns: dict[str, list] = {}
-    for row in rows:
-        for key, value in row.items():
-            columns.setdefault(key, []).append(value)
-    return _column_texts(columns, path.name, text_column)
-
-
-def _column_texts(columns: dict[str, list], where: str, text_column: str | None) -> list[str]:
-    if text_column is not None:
-        if text_column not in columns:
-            raise SourceError(f"{where} has no column '{text_column}' (columns: {', '.join(map(str, columns))}).")
-        column = text_column
-    else:
-        column = _detect_text_column(columns, where)
-    values = [v for v in columns[column] if isinstance(v, str)]
-    if not values:
-        raise SourceError(f"{where}: column '{column}' holds no strings.")
-    return values
+def read_text_file(path: Path, text_column: str | None = None, max_characters: int = LIST_MAX_CHARACTERS) -> list[str]:
+    """All documents of a local file (see text_files), refused above `max_characters`."""
+    return load_documents(f"file:{path}", text_column=text_column, max_characters=max_characters)
 
 
 # ---------------------------------------------------------------- documents -> samples
-
-
-def _encode(tokenizer, texts: list[str], special_tokens: bool = False) -> list[list[int]]:
-    # Long documents are fine here: we cut windows ourselves, so silence the max-length warning.
-    return tokenizer(texts, add_special_tokens=special_tokens, verbose=False)["input_ids"]
 
 
 def check_mode(mode: str) -> None:
@@ -296,7 +226,7 @@ def draw_windows(token_docs: list, nsamples: int, seqlen: int, seed: int, mode: 
     rng = random.Random(seed)
     rows, lengths = [], []
     if mode == "concat":
-        stream = [t for d in token_docs for t in d]
+        stream = np.concatenate([np.asarray(d, dtype=np.int64) for d in token_docs] or [np.zeros(0, np.int64)])
         if len(stream) < seqlen:
             raise SourceError(f"The source has {len(stream)} tokens in all, fewer than seqlen {seqlen}.")
         for _ in range(nsamples):
@@ -338,10 +268,13 @@ def build_calibration(
 ) -> CalibrationSet:
     """Draw calibration samples. Identical inputs give identical samples (and fingerprint).
 
-    `limit` keeps the first `limit` documents. Without it a hub source is streamed only as far as
-    `mode` needs (HUB_* above); `hub_scan` says how far and why reading stopped, and `notes` say
-    when the pool is smaller than wanted."""
+    `limit` keeps the first `limit` documents. The source is read only as far as the sampling needs
+    (see READ_* and HUB_* above); `hub_scan` / `read_scan` say how far and why reading stopped, and
+    `notes` say when the pool is smaller than wanted."""
     check_mode(mode)
+    if nsamples < 1 or seqlen < 2:
+        raise SourceError(f"Need nsamples >= 1 and seqlen >= 2, got {nsamples} x {seqlen}.")
+    _check_windows_fit(nsamples, seqlen)
     tok_name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
     kind, rest = parse_source(spec)
     if kind == "tokens":
@@ -351,82 +284,89 @@ def build_calibration(
     # The authors' OWL/DSnoT loader tokenizes each text with the tokenizer's defaults (a BOS first for
     # Llama tokenizers); the other modes keep this project's plain tokenization.
     special_tokens = mode == "document_pad"
-    hub_scan, notes = None, []
-    if kind == "hf" and limit is None:
-        token_docs, documents, hub_scan, notes = _hub_pool(rest, text_column, tokenizer, mode, nsamples, seqlen,
-                                                           concat_separator, special_tokens)
-    else:
-        docs = load_documents(spec, "calib", limit, text_column)
-        documents = len(docs)
-        texts = [concat_separator.join(docs)] if mode == "concat" else docs
-        token_docs = _encode(tokenizer, texts, special_tokens)
-    windows = draw_windows(token_docs, nsamples, seqlen, seed, mode)
     floor = eligibility_floor(mode, seqlen)
+    streamed_hub = kind == "hf" and limit is None
+    limits = _read_limits(kind, floor, nsamples, seqlen, streamed_hub)
+    texts = source_texts(spec, "calib", text_column)
+    if limit:
+        texts = itertools.islice((t for t in texts if not isinstance(t, str) or t.strip()), limit)
+    pool = read_pool(texts, tokenizer, floor, concat_separator, special_tokens, limits)
+    if not pool.documents:
+        raise SourceError(f"Source '{spec}' has no non-empty text.")
+    scan = _scan_summary(pool, limits, floor)
+    if floor is not None and not pool.token_docs:
+        where = f" read from {spec}, stopped at the {pool.stopped}" if pool.stopped != "end of source" else ""
+        raise _too_short(mode, seqlen, pool.lengths, where)
+    windows = draw_windows(pool.token_docs, nsamples, seqlen, seed, mode)
     return CalibrationSet(
-        windows.ids, spec, mode, seed, tok_name, fingerprint_tokens(windows.ids), documents,
+        windows.ids, spec, mode, seed, tok_name, fingerprint_tokens(windows.ids), pool.documents,
         concat_separator=concat_separator if mode == "concat" else None,
         pad_id=DOCUMENT_PAD_ID if mode == "document_pad" else None,
         padded_samples=sum(n < seqlen for n in windows.unpadded_lengths),
-        eligible_documents=None if floor is None else sum(len(d) > floor for d in token_docs),
-        special_tokens=special_tokens, hub_scan=hub_scan, notes=notes, unpadded_lengths=windows.unpadded_lengths,
+        eligible_documents=None if floor is None else len(pool.token_docs),
+        special_tokens=special_tokens, hub_scan=scan if streamed_hub else None,
+        read_scan=scan if not streamed_hub and pool.stopped == "read budget" else None,
+        notes=_pool_notes(spec, pool, limits, floor, streamed_hub), unpadded_lengths=windows.unpadded_lengths,
     )
 
 
-def _tokenized(texts, tokenizer, special_tokens: bool):
-    """(text, token ids) of each non-empty text, tokenized in batches as the texts arrive."""
-    texts = (t for t in texts if t.strip())
-    while batch := list(itertools.islice(texts, _HUB_TOKENIZE_BATCH)):
-        yield from zip(batch, _encode(tokenizer, batch, special_tokens))
+def _check_windows_fit(nsamples: int, seqlen: int) -> None:
+    """Refuse, before reading anything, samples whose token ids alone would not fit in memory."""
+    import psutil
+
+    needed = 2 * 8 * nsamples * seqlen  # the drawn rows and the int64 tensor made from them
+    available = psutil.virtual_memory().available
+    if needed > available / 2:
+        raise InsufficientMemoryError(
+            f"{nsamples} x {seqlen} calibration tokens need {needed / 1024**3:.1f} GiB for their ids alone; "
+            f"{available / 1024**3:.1f} GiB is available. Lower nsamples or seqlen.")
 
 
-def _hub_pool(rest: str, text_column: str | None, tokenizer, mode: str, nsamples: int, seqlen: int,
-              separator: str, special_tokens: bool) -> tuple[list, int, dict, list[str]]:
-    """Stream a hub dataset until the pool is big enough for `mode` or the scan cap is hit.
-    Returns (token docs for draw_windows, documents read, scan summary, notes)."""
-    floor = eligibility_floor(mode, seqlen)
-    if floor is None:
-        wanted, unit = HUB_CONCAT_TOKENS_PER_SAMPLED_TOKEN * nsamples * seqlen, "tokens"
-    else:
-        wanted, unit = HUB_ELIGIBLE_PER_SAMPLE * nsamples, f"documents with more than {floor} tokens"
-    texts, token_docs, lengths = [], [], []
-    have = characters = 0
-    stopped = "end of dataset"
-    for text, ids in _tokenized(_hf_rows(rest, text_column), tokenizer, special_tokens):
-        characters += len(text)
-        lengths.append(len(ids))
-        if floor is None:
-            texts.append(text)
-            have += len(ids)
-        elif len(ids) > floor:  # only qualifying documents are kept, as compact arrays
-            token_docs.append(np.asarray(ids, dtype=np.int32))
-            have += 1
-        if have >= wanted:
-            stopped = "enough"
-            break
-        if len(lengths) >= HUB_SCAN_MAX_DOCUMENTS or characters >= HUB_SCAN_MAX_CHARACTERS:
-            stopped = "scan cap"
-            break
-    read = len(lengths)
-    scan = {"documents_read": read, "characters_read": characters, "wanted": f"{wanted} {unit}",
-            "found": have, "stopped": stopped, "max_documents": HUB_SCAN_MAX_DOCUMENTS,
-            "max_characters": HUB_SCAN_MAX_CHARACTERS}
-    if not read:
-        raise SourceError(f"Hub dataset '{rest}' has no non-empty text.")
-    if floor is not None and not token_docs:
-        raise _too_short(mode, seqlen, lengths, f" read from hf:{rest}, stopped at the {stopped}")
-    notes = []
-    if have < wanted:
-        where = ("the scan cap" if stopped == "scan cap" else "the end of the dataset")
-        notes.append(
-            f"hf:{rest}: reading stopped at {where} ({read} documents, {characters} characters) with {have} of the "
-            f"{wanted} {unit} wanted ("
-            + (f"{HUB_CONCAT_TOKENS_PER_SAMPLED_TOKEN} x nsamples x seqlen); " if floor is None
-               else f"{HUB_ELIGIBLE_PER_SAMPLE} x nsamples); ")
-            + ("windows will overlap more." if floor is None else "windows will repeat documents more often.")
-        )
-    if floor is None:
-        token_docs = _encode(tokenizer, [separator.join(texts)])
-    return token_docs, read, scan, notes
+def read_budget(nsamples: int, seqlen: int) -> int:
+    """Tokens a file, set or limited hub source is read to at most (see READ_TOKENS_FLOOR)."""
+    return max(READ_TOKENS_FLOOR, READ_TOKENS_PER_SAMPLED_TOKEN * nsamples * seqlen)
+
+
+def _read_limits(kind: str, floor: int | None, nsamples: int, seqlen: int, streamed_hub: bool) -> ReadLimits:
+    if kind == "builtin":
+        return ReadLimits()
+    if not streamed_hub:
+        return ReadLimits(max_tokens=read_budget(nsamples, seqlen))
+    enough = (READ_TOKENS_PER_SAMPLED_TOKEN * nsamples * seqlen if floor is None
+              else HUB_ELIGIBLE_PER_SAMPLE * nsamples)
+    return ReadLimits(enough=enough, max_documents=HUB_SCAN_MAX_DOCUMENTS, max_characters=HUB_SCAN_MAX_CHARACTERS)
+
+
+def _wanted(limits: ReadLimits, floor: int | None) -> str:
+    unit = "tokens" if floor is None else f"documents with more than {floor} tokens"
+    return f"{limits.enough} {unit}"
+
+
+def _scan_summary(pool: Pool, limits: ReadLimits, floor: int | None) -> dict:
+    summary = {"documents_read": pool.documents, "characters_read": pool.characters, "tokens_read": pool.tokens,
+               "found": pool.found, "stopped": pool.stopped}
+    if limits.enough is not None:
+        summary.update(wanted=_wanted(limits, floor), max_documents=limits.max_documents,
+                       max_characters=limits.max_characters)
+    if limits.max_tokens is not None:
+        summary["read_budget_tokens"] = limits.max_tokens
+    return summary
+
+
+def _pool_notes(spec: str, pool: Pool, limits: ReadLimits, floor: int | None, streamed_hub: bool) -> list[str]:
+    if pool.stopped == "read budget":
+        return [f"{spec}: reading stopped at the read budget of {limits.max_tokens} tokens (max({READ_TOKENS_FLOOR}, "
+                f"{READ_TOKENS_PER_SAMPLED_TOKEN} x nsamples x seqlen)) after {pool.documents} documents, "
+                f"{pool.characters} characters: the windows come from that first part of the source."]
+    if not streamed_hub or pool.found >= limits.enough:
+        return []
+    where = "the scan cap" if pool.stopped == "scan cap" else "the end of the dataset"
+    return [
+        f"{spec}: reading stopped at {where} ({pool.documents} documents, {pool.characters} characters) with "
+        f"{pool.found} of the {_wanted(limits, floor)} wanted ("
+        + (f"{READ_TOKENS_PER_SAMPLED_TOKEN} x nsamples x seqlen); windows will overlap more." if floor is None
+           else f"{HUB_ELIGIBLE_PER_SAMPLE} x nsamples); windows will repeat documents more often.")
+    ]
 
 
 def load_token_tensor(path: Path, vocab_size: int | None = None) -> torch.Tensor:
@@ -444,8 +384,13 @@ def load_token_tensor(path: Path, vocab_size: int | None = None) -> torch.Tensor
             raise SourceError(f"'{path.name}': token tensors must be .pt or .npy.")
     except SourceError:
         raise
+    except pickle.UnpicklingError as exc:
+        raise SourceError(
+            f"'{path.name}' holds pickled Python objects besides tensors; they are never loaded, because "
+            f"unpickling can run arbitrary code. Save the ids as a plain tensor (torch.save(ids, path)) or as .npy."
+        ) from exc
     except Exception as exc:
-        raise SourceError(f"Could not read token tensor '{path.name}': {exc}") from exc
+        raise SourceError(f"Could not read token tensor '{path.name}': {str(exc).splitlines()[0]}") from exc
     if ids.dim() != 2 or ids.numel() == 0:
         raise SourceError(f"'{path.name}' must hold a non-empty [nsamples, seqlen] tensor, got shape {tuple(ids.shape)}.")
     if ids.is_floating_point() or ids.is_complex():

@@ -17,10 +17,12 @@ import math
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import load_documents
+from .data import READ_TOKENS_FLOOR, parse_source, source_texts
+from .tokens import ReadLimits, read_pool
 from .errors import ConfigError, SourceError
 from .models import resolve_device
 
@@ -46,13 +48,19 @@ def check_protocol(protocol: str) -> None:
         raise ConfigError(f"Perplexity protocol must be one of {', '.join(PROTOCOLS)}, got '{protocol}'.")
 
 
-def eval_token_stream(spec: str, tokenizer, part: str = "eval", protocol: str = "heldout") -> torch.Tensor:
-    """The evaluation part of a source as one token stream (builtin: the held-out documents)."""
+def eval_token_stream(spec: str, tokenizer, part: str = "eval", protocol: str = "heldout",
+                      max_tokens: int | None = None) -> torch.Tensor:
+    """The evaluation part of a source as one token stream (builtin: the held-out documents), read only
+    up to `max_tokens` (a file or hub source: at most READ_TOKENS_FLOOR without it)."""
     check_protocol(protocol)
     wikitext2 = protocol == "wikitext2"
-    texts = load_documents(spec, part=part, keep_empty=wikitext2)
-    ids = tokenizer("\n\n".join(texts), add_special_tokens=wikitext2, verbose=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)
+    if max_tokens is None and parse_source(spec)[0] != "builtin":
+        max_tokens = READ_TOKENS_FLOOR
+    pool = read_pool(source_texts(spec, part), tokenizer, None, "\n\n", wikitext2, ReadLimits(max_tokens=max_tokens),
+                     keep_empty=wikitext2)
+    if not pool.documents:
+        raise SourceError(f"Source '{spec}' has no non-empty text.")
+    return torch.from_numpy(pool.token_docs[0].astype(np.int64))
 
 
 def perplexity(
@@ -71,7 +79,8 @@ def perplexity(
     start = time.perf_counter()
     check_protocol(protocol)
     if stream is None:
-        stream = eval_token_stream(spec, tokenizer, protocol=protocol)
+        stream = eval_token_stream(spec, tokenizer, protocol=protocol,
+                                   max_tokens=max_windows * seqlen if max_windows else None)
     windows = stream.numel() // seqlen
     if max_windows:
         windows = min(windows, max_windows)

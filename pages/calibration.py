@@ -5,7 +5,9 @@ import plotly.express as px
 import streamlit as st
 
 from calib_core import sets
-from calib_core.data import FILE_TYPES, load_documents, read_text_file
+from calib_core.data import load_documents, read_text_file
+from calib_core.text_files import FILE_TYPES
+from calib_core.tokens import token_lengths
 from calib_core.errors import CalibLabError
 from calib_core.jobs import manager
 from calib_core.selfgen import GenerationConfig, filter_by_perplexity, generate_set, save_generated
@@ -75,7 +77,7 @@ with build:
         counted = texts[:2000]  # enough for the shape of the distribution
         if st.session_state.get("model_loaded") or st.toggle("Count tokens with the model's tokenizer (loads it)"):
             tokenizer = cached_model(st.session_state.model_spec, **st.session_state.model_options).tokenizer
-            lengths, unit = [len(ids) for ids in tokenizer(counted, add_special_tokens=False)["input_ids"]], "tokens"
+            lengths, unit = token_lengths(tokenizer, counted), "tokens"
         else:
             lengths, unit = [len(t.split()) for t in counted], "words"
         st.plotly_chart(px.histogram(x=lengths, nbins=40, labels={"x": f"{unit} per text"},

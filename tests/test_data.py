@@ -70,7 +70,7 @@ def test_too_short_documents_are_explained():
         ("blank.txt", b"  \n\n ", "only whitespace"),
         ("binary.txt", b"\x00\x01\x02abc" * 10, "looks binary"),
         ("latin.txt", "caf\u00e9 cr\u00e8me".encode("latin-1"), "not UTF-8"),
-        ("bad.jsonl", b'{"text": "a"}\n{oops', "not valid JSONL"),
+        ("bad.jsonl", b'{"text": "a"}\n{oops', "line 2 is not valid JSON"),
         ("nums.csv", b"a,b\n1,2\n3,4\n", "no text column"),
         ("numbers.json", b"[1, 2, 3]", "expected a list of strings"),
         ("data.xlsx", b"whatever", "unsupported file type"),
@@ -307,6 +307,83 @@ def test_hub_document_pad_pool_and_concat_budget(fake_hub):
     assert padded.describe()["hub_scan"]["documents_read"] == 32  # lengths 50..61 come first and do not count
     hub = fake_hub(texts)
     joined = build_calibration("hf:fake/gen", TOK, nsamples=2, seqlen=64, mode="concat", concat_separator=" ")
-    read = joined.describe()["hub_scan"]["documents_read"]
-    assert sum(len(t) for t in texts[:read]) >= 10 * 2 * 64 > sum(len(t) for t in texts[: read - 1])
+    scan = joined.describe()["hub_scan"]
+    read = scan["documents_read"]
+    assert scan["stopped"] == "enough" and scan["found"] == 10 * 2 * 64  # the joined stream, cut at what is wanted
+    # read in small pieces when little is wanted: about 2 x 2048 characters past the last one needed
+    assert sum(len(t) + 1 for t in texts[: read - 1]) < 10 * 2 * 64 + 2 * 2048 + 100
     assert joined.documents == read and joined.describe()["concat_separator"] == " " and hub.read < 2000
+
+
+# ---------------------------------------------------------------- malformed files, bounded reading
+
+
+@pytest.mark.parametrize("content,kind", [(b"42", "int"), (b"true", "bool"), (b"null", "NoneType"), (b"3.5", "float")])
+def test_json_scalars_are_refused_with_a_message(tmp_path, content, kind):
+    path = tmp_path / "scalar.json"
+    path.write_bytes(content)
+    with pytest.raises(SourceError, match=f"holds a single JSON {kind}.*not texts"):
+        load_documents(f"file:{path}")
+
+
+def test_a_json_string_is_one_document(tmp_path):
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps("a whole text in one JSON string"))
+    assert load_documents(f"file:{path}") == ["a whole text in one JSON string"]
+
+
+def test_jsonl_errors_name_the_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "one"}\n\n{"text": "two"}\n{"text": three}\n')
+    with pytest.raises(SourceError, match="line 4 is not valid JSON"):
+        load_documents(f"file:{path}")
+    path.write_text('"a string"\n{"text": "an object"}\n')
+    with pytest.raises(SourceError, match="line 2: expected every line to be a string or every line an object"):
+        load_documents(f"file:{path}")
+
+
+def test_a_pickled_token_file_is_refused_without_advising_to_unpickle(tmp_path):
+    import pickle
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"input_ids": torch.ones(2, 4, dtype=torch.long), "payload": print}, handle)
+    with pytest.raises(SourceError) as caught:
+        build_calibration(f"tokens:{path}", TOK)
+    message = str(caught.value)
+    assert "never loaded" in message and "weights_only" not in message and "Re-running" not in message
+
+
+def test_long_text_is_tokenized_in_pieces_with_the_same_ids(monkeypatch):
+    from calib_core import tokens
+
+    text = " ".join(f"word{i}:   value  {i % 7}\n" for i in range(3000))
+    whole = TOK(text)["input_ids"]
+    monkeypatch.setattr(tokens, "PIECE_CHARACTERS", 97)  # hundreds of cuts
+    assert tokens.encode_long(TOK, text) == whole
+    stopped = tokens.encode_stream(TOK, [text[:5000], text[5000:]], max_tokens=1234)
+    assert stopped.ids.tolist() == whole[:1234] and not stopped.complete
+
+
+def test_a_large_file_is_read_only_up_to_its_read_budget(tmp_path, monkeypatch):
+    from calib_core import data
+
+    path = tmp_path / "big.txt"
+    path.write_text("alpha beta gamma delta " * 100_000)  # 2.3 M characters = tokens for TOK, read in 1 MB chunks
+    monkeypatch.setattr(data, "READ_TOKENS_FLOOR", 50_000)
+    calib = build_calibration(f"file:{path}", TOK, nsamples=4, seqlen=64, seed=0, mode="document")
+    scan = calib.describe()["read_scan"]
+    assert scan["stopped"] == "read budget" and scan["tokens_read"] == 50_000 and scan["characters_read"] <= 1024**2
+    assert "read budget of 50000 tokens" in calib.notes[0]
+    small = build_calibration(f"file:{path}", TOK, nsamples=4, seqlen=64, seed=0, mode="concat")
+    assert small.describe()["read_scan"]["tokens_read"] == 50_000
+    monkeypatch.setattr(data, "READ_TOKENS_FLOOR", 10**7)  # the whole file fits: read whole, no note
+    whole = build_calibration(f"file:{path}", TOK, nsamples=4, seqlen=64, seed=0, mode="document")
+    assert whole.describe()["read_scan"] is None and not whole.notes
+
+
+def test_impossible_sample_counts_are_refused_before_reading(tmp_path):
+    from calib_core.errors import InsufficientMemoryError
+
+    with pytest.raises(InsufficientMemoryError, match="for their ids alone"):
+        build_calibration("file:/does/not/matter.txt", TOK, nsamples=100_000, seqlen=100_000, mode="concat")
