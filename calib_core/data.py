@@ -274,7 +274,7 @@ def build_calibration(
     check_mode(mode)
     if nsamples < 1 or seqlen < 2:
         raise SourceError(f"Need nsamples >= 1 and seqlen >= 2, got {nsamples} x {seqlen}.")
-    _check_windows_fit(nsamples, seqlen)
+    check_windows_fit(nsamples, seqlen)
     tok_name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
     kind, rest = parse_source(spec)
     if kind == "tokens":
@@ -310,7 +310,7 @@ def build_calibration(
     )
 
 
-def _check_windows_fit(nsamples: int, seqlen: int) -> None:
+def check_windows_fit(nsamples: int, seqlen: int) -> None:
     """Refuse, before reading anything, samples whose token ids alone would not fit in memory."""
     import psutil
 

@@ -27,14 +27,18 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import assets
-from .data import DEFAULT_CONCAT_SEPARATOR, check_mode
+from .data import DEFAULT_CONCAT_SEPARATOR, check_mode, check_windows_fit
 from .errors import CalibLabError, ConfigError, PruningCancelled
 from .pipeline import PipelineEvent, PruneJob, run_prune_job
 from .prune import PruneConfig
+
+
+MAX_SWEEP_POINTS = 10_000
 
 
 @dataclass
@@ -83,12 +87,42 @@ class SweepGrid:
         for key in ("calibration", "methods", "sparsities", "nsamples", "seeds", "eval"):
             if not isinstance(getattr(grid, key), list) or (key != "eval" and not getattr(grid, key)):
                 raise ConfigError(f"Sweep grid '{key}' must be a non-empty list.")
+        grid.check_bounds()
         from .evaluate import check_protocol
 
         check_mode(grid.mode)
         check_protocol(grid.ppl_protocol)
         grid.points()  # every point's config is validated before anything runs
         return grid
+
+    def size(self) -> int:
+        """Points before magnitude's duplicates are merged, counted without building them."""
+        return math.prod(len(getattr(self, key)) for key in ("calibration", "methods", "sparsities", "nsamples",
+                                                             "seeds"))
+
+    def check_bounds(self, max_points: int = MAX_SWEEP_POINTS, max_nsamples: int | None = None,
+                     max_seqlen: int | None = None) -> None:
+        """Counts that are whole numbers in range, a grid of at most `max_points` points, and samples
+        whose ids fit in memory, all checked before a point is built or run."""
+        for key in ("nsamples", "seeds"):
+            values = getattr(self, key)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= (1 if key == "nsamples" else 0)
+                       for v in values):
+                raise ConfigError(f"Sweep grid '{key}' must hold whole numbers >= {1 if key == 'nsamples' else 0}, "
+                                  f"got {values}.")
+        for key, low in (("seqlen", 2), ("eval_windows", 1)):
+            value = getattr(self, key)
+            if not (value is None and key == "eval_windows") and (
+                    not isinstance(value, int) or isinstance(value, bool) or value < low):
+                raise ConfigError(f"Sweep grid '{key}' must be a whole number >= {low}, got {value!r}.")
+        if self.size() > max_points:
+            raise ConfigError(f"Sweep grid '{self.name}' has {self.size()} points; at most {max_points} are allowed. "
+                              f"Split it into several sweeps.")
+        if max_nsamples is not None and max(self.nsamples) > max_nsamples:
+            raise ConfigError(f"nsamples {max(self.nsamples)} is above this server's limit of {max_nsamples}.")
+        if max_seqlen is not None and self.seqlen > max_seqlen:
+            raise ConfigError(f"seqlen {self.seqlen} is above this server's limit of {max_seqlen}.")
+        check_windows_fit(max(self.nsamples), self.seqlen)
 
     def context(self) -> dict:
         """What every point shares and its result depends on: part of each point's key, so a grid

@@ -99,3 +99,20 @@ def test_cli_sweep_dry_run_and_run(tmp_path, capsys, monkeypatch):
     bad = tmp_path / "grid.txt"
     bad.write_text("name: x")
     assert cli_main(["sweep", str(bad)]) == 2
+
+
+def test_grids_are_bounded_before_any_point_is_built():
+    from calib_core.errors import CalibLabError, InsufficientMemoryError
+
+    base = dict(name="g", calibration=["builtin:wiki"], methods=["wanda"], sparsities=[0.5], nsamples=[8], seeds=[0])
+    with pytest.raises(InsufficientMemoryError, match="for their ids alone"):
+        SweepGrid.from_dict({**base, "nsamples": [10**9]})
+    with pytest.raises(ConfigError, match="has 4000000 points; at most 10000"):
+        SweepGrid.from_dict({**base, "calibration": ["builtin:wiki", "builtin:news"], "seeds": list(range(2_000_000))})
+    for bad in ({"nsamples": ["8"]}, {"nsamples": [0]}, {"seeds": [-1]}, {"seqlen": 1}, {"eval_windows": 0},
+                {"seqlen": True}):
+        with pytest.raises(ConfigError):
+            SweepGrid.from_dict({**base, **bad})
+    grid = SweepGrid.from_dict(base)
+    with pytest.raises(CalibLabError, match="above this server's limit of 4"):
+        grid.check_bounds(max_nsamples=4)
