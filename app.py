@@ -4,6 +4,17 @@ import streamlit as st
 
 from calib_core import assets
 from calib_core.jobs import manager
+from calib_core.paths import clean_stale_files
+from ui_cache import access_policy
+
+
+@st.cache_resource(show_spinner=False)
+def _started() -> bool:  # once per server: remove what killed processes left behind
+    clean_stale_files()
+    return True
+
+
+_started()
 
 st.set_page_config(page_title="Calibration Lab", layout="wide")
 st.session_state.setdefault("model_spec", assets.DEFAULT_MODEL)
@@ -33,6 +44,9 @@ def job_status():  # refreshed on its own so a finished job does not show as run
 
 
 with st.sidebar:
+    if access_policy().shared:
+        st.warning(f"Shared app: visitors reach files only in `{access_policy().workspace}`, sizes are capped and "
+                   "repository code never runs.", icon=":material/lock:")
     st.markdown(f"**Model:** `{st.session_state.model_spec}` on {st.session_state.device}")
     st.markdown(f"**Calibration:** `{st.session_state.calib_source}`")
     job_status()

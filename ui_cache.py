@@ -1,8 +1,22 @@
 """Streamlit-side caches shared by the pages (the library itself never imports streamlit)."""
 
+import os
+
 import streamlit as st
 
+from calib_core.access import SHARED_ENV, WORKSPACE_ENV, AccessPolicy
 from calib_core.models import load_model
+
+
+@st.cache_resource(show_spinner=False)
+def _policy(address, shared, workspace) -> AccessPolicy:
+    return AccessPolicy.for_server(address)
+
+
+def access_policy() -> AccessPolicy:
+    """Full access when the server listens on loopback only; confined when it is exposed (see
+    calib_core.access). Every page passes what a visitor sends through it."""
+    return _policy(st.get_option("server.address"), os.environ.get(SHARED_ENV), os.environ.get(WORKSPACE_ENV))
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -11,6 +25,7 @@ def _load(spec: str, dtype: str, quantization, trust_remote_code: bool):
 
 
 def cached_model(spec: str, dtype: str = "float32", quantization=None, trust_remote_code: bool = False):
+    spec = access_policy().model(spec, trust_remote_code)
     loaded = _load(spec, dtype, quantization, trust_remote_code)
     st.session_state.model_loaded = True
     return loaded

@@ -22,12 +22,17 @@ def sets_dir() -> Path:
     return path
 
 
-def _path(name: str) -> Path:
+def check_name(name: str) -> str:
+    """The name, or a SourceError saying what a set name may contain."""
     if not _NAME.match(name or ""):
         raise SourceError(
             f"Invalid set name '{name}': use letters, digits, '_', '.', '-' (start with a letter or digit)."
         )
-    return sets_dir() / f"{name}.json"
+    return name
+
+
+def _path(name: str) -> Path:
+    return sets_dir() / f"{check_name(name)}.json"
 
 
 def save_set(name: str, records: list[dict], metadata: dict | None = None) -> Path:

@@ -5,13 +5,13 @@ import plotly.express as px
 import streamlit as st
 
 from calib_core import sets
-from calib_core.data import load_documents, read_text_file
+from calib_core.data import LIST_MAX_CHARACTERS, load_documents, read_text_file
 from calib_core.text_files import FILE_TYPES
 from calib_core.tokens import token_lengths
-from calib_core.errors import CalibLabError
+from calib_core.errors import CalibLabError, SourceError
 from calib_core.jobs import manager
 from calib_core.selfgen import GenerationConfig, filter_by_perplexity, generate_set, save_generated
-from ui_cache import cached_model
+from ui_cache import access_policy, cached_model
 from calib_core.models import load_model, place_for_inference, resolve_device
 
 MAX_UPLOAD_MB = 50
@@ -53,20 +53,23 @@ with build:
                 if upload.size > MAX_UPLOAD_MB * 1024**2:
                     st.error(f"'{upload.name}' is {upload.size / 1024**2:.0f} MB; the limit is {MAX_UPLOAD_MB} MB.")
                 else:
-                    with tempfile.TemporaryDirectory() as folder:
+                    scratch = access_policy().workspace if access_policy().shared else None
+                    with tempfile.TemporaryDirectory(dir=scratch) as folder:
                         path = Path(folder) / Path(upload.name).name
                         path.write_bytes(upload.getvalue())
                         texts = read_text_file(path, column)
                     origin = f"upload:{upload.name}"
         elif how == "Paste text":
-            pasted = st.text_area("Texts, separated by blank lines")
+            pasted = st.text_area("Texts, separated by blank lines", max_chars=LIST_MAX_CHARACTERS)
+            if len(pasted) > LIST_MAX_CHARACTERS:  # the widget's limit is the browser's; check it here too
+                raise SourceError(f"Pasted text is longer than {LIST_MAX_CHARACTERS:,} characters: upload a file.")
             texts = [t.strip() for t in pasted.split("\n\n") if t.strip()] or None
             origin = "pasted"
         else:
             spec = st.text_input("hf:NAME[:CONFIG[:SPLIT]]", "hf:wikitext:wikitext-2-raw-v1:train")
             limit = st.number_input("First N documents", 10, 100000, 1000)
             if st.button("Stream"):
-                texts, origin = load_documents(spec, limit=limit), spec
+                texts, origin = load_documents(access_policy().source(spec), limit=limit), spec
     except CalibLabError as exc:
         st.error(str(exc))
         texts = None
@@ -120,17 +123,23 @@ with generate:
         config = GenerationConfig(source=source, texts=int(count), max_new_tokens=int(new_tokens),
                                   prefix_tokens=int(prefix), drop_fraction=drop)
         spec, options, device = st.session_state.model_spec, dict(st.session_state.model_options), st.session_state.device
+        try:  # before any generation: a bad name or size must not cost minutes of work
+            sets.check_name(set_name)
+            access_policy().generation(config.texts, config.max_new_tokens)
+            spec = access_policy().model(spec, options["trust_remote_code"])
+        except CalibLabError as exc:
+            st.error(str(exc))
+        else:
+            def work(job):  # runs in the job thread: no streamlit calls in here
+                loaded = load_model(spec, **options)
+                place_for_inference(loaded.model, device)
+                result = generate_set(loaded.model, loaded.tokenizer, config, job.emit, job.cancel_event, spec)
+                save_generated(set_name, result)
+                return result
 
-        def work(job):  # runs in the job thread: no streamlit calls in here
-            loaded = load_model(spec, **options)
-            place_for_inference(loaded.model, device)
-            result = generate_set(loaded.model, loaded.tokenizer, config, job.emit, job.cancel_event, spec)
-            save_generated(set_name, result)
-            return result
-
-        st.session_state.gen_settings = {"name": set_name, "drop": drop}
-        st.session_state.gen_job = manager().submit(f"self-generate {set_name}", work,
-                                                    device=str(resolve_device(device))).id
+            st.session_state.gen_settings = {"name": set_name, "drop": drop}
+            st.session_state.gen_job = manager().submit(f"self-generate {set_name}", work,
+                                                        device=str(resolve_device(device))).id
 
     @st.fragment(run_every=1.0)
     def generation_progress():

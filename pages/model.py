@@ -3,7 +3,7 @@ import torch
 
 from calib_core import assets
 from calib_core.errors import CalibLabError
-from ui_cache import cached_model
+from ui_cache import access_policy, cached_model
 
 st.title("Model")
 with st.expander("What is pruned"):
@@ -18,15 +18,22 @@ kind = st.radio("Source", ["Bundled default", "Hub id", "Local folder"], horizon
 if kind == "Bundled default":
     spec = assets.DEFAULT_MODEL
 else:
+    shared = access_policy().shared
     spec = st.text_input("Hub id" if kind == "Hub id" else "Folder",
-                         placeholder="HuggingFaceTB/SmolLM2-135M" if kind == "Hub id" else "/path/to/model")
+                         placeholder="HuggingFaceTB/SmolLM2-135M" if kind == "Hub id" else "/path/to/model",
+                         help=f"This app is shared: folders inside {access_policy().workspace} only."
+                         if shared and kind == "Local folder" else None)
 col1, col2, col3, col4 = st.columns(4)
 dtype = col1.selectbox("dtype", ["float32", "bfloat16", "float16"])
 devices = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 device = col2.selectbox("Compute device", devices, help="auto: CUDA when present. Weights stay in CPU memory; "
                         "each block visits the device for its turn when pruning.")
 quantization = col3.selectbox("Quantized load (generation and scoring only)", [None, "8bit", "4bit"])
-trust = col4.checkbox("Allow the repository's own code (trust_remote_code)")
+trust = False
+if access_policy().allows_remote_code:
+    trust = col4.checkbox("Allow the repository's own code (trust_remote_code)")
+else:
+    col4.caption("Repository code (trust_remote_code) never runs in a shared app.")
 if trust:
     st.warning("Remote code runs with your permissions. Read it before enabling this.")
 if st.button("Load", type="primary", disabled=not spec):

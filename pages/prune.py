@@ -9,11 +9,11 @@ from calib_core.data import MODES
 from calib_core.errors import CalibLabError
 from calib_core.evaluate import PROTOCOLS
 from calib_core.jobs import manager
-from calib_core.pipeline import PruneJob, run_prune_job
+from calib_core.pipeline import PruneJob, check_outputs, run_prune_job
 from calib_core.models import estimate_memory, resolve_device
 from calib_core.prune import PruneConfig
 from calib_core.prune.config import DSNOT_RULES, DSNOT_SPARSEGPT_INIT, DSNOT_THRESHOLD_SCALE, OWL_NM_RULES, SUBLAYERS
-from ui_cache import cached_model
+from ui_cache import access_policy, cached_model
 
 st.title("Prune")
 with st.expander("How the methods choose weights"):
@@ -94,7 +94,11 @@ with st.container(border=True):
                                     help="heldout: eval texts without empty rows, no special tokens; wikitext2: "
                                          "Wanda/SparseGPT's WikiText-2 stream (every row incl. empty ones, with the "
                                          "tokenizer's special tokens)")
-        save = st.text_input("Save the pruned model to folder (optional)")
+        f1, f2 = st.columns([3, 1])
+        save = f1.text_input("Save the pruned model to folder (optional)",
+                             help=f"This app is shared: a folder inside {access_policy().workspace}."
+                             if access_policy().shared else "Written whole when the run ends, report included.")
+        overwrite = f2.checkbox("Replace a non-empty folder", help="Its files are removed.")
     st.session_state.prune_form = dict(
         method=method, base=base, pattern=pattern, sparsity=sparsity, nsamples=nsamples, seqlen=seqlen, seed=seed,
         evals=evals, eval_windows=eval_windows, owl_m=owl_m, owl_lambda=owl_lambda, blocksize=blocksize, damp=damp,
@@ -130,7 +134,10 @@ if submitted:
             trust_remote_code=st.session_state.model_options["trust_remote_code"], calib=calib, nsamples=int(nsamples),
             seqlen=int(seqlen), seed=int(seed), mode=mode, concat_separator=SEPARATORS[separator], config=config,
             eval=evals, ppl_protocol=ppl_protocol, eval_windows=int(eval_windows), save=save or None,
+            overwrite=overwrite,
         )
+        job = access_policy().job(job)  # a shared app confines paths and sizes
+        check_outputs(job)  # a bad save folder fails now, not after the run
         label = f"{method} {pattern if ':' in pattern else sparsity} on {calib}"
         st.session_state.prune_job = manager().submit(
             label, lambda j: run_prune_job(job, j.emit, j.cancel_event), device=str(resolve_device(config.device))).id

@@ -5,7 +5,9 @@ from calib_core import sets
 from calib_core.data import MODES
 from calib_core.jobs import manager
 from calib_core.models import load_model, place_for_inference
+from calib_core.errors import CalibLabError
 from calib_core.similarity import REFERENCE_CORPORA, build_reference, sample_for_scoring, similarity_table
+from ui_cache import access_policy
 
 st.title("Similarity to pretraining data")
 with st.expander("What Min-K%++ measures"):
@@ -37,17 +39,22 @@ mode = d2.selectbox("Sampling mode (windows)", MODES, MODES.index("concat"), dis
 seed = d3.number_input("Seed", 0, 10**6, 0)
 if st.button("Score", type="primary", disabled=not chosen):
     spec, options_, device = st.session_state.model_spec, dict(st.session_state.model_options), st.session_state.device
+    try:
+        access_policy().scoring(int(samples), int(max_tokens))
+        spec = access_policy().model(spec, options_["trust_remote_code"])
+    except CalibLabError as exc:
+        st.error(str(exc))
+    else:
+        def work(job):
+            loaded = load_model(spec, **options_)
+            place_for_inference(loaded.model, device)
+            named = {s: sample_for_scoring(s, loaded.tokenizer, int(samples), int(seed), scoring, int(max_tokens), mode)
+                     for s in chosen}
+            ref = build_reference(reference, model=loaded.model, tokenizer=loaded.tokenizer, window=int(max_tokens)) if reference else None
+            return similarity_table(loaded.model, loaded.tokenizer, named, ref, k, int(max_tokens), int(max_tokens),
+                                    on_event=job.emit)
 
-    def work(job):
-        loaded = load_model(spec, **options_)
-        place_for_inference(loaded.model, device)
-        named = {s: sample_for_scoring(s, loaded.tokenizer, int(samples), int(seed), scoring, int(max_tokens), mode)
-                 for s in chosen}
-        ref = build_reference(reference, model=loaded.model, tokenizer=loaded.tokenizer, window=int(max_tokens)) if reference else None
-        return similarity_table(loaded.model, loaded.tokenizer, named, ref, k, int(max_tokens), int(max_tokens),
-                                on_event=job.emit)
-
-    st.session_state.sim_job = manager().submit("similarity", work).id
+        st.session_state.sim_job = manager().submit("similarity", work).id
 
 
 @st.fragment(run_every=1.0)

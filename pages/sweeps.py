@@ -11,6 +11,7 @@ from calib_core.runs import RunStore
 from calib_core.sweep_figures import export, sweep_figures
 from calib_core.sweep_stats import PPL, spread_by_setting, summarize, sweep_frame, welch_test
 from calib_core.sweeps import SweepGrid, run_sweep
+from ui_cache import access_policy
 
 BUILTIN = ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"]
 
@@ -37,7 +38,8 @@ with grid_tab:
                                 help="Same format as `python -m calib_core sweep GRID.yaml`")
     if uploaded is not None:
         try:
-            st.session_state.sweep_grid = SweepGrid.from_dict(yaml.safe_load(uploaded.getvalue().decode("utf-8")))
+            st.session_state.sweep_grid = access_policy().grid(
+                SweepGrid.from_dict(yaml.safe_load(uploaded.getvalue().decode("utf-8"))))
             st.success(f"Loaded grid '{st.session_state.sweep_grid.name}'.")
         except (CalibLabError, yaml.YAMLError, UnicodeDecodeError) as exc:
             st.error(f"Not a valid grid file: {exc}")
@@ -65,7 +67,7 @@ with grid_tab:
                 sparsities=[s if ":" in s else float(s) for s in settings], seqlen=int(seqlen),
                 nsamples=[int(n) for n in nsamples.split(",") if n.strip()], seeds=list(range(int(seeds))),
                 eval=evals, eval_windows=int(windows), mode=mode, dtype=st.session_state.model_options["dtype"]))
-            st.session_state.sweep_grid = grid
+            st.session_state.sweep_grid = access_policy().grid(grid)
         except (CalibLabError, ValueError) as exc:
             st.error(f"Invalid sweep: {exc}")
     grid = st.session_state.get("sweep_grid")

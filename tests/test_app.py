@@ -101,3 +101,60 @@ def test_sweeps_page_runs_a_grid_and_tests_two_sources(tmp_path):
     assert len(app.get("plotly_chart")) >= 3  # bars, spread, violins
     verdict = " ".join(m.value for m in app.markdown if "Welch t" in m.value)
     assert "builtin:news" in verdict and "builtin:wiki" in verdict and "p = " in verdict
+
+
+@pytest.fixture
+def shared_app(tmp_path, monkeypatch):
+    """The app as served on a network address: visitors are confined to a workspace folder."""
+    monkeypatch.setenv("CALIB_LAB_SHARED", "1")
+    monkeypatch.setenv("CALIB_LAB_WORKSPACE", str(tmp_path / "workspace"))
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    return app
+
+
+def _errors(app) -> str:
+    return " ".join(e.value for e in app.error)
+
+
+def test_shared_app_does_not_read_files_outside_its_workspace(shared_app, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the server's secret " * 50)
+    app = shared_app
+    assert "Shared app" in " ".join(w.value for w in app.sidebar.warning)
+    app.switch_page("pages/calibration.py").run()
+    app.radio[0].set_value("Hub dataset").run()
+    app.text_input[0].set_value(f"file:{secret}").run()
+    next(b for b in app.button if b.label == "Stream").click().run()
+    assert "inside the workspace folder" in _errors(app)
+    assert not any("secret" in t.value for t in app.text_area)  # nothing previewed
+    inside = tmp_path / "workspace" / "mine.txt"
+    inside.write_text("a text that the visitor put in the workspace " * 20)
+    app.text_input[0].set_value("file:mine.txt").run()
+    next(b for b in app.button if b.label == "Stream").click().run()
+    assert not app.error and any("visitor put" in t.value for t in app.text_area)
+
+
+def test_shared_app_confines_saves_sizes_and_remote_code(shared_app, tmp_path):
+    app = shared_app
+    app.switch_page("pages/model.py").run()
+    assert not [c for c in app.checkbox if "trust_remote_code" in c.label]
+    app.switch_page("pages/prune.py").run()
+    next(t for t in app.text_input if t.label.startswith("Save the pruned model")).set_value(str(tmp_path / "out"))
+    next(b for b in app.button if b.label == "Start pruning").click().run()
+    assert "inside the workspace folder" in _errors(app) and "prune_job" not in app.session_state
+    app.switch_page("pages/sweeps.py").run()
+    app.text_input[1].set_value("100000")  # calibration samples
+    next(b for b in app.button if b.label == "Start sweep").click().run()
+    assert "nsamples 100000 is above this server's limit of 256" in _errors(app) and "sweep_grid" not in app.session_state
+
+
+def test_local_app_prune_page_refuses_a_non_empty_save_folder_at_once(tmp_path):
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    app = _app_on_tiny_model(tmp_path, "pages/prune.py")
+    next(t for t in app.text_input if t.label.startswith("Save the pruned model")).set_value(str(target))
+    next(b for b in app.button if b.label == "Start pruning").click().run()
+    assert "is not empty" in _errors(app) and "prune_job" not in app.session_state
+    assert (target / "keep.txt").read_text() == "mine"
