@@ -15,6 +15,7 @@ from ui_cache import access_policy, cached_model
 from calib_core.models import load_model, place_for_inference, resolve_device
 
 MAX_UPLOAD_MB = 50
+PREVIEW_TOKENIZE_CHARACTERS = 4_000_000
 st.title("Calibration data")
 with st.expander("From text to calibration samples"):
     st.markdown("A run draws `nsamples` windows of `seqlen` tokens with a seeded RNG: from one random document "
@@ -78,7 +79,12 @@ with build:
         shown = st.number_input("Preview text number", 1, len(texts), 1) - 1
         st.text_area("Preview", texts[shown][:2000], height=150, disabled=True)
         counted = texts[:2000]  # enough for the shape of the distribution
-        if st.session_state.get("model_loaded") or st.toggle("Count tokens with the model's tokenizer (loads it)"):
+        too_long = sum(map(len, counted)) > PREVIEW_TOKENIZE_CHARACTERS  # tokenizing would take minutes
+        if too_long:
+            st.caption(f"Lengths in words: more than {PREVIEW_TOKENIZE_CHARACTERS:,} characters is too much to "
+                       f"tokenize for a preview (a run reads the source as a stream).")
+        if not too_long and (st.session_state.get("model_loaded")
+                             or st.toggle("Count tokens with the model's tokenizer (loads it)")):
             tokenizer = cached_model(st.session_state.model_spec, **st.session_state.model_options).tokenizer
             lengths, unit = token_lengths(tokenizer, counted), "tokens"
         else:
