@@ -79,6 +79,10 @@ class SweepGrid:
     def from_dict(cls, data) -> SweepGrid:
         if not isinstance(data, dict) or not data.get("name"):
             raise ConfigError("A sweep grid is a mapping with at least a 'name'.")
+        name = str(data["name"])
+        if name.startswith(".") or any(c in name for c in "/\\\0") or len(name) > 100:
+            raise ConfigError(f"Sweep name '{name[:100]}' names export folders: at most 100 characters, no '/' or "
+                              f"'\\', not starting with '.'.")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

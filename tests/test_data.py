@@ -347,7 +347,7 @@ def test_a_pickled_token_file_is_refused_without_advising_to_unpickle(tmp_path):
 
     path = tmp_path / "evil.pt"
     with open(path, "wb") as handle:
-        pickle.dump({"input_ids": torch.ones(2, 4, dtype=torch.long), "payload": print}, handle)
+        pickle.dump({"input_ids": torch.ones(2, 4, dtype=torch.long), "payload": print}, handle, protocol=2)
     with pytest.raises(SourceError) as caught:
         build_calibration(f"tokens:{path}", TOK)
     message = str(caught.value)

@@ -113,6 +113,9 @@ def test_grids_are_bounded_before_any_point_is_built():
                 {"seqlen": True}):
         with pytest.raises(ConfigError):
             SweepGrid.from_dict({**base, **bad})
+    for name in ("../../etc/evil", ".hidden", "a/b", "x" * 101):
+        with pytest.raises(ConfigError, match="names export folders"):
+            SweepGrid.from_dict({**base, "name": name})
     grid = SweepGrid.from_dict(base)
     with pytest.raises(CalibLabError, match="above this server's limit of 4"):
         grid.check_bounds(max_nsamples=4)
