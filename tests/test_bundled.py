@@ -112,3 +112,30 @@ def test_concurrent_first_use_converts_once(tmp_path, monkeypatch):
     target = results[0]
     assert (target / "config.json").exists() and (target / "weights.bin").stat().st_size == 1000
     assert [p.name for p in target.parent.iterdir() if p.name.startswith(".")] == []
+
+
+# Mask checksums of every method on the bundled model (2 x 64 tokens of builtin:wiki, seed 0), recorded
+# before the package restructure: a refactor must not move a single mask bit. A change that is meant to
+# change masks updates them and says why.
+PINNED_MASKS = {
+    "magnitude": ({"method": "magnitude"}, "2d6e1e31f7171e75"),
+    "wanda": ({"method": "wanda"}, "52e5468770c98858"),
+    "sparsegpt": ({"method": "sparsegpt"}, "9cf40389c0c5693a"),
+    "dsnot": ({"method": "dsnot"}, "b359a658a796122f"),
+    "owl": ({"method": "owl"}, "c8a147d17ec3f5e5"),
+    "wanda 2:4": ({"method": "wanda", "pattern": "2:4"}, "12e6cd53103d88d4"),
+}
+
+
+@pytest.mark.parametrize("name", PINNED_MASKS)
+def test_masks_are_pinned(fresh, name):
+    import hashlib
+
+    options, expected = PINNED_MASKS[name]
+    calib = build_calibration("builtin:wiki", fresh.tokenizer, 2, 64, 0)
+    prune_model(fresh.model, calib.input_ids, PruneConfig(**options))
+    digest = hashlib.sha256()
+    for block in decoder_blocks(fresh.model):
+        for module in prunable_modules(block).values():
+            digest.update((weight_matrix(module) != 0).numpy().tobytes())
+    assert digest.hexdigest()[:16] == expected
