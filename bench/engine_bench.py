@@ -21,10 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from calib_core.prune.methods import METHODS as REGISTRY  # noqa: E402
+
 CALIB = dict(spec="builtin:wiki", nsamples=32, seqlen=512, seed=0)
 EVAL = dict(spec="builtin:wiki", seqlen=512, max_windows=32)
 SETTINGS = ["0.5", "0.6", "0.7", "2:4"]
-METHODS = ["magnitude", "wanda", "sparsegpt", "dsnot", "owl"]
+METHODS = list(REGISTRY)
 
 
 def plain_forward(model, ids) -> float:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from calib_core import sets  # noqa: E402
-from calib_core.data import build_calibration  # noqa: E402
+from calib_core.data import BUILTIN_SOURCES, build_calibration  # noqa: E402
 from calib_core.evaluate import perplexity  # noqa: E402
 from calib_core.models import load_model  # noqa: E402
 from calib_core.prune import PruneConfig, prune_model  # noqa: E402
@@ -31,7 +31,7 @@ from calib_core.selfgen import GenerationConfig, generate_set, save_generated  #
 from calib_core.similarity import sample_texts, score_token_ids, similarity_table  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "workbench_bench"
-SOURCES = ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"]
+SOURCES = list(BUILTIN_SOURCES)
 SELFGEN = GenerationConfig(source="builtin:wiki", texts=64, max_new_tokens=600, batch_size=8, seed=0)
 SCORE = dict(samples=64, max_tokens=512, k=0.5)
 CALIB = dict(nsamples=32, seqlen=512, seed=0, mode="concat")

@@ -11,7 +11,8 @@ from .data import DEFAULT_CONCAT_SEPARATOR, MODES
 from .errors import CalibLabError
 from .paths import clean_stale_files
 from .evaluate import PROTOCOLS
-from .prune.config import DSNOT_RULES, DSNOT_SPARSEGPT_INIT, DSNOT_THRESHOLD_SCALE, OWL_NM_RULES, SUBLAYERS
+from .prune.config import PruneConfig
+from .prune.methods import METHODS, all_options
 
 DEFAULT_EVAL = ["builtin:wiki"]
 
@@ -38,6 +39,32 @@ def _add_model_args(parser):
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the model repository's own Python code to run (off by default)")
+
+
+# Flag names older than the registry, kept as aliases.
+_FLAG_ALIASES = {"sparsegpt_blocksize": ("--blocksize",), "sparsegpt_damp": ("--damp",)}
+
+
+def _add_method_args(parser):
+    """--method, --base, the sparsity settings and every registry option as a flag of its field's name."""
+    defaults = PruneConfig()
+    parser.add_argument("--method", default=defaults.method, choices=list(METHODS),
+                        help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
+    parser.add_argument("--base", default=None, help="; ".join(
+        f"{m.name}: {'|'.join(m.bases)} (default {m.bases[0]})" for m in METHODS.values() if m.bases))
+    parser.add_argument("--sparsity", type=float, default=defaults.sparsity)
+    parser.add_argument("--pattern", default=defaults.pattern, help="unstructured or N:M (2:4, 4:8, ...)")
+    for option in all_options():
+        default = getattr(defaults, option.field)
+        kind = {"choices": list(option.choices)} if option.choices else {"type": type(default) if default is not None
+                                                                         else float}
+        parser.add_argument(option.flag, *_FLAG_ALIASES.get(option.field, ()), dest=option.field, default=default,
+                            help=option.help, **kind)
+
+
+def _method_config(args) -> PruneConfig:
+    return PruneConfig(method=args.method, sparsity=args.sparsity, pattern=args.pattern, base=args.base,
+                       device=args.device, **{o.field: getattr(args, o.field) for o in all_options()})
 
 
 def _add_lm_eval_args(parser):
@@ -92,39 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also measure offline 4-way cloze accuracy with N items per eval source "
                             "(a teaching proxy for zero-shot tasks, not comparable to published numbers)")
     _add_model_args(prune)
-    prune.add_argument("--method", default="wanda", choices=["magnitude", "wanda", "sparsegpt", "dsnot", "owl"])
-    prune.add_argument("--base", default=None, help="DSnoT: wanda|sparsegpt; OWL: wanda|sparsegpt|magnitude")
-    prune.add_argument("--sparsity", type=float, default=0.5)
-    prune.add_argument("--pattern", default="unstructured", help="unstructured or N:M (2:4, 4:8, ...)")
+    _add_method_args(prune)
     prune.add_argument("--calib", default="builtin:wiki", help="calibration source spec")
     prune.add_argument("--nsamples", type=int, default=128)
     prune.add_argument("--seqlen", type=int, default=2048)
     prune.add_argument("--seed", type=int, default=0)
     _add_sampling_args(prune, "document")
     prune.add_argument("--text-column", default=None)
-    prune.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block size")
-    prune.add_argument("--damp", type=float, default=0.01, help="SparseGPT dampening (fraction of mean diag H)")
-    prune.add_argument("--dsnot-threshold", type=float, default=0.1)
-    prune.add_argument("--dsnot-cycles", type=int, default=50)
-    prune.add_argument("--dsnot-var-power", type=float, default=1.0)
-    prune.add_argument("--dsnot-sublayers", default="skip-mlp", choices=list(SUBLAYERS),
-                       help="modules DSnoT refines; skip-mlp (the authors' default) keeps the initial mask on mlp.*")
-    prune.add_argument("--dsnot-rule", default="original", choices=list(DSNOT_RULES),
-                       help="original: swap while |err| > threshold (the authors' default); same-sign: also keep "
-                            "err's sign; improve: our variant, a swap must shrink |err|")
-    prune.add_argument("--dsnot-sparsegpt-init", default="static", choices=list(DSNOT_SPARSEGPT_INIT),
-                       help="DSnoT on a SparseGPT base: static per-row W^2/diag(H^-1)^2 (the authors') or full "
-                            "(our variant: a whole SparseGPT pass's mask)")
-    prune.add_argument("--dsnot-threshold-scale", default="none", choices=list(DSNOT_THRESHOLD_SCALE),
-                       help="seqlen: scale the threshold by seqlen/2048 (the authors tuned 0.1 at 2048 tokens)")
-    prune.add_argument("--owl-m", type=float, default=None, help="outlier threshold M (default 5; 6 for N:M)")
-    prune.add_argument("--owl-lambda", type=float, default=None, help="OWL lambda (default 0.08; 2 for N:M)")
-    prune.add_argument("--owl-nm-rule", default="original", choices=list(OWL_NM_RULES),
-                       help="mixed N:M: original (the authors': width lambda, mean N may drift) or balanced "
-                            "(our variant: width 2 lambda, mean N kept)")
-    prune.add_argument("--propagate", default="pruned", choices=["pruned", "dense"])
-    prune.add_argument("--batch-size", type=int, default=1, help="calibration samples per block forward")
-    prune.add_argument("--recon-tokens", type=int, default=512, help="tokens per module for reconstruction error")
     _add_eval_args(prune)
     _add_lm_eval_args(prune)
     prune.add_argument("--save", default=None, metavar="DIR",
@@ -272,17 +273,8 @@ def _cmd_prune(args) -> int:
     from tqdm import tqdm
 
     from .pipeline import PruneJob, run_prune_job
-    from .prune import PruneConfig
 
-    config = PruneConfig(
-        method=args.method, sparsity=args.sparsity, pattern=args.pattern, base=args.base,
-        sparsegpt_blocksize=args.blocksize, sparsegpt_damp=args.damp, dsnot_threshold=args.dsnot_threshold,
-        dsnot_cycles=args.dsnot_cycles, dsnot_var_power=args.dsnot_var_power,
-        dsnot_sublayers=args.dsnot_sublayers, dsnot_rule=args.dsnot_rule,
-        dsnot_sparsegpt_init=args.dsnot_sparsegpt_init, dsnot_threshold_scale=args.dsnot_threshold_scale,
-        owl_m=args.owl_m, owl_lambda=args.owl_lambda, owl_nm_rule=args.owl_nm_rule,
-        propagate=args.propagate, batch_size=args.batch_size, recon_tokens=args.recon_tokens, device=args.device,
-    ).resolved()  # fail on a bad config before loading anything
+    config = _method_config(args).resolved()  # fail on a bad config before loading anything
     job = PruneJob(
         model=args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
         calib=args.calib if config.needs_calibration or args.calib else None, nsamples=args.nsamples,

@@ -35,6 +35,7 @@ from .errors import InsufficientMemoryError, SourceError
 from .text_files import LazyText, detect_text_column, iter_file_documents, too_large_to_list
 from .tokens import Pool, ReadLimits, read_pool
 
+BUILTIN_SOURCES = tuple(f"builtin:{name}" for name in assets.BUILTIN_CORPORA)
 MODES = ("document", "concat", "document_pad")
 DEFAULT_CONCAT_SEPARATOR = "\n\n"
 # document_pad copies the authors' OWL/DSnoT loader: texts need more than seqlen - 3 tokens, and short

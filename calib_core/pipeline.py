@@ -89,8 +89,9 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=
 
 
 def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, loaded) -> dict:
-    from .models import check_memory, describe_model, load_model
+    from .models import describe_model, load_model
     from .prune.engine import Pruner
+    from .prune.memory import check_memory
     from .runs import run_record
 
     t = time.perf_counter()

@@ -18,12 +18,12 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from . import assets
-from .data import DEFAULT_CONCAT_SEPARATOR
+from .data import BUILTIN_SOURCES, DEFAULT_CONCAT_SEPARATOR
 from .pipeline import PipelineEvent
 from .selfgen import GenerationConfig
 from .sweeps import SweepGrid, SweepPoint, SweepSummary, run_sweep
 
-BUILTIN_SOURCES = ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"]
+BUILTIN_SOURCES = list(BUILTIN_SOURCES)
 
 # The self-generated set: long enough that texts exceed seqlen - 3 tokens for the OWL/DSnoT draw.
 SELFGEN_TEXTS = 128

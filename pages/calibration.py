@@ -5,7 +5,8 @@ import plotly.express as px
 import streamlit as st
 
 from calib_core import sets
-from calib_core.data import LIST_MAX_CHARACTERS, load_documents, read_text_file
+from calib_core.assets import BUILTIN_CORPORA
+from calib_core.data import BUILTIN_SOURCES, LIST_MAX_CHARACTERS, load_documents, read_text_file
 from calib_core.text_files import FILE_TYPES
 from calib_core.tokens import token_lengths
 from calib_core.errors import CalibLabError, SourceError
@@ -36,7 +37,7 @@ with build:
     texts, origin = None, None
     try:
         if how == "Builtin corpus":
-            name = st.selectbox("Corpus", ["wiki", "news", "books", "code"])
+            name = st.selectbox("Corpus", BUILTIN_CORPORA)
             origin = f"builtin:{name}"
             texts = load_documents(origin)
         elif how == "Saved set":
@@ -116,7 +117,7 @@ with build:
 with generate:
     st.markdown("The model continues short prefixes of real texts; the highest-perplexity fraction is dropped.")
     c1, c2, c3 = st.columns(3)
-    source = c1.selectbox("Prefixes from", ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"])
+    source = c1.selectbox("Prefixes from", BUILTIN_SOURCES)
     count = c2.number_input("Texts", 1, 5000, 16)
     new_tokens = c3.number_input("Max new tokens", 8, 4096, 128,
                                  help="The paper generates up to 2048 new tokens (GPU); a CPU manages a few "

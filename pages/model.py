@@ -48,7 +48,9 @@ if st.button("Load", type="primary", disabled=not spec):
 
 options = st.session_state.model_options
 if st.session_state.get("model_loaded"):
-    from calib_core.models import describe_model, estimate_memory, resolve_device
+    from calib_core.models import describe_model, resolve_device
+    from calib_core.prune.memory import estimate_memory
+    from calib_core.prune.methods import METHODS
 
     loaded = cached_model(st.session_state.model_spec, **options)
     info = describe_model(loaded.model)
@@ -64,7 +66,8 @@ if st.session_state.get("model_loaded"):
     nsamples = n.number_input("nsamples", 1, 2048, 32)
     seqlen = L.number_input("seqlen", 8, 8192, 512)
     for method in ("wanda", "sparsegpt"):
-        estimate = estimate_memory(loaded.model, nsamples, seqlen, method, resolve_device(st.session_state.device))
+        estimate = estimate_memory(loaded.model, nsamples, seqlen, METHODS[method].needs,
+                                   resolve_device(st.session_state.device))
         st.write(f"Memory estimate for {method}: {estimate.describe()}")
 else:
     st.caption("No model loaded yet: pages work lazily and load it when they need it.")

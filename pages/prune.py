@@ -5,14 +5,15 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from calib_core.data import MODES
+from calib_core.data import BUILTIN_SOURCES, MODES
 from calib_core.errors import CalibLabError
 from calib_core.evaluate import PROTOCOLS
 from calib_core.jobs import manager
 from calib_core.pipeline import PruneJob, check_outputs, run_prune_job
-from calib_core.models import estimate_memory, resolve_device
+from calib_core.models import resolve_device
 from calib_core.prune import PruneConfig
-from calib_core.prune.config import DSNOT_RULES, DSNOT_SPARSEGPT_INIT, DSNOT_THRESHOLD_SCALE, OWL_NM_RULES, SUBLAYERS
+from calib_core.prune.memory import estimate_memory
+from calib_core.prune.methods import ENGINE_OPTIONS, METHODS, statistics_needed
 from ui_cache import access_policy, cached_model
 
 st.title("Prune")
@@ -30,19 +31,40 @@ with st.expander("How the methods choose weights"):
 
 # Streamlit forgets a page's widgets when the user leaves it: keep the last submitted settings.
 last = st.session_state.setdefault("prune_form", {})
-METHODS, BASES, PATTERNS = ["wanda", "magnitude", "sparsegpt", "dsnot", "owl"], ["wanda", "sparsegpt", "magnitude"], \
-    ["unstructured", "2:4", "4:8"]
-EVAL_SOURCES = ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"]
+DEFAULTS = PruneConfig()
+PATTERNS = ["unstructured", "2:4", "4:8"]
+EVAL_SOURCES = BUILTIN_SOURCES
 # Labels for the concat-mode separators worth offering (a text box cannot show a blank line).
 SEPARATORS = {"blank line (\\n\\n)": "\n\n", "space (the authors' Wanda code for self-generated data)": " ",
               "newline (\\n)": "\n"}
 
+
+def choice(column, label: str, options: list, key: str, default, **kwargs):
+    """A selectbox that starts on the last submitted value (or `default`)."""
+    value = last.get(key, default)
+    return column.selectbox(label, options, options.index(value) if value in options else 0, **kwargs)
+
+
+def option_selectors(options, columns) -> dict:
+    """One selector per categorical registry option, labelled and explained by the registry."""
+    chosen = {}
+    for option, column in zip((o for o in options if o.choices), columns):
+        label = option.field.replace("_", " ").replace("dsnot", "DSnoT").replace("owl", "OWL").replace("nm", "N:M")
+        chosen[option.field] = choice(column, label, list(option.choices), option.field,
+                                      getattr(DEFAULTS, option.field), help=option.help)
+    return chosen
+
+
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns(4)
-    method = c1.selectbox("Method", METHODS, METHODS.index(last.get("method", "wanda")))
-    base = c2.selectbox("Base (DSnoT / OWL)", BASES, BASES.index(last.get("base", "wanda")))
-    pattern = c3.selectbox("Pattern", PATTERNS, PATTERNS.index(last.get("pattern", "unstructured")))
-    sparsity = c4.slider("Sparsity (unstructured)", 0.0, 0.95, last.get("sparsity", 0.5), 0.05)
+    method = choice(c1, "Method", list(METHODS), "method", DEFAULTS.method,
+                    help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
+    bases = list(METHODS[method].bases)
+    base = choice(c2, "Base", bases or ["(none)"], "base", bases[0] if bases else "(none)", disabled=not bases,
+                  help=f"What {method} builds on" if bases else f"{method} is a mask method itself")
+    base = base if bases else None
+    pattern = choice(c3, "Pattern", PATTERNS, "pattern", DEFAULTS.pattern)
+    sparsity = c4.slider("Sparsity (unstructured)", 0.0, 0.95, last.get("sparsity", DEFAULTS.sparsity), 0.05)
     c5, c6, c7, c8 = st.columns(4)
     calib = c5.text_input("Calibration source", st.session_state.calib_source,
                           help="builtin:NAME, set:NAME, file:PATH, tokens:PATH or hf:NAME[:CONFIG[:SPLIT]]")
@@ -57,62 +79,41 @@ with st.container(border=True):
                                   placeholder="auto: 0.08, or 2 (in N) for N:M")
     with st.expander("More settings"):
         d1, d2, d3, d4 = st.columns(4)
-        blocksize = d1.number_input("SparseGPT blocksize", 1, 4096, last.get("blocksize", 128))
-        damp = d2.number_input("SparseGPT damping", 0.0, 1.0, last.get("damp", 0.01), format="%.3f")
-        dsnot_cycles = d3.number_input("DSnoT cycles", 1, 1000, last.get("dsnot_cycles", 50))
-        dsnot_sublayers = d4.selectbox(
-            "DSnoT sublayers", SUBLAYERS, SUBLAYERS.index(last.get("dsnot_sublayers", "skip-mlp")),
-            help="skip-mlp (the DSnoT authors' default): mlp.* keep the initial mask, only attention is refined")
-        d5, d6, d7, d8 = st.columns(4)
-        dsnot_rule = d5.selectbox(
-            "DSnoT swap rule", DSNOT_RULES, DSNOT_RULES.index(last.get("dsnot_rule", "original")),
-            help="original: swap while |err| > threshold (the authors' default); same-sign: also keep err's sign; "
-                 "improve: our variant, a swap must shrink |err|")
-        dsnot_sparsegpt_init = d6.selectbox(
-            "DSnoT SparseGPT start", DSNOT_SPARSEGPT_INIT,
-            DSNOT_SPARSEGPT_INIT.index(last.get("dsnot_sparsegpt_init", "static")),
-            help="static: the authors' per-row W^2/diag(H^-1)^2 mask; full: our variant, a whole SparseGPT pass's mask")
-        dsnot_threshold_scale = d7.selectbox(
-            "DSnoT threshold scale", DSNOT_THRESHOLD_SCALE,
-            DSNOT_THRESHOLD_SCALE.index(last.get("dsnot_threshold_scale", "none")),
-            help="DSnoT's error sums over tokens; seqlen scales the threshold 0.1 (set for 2048 tokens) by seqlen/2048")
-        owl_nm_rule = d8.selectbox(
-            "OWL mixed N:M rule", OWL_NM_RULES, OWL_NM_RULES.index(last.get("owl_nm_rule", "original")),
-            help="original: the OWL authors' rounding, the mean N may differ from the target; balanced: our "
-                 "variant keeps the mean N")
-        propagate = st.radio("Next block sees", ["pruned", "dense"], horizontal=True)
+        blocksize = d1.number_input("SparseGPT blocksize", 1, 4096, last.get("blocksize", DEFAULTS.sparsegpt_blocksize))
+        damp = d2.number_input("SparseGPT damping", 0.0, 1.0, last.get("damp", DEFAULTS.sparsegpt_damp), format="%.3f")
+        dsnot_cycles = d3.number_input("DSnoT cycles", 1, 1000, last.get("dsnot_cycles", DEFAULTS.dsnot_cycles))
+        dsnot_threshold = d4.number_input("DSnoT threshold", 0.0, 100.0,
+                                          last.get("dsnot_threshold", DEFAULTS.dsnot_threshold), format="%.3f")
+        categorical = option_selectors(METHODS["dsnot"].options + METHODS["owl"].options + ENGINE_OPTIONS,
+                                       st.columns(4) + st.columns(4))
         e1, e2, e3 = st.columns(3)
-        mode = e1.selectbox("Sampling mode", MODES, MODES.index(last.get("mode", "document")),
-                            help="document: a window of one document longer than seqlen; concat: windows of all "
-                                 "texts joined; document_pad: a whole text with more than seqlen - 3 tokens, "
-                                 "padded with token id 0 (the authors' OWL/DSnoT code for self-generated data)")
-        separator = e2.selectbox("Concat separator", list(SEPARATORS),
-                                 list(SEPARATORS).index(last.get("separator", next(iter(SEPARATORS)))),
-                                 disabled=mode != "concat")
-        ppl_protocol = e3.selectbox("Perplexity protocol", PROTOCOLS,
-                                    PROTOCOLS.index(last.get("ppl_protocol", "heldout")),
-                                    help="heldout: eval texts without empty rows, no special tokens; wikitext2: "
-                                         "Wanda/SparseGPT's WikiText-2 stream (every row incl. empty ones, with the "
-                                         "tokenizer's special tokens)")
+        mode = choice(e1, "Sampling mode", list(MODES), "mode", "document",
+                      help="document: a window of one document longer than seqlen; concat: windows of all texts "
+                           "joined; document_pad: a whole text with more than seqlen - 3 tokens, padded with token "
+                           "id 0 (the authors' OWL/DSnoT code for self-generated data)")
+        separator = choice(e2, "Concat separator", list(SEPARATORS), "separator", next(iter(SEPARATORS)),
+                           disabled=mode != "concat")
+        ppl_protocol = choice(e3, "Perplexity protocol", list(PROTOCOLS), "ppl_protocol", "heldout",
+                              help="heldout: eval texts without empty rows, no special tokens; wikitext2: "
+                                   "Wanda/SparseGPT's WikiText-2 stream (every row incl. empty ones, with the "
+                                   "tokenizer's special tokens)")
         f1, f2 = st.columns([3, 1])
-        save = f1.text_input("Save the pruned model to folder (optional)",
+        save = f1.text_input("Save the pruned model to folder (optional)", last.get("save", ""),
                              help=f"This app is shared: a folder inside {access_policy().workspace}."
                              if access_policy().shared else "Written whole when the run ends, report included.")
         overwrite = f2.checkbox("Replace a non-empty folder", help="Its files are removed.")
     st.session_state.prune_form = dict(
         method=method, base=base, pattern=pattern, sparsity=sparsity, nsamples=nsamples, seqlen=seqlen, seed=seed,
         evals=evals, eval_windows=eval_windows, owl_m=owl_m, owl_lambda=owl_lambda, blocksize=blocksize, damp=damp,
-        dsnot_cycles=dsnot_cycles, mode=mode, separator=separator, ppl_protocol=ppl_protocol,
-        dsnot_sublayers=dsnot_sublayers, dsnot_rule=dsnot_rule, dsnot_sparsegpt_init=dsnot_sparsegpt_init,
-        dsnot_threshold_scale=dsnot_threshold_scale, owl_nm_rule=owl_nm_rule)
+        dsnot_cycles=dsnot_cycles, dsnot_threshold=dsnot_threshold, mode=mode, separator=separator,
+        ppl_protocol=ppl_protocol, save=save, **categorical)
     if method == "owl" and ":" in pattern and base != "wanda":
         st.caption(f"Mixed N:M on a {base} base is a Calibration Lab extension: the OWL authors mix N only for Wanda. "
                    "The run record says so.")
-    estimate_method = base if method in ("dsnot", "owl") else method
     if st.session_state.get("model_loaded") or st.toggle("Show the memory estimate (loads the model)"):
         try:
             loaded = cached_model(st.session_state.model_spec, **st.session_state.model_options)
-            estimate = estimate_memory(loaded.model, int(nsamples), int(seqlen), estimate_method,
+            estimate = estimate_memory(loaded.model, int(nsamples), int(seqlen), statistics_needed(method, base),
                                        resolve_device(st.session_state.device))
             st.caption(f"Memory estimate: {estimate.describe()}")
         except CalibLabError as exc:
@@ -122,12 +123,9 @@ with st.container(border=True):
 if submitted:
     try:
         config = PruneConfig(
-            method=method, base=base if method in ("dsnot", "owl") else None, pattern=pattern, sparsity=sparsity,
-            owl_m=owl_m, owl_lambda=owl_lambda, sparsegpt_blocksize=int(blocksize), sparsegpt_damp=damp,
-            dsnot_cycles=int(dsnot_cycles), dsnot_sublayers=dsnot_sublayers, dsnot_rule=dsnot_rule,
-            dsnot_sparsegpt_init=dsnot_sparsegpt_init, dsnot_threshold_scale=dsnot_threshold_scale,
-            owl_nm_rule=owl_nm_rule, propagate=propagate,
-            device=st.session_state.device,
+            method=method, base=base, pattern=pattern, sparsity=sparsity, owl_m=owl_m, owl_lambda=owl_lambda,
+            sparsegpt_blocksize=int(blocksize), sparsegpt_damp=damp, dsnot_cycles=int(dsnot_cycles),
+            dsnot_threshold=dsnot_threshold, device=st.session_state.device, **categorical,
         ).resolved()
         job = PruneJob(
             model=st.session_state.model_spec, dtype=st.session_state.model_options["dtype"],

@@ -2,7 +2,7 @@ import plotly.express as px
 import streamlit as st
 
 from calib_core import sets
-from calib_core.data import MODES
+from calib_core.data import BUILTIN_SOURCES, MODES
 from calib_core.jobs import manager
 from calib_core.models import load_model, place_for_inference
 from calib_core.errors import CalibLabError
@@ -23,10 +23,10 @@ seed as a pruning run), each with the tokenizer's BOS first where it adds one, s
 is scored and sets of short texts (self-generated) and long ones are compared on equally long items.
 "Whole texts" scores each text's first N tokens instead (no special tokens).
 """)
-options = ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"] + [f"set:{n}" for n in sets.list_sets()]
+options = list(BUILTIN_SOURCES) + [f"set:{n}" for n in sets.list_sets()]
 chosen = st.multiselect("Sets to compare", options, options[:2])
 c1, c2, c3, c4 = st.columns(4)
-reference = c1.selectbox("Reference corpus", [None, "builtin:wiki", "builtin:news", "builtin:books", "builtin:code"]
+reference = c1.selectbox("Reference corpus", [None, *BUILTIN_SOURCES]
                          + list(REFERENCE_CORPORA), help="Online corpora stream from the hub; offline they fail clearly.")
 samples = c2.number_input("Items per set", 2, 2000, 16)
 k = c3.slider("K", 0.05, 1.0, 0.5)

@@ -4,16 +4,17 @@ import streamlit as st
 import yaml
 
 from calib_core import sets
-from calib_core.data import MODES
+from calib_core.data import BUILTIN_SOURCES, MODES
 from calib_core.errors import CalibLabError, ConfigError
 from calib_core.jobs import manager
+from calib_core.prune.methods import METHODS
 from calib_core.runs import RunStore
 from calib_core.sweep_figures import export, sweep_figures
 from calib_core.sweep_stats import PPL, spread_by_setting, summarize, sweep_frame, welch_test
 from calib_core.sweeps import SweepGrid, run_sweep
 from ui_cache import access_policy
 
-BUILTIN = ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"]
+BUILTIN = list(BUILTIN_SOURCES)
 
 st.title("Sweeps")
 with st.expander("Why sweeps, and how to read them"):
@@ -49,7 +50,7 @@ with grid_tab:
         c1, c2 = st.columns(2)
         sources = c1.multiselect("Calibration sources", BUILTIN + [f"set:{s}" for s in sets.list_sets()],
                                  ["builtin:wiki", "builtin:news"])
-        methods = c2.multiselect("Methods", ["magnitude", "wanda", "sparsegpt", "dsnot", "owl"], ["magnitude", "wanda"])
+        methods = c2.multiselect("Methods", list(METHODS), ["magnitude", "wanda"])
         settings = c1.multiselect("Sparsities / patterns", ["0.5", "0.6", "0.7", "0.8", "4:8", "2:4"], ["0.5", "0.6"])
         nsamples = c2.text_input("Calibration samples (comma-separated)", "8")
         seeds = c1.number_input("Seeds", 1, 50, 3)

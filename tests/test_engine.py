@@ -186,6 +186,6 @@ def test_invalid_configs_are_refused_before_work(config):
 
 
 def test_run_that_cannot_fit_is_refused_with_estimate(monkeypatch):
-    monkeypatch.setattr("calib_core.models.available_memory", lambda device: 1024)
+    monkeypatch.setattr("calib_core.prune.memory.available_memory", lambda device: 1024)
     with pytest.raises(InsufficientMemoryError, match="calibration buffers"):
         prune_model(tiny_model("llama"), random_ids(2, 8), PruneConfig())

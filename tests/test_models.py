@@ -9,7 +9,9 @@ from transformers import BertConfig, BertForMaskedLM
 
 from calib_core import hub, models
 from calib_core.errors import ModelLoadError, UnsupportedModelError
-from calib_core.models import decoder_blocks, describe_model, estimate_memory, family_of, load_model, prunable_modules
+from calib_core.models import decoder_blocks, describe_model, family_of, load_model, prunable_modules
+from calib_core.prune.memory import estimate_memory
+from calib_core.prune.methods import METHODS
 from tests.tiny import FAMILY_CONFIGS, tiny_model
 
 
@@ -85,9 +87,9 @@ def test_bad_dtype_is_refused():
 def test_memory_estimate_grows_with_samples_and_sparsegpt():
     model = tiny_model("llama")
     cpu = torch.device("cpu")
-    small = estimate_memory(model, 8, 128, "wanda", cpu)
-    big = estimate_memory(model, 64, 128, "wanda", cpu)
-    hessians = estimate_memory(model, 8, 128, "sparsegpt", cpu)
+    small = estimate_memory(model, 8, 128, METHODS["wanda"].needs, cpu)
+    big = estimate_memory(model, 64, 128, METHODS["wanda"].needs, cpu)
+    hessians = estimate_memory(model, 8, 128, METHODS["sparsegpt"].needs, cpu)
     assert big.calibration_buffers == 8 * small.calibration_buffers
     assert hessians.method_statistics > small.method_statistics
     assert small.calibration_buffers == 2 * 8 * 128 * 64 * 4

@@ -1,11 +1,12 @@
 """Pruning: the layer-wise engine and one module per method."""
 
-from .config import METHODS, PruneConfig
+from .config import PruneConfig
 from .engine import PruneResult, capture_block_inputs, prune_model
 from .events import AllocationEvent, BlockRecord, ModuleRecord, StageEvent
 from .masks import Pattern, parse_pattern
+from .methods import METHODS, Method, Option
 
 __all__ = [
-    "METHODS", "PruneConfig", "PruneResult", "prune_model", "capture_block_inputs",
+    "METHODS", "Method", "Option", "PruneConfig", "PruneResult", "prune_model", "capture_block_inputs",
     "AllocationEvent", "BlockRecord", "ModuleRecord", "StageEvent", "Pattern", "parse_pattern",
 ]

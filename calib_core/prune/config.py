@@ -6,26 +6,7 @@ from dataclasses import asdict, dataclass, replace
 
 from ..errors import ConfigError
 from .masks import Pattern, check_sparsity, parse_pattern
-
-METHODS = ("magnitude", "wanda", "sparsegpt", "dsnot", "owl")
-BASES = {"dsnot": ("wanda", "sparsegpt"), "owl": ("wanda", "sparsegpt", "magnitude")}
-# "skip-mlp" is the DSnoT authors' default (`--skip_layer mlp`): modules whose first name part is
-# `mlp` keep the initial mask; on Llama-style names only the attention Linears are refined.
-SUBLAYERS = ("skip-mlp", "all", "attention", "mlp")
-# DSnoT's swap rule: "original" applies the swap while |err| > threshold (the authors' default,
-# `without_same_sign`); "same-sign" adds their optional test that err keeps its initial sign;
-# "improve" is our variant: a swap must shrink |err|, and a row stops at its first rejected swap.
-DSNOT_RULES = ("original", "same-sign", "improve")
-# DSnoT on a SparseGPT base: "static" is the authors' initial mask (per-row W^2 / diag(H^-1)^2, no
-# weight update); "full" is our variant (the mask of a complete SparseGPT pass).
-DSNOT_SPARSEGPT_INIT = ("static", "full")
-# DSnoT's error is a sum over tokens, so its threshold depends on seqlen: "none" uses it as given
-# (the authors tuned 0.1 at 2048 tokens); "seqlen" scales it by seqlen / 2048.
-DSNOT_THRESHOLD_SCALE = ("none", "seqlen")
-# OWL mixed N:M: "original" is the authors' rule (width lambda, N_l = N - round(r_l - mean r), mean N
-# may drift from the target); "balanced" is our variant (width 2 lambda, clipped, mean N kept).
-OWL_NM_RULES = ("original", "balanced")
-PROPAGATION = ("pruned", "dense")
+from .methods import METHODS, all_options
 
 
 @dataclass(frozen=True)
@@ -62,7 +43,7 @@ class PruneConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.method != "magnitude"
+        return METHODS[self.method].needs_calibration
 
     def resolved(self) -> "PruneConfig":
         """Validate and fill method-dependent defaults."""
@@ -71,24 +52,21 @@ class PruneConfig:
         pattern = self.parsed_pattern
         if not pattern.is_nm:
             check_sparsity(self.sparsity)
+        bases = METHODS[self.method].bases
         base = self.base
-        if self.method in BASES:
-            base = base or "wanda"
-            if base not in BASES[self.method]:
-                raise ConfigError(
-                    f"{self.method} cannot build on '{base}': choose one of {', '.join(BASES[self.method])}."
-                )
+        if bases:
+            base = base or bases[0]
+            if base not in bases:
+                raise ConfigError(f"{self.method} cannot build on '{base}': choose one of {', '.join(bases)}.")
         elif base not in (None, self.method):
-            raise ConfigError(f"--base only applies to dsnot and owl, not {self.method}.")
+            raise ConfigError(f"--base only applies to {' and '.join(n for n, m in METHODS.items() if m.bases)}, "
+                              f"not {self.method}.")
         else:
             base = None
-        for name, choices in (("dsnot_sublayers", SUBLAYERS), ("dsnot_rule", DSNOT_RULES),
-                              ("dsnot_sparsegpt_init", DSNOT_SPARSEGPT_INIT),
-                              ("dsnot_threshold_scale", DSNOT_THRESHOLD_SCALE), ("owl_nm_rule", OWL_NM_RULES)):
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"{name} must be one of {', '.join(choices)}, got '{getattr(self, name)}'.")
-        if self.propagate not in PROPAGATION:
-            raise ConfigError(f"propagate must be one of {PROPAGATION}, got '{self.propagate}'.")
+        for option in all_options():
+            if option.choices and getattr(self, option.field) not in option.choices:
+                raise ConfigError(f"{option.field} must be one of {', '.join(option.choices)}, "
+                                  f"got '{getattr(self, option.field)}'.")
         for name in ("sparsegpt_blocksize", "batch_size", "dsnot_cycles"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer.")

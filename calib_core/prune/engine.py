@@ -18,25 +18,17 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, PruningCancelled
-from ..models import (
-    check_memory,
-    decoder_blocks,
-    estimate_memory,
-    is_quantized,
-    prunable_modules,
-    resolve_device,
-    set_weight_matrix,
-    weight_matrix,
-)
+from ..models import decoder_blocks, is_quantized, prunable_modules, resolve_device, set_weight_matrix, weight_matrix
 from .config import PruneConfig
 from .dsnot import dsnot_refine
 from .events import AllocationEvent, BlockRecord, ModuleRecord, StageEvent
-from .magnitude import magnitude_mask
 from .masks import mask_from_scores
+from .memory import check_memory, estimate_memory
+from .methods import HESSIAN, MEAN_VAR, mask_method, statistics_needed
 from .owl import outlier_ratio, owl_nm_allocation, owl_sparsities
-from .sparsegpt import sparsegpt_prune, sparsegpt_static_scores
+from .sparsegpt import sparsegpt_static_scores
 from .stats import InputStats
-from .wanda import wanda_mask, wanda_scores
+from .wanda import wanda_scores
 
 
 class CancelToken(Protocol):
@@ -297,8 +289,8 @@ class Pruner:
         return None
 
     def memory_estimate(self, nsamples: int, seqlen: int):
-        method = self.cfg.base if self.cfg.method in ("owl", "dsnot") else self.cfg.method
-        return estimate_memory(self.model, nsamples, seqlen, method, self.device, self.cfg.batch_size)
+        needs = statistics_needed(self.cfg.method, self.cfg.base)
+        return estimate_memory(self.model, nsamples, seqlen, needs, self.device, self.cfg.batch_size)
 
     # ------------------------------------------------------------ internals
     def _check_cancel(self):
@@ -315,10 +307,8 @@ class Pruner:
 
     def _prune_blocks(self, inputs: BlockInputs | None, targets, allocation) -> list[BlockRecord]:
         cfg = self.cfg
-        method = cfg.base if cfg.method == "owl" else cfg.method
-        base = cfg.base if cfg.method == "dsnot" else method
-        need_mean = cfg.method == "dsnot"
-        need_hessian = base == "sparsegpt"
+        needs = statistics_needed(cfg.method, cfg.base)
+        need_mean, need_hessian = MEAN_VAR in needs, HESSIAN in needs
         outputs = torch.empty_like(inputs.hidden) if inputs is not None else None
         records = []
         self.emit(StageEvent("prune", 0, len(self.blocks), 0.0))
@@ -340,9 +330,7 @@ class Pruner:
             module_records = []
             for name, module in modules.items():
                 self._check_cancel()
-                module_records.append(
-                    self._prune_module(index, name, module, hooks, sparsity, pattern, method, base)
-                )
+                module_records.append(self._prune_module(index, name, module, hooks, sparsity, pattern))
                 self.emit(module_records[-1])
             if inputs is not None:
                 # The last block's outputs feed nothing we measure: skip its re-run.
@@ -365,55 +353,49 @@ class Pruner:
             self.emit(StageEvent("prune", index + 1, len(self.blocks), record.seconds))
         return records
 
-    def _prune_module(self, index, name, module, hooks, sparsity, pattern, method, base) -> ModuleRecord:
-        cfg = self.cfg
+    def _prune_module(self, index, name, module, hooks, sparsity, pattern) -> ModuleRecord:
         t = time.perf_counter()
         W = weight_matrix(module)
         stats = hooks.stats.get(name) if hooks else None
         original = W.float().clone() if hooks and name in hooks.recon_x else None
-        refine = method == "dsnot" and self._dsnot_applies(name)
-        if method == "dsnot":
-            (self._dsnot_refined if refine else self._dsnot_skipped).add(name)
-        static_init = method == "dsnot" and cfg.dsnot_sparsegpt_init == "static"
-        if method == "magnitude":
-            W[magnitude_mask(W, sparsity, pattern)] = 0
-        elif base == "sparsegpt" and not refine and not static_init:
-            new_W, _mask = self._sparsegpt(W, stats, sparsity, pattern)
+        if self.cfg.method == "dsnot":
+            mask, new_W = self._dsnot_prune(name, W, stats, sparsity, pattern)
+        else:
+            mask, new_W = mask_method(self.cfg.method, self.cfg.base).prune(W, stats, sparsity, pattern, self.cfg)
+        if new_W is not None:
             set_weight_matrix(module, new_W)
         else:
-            initial_metric = None
-            if base == "sparsegpt" and static_init:
-                # The DSnoT authors' SparseGPT base: the static saliency per row, weights unchanged.
-                initial_metric = sparsegpt_static_scores(W, stats.hessian(), cfg.sparsegpt_damp)
-                mask = mask_from_scores(initial_metric, sparsity, pattern, per_row=True)
-            elif base == "sparsegpt":
-                # Our variant: DSnoT refines a full SparseGPT pass's mask over the original weights.
-                _new_W, mask = self._sparsegpt(W, stats, sparsity, pattern)
-            else:
-                mask = wanda_mask(W, stats, sparsity, pattern)
-            if refine:
-                mask = dsnot_refine(W, mask, stats, pattern, self._dsnot_threshold, cfg.dsnot_cycles,
-                                    cfg.dsnot_var_power, cfg.dsnot_rule, initial_metric)
             W[mask] = 0
         achieved = float((weight_matrix(module) == 0).sum()) / W.numel()
         error = rel = None
         if original is not None:
-            delta = original - weight_matrix(module).float()
-            x = hooks.recon_x[name].float()
-            error = float(torch.linalg.matrix_norm(x @ delta.t()))
-            dense_out = x @ original.t()
-            if module.bias is not None:
-                dense_out += module.bias.float()
-            denom = float(torch.linalg.matrix_norm(dense_out))
-            rel = error / denom if denom > 0 else None
+            error, rel = _reconstruction_error(hooks.recon_x[name].float(), original, weight_matrix(module).float(),
+                                               module.bias)
         return ModuleRecord(
             block=index, name=name, shape=list(W.shape), target_sparsity=sparsity, pattern=str(pattern),
             sparsity=achieved, recon_error=error, rel_recon_error=rel, seconds=time.perf_counter() - t,
         )
 
-    def _sparsegpt(self, W, stats, sparsity, pattern):
+    def _dsnot_prune(self, name, W, stats, sparsity, pattern) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """DSnoT: its base's initial mask, refined where the sublayer rule applies. A module it does not
+        refine on the "full" SparseGPT start is pruned by SparseGPT itself, weight update included."""
         cfg = self.cfg
-        return sparsegpt_prune(W, stats.hessian(), sparsity, pattern, cfg.sparsegpt_blocksize, cfg.sparsegpt_damp)
+        refine = self._dsnot_applies(name)
+        (self._dsnot_refined if refine else self._dsnot_skipped).add(name)
+        initial_metric = None
+        if cfg.base == "sparsegpt" and cfg.dsnot_sparsegpt_init == "static":
+            # The DSnoT authors' SparseGPT base: the static saliency per row, weights unchanged.
+            initial_metric = sparsegpt_static_scores(W, stats.hessian(), cfg.sparsegpt_damp)
+            mask = mask_from_scores(initial_metric, sparsity, pattern, per_row=True)
+        elif cfg.base == "sparsegpt" and not refine:
+            return mask_method("sparsegpt").prune(W, stats, sparsity, pattern, cfg)
+        else:
+            # Wanda, or our "full" variant: DSnoT refines a whole SparseGPT pass's mask over the original weights.
+            mask = mask_method("dsnot", cfg.base).prune(W, stats, sparsity, pattern, cfg)[0]
+        if refine:
+            mask = dsnot_refine(W, mask, stats, pattern, self._dsnot_threshold, cfg.dsnot_cycles,
+                                cfg.dsnot_var_power, cfg.dsnot_rule, initial_metric)
+        return mask, None
 
     def _dsnot_applies(self, name: str) -> bool:
         which = self.cfg.dsnot_sublayers
@@ -451,6 +433,16 @@ class Pruner:
         allocation = AllocationEvent(ratios, sparsities, [str(p) for _, p in targets],
                                      sum(sparsities) / len(sparsities))
         return targets, allocation
+
+
+def _reconstruction_error(x: torch.Tensor, original: torch.Tensor, pruned: torch.Tensor, bias) -> tuple:
+    """||X (W - W')^T|| and that relative to the dense output ||X W^T + b||."""
+    error = float(torch.linalg.matrix_norm(x @ (original - pruned).t()))
+    dense_out = x @ original.t()
+    if bias is not None:
+        dense_out += bias.float()
+    denom = float(torch.linalg.matrix_norm(dense_out))
+    return error, (error / denom if denom > 0 else None)
 
 
 def _weighted_sparsity(records: list[ModuleRecord]) -> float:
