@@ -65,3 +65,8 @@ def block_agreement(per_module: pd.DataFrame) -> pd.DataFrame:
     """Jaccard per block, pooled over the block's modules (weighted by their sizes)."""
     sums = per_module.groupby("block")[["kept_both", "kept_either"]].sum()
     return pd.DataFrame({"block": sums.index, "jaccard": (sums.kept_both / sums.kept_either).values})
+
+
+def overall_jaccard(per_module: pd.DataFrame) -> float:
+    """Jaccard of the kept weights of the whole model, pooled over every module."""
+    return float(per_module.kept_both.sum() / per_module.kept_either.sum())

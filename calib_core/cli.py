@@ -254,19 +254,10 @@ def _load(args):
     return loaded, time.perf_counter() - t
 
 
-def _perplexities(args, loaded, seqlen):
-    from .evaluate import perplexity
-
-    if args.no_eval:
-        return []
-    results = []
-    for spec in args.eval or DEFAULT_EVAL:
-        result = perplexity(loaded.model, loaded.tokenizer, spec, seqlen=args.eval_seqlen or seqlen,
-                            max_windows=args.eval_windows, device=args.device, protocol=args.ppl_protocol)
-        print(f"ppl {spec}: {result.ppl:.3f}  ({args.ppl_protocol}, {result.windows} x {result.seqlen} tokens, "
-              f"{result.seconds:.1f} s)")
-        results.append(result)
-    return results
+def _print_result(event) -> None:
+    """Measured results go to stdout, one line each (progress and notes go to stderr)."""
+    if getattr(event, "kind", "") == "pipeline" and event.stage in ("ppl", "cloze", "zeroshot"):
+        print(event.message)
 
 
 def _cmd_prune(args) -> int:
@@ -291,11 +282,10 @@ def _cmd_prune(args) -> int:
 
     def on_event(event):
         nonlocal bar
-        if event.kind == "pipeline":
-            if event.stage in ("ppl", "cloze", "zeroshot"):
-                print(event.message)
-            elif event.stage in ("load", "estimate", "run", "saved") or event.message.startswith("note: "):
-                print(f"{event.stage}: {event.message}", file=sys.stderr)
+        _print_result(event)
+        if event.kind == "pipeline" and (event.stage in ("load", "estimate", "run", "saved")
+                                         or event.message.startswith("note: ")):
+            print(f"{event.stage}: {event.message}", file=sys.stderr)
         elif event.kind == "block":
             blocks.append(event)
             bar.update(1)
@@ -317,26 +307,19 @@ def _cmd_prune(args) -> int:
 def _cmd_eval(args) -> int:
     from .files import check_output_file
     from .models import describe_model
+    from .pipeline import evaluate_model
     from .runs import run_record, write_json
 
     if args.report:
         check_output_file(args.report)
     loaded, load_seconds = _load(args)
-    perplexities = _perplexities(args, loaded, args.seqlen)
-    zeroshot = None
-    if args.lm_eval is not None:
-        from .zeroshot import lm_eval_accuracy
-
-        zeroshot = lm_eval_accuracy(loaded.model, loaded.tokenizer, args.lm_eval, args.lm_eval_limit,
-                                    include_path=args.lm_eval_include)
-        for task in zeroshot.tasks:
-            print(f"{task.task}: {task.reported} {task.value:.4f}")
-        print(f"mean: {zeroshot.mean:.4f}")
+    sources = [] if args.no_eval else (args.eval or DEFAULT_EVAL)
+    evaluation = evaluate_model(loaded, sources, args.eval_seqlen or args.seqlen, args.eval_windows, args.ppl_protocol,
+                                args.device, 0, args.lm_eval, args.lm_eval_limit, args.lm_eval_include, _print_result)
     if args.report:
-        record = run_record(args.model, describe_model(loaded.model), None, None, perplexities,
-                            {"load_model": load_seconds}, loaded.notes)
-        if zeroshot is not None:
-            record["zeroshot"] = zeroshot.as_dict()
+        record = run_record(args.model, describe_model(loaded.model), None, None, evaluation.perplexities,
+                            {"load_model": load_seconds, **evaluation.timings}, loaded.notes)
+        record.update(evaluation.extras)
         write_json(args.report, record)
     return 0
 
@@ -403,18 +386,13 @@ def _cmd_sets(args) -> int:
 
 def _cmd_similarity(args) -> int:
     from .files import check_output_file
-    from .similarity import build_reference, sample_for_scoring, similarity_table
+    from .similarity import compare_sources
 
     if args.out:
         check_output_file(args.out, (".csv",))
     loaded, _ = _load(args)
-    named = {spec: sample_for_scoring(spec, loaded.tokenizer, args.samples, args.seed, args.scoring, args.seqlen,
-                                      args.mode, args.concat_separator) for spec in args.sets}
-    reference = None
-    if args.reference:
-        reference = build_reference(args.reference, args.ngram, model=loaded.model, tokenizer=loaded.tokenizer,
-                                    window=args.max_tokens, seed=args.seed)
-    table, summary = similarity_table(loaded.model, loaded.tokenizer, named, reference, args.k, args.max_tokens,
+    table, _summary = compare_sources(loaded.model, loaded.tokenizer, args.sets, args.samples, args.seed, args.scoring,
+                                      args.seqlen, args.mode, args.concat_separator, args.reference, args.ngram, args.k,
                                       args.max_tokens)
     means = table.drop(columns=["sample", "text"]).groupby("set", sort=False).agg(["mean", "std"])
     print(means.to_string(float_format=lambda v: f"{v:.4f}"))
@@ -423,7 +401,7 @@ def _cmd_similarity(args) -> int:
     else:
         scored = f"whole texts cut to {args.max_tokens} tokens, window {args.max_tokens}"
     print(f"(K = {args.k}; scored: {scored}; tokens per scored item: {table['tokens'].min()}-{table['tokens'].max()}"
-          f"{'; reference ' + reference.spec if reference else ''})")
+          f"{'; reference ' + table.attrs['reference'] if table.attrs['reference'] else ''})")
     if args.out:
         from .files import atomic_file
 
@@ -465,9 +443,7 @@ def _cmd_sweep(args) -> int:
         check_output_folder(args.figures, overwrite=True)  # figures replace their own files
     store = RunStore()
     if args.dry_run:
-        done = store.finished_points(grid.name)
-        for point in grid.points():
-            print(f"{'done' if point.key in done else 'todo'}  {point.key}  {point.label()}")
+        _print_plan(grid.points(), store.finished_points(grid.name))
         return 0
 
     def on_event(event):
@@ -482,6 +458,13 @@ def _cmd_sweep(args) -> int:
     if args.figures:
         _export_sweep(store, grid.name, args.figures)
     return 1 if summary.failed else 0
+
+
+def _print_plan(points, done: set, to_run: set | None = None) -> None:
+    """One line per point: done, todo, or carried (over from an earlier report, when `to_run` is given)."""
+    for point in points:
+        state = "done" if point.key in done else ("todo" if to_run is None or point.key in to_run else "carried")
+        print(f"{state:7}  {point.key}  {point.label()}")
 
 
 def _export_sweep(store, name: str, folder: str) -> None:
@@ -539,9 +522,7 @@ def _cmd_reproduce(args) -> int:
         done = store.finished_points(settings.name)
         points = ordered_points(settings)
         to_run = {p.key for p in points_to_run(settings, previous)}
-        for point in points:
-            state = "done" if point.key in done else ("todo" if point.key in to_run else "carried")
-            print(f"{state:7}  {point.key}  {point.label()}")
+        _print_plan(points, done, to_run)
         carried = f", {len(points) - len(to_run)} carried over from {args.previous}" if previous is not None else ""
         print(f"{sum(p.key in done for p in points)}/{len(points)} points finished{carried}")
         return 0
@@ -566,12 +547,13 @@ def _cmd_reproduce(args) -> int:
 
 def block_table(blocks) -> str:
     """Per-block summary: target vs achieved sparsity, OWL outlier ratio, worst module error, time."""
+    from .prune.events import blocks_frame
+
     lines = [f"{'block':>5} {'target':>7} {'pattern':>12} {'achieved':>8} {'outlier%':>8} {'max rel err':>11} {'sec':>6}"]
-    for b in blocks:
-        errors = [m.rel_recon_error for m in b.modules if m.rel_recon_error is not None]
+    for b in blocks_frame(blocks).itertuples():
         lines.append(
-            f"{b.index:>5} {b.target_sparsity:>7.3f} {b.pattern:>12} {b.sparsity:>8.4f} "
+            f"{b.block:>5} {b.target:>7.3f} {b.pattern:>12} {b.achieved:>8.4f} "
             f"{'' if b.outlier_ratio is None else f'{b.outlier_ratio:.3f}':>8} "
-            f"{'' if not errors else f'{max(errors):.4f}':>11} {b.seconds:>6.2f}"
+            f"{'' if b.max_rel_error is None else f'{b.max_rel_error:.4f}':>11} {b.seconds:>6.2f}"
         )
     return "\n".join(lines)

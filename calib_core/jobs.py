@@ -34,6 +34,10 @@ class Job:
     def emit(self, event) -> None:
         self.events.append(event)
 
+    def events_of(self, kind: str) -> list:
+        """The events of one kind ('block', 'module', 'pipeline', 'generation', ...), in order."""
+        return [e for e in list(self.events) if getattr(e, "kind", "") == kind]
+
     def cancel(self) -> None:
         self.cancel_event.set()
 

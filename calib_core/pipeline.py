@@ -123,11 +123,12 @@ def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, l
         emit(PipelineEvent("estimate", f"memory estimate: {estimate.describe()}", estimate.as_dict()))
     result = pruner.run(calibration.input_ids if calibration is not None else None)
     timings.update({f"prune_{k}": v for k, v in result.seconds.items()})
-    perplexities = _perplexities(job, loaded, config, emit, cancel)
-    timings["eval"] = sum(p.seconds for p in perplexities)
-    extras = _zero_shot(job, loaded, emit, timings)
-    record = run_record(job.model, info, calibration, result, perplexities, timings, loaded.notes)
-    record.update(extras)
+    evaluation = evaluate_model(loaded, job.eval, job.eval_seqlen or job.seqlen, job.eval_windows, job.ppl_protocol,
+                                config.device, job.cloze_items, job.lm_eval_tasks, job.lm_eval_limit,
+                                job.lm_eval_include, emit, cancel)
+    timings.update(evaluation.timings)
+    record = run_record(job.model, info, calibration, result, evaluation.perplexities, timings, loaded.notes)
+    record.update(evaluation.extras)
     record["run_id"] = run_id
     record["job"] = {k: v for k, v in asdict(job).items() if k != "config"}
     if job.keep_masks:
@@ -138,46 +139,55 @@ def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, l
     return record
 
 
-def _perplexities(job: PruneJob, loaded, config: PruneConfig, emit, cancel) -> list:
+@dataclass
+class Evaluation:
+    perplexities: list  # PerplexityResult per source
+    extras: dict  # run-record entries: "cloze" and "zeroshot" when asked for
+    timings: dict
+
+
+def evaluate_model(loaded, sources: list[str], seqlen: int, windows: int | None = None, protocol: str = "heldout",
+                   device: str = "auto", cloze_items: int = 0, lm_eval_tasks: list[str] | None = None,
+                   lm_eval_limit: int | None = None, lm_eval_include: str | None = None, on_event=None,
+                   cancel=None) -> Evaluation:
+    """Perplexity on each source, then the cloze proxy and lm-eval accuracies asked for, each result
+    emitted as it comes. A pruning run and `python -m calib_core eval` evaluate through this."""
     from .evaluate import perplexity
 
-    perplexities = []
-    for spec in job.eval:
+    emit = on_event or (lambda event: None)
+    perplexities, extras = [], {}
+    for spec in sources:
         if cancel is not None and cancel.is_set():
             raise PruningCancelled("Cancelled before evaluation.")
-        ppl = perplexity(loaded.model, loaded.tokenizer, spec, seqlen=job.eval_seqlen or job.seqlen,
-                         max_windows=job.eval_windows, device=config.device, protocol=job.ppl_protocol)
+        ppl = perplexity(loaded.model, loaded.tokenizer, spec, seqlen=seqlen, max_windows=windows, device=device,
+                         protocol=protocol)
         perplexities.append(ppl)
-        emit(PipelineEvent("ppl", f"ppl {spec}: {ppl.ppl:.3f} ({job.ppl_protocol}, {ppl.windows} x {ppl.seqlen} "
-                                  f"tokens)", ppl.as_dict()))
-    return perplexities
-
-
-def _zero_shot(job: PruneJob, loaded, emit, timings: dict) -> dict:
-    """The cloze proxy and lm-eval accuracies the job asked for, as record entries."""
-    extras = {}
-    if job.cloze_items:
+        emit(PipelineEvent("ppl", f"ppl {spec}: {ppl.ppl:.3f} ({protocol}, {ppl.windows} x {ppl.seqlen} tokens, "
+                                  f"{ppl.seconds:.1f} s)", ppl.as_dict()))
+    timings = {"eval": sum(p.seconds for p in perplexities)}
+    if cloze_items:
         from .cloze import cloze_accuracy
 
         t = time.perf_counter()
         extras["cloze"] = []
-        for spec in job.eval:
-            accuracy = cloze_accuracy(loaded.model, loaded.tokenizer, spec, items=job.cloze_items)
+        for spec in sources:
+            accuracy = cloze_accuracy(loaded.model, loaded.tokenizer, spec, items=cloze_items)
             extras["cloze"].append(accuracy.as_dict())
             emit(PipelineEvent("cloze", f"cloze {spec}: acc {accuracy.acc:.3f}, acc_norm {accuracy.acc_norm:.3f} "
                                         f"({accuracy.items} items)", accuracy.as_dict()))
         timings["cloze"] = time.perf_counter() - t
-    if job.lm_eval_tasks is not None:
+    if lm_eval_tasks is not None:
         from .zeroshot import lm_eval_accuracy
 
         t = time.perf_counter()
-        zeroshot = lm_eval_accuracy(loaded.model, loaded.tokenizer, job.lm_eval_tasks, job.lm_eval_limit,
-                                    include_path=job.lm_eval_include)
+        zeroshot = lm_eval_accuracy(loaded.model, loaded.tokenizer, lm_eval_tasks, lm_eval_limit,
+                                    include_path=lm_eval_include)
         timings["lm_eval"] = time.perf_counter() - t
         for task in zeroshot.tasks:
             emit(PipelineEvent("zeroshot", f"{task.task}: {task.reported} {task.value:.4f}", asdict(task)))
+        emit(PipelineEvent("zeroshot", f"mean: {zeroshot.mean:.4f}", {"mean": zeroshot.mean}))
         extras["zeroshot"] = zeroshot.as_dict()
-    return extras
+    return Evaluation(perplexities, extras, timings)
 
 
 def _write_outputs(job: PruneJob, loaded, record: dict, emit) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import CalibLabError, ConfigError, PruningCancelled
 from .files import atomic_write_bytes
 from .pipeline import PipelineEvent
-from .sweeps import SweepGrid, SweepPoint, SweepSummary
+from .sweeps import SweepGrid, SweepPoint, SweepSummary, plan_sweep
 
 RAY_MISSING = ("Ray is not installed, so the sweep runs locally. To run it on a Ray cluster: pip install 'ray[default]' "
                "on this machine and every node, then pass --ray auto (the cluster this machine belongs to, or a new "
@@ -78,12 +78,7 @@ def run_sweep_on_ray(grid: SweepGrid, address: str = "auto", store=None, on_even
         raise ConfigError(RAY_MISSING)
     emit = on_event or (lambda event: None)
     store = store or RunStore()
-    points = grid.points() if points is None else points
-    done = store.finished_points(grid.name)
-    summary = SweepSummary(skipped=sum(p.key in done for p in points))
-    todo = [p for p in points if p.key not in done]
-    emit(PipelineEvent("sweep", f"sweep {grid.name} on Ray: {len(points)} points, {summary.skipped} already "
-                                f"finished", {"points": len(points), "todo": len(todo)}))
+    todo, summary = plan_sweep(grid, store, points, emit, where=" on Ray")
     if not todo:
         return summary
     ray = _connect(address)

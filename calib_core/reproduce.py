@@ -214,18 +214,13 @@ def similarity_scores(settings: ReproSettings) -> dict:
     seqlen-token windows drawn as calibration draws them (the self-generated set as Wanda's path draws it),
     with the tokenizer's special tokens, so short texts are not compared on a different footing."""
     from .models import load_model
-    from .similarity import sample_for_scoring, similarity_table
+    from .similarity import compare_sources
 
     loaded = load_model(settings.model)
-
-    def windows(source: str, mode: str, separator: str):
-        return sample_for_scoring(source, loaded.tokenizer, settings.similarity_texts, seed=0, seqlen=settings.seqlen,
-                                  mode=mode, concat_separator=separator)
-
-    named = {s: windows(s, settings.mode, DEFAULT_CONCAT_SEPARATOR) for s in settings.sources}
-    named[settings.selfgen_set] = windows(settings.selfgen_set, *settings.selfgen_sampling.get("wanda", [
-        settings.mode, DEFAULT_CONCAT_SEPARATOR]))
-    table, _ = similarity_table(loaded.model, loaded.tokenizer, named, None, 0.5)
+    selfgen = tuple(settings.selfgen_sampling.get("wanda", [settings.mode, DEFAULT_CONCAT_SEPARATOR]))
+    table, _ = compare_sources(loaded.model, loaded.tokenizer, [*settings.sources, settings.selfgen_set],
+                               settings.similarity_texts, seed=0, seqlen=settings.seqlen, mode=settings.mode,
+                               sampling={settings.selfgen_set: selfgen})
     stats = table.groupby("set", sort=False)[["min_k_pp", "min_k", "ppl", "tokens"]].agg(["mean", "std", "count"])
     return {source: {f"{metric}_{agg}": float(stats.loc[source, (metric, agg)]) for metric, agg in stats.columns}
             for source in stats.index}

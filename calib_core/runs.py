@@ -77,6 +77,25 @@ def run_record(model_spec: str, model_info: dict, calibration, result, perplexit
     }
 
 
+def runs_table(runs: list[dict]):
+    """One row per stored run, whatever its status: what it was, how it ended, its perplexities."""
+    import pandas as pd
+
+    rows = []
+    for run in runs:
+        record = run["record"] or {}
+        calib = record.get("calibration") or {}
+        row = {"id": run["id"], "status": run["status"], "created": run["created"], "model": run["model"],
+               "method": run["method"], "base": (run["config"] or {}).get("base"), "sparsity": run["sparsity"],
+               "calibration": run["calibration"], "nsamples": calib.get("nsamples"), "seqlen": calib.get("seqlen"),
+               "seed": calib.get("seed"), "overall_sparsity": record.get("overall_sparsity"),
+               "prune_s": (record.get("timings") or {}).get("prune_total")}
+        for p in record.get("perplexity", []):
+            row[f"ppl {p['source']}"] = p["ppl"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def write_json(path: str | os.PathLike, record: dict) -> None:
     atomic_write_json(path, record)
 

@@ -290,3 +290,20 @@ def similarity_table(model, tokenizer, named_texts: dict[str, list], reference: 
     table.attrs.update({"k": k, "max_tokens": max_tokens, "window": window, "scoring": scoring,
                         "reference": reference.spec if reference else None})
     return table, summary
+
+
+def compare_sources(model, tokenizer, specs: list[str], count: int, seed: int = 0, scoring: str = "windows",
+                    seqlen: int = 512, mode: str = "concat", concat_separator: str = DEFAULT_CONCAT_SEPARATOR,
+                    reference: str | None = None, ngram: int = 3, k: float = 0.5, max_tokens: int = 512,
+                    sampling: dict[str, tuple[str, str]] | None = None, on_event=None):
+    """Score several sources on the same footing -> (per-sample table, per-set summary): each source's
+    items drawn by sample_for_scoring (`sampling` may give a source its own (mode, separator)), the
+    reference corpus built when named, then similarity_table. The CLI, the app and the reproduction
+    all compare sources through this."""
+    sampling = sampling or {}
+    named = {spec: sample_for_scoring(spec, tokenizer, count, seed, scoring, seqlen,
+                                      *sampling.get(spec, (mode, concat_separator))) for spec in specs}
+    built = (build_reference(reference, ngram, model=model, tokenizer=tokenizer, window=max_tokens, seed=seed)
+             if reference else None)
+    return similarity_table(model, tokenizer, named, built, k, max_tokens, max_tokens, on_event=on_event)
+

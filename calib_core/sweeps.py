@@ -192,6 +192,22 @@ class SweepSummary:
     run_ids: list[int] = field(default_factory=list)
 
 
+def plan_sweep(grid: SweepGrid, store, points=None, emit=None, where: str = "") -> tuple[list[SweepPoint], SweepSummary]:
+    """The points still to run (default: the grid's points not finished in `store`) and a summary that
+    counts the skipped ones; says so through `emit`. Every runner plans through this."""
+    points = grid.points() if points is None else points
+    foreign = [p for p in points if p.context != grid.context()]
+    if foreign:
+        raise ConfigError(f"{len(foreign)} points were built for another model/seqlen/eval than grid {grid.name}.")
+    done = store.finished_points(grid.name)
+    todo = [p for p in points if p.key not in done]
+    summary = SweepSummary(skipped=len(points) - len(todo))
+    if emit is not None:
+        emit(PipelineEvent("sweep", f"sweep {grid.name}{where}: {len(points)} points, {summary.skipped} already "
+                                    f"finished", {"points": len(points), "todo": len(todo)}))
+    return todo, summary
+
+
 def run_sweep(grid: SweepGrid, store=None, on_event=None, cancel=None, points=None) -> SweepSummary:
     """Run the points not yet finished; a failing point is recorded and the sweep goes on, a cancel
     stops it (finished points stay finished). `points` (default: the grid's) lets a caller order or
@@ -201,15 +217,7 @@ def run_sweep(grid: SweepGrid, store=None, on_event=None, cancel=None, points=No
 
     emit = on_event or (lambda event: None)
     store = store or RunStore()
-    points = grid.points() if points is None else points
-    foreign = [p for p in points if p.context != grid.context()]
-    if foreign:
-        raise ConfigError(f"{len(foreign)} points were built for another model/seqlen/eval than grid {grid.name}.")
-    done = store.finished_points(grid.name)
-    summary = SweepSummary(skipped=sum(p.key in done for p in points))
-    todo = [p for p in points if p.key not in done]
-    emit(PipelineEvent("sweep", f"sweep {grid.name}: {len(points)} points, {summary.skipped} already finished",
-                       {"points": len(points), "todo": len(todo)}))
+    todo, summary = plan_sweep(grid, store, points, emit)
     if not todo:
         return summary
     loaded = load_model(grid.model, dtype=grid.dtype)

@@ -12,7 +12,7 @@ from calib_core.tokens import token_lengths
 from calib_core.errors import CalibLabError, SourceError
 from calib_core.jobs import manager
 from calib_core.selfgen import GenerationConfig, filter_by_perplexity, generate_set, save_generated
-from ui_cache import access_policy, cached_model
+from ui_cache import access_policy, cached_model, session_job
 from calib_core.models import load_model, place_for_inference, resolve_device
 
 MAX_UPLOAD_MB = 50
@@ -150,12 +150,10 @@ with generate:
 
     @st.fragment(run_every=1.0)
     def generation_progress():
-        job_id = st.session_state.get("gen_job")
-        if not job_id:
+        job = session_job("gen_job")
+        if job is None:
             return
-        job = manager().get(job_id)
-        st.write(f"Job {job.id}: **{job.status}**" + (f" ({manager().position(job)} ahead)" if job.status == "queued" else ""))
-        progress = [e for e in job.events if getattr(e, "kind", "") == "generation"]
+        progress = job.events_of("generation")
         if progress:
             last = progress[-1]
             st.progress(last.texts_done / last.texts_total, f"{last.texts_done}/{last.texts_total} texts, "

@@ -1,6 +1,5 @@
 import time
 
-import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
@@ -12,9 +11,10 @@ from calib_core.jobs import manager
 from calib_core.pipeline import PruneJob, check_outputs, run_prune_job
 from calib_core.models import resolve_device
 from calib_core.prune import PruneConfig
+from calib_core.prune.events import blocks_frame, modules_frame
 from calib_core.prune.memory import estimate_memory
 from calib_core.prune.methods import ENGINE_OPTIONS, METHODS, statistics_needed
-from ui_cache import access_policy, cached_model
+from ui_cache import access_policy, cached_model, session_job
 
 st.title("Prune")
 with st.expander("How the methods choose weights"):
@@ -143,42 +143,26 @@ if submitted:
         st.error(str(exc))
 
 
-def block_frames(events):
-    blocks = [e for e in events if getattr(e, "kind", "") == "block"]
-    modules = [e for e in events if getattr(e, "kind", "") == "module"]
-    return blocks, modules
-
-
 @st.fragment(run_every=1.0)
 def live():
-    job_id = st.session_state.get("prune_job")
-    if not job_id:
+    job = session_job("prune_job")
+    if job is None:
         st.caption("Start a run above; it keeps going while you visit other pages.")
         return
-    job = manager().get(job_id)
-    events = list(job.events)
-    blocks, modules = block_frames(events)
-    stages = [e for e in events if getattr(e, "kind", "") == "stage"]
+    blocks, modules, stages = job.events_of("block"), job.events_of("module"), job.events_of("stage")
     total = stages[-1].total if stages else 1
     elapsed = (job.ended or time.time()) - (job.started or time.time())
-    head = f"Job {job.id} ({job.label}): **{job.status}**"
-    if job.status == "queued":
-        head += f", waiting for {manager().position(job)} job(s) on {job.device}"
-    st.markdown(head)
     done = len(blocks)
     eta = (elapsed / done * (total - done)) if done else None
     st.progress(done / max(total, 1), f"{done}/{total} blocks, {elapsed:.0f} s" + (f", ETA {eta:.0f} s" if eta else ""))
     if not job.done and st.button("Cancel run"):
         job.cancel()
-    for e in events:
-        if getattr(e, "kind", "") == "pipeline" and (e.stage in ("estimate", "ppl", "saved", "load")
-                                                     or e.message.startswith("note: ")):
+    for e in job.events_of("pipeline"):
+        if e.stage in ("estimate", "ppl", "saved", "load") or e.message.startswith("note: "):
             st.caption(e.message)
     if blocks:
-        frame = pd.DataFrame({"block": [b.index for b in blocks], "achieved": [b.sparsity for b in blocks],
-                              "target": [b.target_sparsity for b in blocks], "seconds": [b.seconds for b in blocks],
-                              "outlier_ratio": [b.outlier_ratio for b in blocks]})
-        allocation = next((e for e in events if getattr(e, "kind", "") == "allocation"), None)
+        frame = blocks_frame(blocks)
+        allocation = next(iter(job.events_of("allocation")), None)
         fig = go.Figure()
         fig.add_bar(x=frame.block, y=frame.achieved, name="achieved sparsity")
         if allocation:
@@ -196,8 +180,7 @@ def live():
                                     labels={"x": "block", "y": "outlier ratio D_l (%)"}, title="OWL outlier ratio",
                                     height=250), width="stretch")
     if modules and any(m.rel_recon_error is not None for m in modules):
-        heat = pd.DataFrame([(m.block, m.name, m.rel_recon_error) for m in modules], columns=["block", "module", "error"])
-        pivot = heat.pivot(index="module", columns="block", values="error")
+        pivot = modules_frame(modules).pivot(index="module", columns="block", values="error")
         st.plotly_chart(px.imshow(pivot, aspect="auto", color_continuous_scale="Viridis",
                                   title="Relative reconstruction error ||WX - W'X|| / ||WX||", height=320),
                         width="stretch", key="recon_heatmap")

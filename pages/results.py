@@ -4,9 +4,9 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from calib_core.agreement import block_agreement, mask_agreement
+from calib_core.agreement import block_agreement, mask_agreement, overall_jaccard
 from calib_core.errors import CalibLabError
-from calib_core.runs import RunStore
+from calib_core.runs import RunStore, runs_table
 
 st.title("Results")
 with st.expander("Reading these charts"):
@@ -18,19 +18,7 @@ if not runs:
     st.info("No runs yet. Start one on the Prune page or with `python -m calib_core prune`.")
     st.stop()
 
-rows = []
-for run in runs:
-    record = run["record"] or {}
-    calib = record.get("calibration") or {}
-    row = {"id": run["id"], "status": run["status"], "created": run["created"], "model": run["model"],
-           "method": run["method"], "base": (run["config"] or {}).get("base"), "sparsity": run["sparsity"],
-           "calibration": run["calibration"], "nsamples": calib.get("nsamples"), "seqlen": calib.get("seqlen"),
-           "seed": calib.get("seed"), "overall_sparsity": record.get("overall_sparsity"),
-           "prune_s": (record.get("timings") or {}).get("prune_total")}
-    for p in record.get("perplexity", []):
-        row[f"ppl {p['source']}"] = p["ppl"]
-    rows.append(row)
-table = pd.DataFrame(rows)
+table = runs_table(runs)
 c1, c2 = st.columns(2)
 methods = c1.multiselect("Methods", sorted(table.method.dropna().unique()), sorted(table.method.dropna().unique()))
 statuses = c2.multiselect("Status", sorted(table.status.unique()), ["finished"] if "finished" in set(table.status) else [])
@@ -79,8 +67,7 @@ else:
         try:
             per_module = mask_agreement(masks[run_a], masks[run_b])
             per_block = block_agreement(per_module)
-            overall = per_module.kept_both.sum() / per_module.kept_either.sum()
-            st.metric("Jaccard of kept weights, whole model", f"{overall:.3f}")
+            st.metric("Jaccard of kept weights, whole model", f"{overall_jaccard(per_module):.3f}")
             c1, c2 = st.columns(2)
             c1.plotly_chart(px.bar(per_block, x="block", y="jaccard", range_y=[0, 1], title="Per-block Jaccard"),
                             width="stretch")

@@ -6,8 +6,8 @@ from calib_core.data import BUILTIN_SOURCES, MODES
 from calib_core.jobs import manager
 from calib_core.models import load_model, place_for_inference
 from calib_core.errors import CalibLabError
-from calib_core.similarity import REFERENCE_CORPORA, build_reference, sample_for_scoring, similarity_table
-from ui_cache import access_policy
+from calib_core.similarity import REFERENCE_CORPORA, compare_sources
+from ui_cache import access_policy, session_job
 
 st.title("Similarity to pretraining data")
 with st.expander("What Min-K%++ measures"):
@@ -48,30 +48,25 @@ if st.button("Score", type="primary", disabled=not chosen):
         def work(job):
             loaded = load_model(spec, **options_)
             place_for_inference(loaded.model, device)
-            named = {s: sample_for_scoring(s, loaded.tokenizer, int(samples), int(seed), scoring, int(max_tokens), mode)
-                     for s in chosen}
-            ref = build_reference(reference, model=loaded.model, tokenizer=loaded.tokenizer, window=int(max_tokens)) if reference else None
-            return similarity_table(loaded.model, loaded.tokenizer, named, ref, k, int(max_tokens), int(max_tokens),
-                                    on_event=job.emit)
+            return compare_sources(loaded.model, loaded.tokenizer, chosen, int(samples), int(seed), scoring,
+                                   int(max_tokens), mode, reference=reference, k=k, max_tokens=int(max_tokens),
+                                   on_event=job.emit)
 
         st.session_state.sim_job = manager().submit("similarity", work).id
 
 
 @st.fragment(run_every=1.0)
 def show():
-    job_id = st.session_state.get("sim_job")
-    if not job_id:
+    job = session_job("sim_job")
+    if job is None:
         return
-    job = manager().get(job_id)
     if not job.done:
-        progress = [e for e in job.events if getattr(e, "kind", "") == "similarity"]
-        if job.status == "queued":
-            st.info(f"Scoring is queued behind {manager().position(job)} job(s).")
-        elif progress:
+        progress = job.events_of("similarity")
+        if progress:
             last = progress[-1]
             st.progress(last.sets_done / last.sets_total, f"{last.sets_done}/{last.sets_total} sets scored "
                         f"({last.texts_scored} texts), last: {last.last_set}")
-        else:
+        elif job.status == "running":
             st.info("Loading the model and the texts...")
         return
     if job.status != "finished":

@@ -12,7 +12,7 @@ from calib_core.runs import RunStore
 from calib_core.sweep_figures import export, sweep_figures
 from calib_core.sweep_stats import PPL, spread_by_setting, summarize, sweep_frame, welch_test
 from calib_core.sweeps import SweepGrid, run_sweep
-from ui_cache import access_policy
+from ui_cache import access_policy, session_job
 
 BUILTIN = list(BUILTIN_SOURCES)
 
@@ -83,15 +83,13 @@ with grid_tab:
 
     @st.fragment(run_every=2.0)
     def sweep_progress():
-        job_id = st.session_state.get("sweep_job")
-        if not job_id:
+        job = session_job("sweep_job")
+        if job is None:
             return
-        job = manager().get(job_id)
-        marks = [e for e in job.events if getattr(e, "kind", "") == "pipeline" and e.stage == "sweep"]
+        marks = [e for e in job.events_of("pipeline") if e.stage == "sweep"]
         todo = marks[0].data.get("todo", 0) if marks else 0
         started = len(marks) - 1 if marks else 0
         st.progress(min(started / todo, 1.0) if todo else 1.0, marks[-1].message if marks else job.status)
-        st.caption(f"Job {job.id}: {job.status}")
         if not job.done and st.button("Cancel sweep"):
             job.cancel()
         if job.status == "finished":

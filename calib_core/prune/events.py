@@ -3,7 +3,7 @@ the CLI, the app and the run store consume the same objects."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -43,6 +43,12 @@ class BlockRecord:
     modules: list[ModuleRecord] = field(default_factory=list)
     kind: str = "block"
 
+    @property
+    def max_rel_error(self) -> float | None:
+        """The worst module's relative reconstruction error (None when it was not measured)."""
+        errors = [m.rel_recon_error for m in self.modules if m.rel_recon_error is not None]
+        return max(errors) if errors else None
+
 
 @dataclass
 class AllocationEvent:
@@ -57,5 +63,19 @@ class AllocationEvent:
     kind: str = "allocation"
 
 
-def to_dict(event) -> dict:
-    return asdict(event)
+def blocks_frame(blocks: list[BlockRecord]):
+    """One row per pruned block: target vs achieved sparsity, OWL outlier ratio, worst error, time."""
+    import pandas as pd
+
+    return pd.DataFrame({
+        "block": [b.index for b in blocks], "target": [b.target_sparsity for b in blocks],
+        "pattern": [b.pattern for b in blocks], "achieved": [b.sparsity for b in blocks],
+        "outlier_ratio": [b.outlier_ratio for b in blocks], "max_rel_error": [b.max_rel_error for b in blocks],
+        "seconds": [b.seconds for b in blocks]})
+
+
+def modules_frame(modules: list[ModuleRecord]):
+    """One row per pruned module: block, name, relative reconstruction error."""
+    import pandas as pd
+
+    return pd.DataFrame([(m.block, m.name, m.rel_recon_error) for m in modules], columns=["block", "module", "error"])
