@@ -17,7 +17,7 @@ from .reproduce import (
     CHANGES_SINCE_PREVIOUS, PLAN_CHANGES, RUN_LABEL, ReproSettings, carried_points, ensure_dense_reference,
     ensure_similarity, ordered_points, reproduction_frame,
 )
-from .runs import environment_versions
+from .provenance import environment_versions
 from .sweep_stats import PPL, setting_label, setting_sort_key, spread_by_setting, summarize, welch_test
 
 ALPHA = 0.05

@@ -5,54 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sqlite3
-import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import psutil
-import torch
 
-from . import __version__
+from .provenance import environment_versions, peak_memory
 from .errors import OutputError
 from .files import atomic_write_json
-
-
-def environment_versions() -> dict:
-    import transformers
-
-    versions = {
-        "calib_core": __version__,
-        "git_commit": _git_commit(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "platform": platform.platform(),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-    }
-    return versions
-
-
-def _git_commit() -> str | None:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def peak_memory() -> dict:
-    import resource
-
-    peak = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-    if torch.cuda.is_available():
-        peak["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
-    return peak
 
 
 def run_record(model_spec: str, model_info: dict, calibration, result, perplexities: list, timings: dict,

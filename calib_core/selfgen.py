@@ -17,7 +17,7 @@ import torch
 from . import sets
 from .data import load_documents
 from .errors import ConfigError, SourceError
-from .similarity import _pad_id, perplexity_of, score_token_ids
+from .scoring import pad_id, perplexity_of, score_token_ids
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def generate_set(model, tokenizer, config: GenerationConfig, on_event=None, canc
     emit = on_event or (lambda event: None)
     docs = load_documents(config.source, part="calib")
     prompts = prefixes(tokenizer, docs, config.texts, config.prefix_tokens, config.seed)
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     eos = getattr(tokenizer, "eos_token_id", None)
     device = next(model.parameters()).device
     generated: list[list[int]] = []  # scorable texts (>= 2 tokens), in prompt order
@@ -147,7 +147,7 @@ def generate_set(model, tokenizer, config: GenerationConfig, on_event=None, canc
          "prefix": tokenizer.decode(ids[: config.prefix_tokens], skip_special_tokens=True), "tokens": len(ids)}
         for ids, ppl, keep in zip(generated, ppls, kept)
     ]
-    from .runs import environment_versions
+    from .provenance import environment_versions
 
     # Counted on the generated ids (prefix and BOS included); re-tokenizing the decoded text can differ
     # by a token or two. document mode needs more than seqlen tokens, document_pad more than seqlen - 3.
