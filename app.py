@@ -4,7 +4,7 @@ import streamlit as st
 
 from calib_core import assets
 from calib_core.jobs import manager
-from calib_core.paths import clean_stale_files
+from calib_core.housekeeping import clean_stale_files
 from ui_cache import access_policy
 
 

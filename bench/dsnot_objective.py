@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 torch.set_num_threads(2)
 from calib_core.models import load_model, decoder_blocks, prunable_modules, weight_matrix
-from calib_core.data import build_calibration
+from calib_core.data.sources import build_calibration
 from calib_core.prune.engine import capture_block_inputs, _StatsHooks, _block_forward
 from calib_core.prune.wanda import wanda_mask
 from calib_core.prune.dsnot import dsnot_refine

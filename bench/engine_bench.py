@@ -43,8 +43,8 @@ def plain_forward(model, ids) -> float:
 def single(method: str, setting: str, owl_lambda: float | None = None) -> dict:
     import torch
 
-    from calib_core.data import build_calibration
-    from calib_core.evaluate import perplexity
+    from calib_core.data.sources import build_calibration
+    from calib_core.metrics.perplexity import perplexity
     from calib_core.models import load_model
     from calib_core.prune import PruneConfig, prune_model
 

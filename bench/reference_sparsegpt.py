@@ -25,8 +25,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.engine_bench import CALIB, EVAL, plain_forward  # noqa: E402
-from calib_core.data import build_calibration  # noqa: E402
-from calib_core.evaluate import perplexity  # noqa: E402
+from calib_core.data.sources import build_calibration  # noqa: E402
+from calib_core.metrics.perplexity import perplexity  # noqa: E402
 from calib_core.models import load_model  # noqa: E402
 
 

@@ -23,12 +23,12 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from calib_core import sets  # noqa: E402
-from calib_core.data import BUILTIN_SOURCES, build_calibration  # noqa: E402
-from calib_core.evaluate import perplexity  # noqa: E402
+from calib_core.data.sources import BUILTIN_SOURCES, build_calibration  # noqa: E402
+from calib_core.metrics.perplexity import perplexity  # noqa: E402
 from calib_core.models import load_model  # noqa: E402
 from calib_core.prune import PruneConfig, prune_model  # noqa: E402
-from calib_core.selfgen import GenerationConfig, generate_set, save_generated  # noqa: E402
-from calib_core.similarity import sample_texts, score_token_ids, similarity_table  # noqa: E402
+from calib_core.data.selfgen import GenerationConfig, generate_set, save_generated  # noqa: E402
+from calib_core.metrics.similarity import sample_texts, score_token_ids, similarity_table  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "workbench_bench"
 SOURCES = list(BUILTIN_SOURCES)

@@ -136,7 +136,7 @@ class AccessPolicy:
 
     def grid(self, grid):
         """A SweepGrid whose sources, model and sizes are allowed."""
-        from .sweeps import MAX_SWEEP_POINTS
+        from .experiments.sweeps import MAX_SWEEP_POINTS
 
         grid.check_bounds(self.limits.sweep_points or MAX_SWEEP_POINTS, self.limits.nsamples, self.limits.seqlen)
         self.check_size("eval windows", grid.eval_windows, self.limits.eval_windows)

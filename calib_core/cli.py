@@ -7,10 +7,10 @@ import sys
 import time
 
 from . import assets
-from .data import DEFAULT_CONCAT_SEPARATOR, MODES
+from .data.sources import DEFAULT_CONCAT_SEPARATOR, MODES
 from .errors import CalibLabError
-from .paths import clean_stale_files
-from .evaluate import PROTOCOLS
+from .housekeeping import clean_stale_files
+from .metrics.perplexity import PROTOCOLS
 from .prune.config import PruneConfig
 from .prune.methods import METHODS, all_options
 
@@ -98,11 +98,11 @@ def _sweep_runner(args):
     """run_sweep, or its Ray twin when --ray is given and Ray is installed (else say how to get it)."""
     from functools import partial
 
-    from .sweeps import run_sweep
+    from .experiments.sweeps import run_sweep
 
     if not args.ray:
         return run_sweep
-    from .ray_runner import RAY_MISSING, ray_available, run_sweep_on_ray
+    from .experiments.ray_sweep import RAY_MISSING, ray_available, run_sweep_on_ray
 
     if not ray_available():
         print(f"note: {RAY_MISSING}", file=sys.stderr)
@@ -325,8 +325,8 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_calib(args) -> int:
-    from . import sets
-    from .data import load_documents
+    from .data import sets
+    from .data.sources import load_documents
 
     if not args.generate:
         docs = load_documents(args.source, part="calib", limit=args.limit, text_column=args.text_column)
@@ -335,7 +335,7 @@ def _cmd_calib(args) -> int:
         return 0
     from tqdm import tqdm
 
-    from .selfgen import GenerationConfig, generate_set, save_generated
+    from .data.selfgen import GenerationConfig, generate_set, save_generated
 
     config = GenerationConfig(
         source=args.source, texts=args.texts, prefix_tokens=args.prefix_tokens, max_new_tokens=args.max_new_tokens,
@@ -363,7 +363,7 @@ def _cmd_calib(args) -> int:
 
 
 def _cmd_sets(args) -> int:
-    from . import sets
+    from .data import sets
     from .errors import SourceError
 
     if args.action == "list":
@@ -386,7 +386,7 @@ def _cmd_sets(args) -> int:
 
 def _cmd_similarity(args) -> int:
     from .files import check_output_file
-    from .similarity import compare_sources
+    from .metrics.similarity import compare_sources
 
     if args.out:
         check_output_file(args.out, (".csv",))
@@ -434,7 +434,7 @@ def _cmd_runs(args) -> int:
 
 def _cmd_sweep(args) -> int:
     from .runs import RunStore
-    from .sweeps import SweepGrid
+    from .experiments.sweeps import SweepGrid
 
     grid = SweepGrid.from_file(args.grid)
     if args.figures:
@@ -470,8 +470,8 @@ def _print_plan(points, done: set, to_run: set | None = None) -> None:
 def _export_sweep(store, name: str, folder: str) -> None:
     from pathlib import Path
 
-    from .sweep_figures import export, sweep_figures
-    from .sweep_stats import summarize, sweep_frame
+    from .experiments.figures import export, sweep_figures
+    from .experiments.stats import summarize, sweep_frame
 
     frame = sweep_frame(store, name)
     folder = Path(folder)
@@ -500,7 +500,7 @@ def _export_sweep(store, name: str, folder: str) -> None:
 def _cmd_reproduce(args) -> int:
     from dataclasses import replace
 
-    from .reproduce import ReproSettings, ordered_points, points_to_run, run_reproduction
+    from .experiments.reproduce import ReproSettings, ordered_points, points_to_run, run_reproduction
     from .runs import RunStore
 
     defaults = ReproSettings()
@@ -535,7 +535,7 @@ def _cmd_reproduce(args) -> int:
         print(f"reproduction: {summary.ran} ran, {summary.skipped} skipped, {len(summary.failed)} failed")
         for failure in summary.failed:
             print(f"failed: {failure}", file=sys.stderr)
-    from .repro_report import write_report
+    from .experiments.report import write_report
 
     # The report names the command that makes its runs (a --report-only redraw shows the same numbers).
     argv = [a for a in sys.argv[1:] if a != "--report-only"]

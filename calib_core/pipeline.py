@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from . import assets
-from .data import DEFAULT_CONCAT_SEPARATOR, build_calibration, check_mode
+from .data.sources import DEFAULT_CONCAT_SEPARATOR, build_calibration, check_mode
 from .errors import PruningCancelled
 from .prune import PruneConfig
 
@@ -65,7 +65,7 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=
     the saved folder and report are in place), failed or cancelled. `loaded` (a LoadedModel of
     job.model holding dense weights) skips loading: sweeps load once and restore the dense weights
     between points."""
-    from .evaluate import check_protocol
+    from .metrics.perplexity import check_protocol
     from .runs import RunStore
 
     emit = on_event or (lambda event: None)
@@ -132,7 +132,7 @@ def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, l
     record["run_id"] = run_id
     record["job"] = {k: v for k, v in asdict(job).items() if k != "config"}
     if job.keep_masks:
-        from .agreement import save_masks
+        from .metrics.agreement import save_masks
 
         record["masks"] = str(save_masks(loaded.model, store.path.parent / "masks" / f"run-{run_id}.npz"))
     _write_outputs(job, loaded, record, emit)
@@ -152,7 +152,7 @@ def evaluate_model(loaded, sources: list[str], seqlen: int, windows: int | None 
                    cancel=None) -> Evaluation:
     """Perplexity on each source, then the cloze proxy and lm-eval accuracies asked for, each result
     emitted as it comes. A pruning run and `python -m calib_core eval` evaluate through this."""
-    from .evaluate import perplexity
+    from .metrics.perplexity import perplexity
 
     emit = on_event or (lambda event: None)
     perplexities, extras = [], {}
@@ -166,7 +166,7 @@ def evaluate_model(loaded, sources: list[str], seqlen: int, windows: int | None 
                                   f"{ppl.seconds:.1f} s)", ppl.as_dict()))
     timings = {"eval": sum(p.seconds for p in perplexities)}
     if cloze_items:
-        from .cloze import cloze_accuracy
+        from .metrics.cloze import cloze_accuracy
 
         t = time.perf_counter()
         extras["cloze"] = []
@@ -177,7 +177,7 @@ def evaluate_model(loaded, sources: list[str], seqlen: int, windows: int | None 
                                         f"({accuracy.items} items)", accuracy.as_dict()))
         timings["cloze"] = time.perf_counter() - t
     if lm_eval_tasks is not None:
-        from .zeroshot import lm_eval_accuracy
+        from .metrics.zeroshot import lm_eval_accuracy
 
         t = time.perf_counter()
         zeroshot = lm_eval_accuracy(loaded.model, loaded.tokenizer, lm_eval_tasks, lm_eval_limit,

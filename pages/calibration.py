@@ -4,14 +4,14 @@ from pathlib import Path
 import plotly.express as px
 import streamlit as st
 
-from calib_core import sets
+from calib_core.data import sets
 from calib_core.assets import BUILTIN_CORPORA
-from calib_core.data import BUILTIN_SOURCES, LIST_MAX_CHARACTERS, load_documents, read_text_file
-from calib_core.text_files import FILE_TYPES
-from calib_core.tokens import token_lengths
+from calib_core.data.sources import BUILTIN_SOURCES, LIST_MAX_CHARACTERS, load_documents, read_text_file
+from calib_core.data.text_files import FILE_TYPES
+from calib_core.data.tokens import token_lengths
 from calib_core.errors import CalibLabError, SourceError
 from calib_core.jobs import manager
-from calib_core.selfgen import GenerationConfig, filter_by_perplexity, generate_set, save_generated
+from calib_core.data.selfgen import GenerationConfig, filter_by_perplexity, generate_set, save_generated
 from ui_cache import access_policy, cached_model, session_job
 from calib_core.models import load_model, place_for_inference, resolve_device
 

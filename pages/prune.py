@@ -4,9 +4,9 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from calib_core.data import BUILTIN_SOURCES, MODES
+from calib_core.data.sources import BUILTIN_SOURCES, MODES
 from calib_core.errors import CalibLabError
-from calib_core.evaluate import PROTOCOLS
+from calib_core.metrics.perplexity import PROTOCOLS
 from calib_core.jobs import manager
 from calib_core.pipeline import PruneJob, check_outputs, run_prune_job
 from calib_core.models import resolve_device

@@ -4,7 +4,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from calib_core.agreement import block_agreement, mask_agreement, overall_jaccard
+from calib_core.metrics.agreement import block_agreement, mask_agreement, overall_jaccard
 from calib_core.errors import CalibLabError
 from calib_core.runs import RunStore, runs_table
 

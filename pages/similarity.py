@@ -1,12 +1,12 @@
 import plotly.express as px
 import streamlit as st
 
-from calib_core import sets
-from calib_core.data import BUILTIN_SOURCES, MODES
+from calib_core.data import sets
+from calib_core.data.sources import BUILTIN_SOURCES, MODES
 from calib_core.jobs import manager
 from calib_core.models import load_model, place_for_inference
 from calib_core.errors import CalibLabError
-from calib_core.similarity import REFERENCE_CORPORA, compare_sources
+from calib_core.metrics.similarity import REFERENCE_CORPORA, compare_sources
 from ui_cache import access_policy, session_job
 
 st.title("Similarity to pretraining data")

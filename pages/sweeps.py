@@ -3,15 +3,15 @@ import time
 import streamlit as st
 import yaml
 
-from calib_core import sets
-from calib_core.data import BUILTIN_SOURCES, MODES
+from calib_core.data import sets
+from calib_core.data.sources import BUILTIN_SOURCES, MODES
 from calib_core.errors import CalibLabError, ConfigError
 from calib_core.jobs import manager
 from calib_core.prune.methods import METHODS
 from calib_core.runs import RunStore
-from calib_core.sweep_figures import export, sweep_figures
-from calib_core.sweep_stats import PPL, spread_by_setting, summarize, sweep_frame, welch_test
-from calib_core.sweeps import SweepGrid, run_sweep
+from calib_core.experiments.figures import export, sweep_figures
+from calib_core.experiments.stats import PPL, spread_by_setting, summarize, sweep_frame, welch_test
+from calib_core.experiments.sweeps import SweepGrid, run_sweep
 from ui_cache import access_policy, session_job
 
 BUILTIN = list(BUILTIN_SOURCES)

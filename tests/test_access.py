@@ -7,7 +7,7 @@ import pytest
 from calib_core.access import SHARED_LIMITS, AccessPolicy, is_loopback
 from calib_core.errors import AccessError
 from calib_core.pipeline import PruneJob
-from calib_core.sweeps import SweepGrid
+from calib_core.experiments.sweeps import SweepGrid
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import pytest
 
 from calib_core import assets
 from calib_core.cli import main as cli_main
-from calib_core.data import build_calibration
-from calib_core.evaluate import perplexity
+from calib_core.data.sources import build_calibration
+from calib_core.metrics.perplexity import perplexity
 from calib_core.models import decoder_blocks, describe_model, load_model, prunable_modules, weight_matrix
 from calib_core.prune import PruneConfig, prune_model
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from calib_core.cloze import cloze_accuracy, cloze_items, continuation_loglik
-from calib_core.data import load_documents
+from calib_core.metrics.cloze import cloze_accuracy, cloze_items, continuation_loglik
+from calib_core.data.sources import load_documents
 from calib_core.errors import SourceError
 from tests.tiny import CharTokenizer, tiny_model
 

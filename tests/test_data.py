@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from calib_core import assets, sets
-from calib_core.data import (DOCUMENT_PAD_ID, build_calibration, draw_windows, load_documents, read_text_file,
+from calib_core import assets
+
+from calib_core.data import sets
+from calib_core.data.sources import (DOCUMENT_PAD_ID, build_calibration, draw_windows, load_documents, read_text_file,
                              sample_windows)
 from calib_core.errors import SourceError
 from tests.tiny import CharTokenizer, char_tokenizer
@@ -287,13 +289,13 @@ def test_hub_document_pool_reads_until_ten_per_sample_qualify(fake_hub):
 
 
 def test_hub_scan_cap_is_reported(fake_hub, monkeypatch):
-    monkeypatch.setattr("calib_core.data.HUB_SCAN_MAX_DOCUMENTS", 1000)
+    monkeypatch.setattr("calib_core.data.sources.HUB_SCAN_MAX_DOCUMENTS", 1000)
     fake_hub([("long document " * 10 if i % 300 == 299 else "short") for i in range(12000)])
     calib = build_calibration("hf:fake/corpus", TOK, nsamples=3, seqlen=100, seed=0, mode="document")
     record = calib.describe()
     assert record["eligible_documents"] == 3 and record["hub_scan"]["stopped"] == "scan cap"
     assert "scan cap" in record["notes"][0] and "3 of the 30 documents with more than 100 tokens" in record["notes"][0]
-    monkeypatch.setattr("calib_core.data.HUB_SCAN_MAX_DOCUMENTS", 200)
+    monkeypatch.setattr("calib_core.data.sources.HUB_SCAN_MAX_DOCUMENTS", 200)
     with pytest.raises(SourceError, match=r"No document has more than 100 tokens \(200 documents read from "
                                           r"hf:fake/corpus, stopped at the scan cap, longest: 5 tokens\)"):
         build_calibration("hf:fake/corpus", TOK, nsamples=3, seqlen=100, seed=0, mode="document")
@@ -355,7 +357,7 @@ def test_a_pickled_token_file_is_refused_without_advising_to_unpickle(tmp_path):
 
 
 def test_long_text_is_tokenized_in_pieces_with_the_same_ids(monkeypatch):
-    from calib_core import tokens
+    from calib_core.data import tokens
 
     text = " ".join(f"word{i}:   value  {i % 7}\n" for i in range(3000))
     whole = TOK(text)["input_ids"]
@@ -366,7 +368,7 @@ def test_long_text_is_tokenized_in_pieces_with_the_same_ids(monkeypatch):
 
 
 def test_a_large_file_is_read_only_up_to_its_read_budget(tmp_path, monkeypatch):
-    from calib_core import data
+    from calib_core.data import sources as data
 
     path = tmp_path / "big.txt"
     path.write_text("alpha beta gamma delta " * 100_000)  # 2.3 M characters = tokens for TOK, read in 1 MB chunks

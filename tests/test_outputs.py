@@ -8,11 +8,12 @@ import stat
 
 import pytest
 
-from calib_core import files, sets
+from calib_core import files
+
+from calib_core.data import sets
 from calib_core.cli import main as cli_main
 from calib_core.errors import OutputError
 from calib_core.pipeline import PruneJob, run_prune_job
-from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore
 from tests.tiny import save_tiny_folder
 
@@ -145,7 +146,7 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
 
 
 def test_interrupted_conversion_leftovers_are_removed_at_start(tmp_path, monkeypatch):
-    from calib_core.paths import clean_stale_files
+    from calib_core.housekeeping import clean_stale_files
 
     monkeypatch.setenv("CALIB_LAB_CACHE", str(tmp_path / "cache"))
     models = tmp_path / "cache" / "models"

@@ -7,9 +7,9 @@ import pytest
 
 from calib_core.cli import main as cli_main
 from calib_core.errors import ConfigError
-from calib_core.ray_runner import ray_available, run_sweep_on_ray
+from calib_core.experiments.ray_sweep import ray_available, run_sweep_on_ray
 from calib_core.runs import RunStore
-from calib_core.sweeps import SweepGrid, run_sweep
+from calib_core.experiments.sweeps import SweepGrid, run_sweep
 from tests.tiny import save_tiny_folder
 
 

@@ -160,7 +160,7 @@ def test_a_200_mb_one_line_file_is_sampled_within_a_gigabyte(tmp_path):
     script = ("import json, resource, sys\n"
               "from transformers import AutoTokenizer\n"
               "from calib_core import assets\n"
-              "from calib_core.data import build_calibration\n"
+              "from calib_core.data.sources import build_calibration\n"
               "tok = AutoTokenizer.from_pretrained(str(assets.bundled_model_dir()))\n"
               "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
               f"c = build_calibration('file:{big}', tok, 128, 2048, 0, 'document')\n"

@@ -7,13 +7,13 @@ import pytest
 
 from calib_core.cli import main as cli_main
 from calib_core.errors import ConfigError
-from calib_core.reproduce import PLAN_CHANGES, ReproSettings, ordered_points, reproduction_frame, run_reproduction
-from calib_core.repro_report import report_caveats, write_report
+from calib_core.experiments.reproduce import PLAN_CHANGES, ReproSettings, ordered_points, reproduction_frame, run_reproduction
+from calib_core.experiments.report import report_caveats, write_report
 from calib_core.runs import RunStore
-from calib_core.sets import save_set
-from calib_core.selfgen import GenerationConfig
-from calib_core.sweep_figures import export, nsamples_band, seed_violins, source_bars, spread_chart
-from calib_core.sweep_stats import runs_frame, spread_by_setting, summarize, welch_test
+from calib_core.data.sets import save_set
+from calib_core.data.selfgen import GenerationConfig
+from calib_core.experiments.figures import export, nsamples_band, seed_violins, source_bars, spread_chart
+from calib_core.experiments.stats import runs_frame, spread_by_setting, summarize, welch_test
 from tests.tiny import save_tiny_folder
 
 

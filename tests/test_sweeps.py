@@ -10,7 +10,7 @@ from calib_core.errors import ConfigError
 from calib_core.pipeline import PruneJob, run_prune_job
 from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore
-from calib_core.sweeps import SweepGrid, run_sweep
+from calib_core.experiments.sweeps import SweepGrid, run_sweep
 from tests.tiny import save_tiny_folder
 
 

@@ -10,7 +10,7 @@ from calib_core.errors import ConfigError, SourceError
 from calib_core.pipeline import PruneJob, run_prune_job
 from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore
-from calib_core.zeroshot import PAPER_TASKS, lm_eval_accuracy, resolve_tasks, write_cloze_task
+from calib_core.metrics.zeroshot import PAPER_TASKS, lm_eval_accuracy, resolve_tasks, write_cloze_task
 from tests.tiny import save_tiny_folder
 
 
@@ -21,7 +21,7 @@ def test_task_names():
 
 @pytest.mark.bundled
 def test_lm_eval_scores_the_bundled_model_like_our_cloze(tmp_path):
-    from calib_core.cloze import cloze_accuracy
+    from calib_core.metrics.cloze import cloze_accuracy
     from calib_core.models import load_model
 
     lm = load_model("smollm2-135m")

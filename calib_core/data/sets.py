@@ -8,9 +8,9 @@ import os
 import re
 from pathlib import Path
 
-from .errors import SourceError
-from .files import atomic_file, atomic_write_json, clean_stale_temporaries
-from .paths import data_dir
+from ..errors import SourceError
+from ..files import atomic_file, atomic_write_json, clean_stale_temporaries
+from ..paths import data_dir
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 

@@ -9,9 +9,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import CalibLabError, ConfigError, PruningCancelled
-from .files import atomic_write_bytes
-from .pipeline import PipelineEvent
+from ..errors import CalibLabError, ConfigError, PruningCancelled
+from ..files import atomic_write_bytes
+from ..pipeline import PipelineEvent
 from .sweeps import SweepGrid, SweepPoint, SweepSummary, plan_sweep
 
 RAY_MISSING = ("Ray is not installed, so the sweep runs locally. To run it on a Ray cluster: pip install 'ray[default]' "
@@ -32,9 +32,9 @@ def _run_point(grid: SweepGrid, point: SweepPoint, threads: int) -> dict:
     """Runs inside a Ray worker: the record of one point, masks included as bytes."""
     import torch
 
-    from .models import load_model
-    from .pipeline import run_prune_job
-    from .runs import RunStore
+    from ..models import load_model
+    from ..pipeline import run_prune_job
+    from ..runs import RunStore
 
     torch.set_num_threads(threads)
     key = (grid.model, grid.dtype)
@@ -72,7 +72,7 @@ def run_sweep_on_ray(grid: SweepGrid, address: str = "auto", store=None, on_even
                      cpus_per_task: int = 1, gpus_per_task: float | None = None, points=None) -> SweepSummary:
     """Same contract as sweeps.run_sweep: finished points are skipped, failures recorded, cancel stops
     scheduling and cancels the tasks still pending."""
-    from .runs import RunStore
+    from ..runs import RunStore
 
     if not ray_available():
         raise ConfigError(RAY_MISSING)

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from .errors import ConfigError
-from .files import atomic_file
-from .models import decoder_blocks, prunable_modules, weight_matrix
+from ..errors import ConfigError
+from ..files import atomic_file
+from ..models import decoder_blocks, prunable_modules, weight_matrix
 
 
 def save_masks(model: nn.Module, path: str | os.PathLike) -> Path:

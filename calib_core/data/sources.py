@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import assets, hub, sets
-from .errors import InsufficientMemoryError, SourceError
+from .. import assets, hub
+from . import sets
+from ..errors import InsufficientMemoryError, SourceError
 from .text_files import LazyText, detect_text_column, iter_file_documents, too_large_to_list
 from .tokens import Pool, ReadLimits, read_pool
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from . import sets
-from .data import load_documents
-from .errors import ConfigError, SourceError
-from .scoring import pad_id, perplexity_of, score_token_ids
+from .sources import load_documents
+from ..errors import ConfigError, SourceError
+from ..scoring import pad_id, perplexity_of, score_token_ids
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def generate_set(model, tokenizer, config: GenerationConfig, on_event=None, canc
          "prefix": tokenizer.decode(ids[: config.prefix_tokens], skip_special_tokens=True), "tokens": len(ids)}
         for ids, ppl, keep in zip(generated, ppls, kept)
     ]
-    from .provenance import environment_versions
+    from ..provenance import environment_versions
 
     # Counted on the generated ids (prefix and BOS included); re-tokenizing the decoded text can differ
     # by a token or two. document mode needs more than seqlen tokens, document_pad more than seqlen - 3.

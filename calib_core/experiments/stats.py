@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # The sweep's headline metric: the geometric mean of the held-out perplexities of every eval source,
 # so no single domain (and no source's in-domain advantage) dominates.

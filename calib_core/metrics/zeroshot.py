@@ -12,8 +12,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import hub
-from .errors import ConfigError, SourceError
+from .. import hub
+from ..errors import ConfigError, SourceError
 
 # The task set of Ji et al. (ICLR 2025): boolq, piqa, hellaswag, winogrande, arc_easy, arc_challenge (zero-shot; MMLU is 5-shot)
 PAPER_TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge")

@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import SourceError
+from ..errors import SourceError
 
 FILE_TYPES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 TEXT_COLUMNS = ("text", "content", "document", "body", "article", "sentence")

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from .data import load_documents
-from .errors import SourceError
+from ..data.sources import load_documents
+from ..errors import SourceError
 
 
 @dataclass(frozen=True)

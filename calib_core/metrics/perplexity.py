@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import READ_TOKENS_FLOOR, parse_source, source_texts
-from .tokens import ReadLimits, read_pool
-from .errors import ConfigError, SourceError
-from .models import resolve_device
+from ..data.sources import READ_TOKENS_FLOOR, parse_source, source_texts
+from ..data.tokens import ReadLimits, read_pool
+from ..errors import ConfigError, SourceError
+from ..models import resolve_device
 
 PROTOCOLS = ("heldout", "wikitext2")
 

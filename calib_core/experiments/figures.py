@@ -11,9 +11,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .errors import ConfigError, OutputError
-from .files import atomic_file
-from .sweep_stats import PPL, setting_sort_key, spread_by_setting, summarize
+from ..errors import ConfigError, OutputError
+from ..files import atomic_file
+from .stats import PPL, setting_sort_key, spread_by_setting, summarize
 
 
 def _settings(frame: pd.DataFrame) -> list[str]:

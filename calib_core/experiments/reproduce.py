@@ -17,10 +17,10 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
-from . import assets
-from .data import BUILTIN_SOURCES, DEFAULT_CONCAT_SEPARATOR
-from .pipeline import PipelineEvent
-from .selfgen import GenerationConfig
+from .. import assets
+from ..data.sources import BUILTIN_SOURCES, DEFAULT_CONCAT_SEPARATOR
+from ..pipeline import PipelineEvent
+from ..data.selfgen import GenerationConfig
 from .sweeps import SweepGrid, SweepPoint, SweepSummary, run_sweep
 
 BUILTIN_SOURCES = list(BUILTIN_SOURCES)
@@ -144,7 +144,7 @@ RUN_LABEL = ("method", "setting", "calibration", "nsamples", "seed")
 
 
 def _run_label(point: SweepPoint) -> tuple:
-    from .sweep_stats import setting_label
+    from .stats import setting_label
 
     return (point.config.method, setting_label(point.config.as_dict()), point.calibration or "none", point.nsamples,
             point.seed)
@@ -196,9 +196,9 @@ def run_points(settings: ReproSettings, points: list[SweepPoint], store, on_even
 
 def ensure_selfgen_set(settings: ReproSettings, on_event=None) -> None:
     """Generate the self-generated set once (seeded); later runs reuse the saved set."""
-    from . import sets
-    from .models import load_model
-    from .selfgen import generate_set, save_generated
+    from ..data import sets
+    from ..models import load_model
+    from ..data.selfgen import generate_set, save_generated
 
     name = settings.selfgen_name
     if name in sets.list_sets():
@@ -213,8 +213,8 @@ def similarity_scores(settings: ReproSettings) -> dict:
     """Q3: Min-K%++ (K = 50%), Min-K% and ppl of each calibration source under the dense model, scored on
     seqlen-token windows drawn as calibration draws them (the self-generated set as Wanda's path draws it),
     with the tokenizer's special tokens, so short texts are not compared on a different footing."""
-    from .models import load_model
-    from .similarity import compare_sources
+    from ..models import load_model
+    from ..metrics.similarity import compare_sources
 
     loaded = load_model(settings.model)
     selfgen = tuple(settings.selfgen_sampling.get("wanda", [settings.mode, DEFAULT_CONCAT_SEPARATOR]))
@@ -231,7 +231,7 @@ def run_reproduction(settings: ReproSettings, store=None, on_event=None, cancel=
     """Self-generate (once), run every point not yet finished (`runner`: run_sweep, or the Ray runner),
     score similarity (once). `previous`: an earlier report's runs.csv (DataFrame) whose unchanged points
     are carried over instead of rerun."""
-    from .runs import RunStore
+    from ..runs import RunStore
 
     store = store or RunStore()
     ensure_selfgen_set(settings, on_event)
@@ -246,8 +246,8 @@ def ensure_dense_reference(settings: ReproSettings, store) -> dict:
     """Perplexities of the unpruned model on the same eval windows, computed once."""
     import math
 
-    from .evaluate import perplexity
-    from .models import load_model
+    from ..metrics.perplexity import perplexity
+    from ..models import load_model
 
     path = store.path.parent / f"{settings.name}-dense.json"
     if not path.exists():
@@ -272,7 +272,7 @@ def ensure_similarity(settings: ReproSettings, store) -> dict:
 def reproduction_frame(settings: ReproSettings, store):
     """The finished runs of this reproduction's points (not of other settings under the same name), with
     each point's eval windows and sampling mode (the eval-size check and Q4's self-generated draws differ)."""
-    from .sweep_stats import runs_frame
+    from .stats import runs_frame
 
     by_key = {p.key: p for points in settings.questions().values() for p in points}
     runs = [r for r in store.list(where="sweep = ?", params=(settings.name,)) if r.get("point_key") in by_key]

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import sweep_figures
-from .data import eligibility_floor
-from .errors import CalibLabError, ConfigError
+from . import figures as sweep_figures
+from ..data.sources import eligibility_floor
+from ..errors import CalibLabError, ConfigError
 from .reproduce import (
     CHANGES_SINCE_PREVIOUS, PLAN_CHANGES, RUN_LABEL, ReproSettings, carried_points, ensure_dense_reference,
     ensure_similarity, ordered_points, reproduction_frame,
 )
-from .provenance import environment_versions
-from .sweep_stats import PPL, setting_label, setting_sort_key, spread_by_setting, summarize, welch_test
+from ..provenance import environment_versions
+from .stats import PPL, setting_label, setting_sort_key, spread_by_setting, summarize, welch_test
 
 ALPHA = 0.05
 
@@ -61,7 +61,7 @@ def _verdict(ok: bool | None, text: str) -> str:
 
 
 def report_caveats(settings: ReproSettings) -> list[str]:
-    from .sets import load_set
+    from ..data.sets import load_set
 
     lines = [f"- {change}" for change in PLAN_CHANGES]
     try:

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .data import DEFAULT_CONCAT_SEPARATOR, build_calibration, load_documents
-from .errors import SourceError
-from .scoring import min_k, pad_id, perplexity_of, score_token_ids
+from ..data.sources import DEFAULT_CONCAT_SEPARATOR, build_calibration, load_documents
+from ..errors import SourceError
+from ..scoring import min_k, pad_id, perplexity_of, score_token_ids
 
 # Online samples of real pretraining corpora (streamed; offline they fail with a clear message).
 REFERENCE_CORPORA = {

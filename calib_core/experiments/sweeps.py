@@ -31,11 +31,11 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from . import assets
-from .data import DEFAULT_CONCAT_SEPARATOR, check_mode, check_windows_fit
-from .errors import CalibLabError, ConfigError, PruningCancelled
-from .pipeline import PipelineEvent, PruneJob, run_prune_job
-from .prune import PruneConfig
+from .. import assets
+from ..data.sources import DEFAULT_CONCAT_SEPARATOR, check_mode, check_windows_fit
+from ..errors import CalibLabError, ConfigError, PruningCancelled
+from ..pipeline import PipelineEvent, PruneJob, run_prune_job
+from ..prune import PruneConfig
 
 
 MAX_SWEEP_POINTS = 10_000
@@ -92,7 +92,7 @@ class SweepGrid:
             if not isinstance(getattr(grid, key), list) or (key != "eval" and not getattr(grid, key)):
                 raise ConfigError(f"Sweep grid '{key}' must be a non-empty list.")
         grid.check_bounds()
-        from .evaluate import check_protocol
+        from ..metrics.perplexity import check_protocol
 
         check_mode(grid.mode)
         check_protocol(grid.ppl_protocol)
@@ -212,8 +212,8 @@ def run_sweep(grid: SweepGrid, store=None, on_event=None, cancel=None, points=No
     """Run the points not yet finished; a failing point is recorded and the sweep goes on, a cancel
     stops it (finished points stay finished). `points` (default: the grid's) lets a caller order or
     merge points of grids that share the grid's context, e.g. several seeds of every question first."""
-    from .models import load_model
-    from .runs import RunStore
+    from ..models import load_model
+    from ..runs import RunStore
 
     emit = on_event or (lambda event: None)
     store = store or RunStore()
