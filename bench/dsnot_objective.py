@@ -5,11 +5,6 @@ wiki tokens, Wanda 60% as the initial mask). Results are quoted in bench/README.
     .venv/bin/python bench/dsnot_objective.py
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import torch
 torch.set_num_threads(2)
 from calib_core.models import load_model, decoder_blocks, prunable_modules, weight_matrix

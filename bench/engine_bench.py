@@ -18,10 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from calib_core.prune.methods import METHODS as REGISTRY
 
-from calib_core.prune.methods import METHODS as REGISTRY  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CALIB = dict(spec="builtin:wiki", nsamples=32, seqlen=512, seed=0)
 EVAL = dict(spec="builtin:wiki", seqlen=512, max_windows=32)

@@ -16,18 +16,15 @@ import json
 import resource
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from engine_bench import CALIB, EVAL, plain_forward  # the sibling script
+from calib_core.data.sources import build_calibration
+from calib_core.metrics.perplexity import perplexity
+from calib_core.models import load_model
 
-from bench.engine_bench import CALIB, EVAL, plain_forward  # noqa: E402
-from calib_core.data.sources import build_calibration  # noqa: E402
-from calib_core.metrics.perplexity import perplexity  # noqa: E402
-from calib_core.models import load_model  # noqa: E402
 
 
 class _Caught(Exception):

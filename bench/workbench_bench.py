@@ -13,22 +13,20 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
+import torch
+
+from calib_core.data import sets
+from calib_core.data.sources import BUILTIN_SOURCES, build_calibration
+from calib_core.metrics.perplexity import perplexity
+from calib_core.models import load_model
+from calib_core.prune import PruneConfig, prune_model
+from calib_core.data.selfgen import GenerationConfig, generate_set, save_generated
+from calib_core.metrics.similarity import sample_texts, score_token_ids, similarity_table
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from calib_core import sets  # noqa: E402
-from calib_core.data.sources import BUILTIN_SOURCES, build_calibration  # noqa: E402
-from calib_core.metrics.perplexity import perplexity  # noqa: E402
-from calib_core.models import load_model  # noqa: E402
-from calib_core.prune import PruneConfig, prune_model  # noqa: E402
-from calib_core.data.selfgen import GenerationConfig, generate_set, save_generated  # noqa: E402
-from calib_core.metrics.similarity import sample_texts, score_token_ids, similarity_table  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "workbench_bench"
 SOURCES = list(BUILTIN_SOURCES)

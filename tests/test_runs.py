@@ -1,7 +1,6 @@
 """The SQLite run store survives kills and marks interrupted runs."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -29,8 +28,7 @@ def test_runs_round_trip(tmp_path):
 def test_killed_process_leaves_store_readable_and_run_interrupted(tmp_path):
     path = tmp_path / "runs.sqlite"
     script = textwrap.dedent(f"""
-        import os, signal, sys
-        sys.path.insert(0, {os.getcwd()!r})
+        import os, signal
         from calib_core.runs import RunStore
         store = RunStore({str(path)!r})
         store.start("m", {{"method": "sparsegpt", "pattern": "2:4"}}, None)
