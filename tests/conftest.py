@@ -38,3 +38,8 @@ def fill_disk(folder) -> None:
                     handle.write(b"\0" * size)
             except OSError as exc:
                 assert exc.errno == errno.ENOSPC, exc
+
+
+# The banner of the plotly.js bundle: present when a figure embeds the library (works offline), absent
+# when it only links a CDN.
+PLOTLY_JS_MARKER = "plotly.js v"

@@ -41,6 +41,14 @@ def test_too_short_source_is_refused():
         cloze_items("builtin:wiki", TOK, items=2, context_tokens=10**6)
 
 
+@pytest.fixture
+def bundled_for_cloze():
+    from calib_core.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.mark.bundled
 def test_bundled_model_beats_chance_and_pruning_hurts(bundled_for_cloze):
     from calib_core.prune import PruneConfig, prune_model
 
@@ -52,13 +60,6 @@ def test_bundled_model_beats_chance_and_pruning_hurts(bundled_for_cloze):
     pruned = cloze_accuracy(lm.model, lm.tokenizer, "builtin:wiki", items=40, context_tokens=48,
                             continuation_tokens=12)
     assert pruned.acc < dense.acc
-
-
-@pytest.fixture
-def bundled_for_cloze():
-    from calib_core.models import load_model
-
-    return load_model("smollm2-135m")
 
 
 def test_pipeline_records_cloze_accuracy(tmp_path):

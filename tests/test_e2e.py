@@ -49,6 +49,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def app_url(tmp_path):
+    _require_browser()  # before paying for a server start
     port = _free_port()
     env = dict(os.environ, CALIB_LAB_DATA=str(tmp_path / "data"))
     started = time.perf_counter()
@@ -108,7 +109,6 @@ def _fill(page, label: str, value):
 
 
 def test_browser_flow_set_prune_results(app_url):
-    _require_browser()
     from playwright.sync_api import expect, sync_playwright
 
     url, launched, data = app_url

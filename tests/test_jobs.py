@@ -19,15 +19,18 @@ def test_jobs_on_one_device_run_one_at_a_time_in_order():
     gate = threading.Event()
     running = []
 
+    started = threading.Event()
+
     def slow(job):
         running.append(job.id)
         job.emit("started")
-        gate.wait(5)
+        started.set()
+        gate.wait(60)
         return job.id * 10
 
     first = manager.submit("a", slow)
     second = manager.submit("b", slow)
-    time.sleep(0.1)
+    assert started.wait(60)
     assert first.status == "running" and second.status == "queued" and manager.position(second) == 1
     gate.set()
     assert wait(first).result == 10 and wait(second).result == 20

@@ -12,7 +12,7 @@ from calib_core.errors import ModelLoadError, UnsupportedModelError
 from calib_core.models import decoder_blocks, describe_model, family_of, load_model, prunable_modules
 from calib_core.prune.memory import estimate_memory
 from calib_core.prune.methods import METHODS
-from tests.tiny import FAMILY_CONFIGS, tiny_model
+from tests.tiny import FAMILY_CONFIGS, char_tokenizer, tiny_model
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
@@ -44,9 +44,9 @@ def test_encoder_only_model_is_refused_with_expectation():
 def test_local_folder_round_trip_and_unsupported_folder(tmp_path):
     tiny = tiny_model("llama")
     tiny.save_pretrained(tmp_path / "tiny")
-    from transformers import AutoModelForCausalLM
-
-    assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path / "tiny"), type(tiny))
+    char_tokenizer().save_pretrained(tmp_path / "tiny")
+    loaded = load_model(str(tmp_path / "tiny"))
+    assert isinstance(loaded.model, type(tiny)) and loaded.family.label == "Llama" and loaded.source == str(tmp_path / "tiny")
     BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                intermediate_size=64).save_pretrained(tmp_path / "bert")
     with pytest.raises(UnsupportedModelError, match="not a decoder-only causal LM"):

@@ -12,6 +12,7 @@ from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore
 from calib_core.experiments.sweeps import SweepGrid, run_sweep
 from tests.tiny import save_tiny_folder
+from tests.conftest import PLOTLY_JS_MARKER
 
 
 def _grid(folder, **overrides):
@@ -92,7 +93,7 @@ def test_cli_sweep_dry_run_and_run(tmp_path, capsys, monkeypatch):
     assert "1 ran, 0 skipped" in captured.out
     assert "nsamples: No wanda 50% source has runs at two or more sample counts" in captured.err
     for view in ("bars", "spread", "violins"):
-        assert (tmp_path / "figs" / f"wanda-{view}.html").stat().st_size > 1_000_000
+        assert PLOTLY_JS_MARKER in (tmp_path / "figs" / f"wanda-{view}.html").read_text()  # works offline
     assert "builtin:wiki" in (tmp_path / "figs" / "summary.csv").read_text()
     assert cli_main(["sweep", str(grid), "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("done")
