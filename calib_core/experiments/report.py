@@ -112,14 +112,40 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
     if frame.empty:
         raise ConfigError(f"No finished runs of reproduction '{settings.name}' yet: run it first.")
     everything, frame = frame, frame[frame["eval_windows"] == settings.eval_windows]
-    similarity = ensure_similarity(settings, store)
     report = _Report(out)
     findings: list[str] = []
-    points = ordered_points(settings)
-    versions = environment_versions()
+    _header_section(report, settings, everything, command)
+    wanda = frame[frame["method"] == "wanda"]
+    q1 = wanda[(wanda["nsamples"] == settings.nsamples) & wanda["calibration"].isin(settings.sources)]
+    order = sorted(q1["setting"].unique(), key=setting_sort_key)
+    _q1_section(report, settings, store, frame, q1, order, findings)
+    _q2_section(report, settings, wanda, findings)
+    _q3_section(report, settings, ensure_similarity(settings, store), q1, order, findings)
+    _q4_section(report, settings, frame, findings)
+    _eval_check_section(report, settings, everything, findings)
+    if previous_frame is not None:
+        _changes_section(report, settings, previous_frame, frame)
+    report.add("## Caveats", "", *report_caveats(settings), "")
+    report.add("## Findings", "", *findings, "",
+               f"Compute: {_compute_seconds(settings, store) / 60:.0f} min of recorded calibration + pruning + "
+               f"evaluation time over the {len(made)} runs made for this report"
+               + (f" ({int(everything['carried'].sum())} more carried over)" if everything["carried"].any() else "")
+               + ".", "")
+    if report.figure_errors:
+        report.add("Figures not drawn: " + "; ".join(report.figure_errors), "")
+    path = out / "README.md"
+    path.write_text("\n".join(report.lines) + "\n", encoding="utf-8")
+    everything.to_csv(out / "runs.csv", index=False)
+    return path
+
+
+def _header_section(report: _Report, settings: ReproSettings, everything: pd.DataFrame, command: str | None) -> None:
+    """Title, what is measured and how it differs from the paper, settings and versions."""
     import plotly
     import scipy
 
+    points = ordered_points(settings)
+    versions = environment_versions()
     versions.update(scipy=scipy.__version__, plotly=plotly.__version__)
     settings_table = {k: v for k, v in settings.as_dict().items() if k != "selfgen"}
     report.add(
@@ -149,12 +175,12 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
         "only, threshold 0.1 unscaled at 512 tokens; OWL: Wanda base, M 5, lambda 0.08).", "",
         "Settings:", "", _key_values(settings_table), "", "Versions:", "", _key_values(versions), "")
 
-    wanda = frame[frame["method"] == "wanda"]
-    q1 = wanda[(wanda["nsamples"] == settings.nsamples) & wanda["calibration"].isin(settings.sources)]
-    magnitude = summarize(frame[frame["method"] == "magnitude"], ["setting"], PPL)
-    order = sorted(q1["setting"].unique(), key=setting_sort_key)
 
-    # ---- Q1
+
+def _q1_section(report: _Report, settings: ReproSettings, store, frame: pd.DataFrame, q1: pd.DataFrame,
+                order: list[str], findings: list[str]) -> None:
+    """Spread across calibration sources (Wanda), against magnitude pruning."""
+    magnitude = summarize(frame[frame["method"] == "magnitude"], ["setting"], PPL)
     report.add("## Q1: spread across calibration sources (Wanda)", "",
                "Mean ± std (seeds) of `ppl`; magnitude pruning (no calibration data) as reference.", "")
     if not q1.empty:
@@ -194,7 +220,10 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
                                  + (", ".join(below) if below else "no source is worse than magnitude at any "
                                     "setting (magnitude is far worse on this model)") + "."))
 
-    # ---- Q2
+
+
+def _q2_section(report: _Report, settings: ReproSettings, wanda: pd.DataFrame, findings: list[str]) -> None:
+    """Mean and std against the number of calibration samples."""
     report.add("## Q2: mean and std against the number of calibration samples (Wanda 50%)", "")
     curve = wanda[(wanda["setting"] == "50%") & wanda["calibration"].isin(settings.curve_sources)]
     if curve["nsamples"].nunique() >= 2:
@@ -224,7 +253,11 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
     else:
         report.add("Not enough sample counts finished yet.", "")
 
-    # ---- Q3
+
+
+def _q3_section(report: _Report, settings: ReproSettings, similarity: dict | None, q1: pd.DataFrame,
+                order: list[str], findings: list[str]) -> None:
+    """The best source, and its similarity to pretraining data (Min-K%++)."""
     report.add("## Q3: which source is best, and its similarity to pretraining data (Min-K%++)", "")
     if similarity and not q1.empty:
         sim = pd.DataFrame([{"calibration": s, "Min-K%++ mean": v["min_k_pp_mean"], "Min-K%++ std": v["min_k_pp_std"],
@@ -257,7 +290,10 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
     else:
         report.add("Similarity scores or Q1 runs missing.", "")
 
-    # ---- Q4
+
+
+def _q4_section(report: _Report, settings: ReproSettings, frame: pd.DataFrame, findings: list[str]) -> None:
+    """Self-generated calibration data against the builtin sources, per method."""
     report.add(f"## Q4: self-generated calibration data (at {setting_label({'sparsity': settings.selfgen_setting})})", "")
     q4_setting = setting_label({"sparsity": settings.selfgen_setting})
     q4 = frame[(frame["setting"] == q4_setting) & (frame["nsamples"] == settings.nsamples)
@@ -290,24 +326,15 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
     else:
         report.add("No Q4 runs finished yet.", "")
 
-    _eval_check_section(report, settings, everything, findings)
-    if previous_frame is not None:
-        _changes_section(report, settings, previous_frame, frame)
+
+
+def _compute_seconds(settings: ReproSettings, store) -> float:
+    """Recorded calibration + pruning + evaluation time of the reproduction's finished runs."""
     seconds = 0.0
     for run in store.list(where="sweep = ? AND status = 'finished'", params=(settings.name,)):
         seconds += sum(v for k, v in (run["record"] or {}).get("timings", {}).items() if k in (
             "calibration", "prune_total", "eval"))
-    report.add("## Caveats", "", *report_caveats(settings), "")
-    report.add("## Findings", "", *findings, "",
-               f"Compute: {seconds / 60:.0f} min of recorded calibration + pruning + evaluation time over the "
-               f"{len(made)} runs made for this report" + (f" ({int(everything['carried'].sum())} more carried over)"
-                                                           if everything["carried"].any() else "") + ".", "")
-    if report.figure_errors:
-        report.add("Figures not drawn: " + "; ".join(report.figure_errors), "")
-    path = out / "README.md"
-    path.write_text("\n".join(report.lines) + "\n", encoding="utf-8")
-    everything.to_csv(out / "runs.csv", index=False)
-    return path
+    return seconds
 
 
 def _source_ranks(frame: pd.DataFrame) -> pd.DataFrame:
