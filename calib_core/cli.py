@@ -418,11 +418,7 @@ def _cmd_runs(args) -> int:
 
     store = RunStore()
     if args.show is not None:
-        try:
-            print(json.dumps(store.get(args.show), indent=2))
-        except KeyError as exc:
-            print(f"error: {exc.args[0]}", file=sys.stderr)
-            return 2
+        print(json.dumps(store.get(args.show), indent=2))
         return 0
     print(f"{'id':>4} {'status':<11} {'created':<19} {'model':<16} {'method':<10} {'sparsity':<8} ppl")
     for run in store.list():

@@ -33,5 +33,17 @@ class OutputError(CalibLabError):
     """An output destination (save folder, report, export) is unusable, or writing it failed."""
 
 
+class RunNotFoundError(CalibLabError):
+    """No run with that id in the run store."""
+
+
+class NotEnoughDataError(CalibLabError):
+    """Too few finished runs, seeds or sources for a table, a test or a figure (not a user mistake)."""
+
+
+class MissingDependencyError(CalibLabError):
+    """An optional package (ray, lm-eval, kaleido) is not installed; the message says how to get it."""
+
+
 class AccessError(CalibLabError):
     """A shared (exposed) app refused a path or setting outside what visitors may reach."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 
 from .provenance import environment_versions, peak_memory
-from .errors import OutputError
+from .errors import OutputError, RunNotFoundError
 from .files import atomic_write_json
 
 
@@ -175,12 +175,26 @@ class RunStore:
         return len(dead)
 
     def get(self, run_id: int) -> dict:
-        runs = self.list(where="id = ?", params=(run_id,))
+        runs = self._select("id = ?", (run_id,))
         if not runs:
-            raise KeyError(f"No run {run_id}.")
+            raise RunNotFoundError(f"No run {run_id} in the run store {self.path}.")
         return runs[0]
 
-    def list(self, where: str = "1 = 1", params: tuple = ()) -> list[dict]:
+    def list(self) -> list[dict]:
+        """Every run, oldest first."""
+        return self._select()
+
+    def sweep_runs(self, sweep: str, status: str | None = None) -> list[dict]:
+        """The runs of one sweep (or reproduction), optionally only those with `status`."""
+        if status is None:
+            return self._select("sweep = ?", (sweep,))
+        return self._select("sweep = ? AND status = ?", (sweep, status))
+
+    def sweep_names(self) -> list[str]:
+        with self._connect() as db:
+            return sorted(name for (name,) in db.execute("SELECT DISTINCT sweep FROM runs WHERE sweep IS NOT NULL"))
+
+    def _select(self, where: str = "1 = 1", params: tuple = ()) -> list[dict]:
         with self._connect() as db:
             db.row_factory = sqlite3.Row
             rows = db.execute(f"SELECT * FROM runs WHERE {where} ORDER BY id", params).fetchall()

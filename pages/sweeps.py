@@ -5,7 +5,7 @@ import yaml
 
 from calib_core.data import sets
 from calib_core.data.sources import BUILTIN_SOURCES, MODES
-from calib_core.errors import CalibLabError, ConfigError
+from calib_core.errors import CalibLabError, ConfigError, MissingDependencyError, NotEnoughDataError
 from calib_core.jobs import manager
 from calib_core.prune.methods import METHODS
 from calib_core.runs import RunStore
@@ -103,14 +103,14 @@ with grid_tab:
     sweep_progress()
 
 with results_tab:
-    names = sorted({r["sweep"] for r in store.list(where="sweep IS NOT NULL")})
+    names = store.sweep_names()
     if not names:
         st.info("No sweep has finished points yet.")
         st.stop()
     chosen = st.selectbox("Sweep", names, index=len(names) - 1)
     try:
         frame = sweep_frame(store, chosen)
-    except ConfigError as exc:
+    except NotEnoughDataError as exc:
         st.info(str(exc))
         st.stop()
     metrics = [PPL] + [c for c in frame.columns if c.startswith(("ppl ", "cloze "))]
@@ -146,7 +146,7 @@ with results_tab:
         b = c2.selectbox("Source B", sources, 1)
         try:
             st.markdown(welch_test(here, a, b, metric).describe())
-        except ConfigError as exc:
+        except NotEnoughDataError as exc:
             st.warning(str(exc))
     st.dataframe(summarize(frame, ["method", "setting", "calibration", "nsamples"], metric), hide_index=True,
                  width="stretch")
@@ -159,6 +159,6 @@ with results_tab:
             try:
                 path = export(fig, folder / f"{key}.{kind}")
                 st.download_button(f"Download {path.name}", path.read_bytes(), path.name, key=f"dl-{key}")
-            except ConfigError as exc:
+            except (MissingDependencyError, ConfigError) as exc:
                 st.error(str(exc))
                 break

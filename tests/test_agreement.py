@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from calib_core.metrics.agreement import block_agreement, mask_agreement, save_masks
-from calib_core.errors import ConfigError
+from calib_core.errors import ConfigError, NotEnoughDataError
 from calib_core.models import decoder_blocks, prunable_modules, weight_matrix
 from tests.tiny import tiny_model
 
@@ -62,5 +62,5 @@ def test_runs_of_different_models_are_refused(tmp_path):
     a, b = tiny_model("llama"), tiny_model("opt")
     with pytest.raises(ConfigError, match="same modules"):
         mask_agreement(save_masks(a, tmp_path / "a.npz"), save_masks(b, tmp_path / "b.npz"))
-    with pytest.raises(ConfigError, match="No stored masks"):
+    with pytest.raises(NotEnoughDataError, match="No stored masks"):
         mask_agreement(tmp_path / "a.npz", tmp_path / "missing.npz")

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from calib_core.cli import main as cli_main
-from calib_core.errors import ConfigError
+from calib_core.errors import MissingDependencyError
 from calib_core.experiments.ray_sweep import ray_available, run_sweep_on_ray
 from calib_core.runs import RunStore
 from calib_core.experiments.sweeps import SweepGrid, run_sweep
@@ -61,7 +61,7 @@ def test_ray_failure_is_recorded(tmp_path, local_ray):
 def test_without_ray_the_cli_runs_locally_and_says_how(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     assert not ray_available()
-    with pytest.raises(ConfigError, match="pip install 'ray"):
+    with pytest.raises(MissingDependencyError, match="pip install 'ray"):
         run_sweep_on_ray(_grid(tmp_path), store=RunStore(tmp_path / "runs.sqlite"))
     folder = save_tiny_folder(tmp_path / "tiny")
     grid = tmp_path / "grid.json"

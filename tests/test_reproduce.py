@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from calib_core.cli import main as cli_main
-from calib_core.errors import ConfigError
+from calib_core.errors import ConfigError, NotEnoughDataError
 from calib_core.experiments.reproduce import PLAN_CHANGES, ReproSettings, ordered_points, reproduction_frame, run_reproduction
 from calib_core.experiments.report import report_caveats, write_report
 from calib_core.runs import RunStore
@@ -43,7 +43,7 @@ def test_summary_spread_and_welch():
     noise = welch_test(frame[frame["setting"] == "2:4"], "a", "b")
     assert clear.p < 0.01 < 0.5 < noise.p
     assert "differ at alpha" in clear.describe() and "do not differ" in noise.describe()
-    with pytest.raises(ConfigError, match="at least 2 seeds"):
+    with pytest.raises(NotEnoughDataError, match="at least 2 seeds"):
         welch_test(frame.iloc[:1], "a", "b")
 
 
@@ -76,7 +76,7 @@ def test_figures_and_export(tmp_path):
     assert len(seed_violins(frame).data) == 2
     curve = pd.concat([frame, frame.assign(nsamples=4, ppl=frame["ppl"] * 1.1)])
     assert len(nsamples_band(curve).data) == 4  # band + line per source
-    with pytest.raises(ConfigError, match="two or more sample counts"):
+    with pytest.raises(NotEnoughDataError, match="two or more sample counts"):
         nsamples_band(frame)
     html = export(bars, tmp_path / "bars.html")
     assert PLOTLY_JS_MARKER in html.read_text()  # plotly.js embedded: the page works offline

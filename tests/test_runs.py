@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+from calib_core.errors import RunNotFoundError
 from calib_core.runs import RunStore
 
 
@@ -21,7 +22,7 @@ def test_runs_round_trip(tmp_path):
     assert run["config"]["method"] == "wanda" and run["sparsity"] == "0.5"
     with pytest.raises(ValueError):
         store.finish(run_id, "exploded")
-    with pytest.raises(KeyError):
+    with pytest.raises(RunNotFoundError, match="No run 999"):
         store.get(999)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from calib_core import hub
 from calib_core.cli import main as cli_main
-from calib_core.errors import ConfigError, SourceError
+from calib_core.errors import ConfigError, MissingDependencyError, SourceError
 from calib_core.pipeline import PruneJob, run_prune_job
 from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore
@@ -62,5 +62,5 @@ def test_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="Unknown lm-eval task"):
         lm_eval_accuracy(lm.model, lm.tokenizer, ["no_such_task"], include_path=str(tmp_path))
     monkeypatch.setitem(sys.modules, "lm_eval", None)
-    with pytest.raises(ConfigError, match="pip install lm_eval"):
+    with pytest.raises(MissingDependencyError, match="pip install lm_eval"):
         lm_eval_accuracy(lm.model, lm.tokenizer, ["boolq"])

@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..errors import ConfigError, OutputError
+from ..errors import ConfigError, MissingDependencyError, NotEnoughDataError, OutputError
 from ..files import atomic_file
 from .stats import PPL, setting_sort_key, spread_by_setting, summarize
 
@@ -28,7 +28,7 @@ def source_bars(frame: pd.DataFrame, method: str = "wanda", metric: str = PPL, m
     data = frame[frame["method"] == method]
     settings = _settings(data)
     if not settings:
-        raise ConfigError(f"No finished {method} runs to plot.")
+        raise NotEnoughDataError(f"No finished {method} runs to plot.")
     means = summarize(data, ["setting", "calibration"], metric)
     reference = summarize(frame[frame["method"] == "magnitude"], ["setting"], metric) if magnitude else None
     lines = {}
@@ -69,7 +69,7 @@ def nsamples_band(frame: pd.DataFrame, method: str = "wanda", setting: str = "50
                                  name=f"{source} +- std", hoverinfo="skip"))
         fig.add_trace(go.Scatter(x=x, y=group["mean"], mode="lines+markers", name=source))
     if not fig.data:
-        raise ConfigError(f"No {method} {setting} source has runs at two or more sample counts.")
+        raise NotEnoughDataError(f"No {method} {setting} source has runs at two or more sample counts.")
     fig.update_xaxes(type="log", title="calibration samples")
     fig.update_yaxes(title=metric)
     fig.update_layout(title=f"{method} {setting}: {metric} vs number of calibration samples", height=420)
@@ -80,7 +80,7 @@ def seed_violins(frame: pd.DataFrame, method: str = "wanda", setting: str = "50%
     """Per-seed metric per source: the distribution behind each bar."""
     data = frame[(frame["method"] == method) & (frame["setting"] == setting)]
     if data.empty:
-        raise ConfigError(f"No finished {method} runs at {setting}.")
+        raise NotEnoughDataError(f"No finished {method} runs at {setting}.")
     fig = go.Figure()
     for source, group in data.groupby("calibration", sort=False):
         fig.add_trace(go.Violin(y=group[metric], name=source, box_visible=True, points="all", meanline_visible=True,
@@ -94,7 +94,7 @@ def spread_chart(frame: pd.DataFrame, method: str = "wanda", metric: str = PPL, 
     """max - min over sources of the mean metric, per sparsity setting (relative to the best source)."""
     spread = spread_by_setting(frame, metric, method)
     if spread.empty:
-        raise ConfigError(f"No finished {method} runs.")
+        raise NotEnoughDataError(f"No finished {method} runs.")
     column = "relative spread" if relative else "spread"
     y = spread[column] * (100 if relative else 1)
     fig = go.Figure(go.Bar(x=spread["setting"], y=y, customdata=spread[["best", "worst"]],
@@ -123,7 +123,7 @@ def sweep_figures(frame: pd.DataFrame, method: str, setting: str | None = None, 
     for name, build in builders.items():
         try:
             figures[name] = build()
-        except ConfigError as exc:
+        except NotEnoughDataError as exc:
             missing.append(f"{name}: {exc}")
     return figures, missing
 
@@ -142,7 +142,7 @@ def export(fig: go.Figure, path: str | os.PathLike, width: int = 1100, height: i
     try:
         import kaleido  # noqa: F401
     except ImportError as exc:
-        raise ConfigError("PNG export needs kaleido: pip install kaleido (and a Chrome or Chromium).") from exc
+        raise MissingDependencyError("PNG export needs kaleido: pip install kaleido (and a Chrome or Chromium).") from exc
     if not os.environ.get("BROWSER_PATH"):
         system = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
         if system:
@@ -153,6 +153,6 @@ def export(fig: go.Figure, path: str | os.PathLike, width: int = 1100, height: i
     except OutputError:
         raise
     except Exception as exc:  # kaleido reports a missing browser in several ways
-        raise ConfigError(f"PNG export failed ({exc}). Kaleido needs Chrome/Chromium: install chromium, or set "
+        raise MissingDependencyError(f"PNG export failed ({exc}). Kaleido needs Chrome/Chromium: install chromium, or set "
                           f"BROWSER_PATH to a Chrome binary; HTML export works without it.") from exc
     return path

@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import CalibLabError, ConfigError, PruningCancelled
+from ..errors import CalibLabError, MissingDependencyError, PruningCancelled
 from ..files import atomic_write_bytes
 from ..pipeline import PipelineEvent
 from .sweeps import SweepGrid, SweepPoint, SweepSummary, plan_sweep
@@ -75,7 +75,7 @@ def run_sweep_on_ray(grid: SweepGrid, address: str = "auto", store=None, on_even
     from ..runs import RunStore
 
     if not ray_available():
-        raise ConfigError(RAY_MISSING)
+        raise MissingDependencyError(RAY_MISSING)
     emit = on_event or (lambda event: None)
     store = store or RunStore()
     todo, summary = plan_sweep(grid, store, points, emit, where=" on Ray")

@@ -12,7 +12,7 @@ import pandas as pd
 
 from . import figures as sweep_figures
 from ..data.sources import eligibility_floor
-from ..errors import CalibLabError, ConfigError
+from ..errors import CalibLabError, MissingDependencyError, NotEnoughDataError
 from .reproduce import (
     CHANGES_SINCE_PREVIOUS, PLAN_CHANGES, RUN_LABEL, ReproSettings, carried_points, ensure_dense_reference,
     ensure_similarity, ordered_points, reproduction_frame,
@@ -45,7 +45,7 @@ class _Report:
         try:
             path = sweep_figures.export(build(), self.out / f"{name}.png")
             self.add(f"![{caption}]({path.name})", "")
-        except ConfigError as exc:
+        except (NotEnoughDataError, MissingDependencyError) as exc:
             self.figure_errors.append(f"{name}: {exc}")
             self.add(f"(figure {name} not drawn: {exc})", "")
 
@@ -110,7 +110,7 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
     if previous_frame is not None:
         frame = pd.concat([frame, carried_runs(settings, previous_frame, made)], ignore_index=True)
     if frame.empty:
-        raise ConfigError(f"No finished runs of reproduction '{settings.name}' yet: run it first.")
+        raise NotEnoughDataError(f"No finished runs of reproduction '{settings.name}' yet: run it first.")
     everything, frame = frame, frame[frame["eval_windows"] == settings.eval_windows]
     report = _Report(out)
     findings: list[str] = []
@@ -196,7 +196,7 @@ def _q1_section(report: _Report, settings: ReproSettings, store, frame: pd.DataF
             try:
                 result = welch_test(q1[q1["setting"] == row.setting], row.best, row.worst)
                 tests.append(f"- {row.setting}: {result.describe(ALPHA)}")
-            except ConfigError as exc:
+            except NotEnoughDataError as exc:
                 tests.append(f"- {row.setting}: {exc}")
         report.add("Best vs worst source, Welch t-test per setting:", "", *tests, "")
         report.figure("q1_sources", lambda: sweep_figures.source_bars(frame[frame["nsamples"].isin(
@@ -312,7 +312,7 @@ def _q4_section(report: _Report, settings: ReproSettings, frame: pd.DataFrame, f
                 test = welch_test(data, settings.selfgen_set, best)
                 detail = test.describe(ALPHA)
                 beyond_noise = test.p < ALPHA
-            except ConfigError as exc:
+            except NotEnoughDataError as exc:
                 detail, beyond_noise = str(exc), False
             beats_best = means[settings.selfgen_set] < builtin.min()
             beats_mean = means[settings.selfgen_set] < builtin.mean()
@@ -331,7 +331,7 @@ def _q4_section(report: _Report, settings: ReproSettings, frame: pd.DataFrame, f
 def _compute_seconds(settings: ReproSettings, store) -> float:
     """Recorded calibration + pruning + evaluation time of the reproduction's finished runs."""
     seconds = 0.0
-    for run in store.list(where="sweep = ? AND status = 'finished'", params=(settings.name,)):
+    for run in store.sweep_runs(settings.name, "finished"):
         seconds += sum(v for k, v in (run["record"] or {}).get("timings", {}).items() if k in (
             "calibration", "prune_total", "eval"))
     return seconds
@@ -370,7 +370,7 @@ def _eval_check_section(report: _Report, settings: ReproSettings, everything: pd
                 test = welch_test(data, spread["best"], spread["worst"])
                 verdict = "beyond noise" if test.p < ALPHA else "within noise"
                 tests[n] = (ranks, verdict, f"{spread['best']} vs {spread['worst']}: p = {test.p:.3g}")
-            except (ConfigError, TypeError, KeyError) as exc:
+            except (NotEnoughDataError, TypeError, KeyError) as exc:
                 tests[n] = (ranks, None, str(exc))
         (ranks_a, verdict_a, text_a), (ranks_b, verdict_b, text_b) = tests[small], tests[big]
         same = ranks_a is not None and ranks_b is not None and ranks_a.to_dict() == ranks_b.to_dict()

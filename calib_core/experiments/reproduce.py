@@ -275,7 +275,7 @@ def reproduction_frame(settings: ReproSettings, store):
     from .stats import runs_frame
 
     by_key = {p.key: p for points in settings.questions().values() for p in points}
-    runs = [r for r in store.list(where="sweep = ?", params=(settings.name,)) if r.get("point_key") in by_key]
+    runs = [r for r in store.sweep_runs(settings.name) if r.get("point_key") in by_key]
     frame = runs_frame(runs)
     if not frame.empty:
         keys = {r["id"]: r["point_key"] for r in runs}

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from ..errors import ConfigError
+from ..errors import NotEnoughDataError
 
 # The sweep's headline metric: the geometric mean of the held-out perplexities of every eval source,
 # so no single domain (and no source's in-domain advantage) dominates.
@@ -58,9 +58,9 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
 
 
 def sweep_frame(store, sweep: str) -> pd.DataFrame:
-    frame = runs_frame(store.list(where="sweep = ?", params=(sweep,)))
+    frame = runs_frame(store.sweep_runs(sweep))
     if frame.empty:
-        raise ConfigError(f"Sweep '{sweep}' has no finished runs in {store.path}.")
+        raise NotEnoughDataError(f"Sweep '{sweep}' has no finished runs in {store.path}.")
     return frame
 
 
@@ -117,7 +117,7 @@ def welch_test(frame: pd.DataFrame, source_a: str, source_b: str, metric: str = 
     a = frame.loc[frame["calibration"] == source_a, metric].dropna()
     b = frame.loc[frame["calibration"] == source_b, metric].dropna()
     if len(a) < 2 or len(b) < 2:
-        raise ConfigError(f"A t-test needs at least 2 seeds per source; {source_a} has {len(a)}, "
+        raise NotEnoughDataError(f"A t-test needs at least 2 seeds per source; {source_a} has {len(a)}, "
                           f"{source_b} has {len(b)}.")
     result = stats.ttest_ind(a, b, equal_var=False)
     return WelchResult(source_a, source_b, float(a.mean()), float(b.mean()), len(a), len(b),

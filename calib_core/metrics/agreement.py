@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NotEnoughDataError
 from ..files import atomic_file
 from ..models import decoder_blocks, prunable_modules, weight_matrix
 
@@ -37,7 +37,7 @@ def save_masks(model: nn.Module, path: str | os.PathLike) -> Path:
 
 def _load(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, tuple[int, ...]]]:
     if not Path(path).is_file():
-        raise ConfigError(f"No stored masks at {path}.")
+        raise NotEnoughDataError(f"No stored masks at {path}.")
     with np.load(path) as data:
         return {key: (data[key], tuple(data[key + "#shape"])) for key in data.files if not key.endswith("#shape")}
 

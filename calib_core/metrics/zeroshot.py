@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import hub
-from ..errors import ConfigError, SourceError
+from ..errors import ConfigError, MissingDependencyError, SourceError
 
 # The task set of Ji et al. (ICLR 2025): boolq, piqa, hellaswag, winogrande, arc_easy, arc_challenge (zero-shot; MMLU is 5-shot)
 PAPER_TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge")
@@ -69,7 +69,7 @@ def lm_eval_accuracy(model, tokenizer, tasks: list[str] | None = None, limit: in
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError as exc:
-        raise ConfigError(f"Zero-shot accuracy needs lm-evaluation-harness: {INSTALL}.") from exc
+        raise MissingDependencyError(f"Zero-shot accuracy needs lm-evaluation-harness: {INSTALL}.") from exc
     names = resolve_tasks(tasks)
     if include_path is None and not hub.hub_reachable():
         raise SourceError("lm-eval tasks download their datasets from the Hugging Face hub, which is not reachable "
