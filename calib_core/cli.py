@@ -113,111 +113,8 @@ def _sweep_runner(args):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m calib_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    prune = sub.add_parser("prune", help="prune a model layer by layer and measure perplexity")
-    prune.add_argument("--cloze", type=int, default=0, metavar="N",
-                       help="also measure offline 4-way cloze accuracy with N items per eval source "
-                            "(a teaching proxy for zero-shot tasks, not comparable to published numbers)")
-    _add_model_args(prune)
-    _add_method_args(prune)
-    prune.add_argument("--calib", default="builtin:wiki", help="calibration source spec")
-    prune.add_argument("--nsamples", type=int, default=128)
-    prune.add_argument("--seqlen", type=int, default=2048)
-    prune.add_argument("--seed", type=int, default=0)
-    _add_sampling_args(prune, "document")
-    prune.add_argument("--text-column", default=None)
-    _add_eval_args(prune)
-    _add_lm_eval_args(prune)
-    prune.add_argument("--save", default=None, metavar="DIR",
-                       help="save the pruned model, its tokenizer and the report (a Hugging Face folder; written "
-                            "to a temporary sibling and renamed into place when complete)")
-    prune.add_argument("--overwrite", action="store_true", help="replace a non-empty --save folder")
-    prune.add_argument("--report", default=None, metavar="FILE.json")
-
-    calib = sub.add_parser("calib", help="build a calibration set from a source, or self-generate one")
-    _add_model_args(calib)
-    calib.add_argument("--name", required=True, help="save as set:NAME")
-    calib.add_argument("--source", default="builtin:wiki", help="text source (prefixes when --generate)")
-    calib.add_argument("--text-column", default=None)
-    calib.add_argument("--limit", type=int, default=None, help="at most this many documents (plain sets)")
-    calib.add_argument("--generate", action="store_true", help="self-generate from prefixes of --source")
-    calib.add_argument("--quantization", choices=["8bit", "4bit"], default=None,
-                       help="load the generator through bitsandbytes")
-    calib.add_argument("--texts", type=int, default=64)
-    calib.add_argument("--prefix-tokens", type=int, default=2)
-    calib.add_argument("--max-new-tokens", type=int, default=256,
-                       help="new tokens per text at most (default 256, CPU-friendly; the paper generates up to 2048 "
-                            "on GPU). Document modes need texts longer than seqlen")
-    calib.add_argument("--temperature", type=float, default=0.6)
-    calib.add_argument("--top-p", type=float, default=0.95)
-    calib.add_argument("--top-k", type=int, default=50)
-    calib.add_argument("--repetition-penalty", type=float, default=1.2)
-    calib.add_argument("--gen-batch-size", type=int, default=8)
-    calib.add_argument("--drop-fraction", type=float, default=0.2, help="drop this highest-ppl fraction")
-    calib.add_argument("--seed", type=int, default=0)
-
-    sets_cmd = sub.add_parser("sets", help="list, delete or export saved calibration sets")
-    sets_cmd.add_argument("action", choices=["list", "delete", "export"])
-    sets_cmd.add_argument("name", nargs="?")
-    sets_cmd.add_argument("--to", default=None, metavar="FILE.jsonl|FILE.parquet")
-
-    similarity = sub.add_parser("similarity", help="Min-K%%++, Min-K%%, ppl, n-gram/JS/embedding similarity per sample")
-    _add_model_args(similarity)
-    similarity.add_argument("--quantization", choices=["8bit", "4bit"], default=None)
-    similarity.add_argument("--sets", nargs="+", required=True, metavar="SOURCE", help="sources or set:NAME to compare")
-    similarity.add_argument("--reference", default=None,
-                            help="reference corpus: a source spec or one of c4, slimpajama, dclm, fineweb-edu, wikipedia")
-    similarity.add_argument("--samples", type=int, default=64, help="windows (or texts) per set")
-    similarity.add_argument("--scoring", default="windows", choices=["windows", "texts"],
-                            help="windows: calibration windows of --seqlen tokens drawn as `prune` draws them "
-                                 "(--mode, --seed), with the tokenizer's BOS first, so every set is scored on "
-                                 "equally long items; texts: whole texts cut to --max-tokens, no special tokens")
-    similarity.add_argument("--seqlen", type=int, default=512, help="window length (--scoring windows)")
-    _add_sampling_args(similarity, "concat")
-    similarity.add_argument("--k", type=float, default=0.5)
-    similarity.add_argument("--ngram", type=int, default=3)
-    similarity.add_argument("--max-tokens", type=int, default=512, help="tokens per text scored (--scoring texts)")
-    similarity.add_argument("--seed", type=int, default=0)
-    similarity.add_argument("--out", default=None, metavar="TABLE.csv", help="per-sample table")
-
-    runs = sub.add_parser("runs", help="list recorded pruning runs")
-    runs.add_argument("--show", type=int, default=None, metavar="ID", help="print one run's full record")
-
-    sweep = sub.add_parser("sweep", help="run a grid of runs (sources x methods x sparsities x nsamples x seeds); "
-                                         "resumable: finished points are skipped")
-    sweep.add_argument("grid", metavar="GRID.yaml", help="grid file (.yaml/.yml/.json), see calib_core/sweeps.py")
-    sweep.add_argument("--dry-run", action="store_true", help="list the points and which already finished")
-    _add_ray_args(sweep)
-    sweep.add_argument("--figures", default=None, metavar="DIR",
-                       help="afterwards, write each method's charts (HTML, and PNG where kaleido works) and a "
-                            "summary CSV of the sweep to DIR")
-
-    reproduce = sub.add_parser("reproduce", help="the paper's four questions on one model as a resumable sweep, "
-                                                 "then a markdown report with figures")
-    _add_model_args(reproduce)
-    reproduce.add_argument("--seeds", type=int, default=5)
-    reproduce.add_argument("--nsamples", type=int, default=16, help="calibration samples per point (Q1, Q3, Q4)")
-    reproduce.add_argument("--seqlen", type=int, default=512)
-    reproduce.add_argument("--nsamples-curve", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="Q2")
-    reproduce.add_argument("--eval-windows", type=int, default=2, help="held-out windows per builtin source")
-    reproduce.add_argument("--selfgen-texts", type=int, default=None, help="prefixes to self-generate from (default 128)")
-    reproduce.add_argument("--selfgen-max-new-tokens", type=int, default=None,
-                           help="new tokens per self-generated text (default 640 on CPU; the paper: 2048)")
-    reproduce.add_argument("--previous", default=None, metavar="RUNS.csv",
-                           help="an earlier report's runs.csv: its points whose method and data did not change are "
-                                "carried over instead of rerun (the report says which)")
-    reproduce.add_argument("--name", default="reproduce", help="sweep name in the run store")
-    reproduce.add_argument("--out", default="docs/results", metavar="DIR", help="report folder")
-    reproduce.add_argument("--report-only", action="store_true", help="write the report from finished runs only")
-    reproduce.add_argument("--dry-run", action="store_true", help="list the points and which already finished")
-    _add_ray_args(reproduce)
-
-    evaluate = sub.add_parser("eval", help="perplexity of a (dense or saved pruned) model")
-    _add_model_args(evaluate)
-    _add_eval_args(evaluate)
-    _add_lm_eval_args(evaluate)
-    evaluate.add_argument("--seqlen", type=int, default=512)
-    evaluate.add_argument("--report", default=None, metavar="FILE.json")
+    for add_parser, _handler in _commands().values():
+        add_parser(sub)
     return parser
 
 
@@ -225,10 +122,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         clean_stale_files()
-        commands = {"prune": _cmd_prune, "eval": _cmd_eval, "calib": _cmd_calib, "sets": _cmd_sets,
-                    "similarity": _cmd_similarity, "runs": _cmd_runs, "sweep": _cmd_sweep,
-                "reproduce": _cmd_reproduce}
-        return commands[args.command](args)
+        return _commands()[args.command][1](args)
     except CalibLabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -258,6 +152,28 @@ def _print_result(event) -> None:
     """Measured results go to stdout, one line each (progress and notes go to stderr)."""
     if getattr(event, "kind", "") == "pipeline" and event.stage in ("ppl", "cloze", "zeroshot"):
         print(event.message)
+
+
+def _prune_parser(sub) -> None:
+    prune = sub.add_parser("prune", help="prune a model layer by layer and measure perplexity")
+    prune.add_argument("--cloze", type=int, default=0, metavar="N",
+                       help="also measure offline 4-way cloze accuracy with N items per eval source "
+                            "(a teaching proxy for zero-shot tasks, not comparable to published numbers)")
+    _add_model_args(prune)
+    _add_method_args(prune)
+    prune.add_argument("--calib", default="builtin:wiki", help="calibration source spec")
+    prune.add_argument("--nsamples", type=int, default=128)
+    prune.add_argument("--seqlen", type=int, default=2048)
+    prune.add_argument("--seed", type=int, default=0)
+    _add_sampling_args(prune, "document")
+    prune.add_argument("--text-column", default=None)
+    _add_eval_args(prune)
+    _add_lm_eval_args(prune)
+    prune.add_argument("--save", default=None, metavar="DIR",
+                       help="save the pruned model, its tokenizer and the report (a Hugging Face folder; written "
+                            "to a temporary sibling and renamed into place when complete)")
+    prune.add_argument("--overwrite", action="store_true", help="replace a non-empty --save folder")
+    prune.add_argument("--report", default=None, metavar="FILE.json")
 
 
 def _cmd_prune(args) -> int:
@@ -304,6 +220,15 @@ def _cmd_prune(args) -> int:
     return 0
 
 
+def _eval_parser(sub) -> None:
+    evaluate = sub.add_parser("eval", help="perplexity of a (dense or saved pruned) model")
+    _add_model_args(evaluate)
+    _add_eval_args(evaluate)
+    _add_lm_eval_args(evaluate)
+    evaluate.add_argument("--seqlen", type=int, default=512)
+    evaluate.add_argument("--report", default=None, metavar="FILE.json")
+
+
 def _cmd_eval(args) -> int:
     from .files import check_output_file
     from .models import describe_model
@@ -322,6 +247,30 @@ def _cmd_eval(args) -> int:
         record.update(evaluation.extras)
         write_json(args.report, record)
     return 0
+
+
+def _calib_parser(sub) -> None:
+    calib = sub.add_parser("calib", help="build a calibration set from a source, or self-generate one")
+    _add_model_args(calib)
+    calib.add_argument("--name", required=True, help="save as set:NAME")
+    calib.add_argument("--source", default="builtin:wiki", help="text source (prefixes when --generate)")
+    calib.add_argument("--text-column", default=None)
+    calib.add_argument("--limit", type=int, default=None, help="at most this many documents (plain sets)")
+    calib.add_argument("--generate", action="store_true", help="self-generate from prefixes of --source")
+    calib.add_argument("--quantization", choices=["8bit", "4bit"], default=None,
+                       help="load the generator through bitsandbytes")
+    calib.add_argument("--texts", type=int, default=64)
+    calib.add_argument("--prefix-tokens", type=int, default=2)
+    calib.add_argument("--max-new-tokens", type=int, default=256,
+                       help="new tokens per text at most (default 256, CPU-friendly; the paper generates up to 2048 "
+                            "on GPU). Document modes need texts longer than seqlen")
+    calib.add_argument("--temperature", type=float, default=0.6)
+    calib.add_argument("--top-p", type=float, default=0.95)
+    calib.add_argument("--top-k", type=int, default=50)
+    calib.add_argument("--repetition-penalty", type=float, default=1.2)
+    calib.add_argument("--gen-batch-size", type=int, default=8)
+    calib.add_argument("--drop-fraction", type=float, default=0.2, help="drop this highest-ppl fraction")
+    calib.add_argument("--seed", type=int, default=0)
 
 
 def _cmd_calib(args) -> int:
@@ -362,9 +311,16 @@ def _cmd_calib(args) -> int:
     return 0
 
 
+def _sets_parser(sub) -> None:
+    sets_cmd = sub.add_parser("sets", help="list, delete or export saved calibration sets")
+    sets_cmd.add_argument("action", choices=["list", "delete", "export"])
+    sets_cmd.add_argument("name", nargs="?")
+    sets_cmd.add_argument("--to", default=None, metavar="FILE.jsonl|FILE.parquet")
+    sets_cmd.set_defaults(usage_error=sets_cmd.error)  # a missing argument is a usage error, exit 2
+
+
 def _cmd_sets(args) -> int:
     from .data import sets
-    from .errors import SourceError
 
     if args.action == "list":
         for name in sets.list_sets():
@@ -373,15 +329,36 @@ def _cmd_sets(args) -> int:
             print(f"{name}\t{kept}/{len(data['records'])} texts\t{data['metadata'].get('kind', '')}")
         return 0
     if not args.name:
-        raise SourceError(f"'sets {args.action}' needs a set name.")
+        args.usage_error(f"'sets {args.action}' needs a set name.")
     if args.action == "delete":
         sets.delete_set(args.name)
         print(f"deleted set:{args.name}")
     else:
         if not args.to:
-            raise SourceError("'sets export' needs --to FILE.jsonl or FILE.parquet.")
+            args.usage_error("'sets export' needs --to FILE.jsonl or FILE.parquet.")
         print(f"exported to {sets.export_set(args.name, args.to)}")
     return 0
+
+
+def _similarity_parser(sub) -> None:
+    similarity = sub.add_parser("similarity", help="Min-K%%++, Min-K%%, ppl, n-gram/JS/embedding similarity per sample")
+    _add_model_args(similarity)
+    similarity.add_argument("--quantization", choices=["8bit", "4bit"], default=None)
+    similarity.add_argument("--sets", nargs="+", required=True, metavar="SOURCE", help="sources or set:NAME to compare")
+    similarity.add_argument("--reference", default=None,
+                            help="reference corpus: a source spec or one of c4, slimpajama, dclm, fineweb-edu, wikipedia")
+    similarity.add_argument("--samples", type=int, default=64, help="windows (or texts) per set")
+    similarity.add_argument("--scoring", default="windows", choices=["windows", "texts"],
+                            help="windows: calibration windows of --seqlen tokens drawn as `prune` draws them "
+                                 "(--mode, --seed), with the tokenizer's BOS first, so every set is scored on "
+                                 "equally long items; texts: whole texts cut to --max-tokens, no special tokens")
+    similarity.add_argument("--seqlen", type=int, default=512, help="window length (--scoring windows)")
+    _add_sampling_args(similarity, "concat")
+    similarity.add_argument("--k", type=float, default=0.5)
+    similarity.add_argument("--ngram", type=int, default=3)
+    similarity.add_argument("--max-tokens", type=int, default=512, help="tokens per text scored (--scoring texts)")
+    similarity.add_argument("--seed", type=int, default=0)
+    similarity.add_argument("--out", default=None, metavar="TABLE.csv", help="per-sample table")
 
 
 def _cmd_similarity(args) -> int:
@@ -411,6 +388,11 @@ def _cmd_similarity(args) -> int:
     return 0
 
 
+def _runs_parser(sub) -> None:
+    runs = sub.add_parser("runs", help="list recorded pruning runs")
+    runs.add_argument("--show", type=int, default=None, metavar="ID", help="print one run's full record")
+
+
 def _cmd_runs(args) -> int:
     import json
 
@@ -426,6 +408,17 @@ def _cmd_runs(args) -> int:
         print(f"{run['id']:>4} {run['status']:<11} {run['created']:<19} {str(run['model'])[:16]:<16} "
               f"{str(run['method']):<10} {str(run['sparsity']):<8} {ppl}")
     return 0
+
+
+def _sweep_parser(sub) -> None:
+    sweep = sub.add_parser("sweep", help="run a grid of runs (sources x methods x sparsities x nsamples x seeds); "
+                                         "resumable: finished points are skipped")
+    sweep.add_argument("grid", metavar="GRID.yaml", help="grid file (.yaml/.yml/.json), see calib_core/sweeps.py")
+    sweep.add_argument("--dry-run", action="store_true", help="list the points and which already finished")
+    _add_ray_args(sweep)
+    sweep.add_argument("--figures", default=None, metavar="DIR",
+                       help="afterwards, write each method's charts (HTML, and PNG where kaleido works) and a "
+                            "summary CSV of the sweep to DIR")
 
 
 def _cmd_sweep(args) -> int:
@@ -493,6 +486,28 @@ def _export_sweep(store, name: str, folder: str) -> None:
     print(f"figures: {folder}")
 
 
+def _reproduce_parser(sub) -> None:
+    reproduce = sub.add_parser("reproduce", help="the paper's four questions on one model as a resumable sweep, "
+                                                 "then a markdown report with figures")
+    _add_model_args(reproduce)
+    reproduce.add_argument("--seeds", type=int, default=5)
+    reproduce.add_argument("--nsamples", type=int, default=16, help="calibration samples per point (Q1, Q3, Q4)")
+    reproduce.add_argument("--seqlen", type=int, default=512)
+    reproduce.add_argument("--nsamples-curve", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="Q2")
+    reproduce.add_argument("--eval-windows", type=int, default=2, help="held-out windows per builtin source")
+    reproduce.add_argument("--selfgen-texts", type=int, default=None, help="prefixes to self-generate from (default 128)")
+    reproduce.add_argument("--selfgen-max-new-tokens", type=int, default=None,
+                           help="new tokens per self-generated text (default 640 on CPU; the paper: 2048)")
+    reproduce.add_argument("--previous", default=None, metavar="RUNS.csv",
+                           help="an earlier report's runs.csv: its points whose method and data did not change are "
+                                "carried over instead of rerun (the report says which)")
+    reproduce.add_argument("--name", default="reproduce", help="sweep name in the run store")
+    reproduce.add_argument("--out", default="docs/results", metavar="DIR", help="report folder")
+    reproduce.add_argument("--report-only", action="store_true", help="write the report from finished runs only")
+    reproduce.add_argument("--dry-run", action="store_true", help="list the points and which already finished")
+    _add_ray_args(reproduce)
+
+
 def _cmd_reproduce(args) -> int:
     from dataclasses import replace
 
@@ -553,3 +568,12 @@ def block_table(blocks) -> str:
             f"{'' if b.max_rel_error is None else f'{b.max_rel_error:.4f}':>11} {b.seconds:>6.2f}"
         )
     return "\n".join(lines)
+
+
+def _commands() -> dict:
+    """Each subcommand: the function that adds its parser, and its handler (they sit side by side above)."""
+    return {"prune": (_prune_parser, _cmd_prune), "calib": (_calib_parser, _cmd_calib),
+            "sets": (_sets_parser, _cmd_sets), "similarity": (_similarity_parser, _cmd_similarity),
+            "runs": (_runs_parser, _cmd_runs), "sweep": (_sweep_parser, _cmd_sweep),
+            "reproduce": (_reproduce_parser, _cmd_reproduce), "eval": (_eval_parser, _cmd_eval)}
+

@@ -389,3 +389,11 @@ def test_impossible_sample_counts_are_refused_before_reading(tmp_path):
 
     with pytest.raises(InsufficientMemoryError, match="for their ids alone"):
         build_calibration("file:/does/not/matter.txt", TOK, nsamples=100_000, seqlen=100_000, mode="concat")
+
+
+def test_sets_command_without_a_name_is_a_usage_error(capsys):
+    from calib_core.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["sets", "delete"])
+    assert exited.value.code == 2 and "'sets delete' needs a set name" in capsys.readouterr().err

@@ -111,12 +111,8 @@ def generate_set(model, tokenizer, config: GenerationConfig, on_event=None, canc
             cancelled = True
             break
         batch = prompts[start : start + config.batch_size]
-        width = max(len(p) for p in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(batch):  # left padding: generation continues at the right edge
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            mask[row, width - len(ids):] = 1
+        input_ids, mask = _left_padded(batch, pad)
+        width = input_ids.shape[1]
         t = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(
@@ -147,18 +143,37 @@ def generate_set(model, tokenizer, config: GenerationConfig, on_event=None, canc
          "prefix": tokenizer.decode(ids[: config.prefix_tokens], skip_special_tokens=True), "tokens": len(ids)}
         for ids, ppl, keep in zip(generated, ppls, kept)
     ]
+    metadata = _metadata(records, model_name, config, threshold, device, cancelled,
+                         {"seconds": time.perf_counter() - started, "generation_seconds": generation_seconds,
+                          "new_tokens": new_tokens})
+    return GeneratedSet(records, threshold, metadata, cancelled)
+
+
+def _left_padded(batch: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts padded on the left (generation continues at the right edge) and their attention mask."""
+    width = max(len(p) for p in batch)
+    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(batch):
+        input_ids[row, width - len(ids):] = torch.tensor(ids)
+        mask[row, width - len(ids):] = 1
+    return input_ids, mask
+
+
+def _metadata(records: list[dict], model_name: str, config: GenerationConfig, threshold, device, cancelled: bool,
+              timing: dict) -> dict:
+    """The set's provenance: generator, settings, filter, how many kept texts pass each length mark."""
     from ..provenance import environment_versions
 
     # Counted on the generated ids (prefix and BOS included); re-tokenizing the decoded text can differ
     # by a token or two. document mode needs more than seqlen tokens, document_pad more than seqlen - 3.
     kept_lengths = [r["tokens"] for r in records if r["kept"]]
-    metadata = {
+    return {
         "kind": "self-generated", "generator": model_name, "config": asdict(config), "filter_threshold": threshold,
         "kept_texts_longer_than": {str(mark): sum(n > mark for n in kept_lengths) for mark in LENGTH_MARKS},
-        "seconds": time.perf_counter() - started, "generation_seconds": generation_seconds, "new_tokens": new_tokens, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device": str(device), "versions": environment_versions(), "cancelled": cancelled,
+        **timing, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(device),
+        "versions": environment_versions(), "cancelled": cancelled,
     }
-    return GeneratedSet(records, threshold, metadata, cancelled)
 
 
 def save_generated(name: str, result: GeneratedSet):
