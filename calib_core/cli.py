@@ -233,7 +233,7 @@ def _cmd_eval(args) -> int:
     from .files import check_output_file
     from .models import describe_model
     from .pipeline import evaluate_model
-    from .runs import run_record, write_json
+    from .runs import eval_record, write_json
 
     if args.report:
         check_output_file(args.report)
@@ -242,8 +242,8 @@ def _cmd_eval(args) -> int:
     evaluation = evaluate_model(loaded, sources, args.eval_seqlen or args.seqlen, args.eval_windows, args.ppl_protocol,
                                 args.device, 0, args.lm_eval, args.lm_eval_limit, args.lm_eval_include, _print_result)
     if args.report:
-        record = run_record(args.model, describe_model(loaded.model), None, None, evaluation.perplexities,
-                            {"load_model": load_seconds, **evaluation.timings}, loaded.notes)
+        record = eval_record(args.model, describe_model(loaded.model), evaluation.perplexities,
+                             {"load_model": load_seconds, **evaluation.timings}, loaded.notes)
         record.update(evaluation.extras)
         write_json(args.report, record)
     return 0

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from . import assets
 from .data.sources import DEFAULT_CONCAT_SEPARATOR, build_calibration, check_mode
 from .errors import PruningCancelled
 from .prune import PruneConfig
+
+if TYPE_CHECKING:
+    from .runs import RunRecord
 
 
 @dataclass
@@ -60,7 +64,7 @@ def check_outputs(job: PruneJob) -> None:
 
 
 def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=None, sweep: str | None = None,
-                  point_key: str | None = None) -> dict:
+                  point_key: str | None = None) -> RunRecord:
     """Run a job and return its report; the run store records it as running, then finished (only once
     the saved folder and report are in place), failed or cancelled. `loaded` (a LoadedModel of
     job.model holding dense weights) skips loading: sweeps load once and restore the dense weights
@@ -88,7 +92,7 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=
     return record
 
 
-def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, loaded) -> dict:
+def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, loaded) -> RunRecord:
     from .models import describe_model, load_model
     from .prune.engine import Pruner
     from .prune.memory import check_memory

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import time
 from dataclasses import asdict
+from typing import TypedDict
 from pathlib import Path
 
 import psutil
@@ -17,26 +18,60 @@ from .errors import OutputError, RunNotFoundError
 from .files import atomic_write_json
 
 
+class RunRecord(TypedDict, total=False):
+    """A run's report: what the run store keeps, `--report` writes and the Results page, the sweep
+    tables and the reproduction report read. Stored as JSON; these are its keys."""
+
+    created: str
+    model: dict  # spec plus models.describe_model
+    versions: dict  # provenance.environment_versions
+    perplexity: list[dict]  # PerplexityResult.as_dict per source, with its protocol
+    timings: dict[str, float]
+    memory: dict  # peak RSS (and CUDA) bytes
+    notes: list[str]
+    # a pruning run
+    config: dict  # PruneConfig.as_dict
+    calibration: dict  # CalibrationSet.describe, fingerprint included
+    overall_sparsity: float
+    allocation: dict | None  # OWL's AllocationEvent
+    method_details: dict | None  # which rule or variant ran
+    blocks: list[dict]  # BlockRecord with its ModuleRecords
+    reconstruction_error_tokens: int
+    memory_estimate: dict
+    # added by the pipeline
+    run_id: int
+    job: dict  # the PruneJob without its config
+    masks: str  # path of the stored masks
+    cloze: list[dict]
+    zeroshot: dict
+
+
+def _common(model_spec: str, model_info: dict, perplexities: list, timings: dict, notes: list[str] | None) -> dict:
+    return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": {"spec": model_spec, **model_info},
+            "versions": environment_versions(), "perplexity": [p.as_dict() for p in perplexities],
+            "timings": timings, "memory": peak_memory(), "notes": notes or []}
+
+
 def run_record(model_spec: str, model_info: dict, calibration, result, perplexities: list, timings: dict,
-               notes: list[str] | None = None) -> dict:
-    """The report: config, versions, calibration fingerprint, sparsity, per-block stats, ppl."""
-    return {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": {"spec": model_spec, **model_info},
-        "config": result.config.as_dict() if result else None,
-        "versions": environment_versions(),
-        "calibration": calibration.describe() if calibration is not None else None,
-        "overall_sparsity": result.overall_sparsity if result else None,
-        "allocation": asdict(result.allocation) if result and result.allocation else None,
-        "method_details": result.method_details if result else None,
-        "blocks": [asdict(b) for b in result.blocks] if result else [],
-        "reconstruction_error_tokens": result.config.recon_tokens if result else None,
-        "memory_estimate": result.memory_estimate if result else None,
-        "perplexity": [p.as_dict() for p in perplexities],
-        "timings": timings,
-        "memory": peak_memory(),
-        "notes": notes or [],
-    }
+               notes: list[str] | None = None) -> RunRecord:
+    """A pruning run's report: config, versions, calibration fingerprint, sparsity, per-block stats, ppl."""
+    return RunRecord(
+        **_common(model_spec, model_info, perplexities, timings, notes),
+        config=result.config.as_dict(),
+        calibration=calibration.describe() if calibration is not None else None,
+        overall_sparsity=result.overall_sparsity,
+        allocation=asdict(result.allocation) if result.allocation else None,
+        method_details=result.method_details,
+        blocks=[asdict(b) for b in result.blocks],
+        reconstruction_error_tokens=result.config.recon_tokens,
+        memory_estimate=result.memory_estimate,
+    )
+
+
+def eval_record(model_spec: str, model_info: dict, perplexities: list, timings: dict,
+                notes: list[str] | None = None) -> RunRecord:
+    """An evaluation's report (`python -m calib_core eval`): the model, versions, perplexities."""
+    return RunRecord(**_common(model_spec, model_info, perplexities, timings, notes))
 
 
 def runs_table(runs: list[dict]):
