@@ -413,7 +413,7 @@ def _cmd_runs(args) -> int:
 def _sweep_parser(sub) -> None:
     sweep = sub.add_parser("sweep", help="run a grid of runs (sources x methods x sparsities x nsamples x seeds); "
                                          "resumable: finished points are skipped")
-    sweep.add_argument("grid", metavar="GRID.yaml", help="grid file (.yaml/.yml/.json), see calib_core/sweeps.py")
+    sweep.add_argument("grid", metavar="GRID.yaml", help="grid file (.yaml/.yml/.json), see calib_core/experiments/sweeps.py")
     sweep.add_argument("--dry-run", action="store_true", help="list the points and which already finished")
     _add_ray_args(sweep)
     sweep.add_argument("--figures", default=None, metavar="DIR",

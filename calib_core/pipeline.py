@@ -25,20 +25,20 @@ class PruneJob:
     nsamples: int = 128
     seqlen: int = 2048
     seed: int = 0
-    mode: str = "document"  # document | concat | document_pad (data.py)
+    mode: str = "document"  # document | concat | document_pad (data/sources.py)
     concat_separator: str = DEFAULT_CONCAT_SEPARATOR  # concat mode: what joins the documents
     text_column: str | None = None
     config: PruneConfig = field(default_factory=PruneConfig)
     eval: list[str] = field(default_factory=lambda: ["builtin:wiki"])
-    ppl_protocol: str = "heldout"  # heldout | wikitext2 (evaluate.py)
+    ppl_protocol: str = "heldout"  # heldout | wikitext2 (metrics/perplexity.py)
     eval_seqlen: int | None = None  # default: seqlen
     eval_windows: int | None = None
     save: str | None = None  # a folder for the pruned model, its tokenizer and the report
     overwrite: bool = False  # replace a non-empty save folder
     report: str | None = None  # a JSON file for the report
-    cloze_items: int = 0  # offline zero-shot proxy (cloze.py) on each eval source; 0 = skip
-    keep_masks: bool = True  # for mask agreement between runs (agreement.py)
-    lm_eval_tasks: list[str] | None = None  # zero-shot accuracy via lm-eval (zeroshot.py); ["paper"] = paper's set
+    cloze_items: int = 0  # offline zero-shot proxy (metrics/cloze.py) on each eval source; 0 = skip
+    keep_masks: bool = True  # for mask agreement between runs (metrics/agreement.py)
+    lm_eval_tasks: list[str] | None = None  # zero-shot accuracy via lm-eval (metrics/zeroshot.py); ["paper"] = paper's set
     lm_eval_limit: int | None = None  # examples per task (None: all)
     lm_eval_include: str | None = None  # a local lm-eval task folder
 
