@@ -158,3 +158,28 @@ def test_local_app_prune_page_refuses_a_non_empty_save_folder_at_once(tmp_path):
     next(b for b in app.button if b.label == "Start pruning").click().run()
     assert "is not empty" in _errors(app) and "prune_job" not in app.session_state
     assert (target / "keep.txt").read_text() == "mine"
+
+
+def test_prune_page_reads_the_method_registry_and_keeps_every_setting():
+    from calib_core.prune.methods import METHODS
+
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    app.switch_page("pages/prune.py").run()
+
+    def box(label):
+        return next(s for s in app.selectbox if s.label == label)
+
+    assert box("Method").options == list(METHODS)
+    box("Method").set_value("dsnot").run()
+    assert box("Base").options == ["wanda", "sparsegpt"]  # no magnitude: the config would refuse it
+    box("DSnoT sublayers").set_value("all").run()
+    box("propagate").set_value("dense").run()
+    next(t for t in app.text_input if t.label.startswith("Save the pruned model")).set_value("kept-folder").run()
+    app.switch_page("pages/results.py").run()
+    app.switch_page("pages/prune.py").run()
+    assert box("Method").value == "dsnot" and box("DSnoT sublayers").value == "all"
+    assert box("propagate").value == "dense"
+    assert next(t for t in app.text_input if t.label.startswith("Save the pruned model")).value == "kept-folder"
+    box("Method").set_value("wanda").run()
+    assert box("Base").disabled

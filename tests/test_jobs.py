@@ -7,7 +7,7 @@ from calib_core.errors import PruningCancelled, SourceError
 from calib_core.jobs import JobManager
 
 
-def wait(job, timeout=10):
+def wait(job, timeout=120):  # a bound for a loaded machine, not a target
     deadline = time.time() + timeout
     while not job.done and time.time() < deadline:
         time.sleep(0.01)
@@ -40,15 +40,17 @@ def test_jobs_on_one_device_run_one_at_a_time_in_order():
 def test_cancel_and_failures_are_reported():
     manager = JobManager()
 
+    started = threading.Event()
+
     def cancellable(job):
-        while not job.cancel_event.is_set():
-            time.sleep(0.01)
+        started.set()
+        job.cancel_event.wait(120)
         raise PruningCancelled("stopped")
 
     job = manager.submit("c", cancellable)
-    time.sleep(0.05)
+    assert started.wait(120)  # cancel a running job, not a queued one
     job.cancel()
-    assert wait(job).status == "cancelled"
+    assert wait(job).status == "cancelled" and job.error == "stopped"
     bad = wait(manager.submit("d", lambda job: (_ for _ in ()).throw(SourceError("no such file"))))
     assert bad.status == "failed" and bad.error == "no such file"
     broken = wait(manager.submit("e", lambda job: 1 / 0))
