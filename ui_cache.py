@@ -38,6 +38,9 @@ def session_job(key: str) -> Job | None:
     if not job_id:
         return None
     job = manager().get(job_id)
+    if job is None:
+        st.caption(f"Job {job_id} ended a while ago; its run, if it made one, is on the Results page.")
+        return None
     head = f"Job {job.id} ({job.label}): **{job.status}**"
     if job.status == "queued":
         head += f", waiting for {manager().position(job)} job(s) on {job.device}"

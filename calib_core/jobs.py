@@ -47,7 +47,12 @@ class Job:
 
 
 class JobManager:
-    def __init__(self):
+    """`keep_finished`: how many ended jobs (with all their events) stay in memory; older ones are
+    dropped, so an app left running for weeks does not grow without bound. Their runs stay in the
+    run store."""
+
+    def __init__(self, keep_finished: int = 50):
+        self.keep_finished = keep_finished
         self._jobs: dict[int, Job] = {}
         self._queues: dict[str, queue.Queue] = {}
         self._ids = itertools.count(1)
@@ -82,9 +87,17 @@ class JobManager:
             except Exception as exc:  # keep the worker alive; show the user what broke
                 job.status, job.error = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
             job.ended = time.time()
+            self._forget_old()
 
-    def get(self, job_id: int) -> Job:
-        return self._jobs[job_id]
+    def _forget_old(self) -> None:
+        with self._lock:
+            ended = [j for j in self._jobs.values() if j.done]
+            for job in sorted(ended, key=lambda j: j.ended or 0)[: max(len(ended) - self.keep_finished, 0)]:
+                del self._jobs[job.id]
+
+    def get(self, job_id: int) -> Job | None:
+        """The job, or None when it ended long ago and was dropped (see keep_finished)."""
+        return self._jobs.get(job_id)
 
     def jobs(self) -> list[Job]:
         return list(self._jobs.values())

@@ -76,8 +76,8 @@ with grid_tab:
         done = store.finished_points(grid.name)
         points = grid.points()
         st.markdown(f"Grid **{grid.name}**: {len(points)} points, {sum(p.key in done for p in points)} already finished.")
-        if st.button("Run this grid", disabled=bool(st.session_state.get("sweep_job")
-                                                    and not manager().get(st.session_state.sweep_job).done)):
+        running = manager().get(st.session_state.get("sweep_job", 0))
+        if st.button("Run this grid", disabled=bool(running and not running.done)):
             job = manager().submit(f"sweep {grid.name}", lambda job, g=grid: run_sweep(g, None, job.emit, job.cancel_event))
             st.session_state.sweep_job = job.id
 

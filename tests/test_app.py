@@ -183,3 +183,12 @@ def test_prune_page_reads_the_method_registry_and_keeps_every_setting():
     assert next(t for t in app.text_input if t.label.startswith("Save the pruned model")).value == "kept-folder"
     box("Method").set_value("wanda").run()
     assert box("Base").disabled
+
+
+def test_a_forgotten_job_is_explained_not_a_crash():
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.session_state["prune_job"] = 10**9  # ended long ago and dropped from memory
+    app.run()
+    app.switch_page("pages/prune.py").run()
+    assert not app.exception
+    assert any("ended a while ago" in c.value for c in app.caption)

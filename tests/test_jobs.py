@@ -57,3 +57,15 @@ def test_cancel_and_failures_are_reported():
     assert broken.status == "failed" and "ZeroDivisionError" in broken.error
     after = wait(manager.submit("f", lambda job: "ok"))
     assert after.result == "ok"  # the worker survived the failures
+
+
+def test_only_the_latest_finished_jobs_stay_in_memory():
+    manager = JobManager(keep_finished=2)
+    jobs = [manager.submit(f"j{i}", lambda job: job.id) for i in range(5)]
+    for job in jobs:
+        assert wait(job).status == "finished"
+    deadline = time.time() + 120  # the worker forgets old jobs right after each one ends
+    while len(manager.jobs()) > 2 and time.time() < deadline:
+        time.sleep(0.01)
+    assert [j.id for j in manager.jobs()] == [jobs[3].id, jobs[4].id]
+    assert manager.get(jobs[0].id) is None and manager.get(jobs[4].id).result == jobs[4].id
