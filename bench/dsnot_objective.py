@@ -9,7 +9,7 @@ import torch
 torch.set_num_threads(2)
 from calib_core.models import load_model, decoder_blocks, prunable_modules, weight_matrix
 from calib_core.data.sources import build_calibration
-from calib_core.prune.engine import capture_block_inputs, _StatsHooks, _block_forward
+from calib_core.prune.capture import StatsHooks, block_forward, capture_block_inputs
 from calib_core.prune.wanda import wanda_mask
 from calib_core.prune.dsnot import dsnot_refine
 from calib_core.prune.masks import UNSTRUCTURED
@@ -19,9 +19,9 @@ with torch.inference_mode():
     inputs = capture_block_inputs(lm.model, cal.input_ids, 1, torch.device("cpu"))
     block = decoder_blocks(lm.model)[0]
     mods = prunable_modules(block)
-    hooks = _StatsHooks(mods, True, False, 0)
+    hooks = StatsHooks(mods, True, False, 0)
     out = torch.empty_like(inputs.hidden)
-    _block_forward(block, inputs, 0, out); hooks.remove()
+    block_forward(block, inputs, 0, out); hooks.remove()
     for name in ["self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj"]:
         W = weight_matrix(mods[name]).float(); st = hooks.stats[name]
         m0 = wanda_mask(W, st, 0.6, UNSTRUCTURED)

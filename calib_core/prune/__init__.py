@@ -1,7 +1,8 @@
 """Pruning: the layer-wise engine and one module per method."""
 
 from .config import PruneConfig
-from .engine import PruneResult, capture_block_inputs, prune_model
+from .capture import capture_block_inputs
+from .engine import PruneResult, prune_model
 from .events import AllocationEvent, BlockRecord, ModuleRecord, StageEvent
 from .masks import Pattern, parse_pattern
 from .methods import METHODS, Method, Option
