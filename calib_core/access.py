@@ -132,7 +132,7 @@ class AccessPolicy:
             job, model=self.model(job.model, job.trust_remote_code),
             calib=self.source(job.calib) if job.calib else job.calib, eval=[self.source(s) for s in job.eval],
             save=self.save_folder(job.save) if job.save else None,
-            report=self.path(job.report, "report files") if job.report else None)
+            report=str(self.path(job.report, "report files")) if job.report else None)
 
     def grid(self, grid):
         """A SweepGrid whose sources, model and sizes are allowed."""

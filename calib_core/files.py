@@ -19,9 +19,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import psutil
-
 from .errors import OutputError
+from .processes import process_gone, process_start
 
 TMP_PREFIX = ".calib-tmp-"
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -38,15 +37,7 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
-def _process_tag(pid: int | None = None) -> str | None:
-    try:
-        process = psutil.Process(pid)
-        return f"{process.pid}-{int(process.create_time())}"
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
-_OWN_TAG = _process_tag()
+_OWN_TAG = f"{os.getpid()}-{int(process_start())}"
 
 
 def _temporary_name(target: Path) -> str:
@@ -58,7 +49,7 @@ def _is_stale(name: str) -> bool:
     parts = name[len(TMP_PREFIX):].split("-", 2)
     if len(parts) < 3 or not parts[0].isdigit() or not parts[1].isdigit():
         return True  # not ours to keep: no writer can claim it
-    return _process_tag(int(parts[0])) != f"{parts[0]}-{parts[1]}"
+    return process_gone(int(parts[0]), float(parts[1]))  # the name keeps whole seconds: within the 1 s slack
 
 
 def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:

@@ -11,11 +11,11 @@ from dataclasses import asdict
 from typing import TypedDict
 from pathlib import Path
 
-import psutil
 
 from .provenance import environment_versions, peak_memory
 from .errors import OutputError, RunNotFoundError
 from .files import atomic_write_json
+from .processes import process_gone, process_start
 
 
 class RunRecord(TypedDict, total=False):
@@ -119,29 +119,6 @@ CREATE TABLE IF NOT EXISTS runs (
 _ADDED_COLUMNS = [("sweep", "TEXT"), ("point_key", "TEXT"), ("pid_started", "REAL")]
 
 
-def _process_start(pid: int | None = None) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
-def _process_gone(pid: int | None, started: float | None) -> bool:
-    """True when the process that ran a run no longer exists; a pid now used by a process started at
-    another time (pid reuse) counts as gone. Rows from before start times were kept only have the pid."""
-    if not pid:
-        return True
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return True
-        return started is not None and abs(process.create_time() - started) > 1.0
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.AccessDenied:  # another user's live process
-        return False
-
-
 class RunStore:
     """Run records in SQLite under the user data dir. Every write is one short transaction in WAL
     mode, so a killed process leaves the store readable; a run whose process died is marked
@@ -183,7 +160,7 @@ class RunStore:
         cursor = self._write(
             "INSERT INTO runs (created, updated, status, pid, pid_started, model, method, sparsity, calibration, "
             "config, sweep, point_key) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (now, now, os.getpid(), _process_start(), model, config.get("method"), sparsity, calibration,
+            (now, now, os.getpid(), process_start(), model, config.get("method"), sparsity, calibration,
              json.dumps(config), sweep, point_key),
         )
         return int(cursor.lastrowid)
@@ -205,7 +182,7 @@ class RunStore:
         """Runs still 'running' whose process is gone were killed: say so."""
         with self._connect() as db:
             rows = db.execute("SELECT id, pid, pid_started FROM runs WHERE status = 'running'").fetchall()
-            dead = [run_id for run_id, pid, started in rows if _process_gone(pid, started)]
+            dead = [run_id for run_id, pid, started in rows if process_gone(pid, started)]
             db.executemany("UPDATE runs SET status = 'interrupted' WHERE id = ?", [(r,) for r in dead])
         return len(dead)
 
@@ -238,7 +215,7 @@ class RunStore:
             item = dict(row)
             for key in ("config", "record"):
                 item[key] = json.loads(item[key]) if item[key] else None
-            if item["status"] == "running" and _process_gone(item["pid"], item.get("pid_started")):
+            if item["status"] == "running" and process_gone(item["pid"], item.get("pid_started")):
                 item["status"] = "interrupted"  # a store that cannot be written shows it all the same
             out.append(item)
         return out

@@ -362,7 +362,8 @@ def test_long_text_is_tokenized_in_pieces_with_the_same_ids(monkeypatch):
     text = " ".join(f"word{i}:   value  {i % 7}\n" for i in range(3000))
     whole = TOK(text)["input_ids"]
     monkeypatch.setattr(tokens, "PIECE_CHARACTERS", 97)  # hundreds of cuts
-    assert tokens.encode_long(TOK, text) == whole
+    assert tokens.encode_stream(TOK, [text]).ids.tolist() == whole
+    assert tokens.first_tokens(TOK, text, 1000) == whole[:1000]
     stopped = tokens.encode_stream(TOK, [text[:5000], text[5000:]], max_tokens=1234)
     assert stopped.ids.tolist() == whole[:1234] and not stopped.complete
 

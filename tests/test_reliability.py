@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import resource
 import signal
 import subprocess
 import sys
@@ -24,6 +23,11 @@ from tests.conftest import fill_disk
 from tests.tiny import save_tiny_folder
 
 ROOT = Path(__file__).resolve().parent.parent
+# A child's own peak RSS. Not getrusage's ru_maxrss: Linux keeps it across fork and exec, so a child of a
+# large pytest process would report the parent's peak. VmHWM belongs to the new address space.
+PEAK_RSS_MB = ("def peak_rss_mb():\n"
+               "    line = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+               "    return int(line.split()[1]) / 1024\n")
 SAVED_FILES = {"config.json", "model.safetensors", "calib_lab_report.json", "tokenizer.json"}
 
 
@@ -138,14 +142,19 @@ def test_impossible_sizes_are_refused_before_any_text_is_read(tmp_path):
     folder = save_tiny_folder(tmp_path / "tiny")
     big = tmp_path / "big.txt"
     big.write_text("word " * 1000)
-    started = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    cli = subprocess.run(_cli("prune", "--model", str(folder), "--calib", f"file:{big}", "--mode", "concat",
-                              "--nsamples", "100000", "--seqlen", "100000"), env=_env(tmp_path / "data"),
-                         capture_output=True, text=True)
+    args = ["prune", "--model", str(folder), "--calib", f"file:{big}", "--mode", "concat", "--nsamples", "100000",
+            "--seqlen", "100000"]
+    script = ("import sys\n"
+              "from calib_core.cli import main\n"
+              f"code = main({args!r})\n"
+              f"{PEAK_RSS_MB}"
+              "print('peak_mb', peak_rss_mb())\n"
+              "sys.exit(code)\n")
+    cli = subprocess.run([sys.executable, "-c", script], env=_env(tmp_path / "data"), capture_output=True, text=True)
     assert cli.returncode == 2 and "Traceback" not in cli.stderr
     assert "memory" in cli.stderr.lower()
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    assert peak_mb < 2048 or started / 1024 >= 2048, f"child peak RSS {peak_mb:.0f} MB"
+    peak_mb = float(cli.stdout.split("peak_mb")[-1])
+    assert peak_mb < 1024, f"peak RSS {peak_mb:.0f} MB: something was allocated before the refusal"
 
 
 @pytest.mark.bundled
@@ -157,15 +166,15 @@ def test_a_200_mb_one_line_file_is_sampled_within_a_gigabyte(tmp_path):
     with open(big, "w") as handle:
         while handle.tell() < 200 * 1024**2:
             handle.write(line)
-    script = ("import json, resource, sys\n"
+    script = ("import json, sys\n" + PEAK_RSS_MB +
               "from transformers import AutoTokenizer\n"
               "from calib_core import assets\n"
               "from calib_core.data.sources import build_calibration\n"
               "tok = AutoTokenizer.from_pretrained(str(assets.bundled_model_dir()))\n"
-              "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              "base = peak_rss_mb()\n"
               f"c = build_calibration('file:{big}', tok, 128, 2048, 0, 'document')\n"
-              "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-              "print(json.dumps({'added_mb': (peak - base) / 1024, 'scan': c.read_scan, 'shape': list(c.input_ids.shape)}))\n")
+              "peak = peak_rss_mb()\n"
+              "print(json.dumps({'added_mb': peak - base, 'scan': c.read_scan, 'shape': list(c.input_ids.shape)}))\n")
     done = subprocess.run([sys.executable, "-c", script], env=_env(tmp_path / "data"), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     measured = json.loads(done.stdout.strip().splitlines()[-1])

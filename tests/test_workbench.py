@@ -13,8 +13,9 @@ from calib_core.models import load_model
 from calib_core.prune import PruneConfig, prune_model
 from calib_core.data.selfgen import GenerationConfig, filter_by_perplexity, generate_set, save_generated
 from calib_core.data.sources import build_calibration
+from calib_core.data.tokens import special_affixes
 from calib_core.errors import SourceError
-from calib_core.metrics.similarity import (Reference, js_divergence, leading_special_tokens, min_k, ngram_overlap, ngrams,
+from calib_core.metrics.similarity import (Reference, js_divergence, min_k, ngram_overlap, ngrams,
                                    sample_for_scoring, sample_texts, score_token_ids, similarity_table, words)
 from tests.tiny import CharTokenizer, char_tokenizer, random_ids, save_tiny_folder, tiny_model
 
@@ -178,7 +179,7 @@ def _short_and_long_sets():
 
 def test_scoring_windows_are_the_calibration_windows_with_bos_first():
     tok = char_tokenizer(add_bos=True)
-    assert leading_special_tokens(tok) == [tok.bos_token_id] and leading_special_tokens(TOK) == []
+    assert special_affixes(tok) == ([tok.bos_token_id], []) and special_affixes(TOK) == ([], [])
     windows = sample_for_scoring("builtin:news", tok, 4, seed=3, seqlen=24, mode="document")
     calibration = build_calibration("builtin:news", tok, 4, 24, 3, "document")
     assert [w[1:] for w in windows] == calibration.input_ids.tolist()

@@ -16,6 +16,7 @@ import torch
 
 from . import sets
 from .sources import load_documents
+from .tokens import first_tokens
 from ..errors import ConfigError, SourceError
 from ..scoring import pad_id, perplexity_of, score_token_ids
 
@@ -75,7 +76,7 @@ def prefixes(tokenizer, docs: list[str], count: int, prefix_tokens: int, seed: i
     picked = rng.sample(docs, count) if len(docs) >= count else [rng.choice(docs) for _ in range(count)]
     out = []
     for doc in picked:
-        ids = tokenizer(doc, add_special_tokens=True, verbose=False)["input_ids"][:prefix_tokens]
+        ids = first_tokens(tokenizer, doc, prefix_tokens, special_tokens=True)
         if ids:
             out.append(ids)
     if not out:

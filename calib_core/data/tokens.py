@@ -29,7 +29,8 @@ def encode(tokenizer, texts: list[str], special_tokens: bool = False) -> list[li
 
 
 def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
-    """The ids the tokenizer's default special tokens put before and after a text (BOS, EOS...)."""
+    """The ids the tokenizer's default special tokens put before and after a text: ([BOS], []) for Llama
+    tokenizers, ([], []) for GPT-2/Qwen."""
     plain = encode(tokenizer, ["a"])[0]
     full = encode(tokenizer, ["a"], special_tokens=True)[0]
     for start in range(len(full) - len(plain) + 1):
@@ -96,9 +97,10 @@ def encode_stream(tokenizer, pieces: Iterable[str], special_tokens: bool = False
     return Encoded(ids, characters, True)
 
 
-def encode_long(tokenizer, text: str, special_tokens: bool = False) -> list[int]:
-    """Token ids of one text of any length (see the module doc)."""
-    return encode_stream(tokenizer, [text], special_tokens).ids.tolist()
+def first_tokens(tokenizer, text: str, count: int, special_tokens: bool = False) -> list[int]:
+    """The first `count` ids of a text of any length, tokenizing no more of it than that needs (the
+    same ids as tokenizing the whole text and cutting)."""
+    return encode_stream(tokenizer, [text], special_tokens, max_tokens=count).ids.tolist()
 
 
 def token_lengths(tokenizer, texts: list[str]) -> list[int]:

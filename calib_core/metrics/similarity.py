@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.sources import DEFAULT_CONCAT_SEPARATOR, build_calibration, load_documents
+from ..data.tokens import first_tokens, special_affixes
 from ..errors import SourceError
 from ..scoring import min_k, pad_id, perplexity_of, score_token_ids
 
@@ -81,7 +82,7 @@ def build_reference(spec: str, n: int = 3, max_docs: int = 2000, max_words: int 
     if model is not None:
         rng = random.Random(seed)
         picked = rng.sample(docs, min(embed_samples, len(docs)))
-        ids = [tokenizer(d, add_special_tokens=False, verbose=False)["input_ids"][:window] for d in picked]
+        ids = [first_tokens(tokenizer, d, window) for d in picked]
         scored = score_token_ids(model, [i for i in ids if len(i) >= 2], window, pad_id=pad_id(tokenizer))
         centroid = torch.stack([s.embedding for s in scored]).mean(0)
     return Reference(spec, n, grams, unigrams, centroid, len(docs))
@@ -124,17 +125,6 @@ def sample_texts(spec: str, count: int, seed: int = 0, part: str = "calib") -> l
     return random.Random(seed).sample(docs, count)
 
 
-def leading_special_tokens(tokenizer) -> list[int]:
-    """The ids a tokenizer puts before a text by default: [BOS] for Llama tokenizers, [] for GPT-2/Qwen."""
-    probe = "Hello world"
-    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
-    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return list(full[:start])
-    return []
-
-
 def sample_for_scoring(spec: str, tokenizer, count: int, seed: int = 0, scoring: str = "windows", seqlen: int = 512,
                        mode: str = "concat", concat_separator: str = DEFAULT_CONCAT_SEPARATOR) -> list:
     """What similarity_table scores for one source (see the module doc):
@@ -147,7 +137,7 @@ def sample_for_scoring(spec: str, tokenizer, count: int, seed: int = 0, scoring:
     if scoring != "windows":
         raise SourceError(f"Scoring must be one of {', '.join(SCORING)}, got '{scoring}'.")
     calibration = build_calibration(spec, tokenizer, count, seqlen, seed, mode, concat_separator=concat_separator)
-    prefix = leading_special_tokens(tokenizer)
+    prefix, _suffix = special_affixes(tokenizer)
     windows = []
     for row, length in zip(calibration.input_ids.tolist(), calibration.unpadded_lengths):
         row = row[:length]
@@ -179,7 +169,7 @@ def similarity_table(model, tokenizer, named_texts: dict[str, list], reference: 
     for done, (set_name, items) in enumerate(named_texts.items(), 1):
         if all(isinstance(item, str) for item in items):
             scoring[set_name] = "texts"
-            ids = [tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"][:max_tokens] for t in items]
+            ids = [first_tokens(tokenizer, t, max_tokens) for t in items]
             score_window = window
         elif all(isinstance(item, (list, tuple)) for item in items):
             scoring[set_name] = "windows"
