@@ -23,24 +23,27 @@ st.session_state.setdefault("calib_source", "builtin:wiki")
 st.session_state.setdefault("device", "auto")
 
 pages = st.navigation([
-    st.Page("pages/home.py", title="Start", icon=":material/home:", default=True),
-    st.Page("pages/model.py", title="Model", icon=":material/memory:"),
-    st.Page("pages/calibration.py", title="Calibration data", icon=":material/dataset:"),
-    st.Page("pages/similarity.py", title="Similarity", icon=":material/compare:"),
-    st.Page("pages/prune.py", title="Prune", icon=":material/content_cut:"),
-    st.Page("pages/results.py", title="Results", icon=":material/table_chart:"),
-    st.Page("pages/sweeps.py", title="Sweeps", icon=":material/stacked_bar_chart:"),
+    st.Page("views/home.py", title="Start", icon=":material/home:", default=True),
+    st.Page("views/model.py", title="Model", icon=":material/memory:"),
+    st.Page("views/calibration.py", title="Calibration data", icon=":material/dataset:"),
+    st.Page("views/similarity.py", title="Similarity", icon=":material/compare:"),
+    st.Page("views/prune.py", title="Prune", icon=":material/content_cut:"),
+    st.Page("views/results.py", title="Results", icon=":material/table_chart:"),
+    st.Page("views/sweeps.py", title="Sweeps", icon=":material/stacked_bar_chart:"),
 ])
 
 
-@st.fragment(run_every=2.0)
-def job_status():  # refreshed on its own so a finished job does not show as running
-    active = [j for j in manager().jobs() if not j.done]
+def job_status(refreshing: bool):
+    """The app's pending jobs, from every tab. Refreshed every few seconds only while one is pending
+    (reading it is a folder listing); when the last one ends, the page reruns once and stops."""
+    active = manager().active()
     for job in active:
         where = f", {manager().position(job)} ahead on {job.device}" if job.status == "queued" else ""
         st.markdown(f"**Job {job.id}** {job.label}: {job.status}{where}")
     if not active:
         st.caption("No job running.")
+        if refreshing:
+            st.rerun()
 
 
 with st.sidebar:
@@ -49,6 +52,7 @@ with st.sidebar:
                    "repository code never runs.", icon=":material/lock:")
     st.markdown(f"**Model:** `{st.session_state.model_spec}` on {st.session_state.device}")
     st.markdown(f"**Calibration:** `{st.session_state.calib_source}`")
-    job_status()
+    pending = bool(manager().active())
+    st.fragment(job_status, run_every=3.0 if pending else None)(pending)
 
 pages.run()

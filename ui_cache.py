@@ -5,7 +5,6 @@ import os
 import streamlit as st
 
 from calib_core.access import SHARED_ENV, WORKSPACE_ENV, AccessPolicy
-from calib_core.jobs import Job, manager
 from calib_core.models import load_model
 
 
@@ -30,20 +29,3 @@ def cached_model(spec: str, dtype: str = "float32", quantization=None, trust_rem
     loaded = _load(spec, dtype, quantization, trust_remote_code)
     st.session_state.model_loaded = True
     return loaded
-
-
-def session_job(key: str) -> Job | None:
-    """The background job this session started under `key`, with its status line drawn (None: none yet)."""
-    job_id = st.session_state.get(key)
-    if not job_id:
-        return None
-    job = manager().get(job_id)
-    if job is None:
-        st.caption(f"Job {job_id} ended a while ago; its run, if it made one, is on the Results page.")
-        return None
-    head = f"Job {job.id} ({job.label}): **{job.status}**"
-    if job.status == "queued":
-        head += f", waiting for {manager().position(job)} job(s) on {job.device}"
-    st.markdown(head)
-    return job
-

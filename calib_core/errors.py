@@ -26,7 +26,7 @@ class InsufficientMemoryError(CalibLabError):
 
 
 class PruningCancelled(CalibLabError):
-    """The caller asked the run to stop; the model is left partially pruned."""
+    """The caller asked the work to stop (a prune leaves the model partially pruned)."""
 
 
 class OutputError(CalibLabError):

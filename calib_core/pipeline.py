@@ -45,12 +45,14 @@ class PruneJob:
 
 @dataclass
 class PipelineEvent:
-    """Stage messages around the engine's own events: load, calibration, estimate, run, ppl, saved."""
+    """Stage messages around the engine's own events: run, load, calibration, estimate, eval (one
+    perplexity source starts), ppl, cloze, zeroshot, saved; `at` is when (seconds since the epoch)."""
 
     stage: str
     message: str
     data: dict = field(default_factory=dict)
     kind: str = "pipeline"
+    at: float = field(default_factory=time.time)
 
 
 def check_outputs(job: PruneJob) -> None:
@@ -143,6 +145,41 @@ def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, l
     return record
 
 
+DENSE = "dense"  # the method name of a baseline run: the unpruned model, evaluated
+
+
+def run_dense_baseline(job: PruneJob, on_event=None, cancel=None, store=None) -> RunRecord:
+    """Evaluate the unpruned model exactly as `job` evaluates its pruned one (sources, protocol,
+    seqlen, windows), recorded as a finished run of method 'dense' at sparsity 0: the baseline the
+    Results page draws next to the pruned runs."""
+    from .models import describe_model, load_model
+    from .runs import RunStore, eval_record
+
+    emit = on_event or (lambda event: None)
+    check_protocol(job.ppl_protocol)
+    store = store or RunStore()
+    run_id = store.start(job.model, {"method": DENSE, "sparsity": 0.0, "pattern": "unstructured"}, None)
+    emit(PipelineEvent("run", f"run {run_id} started (dense baseline)", {"run_id": run_id}))
+    try:
+        t = time.perf_counter()
+        loaded = load_model(job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code)
+        evaluation = evaluate_model(loaded, job.eval, job.eval_seqlen or job.seqlen, job.eval_windows,
+                                    job.ppl_protocol, job.config.device, on_event=emit, cancel=cancel)
+        record = eval_record(job.model, describe_model(loaded.model), evaluation.perplexities,
+                             {"load_model": time.perf_counter() - t, **evaluation.timings}, loaded.notes)
+        record.update(run_id=run_id, job={"model": job.model, "dtype": job.dtype, "eval": job.eval,
+                                          "ppl_protocol": job.ppl_protocol, "eval_seqlen": job.eval_seqlen or job.seqlen,
+                                          "eval_windows": job.eval_windows})
+    except (PruningCancelled, KeyboardInterrupt) as exc:
+        store.finish(run_id, "cancelled", error=str(exc) or "interrupted")
+        raise
+    except Exception as exc:
+        store.finish(run_id, "failed", error=str(exc))
+        raise
+    store.finish(run_id, "finished", record)
+    return record
+
+
 @dataclass
 class Evaluation:
     perplexities: list  # PerplexityResult per source
@@ -160,9 +197,11 @@ def evaluate_model(loaded, sources: list[str], seqlen: int, windows: int | None 
 
     emit = on_event or (lambda event: None)
     perplexities, extras = [], {}
-    for spec in sources:
+    for number, spec in enumerate(sources, 1):
         if cancel is not None and cancel.is_set():
             raise PruningCancelled("Cancelled before evaluation.")
+        emit(PipelineEvent("eval", f"perplexity on {spec} ({number} of {len(sources)})",
+                           {"source": spec, "number": number, "total": len(sources)}))
         ppl = perplexity(loaded.model, loaded.tokenizer, spec, seqlen=seqlen, max_windows=windows, device=device,
                          protocol=protocol)
         perplexities.append(ppl)

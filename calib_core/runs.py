@@ -115,6 +115,16 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT
 )
 """
+_SIMILARITY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS similarity (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created TEXT NOT NULL,
+    model TEXT NOT NULL,
+    source TEXT NOT NULL,          -- the scored set, e.g. builtin:wiki or set:NAME
+    settings TEXT,                 -- JSON: k, scoring, tokens per item, items
+    scores TEXT                    -- JSON: mean of each metric over the set's items
+)
+"""
 # Columns added after the first release of the store: (name, type), added to older files on open.
 _ADDED_COLUMNS = [("sweep", "TEXT"), ("point_key", "TEXT"), ("pid_started", "REAL")]
 
@@ -135,6 +145,7 @@ class RunStore:
             with self._connect() as db:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(_SCHEMA)
+                db.execute(_SIMILARITY_SCHEMA)
                 present = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
                 for name, kind in _ADDED_COLUMNS:
                     if name not in present:
@@ -205,6 +216,27 @@ class RunStore:
     def sweep_names(self) -> list[str]:
         with self._connect() as db:
             return sorted(name for (name,) in db.execute("SELECT DISTINCT sweep FROM runs WHERE sweep IS NOT NULL"))
+
+    def record_similarity(self, model: str, table) -> None:
+        """Keep each set's mean scores of a similarity table (metrics.similarity), so runs pruned on
+        those sets can be set against how training-like their data is."""
+        metrics = [c for c in table.columns if c not in ("set", "sample", "tokens", "text")]
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        rows = []
+        for source, group in table.groupby("set", sort=False):
+            settings = {"k": table.attrs.get("k"), "tokens": table.attrs.get("max_tokens"), "items": len(group),
+                        "scoring": (table.attrs.get("scoring") or {}).get(source)}
+            rows.append((now, model, source, json.dumps(settings), json.dumps(group[metrics].mean().to_dict())))
+        with self._connect() as db:
+            db.executemany("INSERT INTO similarity (created, model, source, settings, scores) VALUES (?, ?, ?, ?, ?)",
+                           rows)
+
+    def similarity_scores(self, model: str) -> dict[str, dict]:
+        """The latest recorded scores of each source for `model`: source -> {metric: mean, "settings": ...}."""
+        with self._connect() as db:
+            rows = db.execute("SELECT source, settings, scores FROM similarity WHERE model = ? ORDER BY id",
+                              (model,)).fetchall()
+        return {source: {**json.loads(scores), "settings": json.loads(settings)} for source, settings, scores in rows}
 
     def _select(self, where: str = "1 = 1", params: tuple = ()) -> list[dict]:
         with self._connect() as db:

@@ -1,71 +1,129 @@
-"""Background jobs: queued per device, events kept, cancel and failure reported."""
+"""Background jobs run in worker processes: queued per device in order, events read by any reader,
+cancel and failures reported, a dead worker recorded as failed, and a job outlives its server."""
 
-import threading
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from calib_core.errors import PruningCancelled, SourceError
 from calib_core.jobs import JobManager
 
+ROOT = Path(__file__).resolve().parent.parent
 
-def wait(job, timeout=120):  # a bound for a loaded machine, not a target
+
+def wait(job, timeout=180):  # a bound for a loaded machine, not a target
     deadline = time.time() + timeout
     while not job.done and time.time() < deadline:
-        time.sleep(0.01)
+        time.sleep(0.05)
     return job
 
 
-def test_jobs_on_one_device_run_one_at_a_time_in_order():
-    manager = JobManager()
-    gate = threading.Event()
-    running = []
+def wait_for(condition, timeout=180):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "condition not reached"
+        time.sleep(0.05)
 
-    started = threading.Event()
 
-    def slow(job):
-        running.append(job.id)
-        job.emit("started")
-        started.set()
-        gate.wait(60)
-        return job.id * 10
+# Work functions: module-level, because a worker finds them by name.
+def gated(job, gate: str, value):
+    """Emits 'started', then waits until the file `gate` exists."""
+    job.emit("started")
+    while not os.path.exists(gate):
+        time.sleep(0.02)
+    return value
 
-    first = manager.submit("a", slow)
-    second = manager.submit("b", slow)
-    assert started.wait(60)
+
+def until_cancelled(job, message):
+    job.emit(message)
+    job.cancel_event.wait(180)
+    raise PruningCancelled("stopped")
+
+
+def fails(job, error):
+    raise error
+
+
+class Note:
+    def __init__(self, message):
+        self.message = message
+
+
+def dies(job, message):
+    job.emit(Note(message))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def echo(job, value):
+    return value
+
+
+def test_jobs_on_one_device_run_one_at_a_time_in_order(tmp_path):
+    manager = JobManager(tmp_path / "jobs")
+    gate = tmp_path / "gate"
+    first = manager.submit("a", gated, str(gate), 10)
+    second = manager.submit("b", gated, str(gate), 20)
+    other = manager.submit("c", echo, "elsewhere", device="cuda:0")  # another device does not wait
+    wait_for(lambda: first.events == ["started"])
+    assert wait(other).result == "elsewhere"
     assert first.status == "running" and second.status == "queued" and manager.position(second) == 1
-    gate.set()
+    gate.touch()
     assert wait(first).result == 10 and wait(second).result == 20
-    assert running == [first.id, second.id] and first.events == ["started"]
+    assert first.ended <= second.started and second.events == ["started"]
+    assert first.pid != second.pid != os.getpid()  # each job had its own process
 
 
-def test_cancel_and_failures_are_reported():
-    manager = JobManager()
-
-    started = threading.Event()
-
-    def cancellable(job):
-        started.set()
-        job.cancel_event.wait(120)
-        raise PruningCancelled("stopped")
-
-    job = manager.submit("c", cancellable)
-    assert started.wait(120)  # cancel a running job, not a queued one
+def test_cancel_and_failures_are_reported(tmp_path):
+    manager = JobManager(tmp_path / "jobs")
+    job = manager.submit("c", until_cancelled, "waiting")
+    wait_for(lambda: job.events == ["waiting"])  # cancel a running job, not a queued one
     job.cancel()
     assert wait(job).status == "cancelled" and job.error == "stopped"
-    bad = wait(manager.submit("d", lambda job: (_ for _ in ()).throw(SourceError("no such file"))))
+    queued_behind = manager.submit("gate", gated, str(tmp_path / "gate"), 1)
+    queued = manager.submit("never", echo, "ran")
+    wait_for(lambda: queued_behind.status == "running")
+    queued.cancel()
+    (tmp_path / "gate").touch()
+    assert wait(queued).status == "cancelled" and queued.started is None  # never started
+    bad = wait(manager.submit("d", fails, SourceError("no such file")))
     assert bad.status == "failed" and bad.error == "no such file"
-    broken = wait(manager.submit("e", lambda job: 1 / 0))
+    broken = wait(manager.submit("e", fails, ZeroDivisionError("division by zero")))
     assert broken.status == "failed" and "ZeroDivisionError" in broken.error
-    after = wait(manager.submit("f", lambda job: "ok"))
-    assert after.result == "ok"  # the worker survived the failures
 
 
-def test_only_the_latest_finished_jobs_stay_in_memory():
-    manager = JobManager(keep_finished=2)
-    jobs = [manager.submit(f"j{i}", lambda job: job.id) for i in range(5)]
-    for job in jobs:
-        assert wait(job).status == "finished"
-    deadline = time.time() + 120  # the worker forgets old jobs right after each one ends
-    while len(manager.jobs()) > 2 and time.time() < deadline:
-        time.sleep(0.01)
-    assert [j.id for j in manager.jobs()] == [jobs[3].id, jobs[4].id]
-    assert manager.get(jobs[0].id) is None and manager.get(jobs[4].id).result == jobs[4].id
+def test_a_dead_worker_is_recorded_as_failed_with_its_last_message(tmp_path):
+    manager = JobManager(tmp_path / "jobs")
+    job = wait(manager.submit("k", dies, "block 3 of 30"))
+    assert job.status == "failed"
+    assert "ended unexpectedly" in job.error and "block 3 of 30" in job.error
+    after = wait(manager.submit("next", echo, "ok"))  # the device is free again
+    assert after.result == "ok"
+
+
+def test_a_job_outlives_the_server_that_started_it(tmp_path):
+    """A 'server' process submits a job and exits at once; the job runs on, and another manager (a
+    restarted server) sees it, reads its events, and can cancel it."""
+    folder = tmp_path / "jobs"
+    server = subprocess.run(
+        [sys.executable, "-c", "import sys; from calib_core.jobs import JobManager; from tests.test_jobs import "
+         "until_cancelled; print(JobManager(sys.argv[1]).submit('long', until_cancelled, 'alive').id)", str(folder)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert server.returncode == 0, server.stderr
+    restarted = JobManager(folder)
+    job = restarted.get(int(server.stdout))
+    wait_for(lambda: job.events == ["alive"])
+    assert job.status == "running" and restarted.latest("") is job
+    job.cancel()
+    assert wait(job).status == "cancelled"
+
+
+def test_only_the_latest_finished_jobs_keep_their_folders(tmp_path):
+    manager = JobManager(tmp_path / "jobs", keep_finished=2)
+    jobs = [wait(manager.submit(f"j{i}", echo, i)) for i in range(4)]
+    assert all(job.status == "finished" for job in jobs)
+    manager.submit("last", echo, 4)
+    assert [j.id for j in manager.jobs()][:2] == [jobs[2].id, jobs[3].id]
+    assert manager.get(jobs[0].id) is None and manager.get(jobs[3].id).result == 3

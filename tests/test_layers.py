@@ -12,8 +12,8 @@ LAYERS = [
     {"data"},
     {"prune"},
     {"metrics"},
-    {"runs", "jobs", "pipeline"},
-    {"experiments"},
+    {"runs", "jobs", "worker", "pipeline", "progress"},
+    {"experiments", "tasks"},
     {"access", "cli", "__main__"},
 ]
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from . import sets
 from .sources import load_documents
@@ -50,12 +51,33 @@ LENGTH_MARKS = (128, 256, 512, 1024, 2048)
 
 @dataclass
 class GenerationProgress:
+    """After each batch; and during a batch (about once a second) with `batch_tokens` set: how many new
+    tokens the batch in progress has so far, of at most `max_new_tokens`."""
+
     texts_done: int
     texts_total: int
     tokens_per_second: float
     latest_text: str
     ppls: list[float] = field(default_factory=list)
+    batch_tokens: int | None = None
+    max_new_tokens: int = 0
     kind: str = "generation"
+
+
+class _BatchWatch(StoppingCriteria):
+    """Reports a batch's progress while `generate` runs, and stops it at once on cancel. It draws no
+    random numbers, so the generated texts are those of a plain `generate` call."""
+
+    def __init__(self, emit, cancel, prompt_width: int, progress: GenerationProgress, every_seconds: float = 1.0):
+        self.emit, self.cancel, self.width, self.progress = emit, cancel, prompt_width, progress
+        self.every, self.last = every_seconds, time.perf_counter()
+
+    def __call__(self, input_ids, scores, **kwargs):
+        if time.perf_counter() - self.last >= self.every:
+            self.last = time.perf_counter()
+            self.emit(replace(self.progress, batch_tokens=input_ids.shape[1] - self.width))
+        stop = self.cancel is not None and self.cancel.is_set()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass
@@ -108,19 +130,18 @@ def generate_set(model, tokenizer, config: GenerationConfig, on_event=None, canc
     started = time.perf_counter()
     torch.manual_seed(config.seed)  # scoring between batches draws no random numbers
     for start in range(0, len(prompts), config.batch_size):
-        if cancel is not None and cancel.is_set():
-            cancelled = True
-            break
         batch = prompts[start : start + config.batch_size]
         input_ids, mask = _left_padded(batch, pad)
         width = input_ids.shape[1]
         t = time.perf_counter()
+        watch = _BatchWatch(emit, cancel, width, GenerationProgress(
+            done, len(prompts), new_tokens / max(generation_seconds, 1e-9), "", list(ppls), 0, config.max_new_tokens))
         with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=True,
                 temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
                 repetition_penalty=config.repetition_penalty, max_new_tokens=config.max_new_tokens,
-                pad_token_id=pad, use_cache=True,
+                pad_token_id=pad, use_cache=True, stopping_criteria=StoppingCriteriaList([watch]),
             )
         generation_seconds += time.perf_counter() - t
         texts = []
@@ -137,7 +158,11 @@ def generate_set(model, tokenizer, config: GenerationConfig, on_event=None, canc
             ppls += [perplexity_of(s) for s in score_token_ids(model, scorable, window=longest, pad_id=pad)]
             generated += scorable
         emit(GenerationProgress(done, len(prompts), new_tokens / max(generation_seconds, 1e-9),
-                                tokenizer.decode(texts[-1], skip_special_tokens=True), list(ppls)))
+                                tokenizer.decode(texts[-1], skip_special_tokens=True), list(ppls),
+                                max_new_tokens=config.max_new_tokens))
+        if cancel is not None and cancel.is_set():  # a batch cut short by the cancel is kept, scored
+            cancelled = True
+            break
     kept, threshold = filter_by_perplexity(ppls, config.drop_fraction)
     records = [
         {"text": tokenizer.decode(ids, skip_special_tokens=True), "ppl": ppl, "kept": keep,

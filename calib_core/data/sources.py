@@ -204,8 +204,9 @@ def _too_short(mode: str, seqlen: int, lengths: list[int], where: str = "") -> S
     counted = f"{len(lengths)} {'documents' if mode == 'document' else 'texts'}{where}, longest: {longest} tokens"
     if mode == "document":
         return SourceError(
-            f"No document has more than {seqlen} tokens ({counted}). Lower seqlen, use concat mode, or use "
-            f"longer texts (self-generated: a larger max_new_tokens)."
+            f"No document has more than {seqlen} tokens ({counted}). Lower seqlen, use concat mode (CLI: --mode "
+            f"concat; app: Prune, More settings, Sampling mode), or use longer texts (self-generated: a larger "
+            f"max_new_tokens)."
         )
     return SourceError(
         f"document_pad needs texts with more than seqlen - {DOCUMENT_PAD_SLACK} = {seqlen - DOCUMENT_PAD_SLACK} "

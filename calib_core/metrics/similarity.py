@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..data.sources import DEFAULT_CONCAT_SEPARATOR, build_calibration, load_documents
 from ..data.tokens import first_tokens, special_affixes
-from ..errors import SourceError
+from ..errors import PruningCancelled, SourceError
 from ..scoring import min_k, pad_id, perplexity_of, score_token_ids
 
 # Online samples of real pretraining corpora (streamed; offline they fail with a clear message).
@@ -155,7 +155,8 @@ class SimilarityProgress:
 
 
 def similarity_table(model, tokenizer, named_texts: dict[str, list], reference: Reference | None = None,
-                     k: float = 0.5, max_tokens: int = 512, window: int = 512, batch_size: int = 4, on_event=None):
+                     k: float = 0.5, max_tokens: int = 512, window: int = 512, batch_size: int = 4, on_event=None,
+                     cancel=None):
     """Per-sample scores for several sets -> (per-sample DataFrame, per-set summary DataFrame).
     `named_texts` maps a set name to texts (str: the `texts` scoring, cut to `max_tokens` tokens and
     scored in windows of `window`) or to token windows (lists of ids from sample_for_scoring: each
@@ -167,6 +168,8 @@ def similarity_table(model, tokenizer, named_texts: dict[str, list], reference: 
         raise SourceError(f"K must be in (0, 1], got {k}.")
     rows, scoring = [], {}
     for done, (set_name, items) in enumerate(named_texts.items(), 1):
+        if cancel is not None and cancel.is_set():
+            raise PruningCancelled(f"Cancelled after {done - 1} of {len(named_texts)} sets.")
         if all(isinstance(item, str) for item in items):
             scoring[set_name] = "texts"
             ids = [first_tokens(tokenizer, t, max_tokens) for t in items]
@@ -204,7 +207,7 @@ def similarity_table(model, tokenizer, named_texts: dict[str, list], reference: 
 def compare_sources(model, tokenizer, specs: list[str], count: int, seed: int = 0, scoring: str = "windows",
                     seqlen: int = 512, mode: str = "concat", concat_separator: str = DEFAULT_CONCAT_SEPARATOR,
                     reference: str | None = None, ngram: int = 3, k: float = 0.5, max_tokens: int = 512,
-                    sampling: dict[str, tuple[str, str]] | None = None, on_event=None):
+                    sampling: dict[str, tuple[str, str]] | None = None, on_event=None, cancel=None):
     """Score several sources on the same footing -> (per-sample table, per-set summary): each source's
     items drawn by sample_for_scoring (`sampling` may give a source its own (mode, separator)), the
     reference corpus built when named, then similarity_table. The CLI, the app and the reproduction
@@ -214,5 +217,6 @@ def compare_sources(model, tokenizer, specs: list[str], count: int, seed: int = 
                                       *sampling.get(spec, (mode, concat_separator))) for spec in specs}
     built = (build_reference(reference, ngram, model=model, tokenizer=tokenizer, window=max_tokens, seed=seed)
              if reference else None)
-    return similarity_table(model, tokenizer, named, built, k, max_tokens, max_tokens, on_event=on_event)
+    return similarity_table(model, tokenizer, named, built, k, max_tokens, max_tokens, on_event=on_event,
+                            cancel=cancel)
 

@@ -3,18 +3,21 @@ the CLI, the app and the run store consume the same objects."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 
 @dataclass
 class StageEvent:
-    """Coarse progress: stage in {'capture', 'outlier_scan', 'prune'}, step of total."""
+    """Coarse progress: stage in {'capture', 'outlier_scan', 'prune'}, step of total, and when (`at`,
+    seconds since the epoch: a reader in another process can time each phase)."""
 
     stage: str
     step: int
     total: int
     seconds: float
     kind: str = "stage"
+    at: float = field(default_factory=time.time)
 
 
 @dataclass

@@ -1,20 +1,21 @@
-import time
-
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 
 from calib_core.data.sources import BUILTIN_SOURCES, MODES
 from calib_core.errors import CalibLabError
 from calib_core.metrics.perplexity import PROTOCOLS
+from calib_core import tasks
+from calib_core.experiments.run_figures import live_prune_charts
 from calib_core.jobs import manager
-from calib_core.pipeline import PruneJob, check_outputs, run_prune_job
+from calib_core.pipeline import PruneJob, check_outputs
+from calib_core.progress import run_progress
 from calib_core.models import resolve_device
 from calib_core.prune import PruneConfig
-from calib_core.prune.events import blocks_frame, modules_frame
 from calib_core.prune.memory import estimate_memory
 from calib_core.prune.methods import ENGINE_OPTIONS, METHODS, statistics_needed
-from ui_cache import access_policy, cached_model, session_job
+from ui_cache import access_policy, cached_model
+from ui_charts import show_chart
+from ui_forms import any_invalid, bounded_number
+from ui_live import figures_of, live_view
 
 st.title("Prune")
 with st.expander("How the methods choose weights"):
@@ -68,22 +69,25 @@ with st.container(border=True):
     c5, c6, c7, c8 = st.columns(4)
     calib = c5.text_input("Calibration source", st.session_state.calib_source,
                           help="builtin:NAME, set:NAME, file:PATH, tokens:PATH or hf:NAME[:CONFIG[:SPLIT]]")
-    nsamples = c6.number_input("nsamples", 1, 2048, last.get("nsamples", 8))
-    seqlen = c7.number_input("seqlen", 8, 8192, last.get("seqlen", 256))
-    seed = c8.number_input("seed", 0, 10**6, last.get("seed", 0))
+    nsamples = bounded_number(c6, "nsamples", 1, 2048, last.get("nsamples", 8), step=1)
+    seqlen = bounded_number(c7, "seqlen", 8, 8192, last.get("seqlen", 256), step=1)
+    seed = bounded_number(c8, "seed", 0, 10**6, last.get("seed", 0), step=1)
     c9, c10, c11, c12 = st.columns(4)
     evals = c9.multiselect("Perplexity on", EVAL_SOURCES, last.get("evals", ["builtin:wiki"]))
-    eval_windows = c10.number_input("Eval windows per source", 1, 10000, last.get("eval_windows", 8))
-    owl_m = c11.number_input("OWL M", 1.0, 20.0, last.get("owl_m"), placeholder="auto: 5, or 6 for N:M")
-    owl_lambda = c12.number_input("OWL lambda", 0.0, 4.0, last.get("owl_lambda"), format="%.3f",
-                                  placeholder="auto: 0.08, or 2 (in N) for N:M")
+    eval_windows = bounded_number(c10, "Eval windows per source", 1, 10000, last.get("eval_windows", 8), step=1)
+    owl_m = bounded_number(c11, "OWL M", 1.0, 20.0, last.get("owl_m"), optional=True,
+                           placeholder="auto: 5, or 6 for N:M")
+    owl_lambda = bounded_number(c12, "OWL lambda", 0.0, 4.0, last.get("owl_lambda"), optional=True, format="%.3f",
+                                placeholder="auto: 0.08, or 2 (in N) for N:M")
     with st.expander("More settings"):
         d1, d2, d3, d4 = st.columns(4)
-        blocksize = d1.number_input("SparseGPT blocksize", 1, 4096, last.get("blocksize", DEFAULTS.sparsegpt_blocksize))
-        damp = d2.number_input("SparseGPT damping", 0.0, 1.0, last.get("damp", DEFAULTS.sparsegpt_damp), format="%.3f")
-        dsnot_cycles = d3.number_input("DSnoT cycles", 1, 1000, last.get("dsnot_cycles", DEFAULTS.dsnot_cycles))
-        dsnot_threshold = d4.number_input("DSnoT threshold", 0.0, 100.0,
-                                          last.get("dsnot_threshold", DEFAULTS.dsnot_threshold), format="%.3f")
+        blocksize = bounded_number(d1, "SparseGPT blocksize", 1, 4096,
+                                   last.get("blocksize", DEFAULTS.sparsegpt_blocksize), step=1)
+        damp = bounded_number(d2, "SparseGPT damping", 0.0, 1.0, last.get("damp", DEFAULTS.sparsegpt_damp), format="%.3f")
+        dsnot_cycles = bounded_number(d3, "DSnoT cycles", 1, 1000, last.get("dsnot_cycles", DEFAULTS.dsnot_cycles),
+                                      step=1)
+        dsnot_threshold = bounded_number(d4, "DSnoT threshold", 0.0, 100.0,
+                                         last.get("dsnot_threshold", DEFAULTS.dsnot_threshold), format="%.3f")
         categorical = option_selectors(METHODS["dsnot"].options + METHODS["owl"].options + ENGINE_OPTIONS,
                                        st.columns(4) + st.columns(4))
         e1, e2, e3 = st.columns(3)
@@ -102,15 +106,18 @@ with st.container(border=True):
                              help=f"This app is shared: a folder inside {access_policy().workspace}."
                              if access_policy().shared else "Written whole when the run ends, report included.")
         overwrite = f2.checkbox("Replace a non-empty folder", help="Its files are removed.")
-    st.session_state.prune_form = dict(
-        method=method, base=base, pattern=pattern, sparsity=sparsity, nsamples=nsamples, seqlen=seqlen, seed=seed,
-        evals=evals, eval_windows=eval_windows, owl_m=owl_m, owl_lambda=owl_lambda, blocksize=blocksize, damp=damp,
-        dsnot_cycles=dsnot_cycles, dsnot_threshold=dsnot_threshold, mode=mode, separator=separator,
-        ppl_protocol=ppl_protocol, save=save, **categorical)
+    numbers = dict(nsamples=nsamples, seqlen=seqlen, seed=seed, eval_windows=eval_windows, owl_m=owl_m,
+                   owl_lambda=owl_lambda, blocksize=blocksize, damp=damp, dsnot_cycles=dsnot_cycles,
+                   dsnot_threshold=dsnot_threshold)
+    invalid = any_invalid(*numbers.values())
+    kept = {key: value for key, value in numbers.items() if not any_invalid(value)}  # a bad entry is not remembered
+    st.session_state.prune_form = last | dict(
+        method=method, base=base, pattern=pattern, sparsity=sparsity, evals=evals, mode=mode, separator=separator,
+        ppl_protocol=ppl_protocol, save=save, **kept, **categorical)
     if method == "owl" and ":" in pattern and base != "wanda":
         st.caption(f"Mixed N:M on a {base} base is a Calibration Lab extension: the OWL authors mix N only for Wanda. "
                    "The run record says so.")
-    if st.session_state.get("model_loaded") or st.toggle("Show the memory estimate (loads the model)"):
+    if not invalid and (st.session_state.get("model_loaded") or st.toggle("Show the memory estimate (loads the model)")):
         try:
             loaded = cached_model(st.session_state.model_spec, **st.session_state.model_options)
             estimate = estimate_memory(loaded.model, int(nsamples), int(seqlen), statistics_needed(method, base),
@@ -118,7 +125,8 @@ with st.container(border=True):
             st.caption(f"Memory estimate: {estimate.describe()}")
         except CalibLabError as exc:
             st.error(str(exc))
-    submitted = st.button("Start pruning", type="primary")
+    submitted = st.button("Start pruning", type="primary", disabled=invalid,
+                          help="Fix the fields marked in red first." if invalid else None)
 
 if submitted:
     try:
@@ -137,69 +145,48 @@ if submitted:
         job = access_policy().job(job)  # a shared app confines paths and sizes
         check_outputs(job)  # a bad save folder fails now, not after the run
         label = f"{method} {pattern if ':' in pattern else sparsity} on {calib}"
-        st.session_state.prune_job = manager().submit(
-            label, lambda j: run_prune_job(job, j.emit, j.cancel_event), device=str(resolve_device(config.device))).id
+        st.session_state.prune_job = manager().submit(label, tasks.prune, job, kind="prune",
+                                                      device=str(resolve_device(config.device))).id
     except CalibLabError as exc:
         st.error(str(exc))
 
 
-@st.fragment(run_every=1.0)
-def live():
-    job = session_job("prune_job")
-    if job is None:
-        st.caption("Start a run above; it keeps going while you visit other pages.")
-        return
-    blocks, modules, stages = job.events_of("block"), job.events_of("module"), job.events_of("stage")
-    total = stages[-1].total if stages else 1
-    elapsed = (job.ended or time.time()) - (job.started or time.time())
-    done = len(blocks)
-    eta = (elapsed / done * (total - done)) if done else None
-    st.progress(done / max(total, 1), f"{done}/{total} blocks, {elapsed:.0f} s" + (f", ETA {eta:.0f} s" if eta else ""))
+def draw_prune(job):
+    progress = run_progress(job.events, job.status)
+    st.progress(progress.fraction, progress.text)
     if not job.done and st.button("Cancel run"):
         job.cancel()
     for e in job.events_of("pipeline"):
         if e.stage in ("estimate", "ppl", "saved", "load") or e.message.startswith("note: "):
             st.caption(e.message)
-    if blocks:
-        frame = blocks_frame(blocks)
-        allocation = next(iter(job.events_of("allocation")), None)
-        fig = go.Figure()
-        fig.add_bar(x=frame.block, y=frame.achieved, name="achieved sparsity")
-        if allocation:
-            fig.add_scatter(x=list(range(len(allocation.target_sparsities))), y=allocation.target_sparsities,
-                            name="OWL allocation", mode="lines+markers")
-        uniform = (sum(allocation.target_sparsities) / len(allocation.target_sparsities)) if allocation else frame.target[0]
-        fig.add_hline(y=uniform, line_dash="dot", annotation_text="planned mean" if allocation else "uniform target")
-        fig.update_layout(title="Per-block sparsity", xaxis_title="block", yaxis_title="sparsity", height=300)
-        c1, c2 = st.columns(2)
-        c1.plotly_chart(fig, width="stretch", key="sparsity_chart")
-        c2.plotly_chart(px.bar(frame, x="block", y="seconds", title="Seconds per block", height=300),
-                        width="stretch")
-        if allocation:
-            st.plotly_chart(px.line(x=list(range(len(allocation.outlier_ratios))), y=allocation.outlier_ratios,
-                                    labels={"x": "block", "y": "outlier ratio D_l (%)"}, title="OWL outlier ratio",
-                                    height=250), width="stretch")
-    if modules and any(m.rel_recon_error is not None for m in modules):
-        pivot = modules_frame(modules).pivot(index="module", columns="block", values="error")
-        st.plotly_chart(px.imshow(pivot, aspect="auto", color_continuous_scale="Viridis",
-                                  title="Relative reconstruction error ||WX - W'X|| / ||WX||", height=320),
-                        width="stretch", key="recon_heatmap")
+    charts = figures_of(job, live_prune_charts)
+    left, right = st.columns(2)
+    for column, name in ((left, "sparsity"), (right, "seconds")):
+        if name in charts:
+            show_chart(column, charts[name], name)
+    for name in ("owl_outliers", "recon_error"):
+        if name in charts:
+            show_chart(st, charts[name], name)
     if job.status == "finished":
-        details = job.result.get("method_details") or {}
-        if "owl" in details:
-            owl = details["owl"]
-            st.caption(f"OWL: target sparsity {owl['target_sparsity']:.4f}, planned mean {owl['planned_sparsity']:.4f}, "
-                       f"achieved {owl['achieved_sparsity']:.4f}" + (f". {owl['extension']}." if "extension" in owl else ""))
-        if "dsnot" in details:
-            dsnot = details["dsnot"]
-            st.caption(f"DSnoT ({dsnot['rule']} rule, threshold {dsnot['effective_threshold']:.4g} at seqlen "
-                       f"{dsnot['seqlen']}) refined {', '.join(dsnot['refined_modules']) or 'nothing'}; initial mask "
-                       f"only: {', '.join(dsnot['initial_mask_only']) or 'nothing'}.")
-        for p in job.result["perplexity"]:
-            st.metric(f"Perplexity on {p['source']}", f"{p['ppl']:.2f}", help=p["protocol"])
-        st.success(f"Recorded as run {job.result['run_id']}. Compare it on the Results page.")
+        show_outcome(job.result)
     elif job.status in ("failed", "cancelled"):
         st.error(f"{job.status}: {job.error}")
 
 
-live()
+def show_outcome(result: dict) -> None:
+    details = result.get("method_details") or {}
+    if "owl" in details:
+        owl = details["owl"]
+        st.caption(f"OWL: target sparsity {owl['target_sparsity']:.4f}, planned mean {owl['planned_sparsity']:.4f}, "
+                   f"achieved {owl['achieved_sparsity']:.4f}" + (f". {owl['extension']}." if "extension" in owl else ""))
+    if "dsnot" in details:
+        dsnot = details["dsnot"]
+        st.caption(f"DSnoT ({dsnot['rule']} rule, threshold {dsnot['effective_threshold']:.4g} at seqlen "
+                   f"{dsnot['seqlen']}) refined {', '.join(dsnot['refined_modules']) or 'nothing'}; initial mask "
+                   f"only: {', '.join(dsnot['initial_mask_only']) or 'nothing'}.")
+    for p in result["perplexity"]:
+        st.metric(f"Perplexity on {p['source']}", f"{p['ppl']:.2f}", help=p["protocol"])
+    st.success(f"Recorded as run {result['run_id']}. Compare it on the Results page.")
+
+
+live_view("prune_job", "prune", draw_prune, empty="Start a run above; it keeps going while you visit other pages.")

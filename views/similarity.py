@@ -3,11 +3,14 @@ import streamlit as st
 
 from calib_core.data import sets
 from calib_core.data.sources import BUILTIN_SOURCES, MODES
+from calib_core import tasks
 from calib_core.jobs import manager
-from calib_core.models import load_model, place_for_inference
+from calib_core.models import resolve_device
 from calib_core.errors import CalibLabError
-from calib_core.metrics.similarity import REFERENCE_CORPORA, compare_sources
-from ui_cache import access_policy, session_job
+from calib_core.metrics.similarity import REFERENCE_CORPORA
+from ui_cache import access_policy
+from ui_forms import any_invalid, bounded_number
+from ui_live import live_view
 
 st.title("Similarity to pretraining data")
 with st.expander("What Min-K%++ measures"):
@@ -28,16 +31,17 @@ chosen = st.multiselect("Sets to compare", options, options[:2])
 c1, c2, c3, c4 = st.columns(4)
 reference = c1.selectbox("Reference corpus", [None, *BUILTIN_SOURCES]
                          + list(REFERENCE_CORPORA), help="Online corpora stream from the hub; offline they fail clearly.")
-samples = c2.number_input("Items per set", 2, 2000, 16)
+samples = bounded_number(c2, "Items per set", 2, 2000, 16, step=1)
 k = c3.slider("K", 0.05, 1.0, 0.5)
-max_tokens = c4.number_input("Tokens per item", 16, 4096, 256, help="window length, or the cut of a whole text")
+max_tokens = bounded_number(c4, "Tokens per item", 16, 4096, 256, step=1,
+                            help="window length, or the cut of a whole text")
 d1, d2, d3 = st.columns(3)
 scoring = d1.radio("Score", ["windows", "texts"], horizontal=True,
                    format_func={"windows": "calibration windows", "texts": "whole texts"}.get)
 mode = d2.selectbox("Sampling mode (windows)", MODES, MODES.index("concat"), disabled=scoring != "windows",
                     help="concat works for short texts too; document needs texts longer than the window")
-seed = d3.number_input("Seed", 0, 10**6, 0)
-if st.button("Score", type="primary", disabled=not chosen):
+seed = bounded_number(d3, "Seed", 0, 10**6, 0, step=1)
+if st.button("Score", type="primary", disabled=not chosen or any_invalid(samples, max_tokens, seed)):
     spec, options_, device = st.session_state.model_spec, dict(st.session_state.model_options), st.session_state.device
     try:
         access_policy().scoring(int(samples), int(max_tokens))
@@ -45,21 +49,16 @@ if st.button("Score", type="primary", disabled=not chosen):
     except CalibLabError as exc:
         st.error(str(exc))
     else:
-        def work(job):
-            loaded = load_model(spec, **options_)
-            place_for_inference(loaded.model, device)
-            return compare_sources(loaded.model, loaded.tokenizer, chosen, int(samples), int(seed), scoring,
-                                   int(max_tokens), mode, reference=reference, k=k, max_tokens=int(max_tokens),
-                                   on_event=job.emit)
-
-        st.session_state.sim_job = manager().submit("similarity", work).id
+        st.session_state.sim_job = manager().submit(
+            "similarity", tasks.similarity, spec, options_, device, chosen,
+            dict(count=int(samples), seed=int(seed), scoring=scoring, seqlen=int(max_tokens), mode=mode,
+                 reference=reference, k=k, max_tokens=int(max_tokens)),
+            device=str(resolve_device(device)), kind="similarity").id
 
 
-@st.fragment(run_every=1.0)
-def show():
-    job = session_job("sim_job")
-    if job is None:
-        return
+def show(job):
+    if not job.done and st.button("Cancel scoring"):
+        job.cancel()
     if not job.done:
         progress = job.events_of("similarity")
         if progress:
@@ -98,4 +97,4 @@ def show():
     st.dataframe(table, width="stretch", hide_index=True)
 
 
-show()
+live_view("sim_job", "similarity", show)

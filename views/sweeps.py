@@ -11,8 +11,10 @@ from calib_core.prune.methods import METHODS
 from calib_core.runs import RunStore
 from calib_core.experiments.figures import export, sweep_figures
 from calib_core.experiments.stats import PPL, spread_by_setting, summarize, sweep_frame, welch_test
-from calib_core.experiments.sweeps import SweepGrid, run_sweep
-from ui_cache import access_policy, session_job
+from calib_core.experiments.sweeps import SweepGrid
+from calib_core import tasks
+from ui_cache import access_policy
+from ui_live import live_view
 
 BUILTIN = list(BUILTIN_SOURCES)
 
@@ -76,16 +78,12 @@ with grid_tab:
         done = store.finished_points(grid.name)
         points = grid.points()
         st.markdown(f"Grid **{grid.name}**: {len(points)} points, {sum(p.key in done for p in points)} already finished.")
-        running = manager().get(st.session_state.get("sweep_job", 0))
+        running = manager().get(st.session_state.get("sweep_job"))
         if st.button("Run this grid", disabled=bool(running and not running.done)):
-            job = manager().submit(f"sweep {grid.name}", lambda job, g=grid: run_sweep(g, None, job.emit, job.cancel_event))
+            job = manager().submit(f"sweep {grid.name}", tasks.sweep, grid, kind="sweep")
             st.session_state.sweep_job = job.id
 
-    @st.fragment(run_every=2.0)
-    def sweep_progress():
-        job = session_job("sweep_job")
-        if job is None:
-            return
+    def sweep_progress(job):
         marks = [e for e in job.events_of("pipeline") if e.stage == "sweep"]
         todo = marks[0].data.get("todo", 0) if marks else 0
         started = len(marks) - 1 if marks else 0
@@ -100,7 +98,7 @@ with grid_tab:
         elif job.status in ("failed", "cancelled"):
             st.error(f"{job.status}: {job.error}")
 
-    sweep_progress()
+    live_view("sweep_job", "sweep", sweep_progress)
 
 with results_tab:
     names = store.sweep_names()

@@ -6,17 +6,54 @@ import streamlit as st
 
 from calib_core.data import sets
 from calib_core.assets import BUILTIN_CORPORA
-from calib_core.data.sources import BUILTIN_SOURCES, LIST_MAX_CHARACTERS, load_documents, read_text_file
+from calib_core.data.sources import (BUILTIN_SOURCES, LIST_MAX_CHARACTERS, MODES, eligibility_floor, load_documents,
+                                     read_text_file)
 from calib_core.data.text_files import FILE_TYPES
 from calib_core.data.tokens import token_lengths
 from calib_core.errors import CalibLabError, SourceError
+from calib_core import tasks
 from calib_core.jobs import manager
-from calib_core.data.selfgen import GenerationConfig, filter_by_perplexity, generate_set, save_generated
-from ui_cache import access_policy, cached_model, session_job
-from calib_core.models import load_model, place_for_inference, resolve_device
+from calib_core.data.selfgen import GenerationConfig, filter_by_perplexity
+from ui_cache import access_policy, cached_model
+from ui_forms import any_invalid, bounded_number
+from ui_live import live_view
+from calib_core.models import resolve_device
 
 MAX_UPLOAD_MB = 50
 PREVIEW_TOKENIZE_CHARACTERS = 4_000_000
+
+
+def set_name_field(column, label: str, default: str, key: str) -> str | None:
+    """A set name, checked as it is typed: None (with the reason shown) when it is invalid, or when it
+    names an existing set and the user has not ticked "Replace it"."""
+    name = column.text_input(label, default, key=key)
+    if not name:
+        return None
+    try:
+        sets.check_name(name)
+    except CalibLabError as exc:
+        column.error(str(exc))
+        return None
+    if name in sets.list_sets() and not column.checkbox(f"Replace the existing set:{name}", key=f"{key}-replace"):
+        column.warning(f"set:{name} already exists: tick the box to replace it, or choose another name.")
+        return None
+    return name
+
+
+def sampling_choice(lengths: list[int], unit: str) -> None:
+    """How a run will draw windows from these texts (the Prune page's sampling mode), with a default that
+    works: concat when no text is longer than the Prune page's seqlen."""
+    form = st.session_state.setdefault("prune_form", {})
+    seqlen = form.get("seqlen", 256)
+    long_enough = sum(n > eligibility_floor("document", seqlen) for n in lengths)
+    if long_enough == 0 and form.get("mode", "document") != "concat":
+        form["mode"] = "concat"
+        st.info(f"No text is longer than seqlen = {seqlen} {unit}, so a run will join them (concat mode). Change it "
+                "below or on the Prune page (More settings).")
+    form["mode"] = st.radio(
+        "Sampling mode for runs", MODES, MODES.index(form.get("mode", "document")), horizontal=True, key="calib_mode",
+        help=f"{long_enough} of {len(lengths)} texts are longer than seqlen = {seqlen} {unit}. document: a window "
+             "inside one long text; concat: windows of all texts joined; document_pad: whole texts padded.")
 st.title("Calibration data")
 with st.expander("From text to calibration samples"):
     st.markdown("A run draws `nsamples` windows of `seqlen` tokens with a seeded RNG: from one random document "
@@ -92,10 +129,11 @@ with build:
             lengths, unit = [len(t.split()) for t in counted], "words"
         st.plotly_chart(px.histogram(x=lengths, nbins=40, labels={"x": f"{unit} per text"},
                                      title=f"Length of {len(counted)} texts"), width="stretch")
+        sampling_choice(lengths, unit)
         if origin.startswith(("builtin:", "set:")) and st.button("Use as calibration source"):
             st.session_state.calib_source = origin
-        name = st.text_input("Save as set", key="save_name")
-        if st.button("Save set", disabled=not name):
+        name = set_name_field(st, "Save as set", "", "save_name")
+        if st.button("Save set", disabled=not name, help="Pasted or uploaded texts become a source once saved."):
             try:
                 sets.save_set(name, [{"text": t} for t in texts], {"kind": "source", "source": origin})
                 st.session_state.calib_source = f"set:{name}"
@@ -118,49 +156,49 @@ with generate:
     st.markdown("The model continues short prefixes of real texts; the highest-perplexity fraction is dropped.")
     c1, c2, c3 = st.columns(3)
     source = c1.selectbox("Prefixes from", BUILTIN_SOURCES)
-    count = c2.number_input("Texts", 1, 5000, 16)
-    new_tokens = c3.number_input("Max new tokens", 8, 4096, 128,
-                                 help="The paper generates up to 2048 new tokens (GPU); a CPU manages a few "
-                                      "hundred. Document and document_pad sampling need texts longer than seqlen.")
+    count = bounded_number(c2, "Texts", 1, 5000, 16, step=1)
+    new_tokens = bounded_number(c3, "Max new tokens", 8, 4096, 128, step=1,
+                                help="The paper generates up to 2048 new tokens (GPU); a CPU manages a few hundred. "
+                                     "Document and document_pad sampling need texts longer than seqlen.")
     c4, c5, c6 = st.columns(3)
-    prefix = c4.number_input("Prefix tokens", 1, 64, 2)
+    prefix = bounded_number(c4, "Prefix tokens", 1, 64, 2, step=1)
     drop = c5.slider("Drop highest-ppl fraction", 0.0, 0.9, 0.2)
-    set_name = c6.text_input("Save as set", "selfgen")
-    if st.button("Generate", type="primary"):
+    set_name = set_name_field(c6, "Save as set", "selfgen", "gen_name")
+    ready = set_name is not None and not any_invalid(count, new_tokens, prefix)
+    if st.button("Generate", type="primary", disabled=not ready):
         config = GenerationConfig(source=source, texts=int(count), max_new_tokens=int(new_tokens),
                                   prefix_tokens=int(prefix), drop_fraction=drop)
         spec, options, device = st.session_state.model_spec, dict(st.session_state.model_options), st.session_state.device
-        try:  # before any generation: a bad name or size must not cost minutes of work
-            sets.check_name(set_name)
+        try:  # before any generation: a bad size or model must not cost minutes of work
+            config.validate()
             access_policy().generation(config.texts, config.max_new_tokens)
             spec = access_policy().model(spec, options["trust_remote_code"])
         except CalibLabError as exc:
             st.error(str(exc))
         else:
-            def work(job):  # runs in the job thread: no streamlit calls in here
-                loaded = load_model(spec, **options)
-                place_for_inference(loaded.model, device)
-                result = generate_set(loaded.model, loaded.tokenizer, config, job.emit, job.cancel_event, spec)
-                save_generated(set_name, result)
-                return result
-
             st.session_state.gen_settings = {"name": set_name, "drop": drop}
-            st.session_state.gen_job = manager().submit(f"self-generate {set_name}", work,
-                                                        device=str(resolve_device(device))).id
+            st.session_state.gen_job = manager().submit(
+                f"self-generate {set_name}", tasks.self_generate, spec, options, device, config, set_name,
+                device=str(resolve_device(device)), kind="selfgen").id
 
-    @st.fragment(run_every=1.0)
-    def generation_progress():
-        job = session_job("gen_job")
-        if job is None:
-            return
+    def draw_generation(job):
+        if not job.done and st.button("Cancel generation"):
+            job.cancel()
         progress = job.events_of("generation")
-        if progress:
+        if not progress:
+            st.progress(0.0, "Loading the model and the prefixes" if job.status == "running" else job.status)
+        else:
             last = progress[-1]
-            st.progress(last.texts_done / last.texts_total, f"{last.texts_done}/{last.texts_total} texts, "
-                        f"{last.tokens_per_second:.1f} tokens/s")
-            st.text_area("Latest text", last.latest_text[:1500], height=120, disabled=True)
+            text = f"{last.texts_done}/{last.texts_total} texts done, {last.tokens_per_second:.1f} tokens/s"
+            if last.batch_tokens is not None:
+                text += f"; batch in progress: {last.batch_tokens}/{last.max_new_tokens} new tokens"
+            st.progress(last.texts_done / last.texts_total, text)
+            latest = next((e.latest_text for e in reversed(progress) if e.latest_text), "")
+            if latest:
+                st.text_area("Latest text", latest[:1500], height=120, disabled=True)
             if last.ppls:  # the running distribution, with the threshold the filter would use now
-                _, threshold = filter_by_perplexity(last.ppls, st.session_state.gen_settings["drop"])
+                drop_now = st.session_state.get("gen_settings", {}).get("drop", 0.2)
+                _, threshold = filter_by_perplexity(last.ppls, drop_now)
                 fig = px.histogram(x=last.ppls, nbins=30, labels={"x": "perplexity under the generating model"})
                 if threshold:
                     fig.add_vline(x=threshold, line_dash="dash", annotation_text=f"drop above {threshold:.1f}")
@@ -170,11 +208,9 @@ with generate:
             early = " Cancelled early: what was generated before the cancel is kept." if result.cancelled else ""
             longer = ", ".join(f"{n} > {length}" for length, n in result.metadata["kept_texts_longer_than"].items())
             st.success(f"{len(result.kept_texts)} of {len(result.records)} texts kept (threshold "
-                       f"{result.threshold or float('nan'):.2f}); saved as set:{st.session_state.gen_settings['name']}.{early}"
+                       f"{result.threshold or float('nan'):.2f}); saved as set:{job.label.split()[-1]}.{early}"
                        f" Kept texts longer than N tokens: {longer}.")
         elif job.status in ("failed", "cancelled"):
             st.error(job.error or job.status)
-        elif st.button("Cancel generation"):
-            job.cancel()
 
-    generation_progress()
+    live_view("gen_job", "selfgen", draw_generation)

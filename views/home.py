@@ -18,4 +18,4 @@ with st.expander("Why calibration data matters"):
         "of input feature $j$ over all calibration tokens. Change the text and the norms change, so the weights "
         "that survive change too (the Results page measures by how much: mask agreement)."
     )
-st.page_link("pages/prune.py", label="Go straight to a first prune", icon=":material/content_cut:")
+st.page_link("views/prune.py", label="Go straight to a first prune", icon=":material/content_cut:")
