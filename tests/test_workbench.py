@@ -1,6 +1,7 @@
 """Self-generation, similarity scores and quantized loading on tiny models."""
 
 import math
+import threading
 from collections import Counter
 
 import pytest
@@ -87,9 +88,10 @@ def test_generation_is_seeded_and_filtered():
     assert len(first.records) == 6 and sum(r["kept"] for r in first.records) == 4
     # with 6 texts the 80th percentile is exactly the 5th smallest ppl; "ppl < threshold" keeps 4
     assert all(r["tokens"] > 2 for r in first.records)
-    assert [e.texts_done for e in events] == [4, 6]
+    ends = [e for e in events if e.batch_tokens is None]  # batch ends (a slow machine adds mid-batch events)
+    assert [e.texts_done for e in ends] == [4, 6]
     # the running ppl distribution grows batch by batch and ends as the records' ppls
-    assert len(events[0].ppls) == 4 and events[-1].ppls == [r["ppl"] for r in first.records]
+    assert len(ends[0].ppls) == 4 and ends[-1].ppls == [r["ppl"] for r in first.records]
     assert first.metadata["filter_threshold"] is not None
     kept_lengths = [r["tokens"] for r in first.records if r["kept"]]
     assert first.metadata["kept_texts_longer_than"]["128"] == sum(n > 128 for n in kept_lengths) == 0
@@ -100,17 +102,45 @@ def test_generation_is_seeded_and_filtered():
 
 def test_generation_cancel_keeps_what_was_generated():
     model = tiny_model("llama")
+    cancel = threading.Event()
+    events = []
 
-    class AfterFirstBatch:
-        def __init__(self):
-            self.batches = 0
+    def on_event(event):
+        events.append(event)
+        if event.batch_tokens is None:  # the first batch ended
+            cancel.set()
 
-        def is_set(self):
-            self.batches += 1
-            return self.batches > 1
-
-    result = _gen(model, 0, cancel=AfterFirstBatch())
+    config = GenerationConfig(source="builtin:wiki", texts=6, prefix_tokens=2, max_new_tokens=12, batch_size=4)
+    result = generate_set(model, TOK, config, on_event=on_event, cancel=cancel)
     assert result.cancelled and len(result.records) == 4
+
+
+def test_generation_stops_within_a_token_of_a_cancel_and_reports_progress_mid_batch(monkeypatch):
+    """A cancel stops `generate` at the next token, not at the end of the batch (a 2048-token batch
+    takes minutes on a CPU); and a batch in progress reports its new tokens."""
+    from calib_core.data import selfgen
+
+    model = tiny_model("llama")
+    cancel = threading.Event()
+    cancel.set()
+    config = GenerationConfig(source="builtin:wiki", texts=6, prefix_tokens=2, max_new_tokens=200, batch_size=4)
+    result = generate_set(model, TOK, config, cancel=cancel)
+    assert result.cancelled and len(result.records) == 4
+    assert max(r["tokens"] for r in result.records) <= 3  # prefix (2) + the one token generated before the check
+
+    monkeypatch.setattr(selfgen._BatchWatch, "__init__", _every_step(selfgen._BatchWatch.__init__))
+    events = []
+    generate_set(model, TOK, GenerationConfig(source="builtin:wiki", texts=2, prefix_tokens=2, max_new_tokens=6,
+                                              batch_size=2, repetition_penalty=1.0), on_event=events.append)
+    during = [e.batch_tokens for e in events if e.batch_tokens is not None]
+    assert during and during == sorted(during) and max(during) <= 6 and events[-1].batch_tokens is None
+
+
+def _every_step(init):
+    def patched(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.every = 0.0
+    return patched
 
 
 def test_generation_config_is_validated():

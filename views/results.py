@@ -1,53 +1,104 @@
 import json
 
-import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from calib_core.metrics.agreement import block_agreement, mask_agreement, overall_jaccard
+from calib_core import tasks
 from calib_core.errors import CalibLabError
+from calib_core.experiments.run_figures import (BLOCK_METRICS, Chart, overlay_chart, perplexity_chart, run_label,
+                                                similarity_vs_perplexity_chart, whole_blocks)
+from calib_core.experiments.stats import similarity_vs_perplexity
+from calib_core.jobs import manager
+from calib_core.metrics.agreement import block_agreement, mask_agreement, overall_jaccard
+from calib_core.pipeline import DENSE, PruneJob
 from calib_core.runs import RunStore, runs_table
+from ui_charts import show_chart
+from ui_live import live_view
 
 st.title("Results")
 with st.expander("Reading these charts"):
     st.markdown("Each run is one (model, calibration set, method, sparsity, seed). Calibration data matters "
                 "when runs that differ only in their calibration source differ by more than seed noise; the "
-                "effect grows with sparsity and is largest for N:M patterns.")
-runs = RunStore().list()
+                "effect grows with sparsity and is largest for N:M patterns. The dashed line is the dense "
+                "(unpruned) model on the same evaluation.")
+store = RunStore()
+runs = store.list()
 if not runs:
     st.info("No runs yet. Start one on the Prune page or with `python -m calib_core prune`.")
     st.stop()
 
+
+def ids_from_link(name: str) -> list[int]:
+    """Run ids named by the page's link (?runs=3,5 or ?run=3), ignoring what is not a known run."""
+    known = {r["id"] for r in runs}
+    raw = st.query_params.get(name, "")
+    return [int(x) for x in raw.split(",") if x.strip().isdigit() and int(x) in known]
+
+
+by_id = {r["id"]: r for r in runs}
 table = runs_table(runs)
+table["label"] = table.id.map(lambda i: run_label(by_id[i]))
 c1, c2 = st.columns(2)
-methods = c1.multiselect("Methods", sorted(table.method.dropna().unique()), sorted(table.method.dropna().unique()))
+all_methods = sorted(table.method.dropna().unique())
+methods = c1.multiselect("Methods", all_methods, all_methods)
 statuses = c2.multiselect("Status", sorted(table.status.unique()), ["finished"] if "finished" in set(table.status) else [])
 view = table[table.method.isin(methods) & table.status.isin(statuses)]
 st.dataframe(view, width="stretch", hide_index=True)
 st.download_button("Download table (CSV)", view.to_csv(index=False), "runs.csv")
 
+# --- perplexity, with the dense baseline ------------------------------------------------------------
 ppl_columns = [c for c in view.columns if c.startswith("ppl ")]
 if ppl_columns and not view.empty:
     metric = st.selectbox("Perplexity", ppl_columns)
-    finished = view.dropna(subset=[metric])
-    labelled = finished.assign(run=finished.id.map("run {}".format))
-    st.plotly_chart(px.bar(labelled, x="run", y=metric, color="method", hover_data=["calibration", "sparsity"],
-                           title="Perplexity per run"), width="stretch")
-    numeric = finished[finished.sparsity.str.contains(":") == False].copy()  # noqa: E712 (pandas mask)
+    pruned = view[view.method != DENSE]
+    dense_runs = table[(table.method == DENSE) & (table.status == "finished")].dropna(subset=[metric])
+    dense = float(dense_runs[metric].iloc[-1]) if not dense_runs.empty else None
+    show_chart(st, perplexity_chart(pruned, metric, dense), "perplexity_per_run")
+    if dense is None and not pruned.empty:
+        reference = by_id[int(pruned.id.iloc[-1])]
+        job = (reference["record"] or {}).get("job") or {}
+        st.caption(f"No dense baseline for {metric} yet.")
+        if job and st.button("Measure the dense model (same evaluation as the latest run)"):
+            baseline = PruneJob(model=reference["model"], dtype=job.get("dtype", "float32"), eval=job["eval"],
+                                ppl_protocol=job["ppl_protocol"], seqlen=job["seqlen"],
+                                eval_seqlen=job.get("eval_seqlen"), eval_windows=job.get("eval_windows"))
+            st.session_state.dense_job = manager().submit("dense baseline", tasks.dense_baseline, baseline,
+                                                          kind="dense").id
+    live_view("dense_job", "dense", lambda j: st.error(j.error) if j.status in ("failed", "cancelled") else None)
+    numeric = pruned[~pruned.sparsity.astype(str).str.contains(":")].dropna(subset=[metric]).copy()
     if not numeric.empty:
         numeric["sparsity"] = numeric.sparsity.astype(float)
-        st.plotly_chart(px.line(numeric.sort_values("sparsity"), x="sparsity", y=metric, color="calibration",
-                                line_dash="method", markers=True, log_y=True,
-                                title="Perplexity vs sparsity by calibration source"), width="stretch")
+        fig = px.line(numeric.sort_values("sparsity"), x="sparsity", y=metric, color="calibration",
+                      line_dash="method", markers=True, log_y=True, hover_data=["label"],
+                      title="Perplexity vs sparsity by calibration source",
+                      labels={"sparsity": "sparsity (fraction of weights zeroed)", metric: f"{metric} (log scale)"})
+        if dense is not None:
+            fig.add_hline(y=dense, line_dash="dash", annotation_text="dense")
+        show_chart(st, Chart(fig, numeric[["label", "method", "calibration", "sparsity", metric]]), "perplexity_vs_sparsity")
 
-selected = st.multiselect("Overlay per-block sparsity of runs", list(view.id))
-overlay = []
-for run in runs:
-    if run["id"] in selected and run["record"]:
-        overlay += [{"run": str(run["id"]), "block": b["index"], "sparsity": b["sparsity"]} for b in run["record"]["blocks"]]
-if overlay:
-    st.plotly_chart(px.line(pd.DataFrame(overlay), x="block", y="sparsity", color="run", markers=True,
-                            title="Per-block sparsity"), width="stretch")
+    # --- the paper's central claim, on this machine's runs ------------------------------------------
+    scores = {model: store.similarity_scores(model) for model in pruned.model.unique()}
+    points = similarity_vs_perplexity(pruned, scores, metric)
+    if points.empty:
+        st.caption("Similarity vs perplexity: score the calibration sets of these runs on the Similarity page "
+                   "(same model) to see whether more training-like data pruned better.")
+    else:
+        show_chart(st, similarity_vs_perplexity_chart(points, metric), "similarity_vs_perplexity")
+
+# --- per-block curves of chosen runs ----------------------------------------------------------------
+st.subheader("Compare runs block by block")
+with_blocks = [i for i in view.id if (by_id[i]["record"] or {}).get("blocks")]
+selected = st.multiselect("Runs", with_blocks, [i for i in ids_from_link("runs") if i in with_blocks],
+                          format_func=lambda i: run_label(by_id[i]))
+block_metric = st.radio("Per block", list(BLOCK_METRICS), horizontal=True, format_func=lambda m: m.replace("_", " "))
+if selected:
+    st.query_params["runs"] = ",".join(map(str, selected))
+    show_chart(st, overlay_chart([by_id[i] for i in selected], block_metric), f"per_block_{block_metric}")
+    st.caption("This page's address now reopens this comparison: copy it from the browser to share it.")
+elif "runs" in st.query_params:
+    del st.query_params["runs"]
+
+# --- mask agreement ---------------------------------------------------------------------------------
 st.subheader("Mask agreement")
 with st.expander("What this measures"):
     st.markdown(r"""For two runs of the same model, the Jaccard index of the weights each kept,
@@ -58,7 +109,7 @@ with_masks = [r for r in runs if r["status"] == "finished" and (r["record"] or {
 if len(with_masks) < 2:
     st.caption("Needs two finished runs with stored masks (runs started from the app or the CLI keep them).")
 else:
-    names = {r["id"]: f"{r['id']}: {r['method']} {r['sparsity']} on {r['calibration']} ({r['model']})" for r in with_masks}
+    names = {r["id"]: run_label(r) for r in with_masks}
     c1, c2 = st.columns(2)
     run_a = c1.selectbox("Run A", list(names), format_func=names.get)
     run_b = c2.selectbox("Run B", list(names), index=1, format_func=names.get)
@@ -69,18 +120,26 @@ else:
             per_block = block_agreement(per_module)
             st.metric("Jaccard of kept weights, whole model", f"{overall_jaccard(per_module):.3f}")
             c1, c2 = st.columns(2)
-            c1.plotly_chart(px.bar(per_block, x="block", y="jaccard", range_y=[0, 1], title="Per-block Jaccard"),
-                            width="stretch")
-            c2.plotly_chart(px.imshow(per_module.pivot(index="module", columns="block", values="jaccard"),
-                                      aspect="auto", zmin=0, zmax=1, title="Jaccard per module"),
-                            width="stretch")
+            bars = px.bar(per_block, x="block", y="jaccard", title="Per-block Jaccard",
+                          labels={"jaccard": "Jaccard of kept weights (1 = identical masks)"})
+            show_chart(c1, Chart(whole_blocks(bars, len(per_block)), per_block), "jaccard_per_block")
+            pivot = per_module.pivot(index="module", columns="block", values="jaccard")
+            heat = px.imshow(pivot, aspect="auto", title="Jaccard per module (colour: the range of these values)",
+                             labels={"color": "Jaccard"})
+            show_chart(c2, Chart(whole_blocks(heat, pivot.shape[1]), per_module), "jaccard_per_module")
         except CalibLabError as exc:
             st.error(str(exc))
 
-one = st.selectbox("Report of run", [None] + list(view.id))
+# --- one run's report -------------------------------------------------------------------------------
+linked = ids_from_link("run")
+one = st.selectbox("Report of run", [None] + list(table.id), index=(list(table.id).index(linked[0]) + 1) if linked else 0,
+                   format_func=lambda i: "(choose a run)" if i is None else run_label(by_id[i]))
 if one:
-    record = next(r for r in runs if r["id"] == one)
+    st.query_params["run"] = str(one)
+    record = by_id[one]
     st.download_button("Download report (JSON)", json.dumps(record, indent=2), f"run-{one}.json")
     saved = ((record["record"] or {}).get("job") or {}).get("save")
     if saved:
         st.write(f"Pruned model folder: `{saved}`")
+elif "run" in st.query_params:
+    del st.query_params["run"]

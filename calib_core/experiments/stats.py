@@ -122,3 +122,22 @@ def welch_test(frame: pd.DataFrame, source_a: str, source_b: str, metric: str = 
     result = stats.ttest_ind(a, b, equal_var=False)
     return WelchResult(source_a, source_b, float(a.mean()), float(b.mean()), len(a), len(b),
                        float(result.statistic), float(result.pvalue))
+
+
+def similarity_vs_perplexity(runs, scores: dict[str, dict[str, dict]], metric: str):
+    """One row per (model, method, setting, calibration source) whose source has recorded similarity
+    scores for that model (`scores`: model -> source -> means, from RunStore.similarity_scores): the
+    source's mean Min-K%++ and the mean, spread and count of `metric` over its runs (seeds)."""
+    import pandas as pd
+
+    columns = ["model", "method", "setting", "calibration", "min_k_pp", "ppl_mean", "ppl_std", "runs"]
+    rows = []
+    finished = runs[runs.status == "finished"].dropna(subset=[metric, "calibration"])
+    for (model, method, setting, source), group in finished.groupby(["model", "method", "sparsity", "calibration"]):
+        score = scores.get(model, {}).get(source)
+        if score is None or score.get("min_k_pp") is None:
+            continue
+        values = group[metric].astype(float)
+        rows.append([model, method, str(setting), source, float(score["min_k_pp"]), float(values.mean()),
+                     float(values.std(ddof=1)) if len(values) > 1 else 0.0, len(values)])
+    return pd.DataFrame(rows, columns=columns)
