@@ -153,6 +153,7 @@ def run_dense_baseline(job: PruneJob, on_event=None, cancel=None, store=None) ->
     seqlen, windows), recorded as a finished run of method 'dense' at sparsity 0: the baseline the
     Results page draws next to the pruned runs."""
     from .models import describe_model, load_model
+    from .metrics.perplexity import check_protocol
     from .runs import RunStore, eval_record
 
     emit = on_event or (lambda event: None)
