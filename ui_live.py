@@ -10,7 +10,7 @@ import streamlit as st
 
 from calib_core.jobs import Job, manager
 
-REFRESH_SECONDS = 1.0
+REFRESH_SECONDS = 2.0  # a chart a viewer can follow; each refresh costs the server and every browser
 _FIGURES: dict = {}  # (job folder, builder) -> (event count, status, figures)
 _FIGURES_LOCK = threading.Lock()
 
@@ -37,7 +37,7 @@ def job_header(job: Job) -> None:
 
 
 def live_view(key: str, kind: str, draw: Callable[[Job], None], empty: str | None = None) -> None:
-    """Draw the page's job with `draw(job)`, refreshed every second while it is pending and not at all
+    """Draw the page's job with `draw(job)`, refreshed every REFRESH_SECONDS while it is pending and not at all
     once it ended (an idle tab costs nothing). When the job ends, the whole page reruns once, so
     what depends on its result (a results tab, a list of sets) shows it at once."""
     job = current_job(key, kind)
@@ -58,10 +58,11 @@ def live_view(key: str, kind: str, draw: Callable[[Job], None], empty: str | Non
 
 
 def figures_of(job: Job, build: Callable[[list], dict]) -> dict:
-    """`build(events)`, computed once per new batch of events of this job, whatever the number of tabs
-    and reruns."""
+    """`build(events)`, computed once per finished block of this job, whatever the number of tabs and
+    reruns; a refresh without a new block sends the same figures again."""
     events = job.events
-    stamp = (len(events), job.status)
+    # New charts only when a block ended (or the job did): module events arrive in between.
+    stamp = (sum(getattr(e, "kind", "") in ("block", "allocation") for e in events), job.status)
     with _FIGURES_LOCK:
         cached = _FIGURES.get((job.folder, build.__qualname__))
         if cached and cached[0] == stamp:

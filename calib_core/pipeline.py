@@ -82,8 +82,13 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=
     store = store or RunStore()
     run_id = store.start(job.model, config.as_dict(), job.calib, sweep, point_key)
     emit(PipelineEvent("run", f"run {run_id} started", {"run_id": run_id}))
+    return _recorded(store, run_id, lambda: _run(job, config, run_id, emit, cancel, store, loaded))
+
+
+def _recorded(store, run_id: int, work) -> RunRecord:
+    """`work()`'s record, with the run finished in the store as its outcome says."""
     try:
-        record = _run(job, config, run_id, emit, cancel, store, loaded)
+        record = work()
     except (PruningCancelled, KeyboardInterrupt) as exc:
         store.finish(run_id, "cancelled", error=str(exc) or "interrupted")
         raise
@@ -161,7 +166,8 @@ def run_dense_baseline(job: PruneJob, on_event=None, cancel=None, store=None) ->
     store = store or RunStore()
     run_id = store.start(job.model, {"method": DENSE, "sparsity": 0.0, "pattern": "unstructured"}, None)
     emit(PipelineEvent("run", f"run {run_id} started (dense baseline)", {"run_id": run_id}))
-    try:
+
+    def evaluate() -> RunRecord:
         t = time.perf_counter()
         loaded = load_model(job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code)
         evaluation = evaluate_model(loaded, job.eval, job.eval_seqlen or job.seqlen, job.eval_windows,
@@ -171,14 +177,9 @@ def run_dense_baseline(job: PruneJob, on_event=None, cancel=None, store=None) ->
         record.update(run_id=run_id, job={"model": job.model, "dtype": job.dtype, "eval": job.eval,
                                           "ppl_protocol": job.ppl_protocol, "eval_seqlen": job.eval_seqlen or job.seqlen,
                                           "eval_windows": job.eval_windows})
-    except (PruningCancelled, KeyboardInterrupt) as exc:
-        store.finish(run_id, "cancelled", error=str(exc) or "interrupted")
-        raise
-    except Exception as exc:
-        store.finish(run_id, "failed", error=str(exc))
-        raise
-    store.finish(run_id, "finished", record)
-    return record
+        return record
+
+    return _recorded(store, run_id, evaluate)
 
 
 @dataclass

@@ -152,6 +152,14 @@ def test_browser_flow_set_prune_results(app_url):
         timings["start_to_first_chart_s"] = time.perf_counter() - start
         page.screenshot(path=OUT / "5-prune-running.png", full_page=True)
 
+        if _run_state(store) == "running":  # a second tab (a projector) sees the job and its Cancel
+            second = browser.new_page(viewport={"width": 1400, "height": 2200})
+            second.goto(url + "/prune")
+            second.get_by_text("wanda 0.5 on set:e2e-wiki").first.wait_for(timeout=SLOW_MS)
+            if _run_state(store) == "running":
+                expect(second.get_by_role("button", name="Cancel run")).to_be_visible(timeout=SLOW_MS)
+            second.screenshot(path=OUT / "5b-second-tab.png", full_page=True)
+            second.close()
         _open(page, "Results")  # leave while the job runs ...
         _open(page, "Prune")  # ... and come back: the live view picks the job up again
         page.get_by_text("Per-block sparsity").first.wait_for(timeout=SLOW_MS)
@@ -172,3 +180,27 @@ def test_browser_flow_set_prune_results(app_url):
     (OUT / "timings.json").write_text(json.dumps(timings, indent=2))
     runs = RunStore(data / "runs.sqlite").list()
     assert [(r["status"], r["method"], r["calibration"]) for r in runs] == [("finished", "wanda", "set:e2e-wiki")]
+
+
+PAGE_URLS = {"": "Calibration Lab", "model": "Model", "calibration": "Calibration data",
+             "similarity": "Similarity to pretraining data", "prune": "Prune", "results": "Results", "sweeps": "Sweeps"}
+
+
+def test_every_page_opens_from_its_own_url(app_url):
+    """A bookmark, a shared link or a reload of any page renders it with defaults, with only the app's
+    own navigation (no traceback, no missing session state)."""
+    from playwright.sync_api import sync_playwright
+
+    url, _launched, _data = app_url
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        for path, heading in PAGE_URLS.items():
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})  # a fresh session each time
+            page.goto(f"{url}/{path}")
+            page.get_by_role("heading", name=heading).first.wait_for(timeout=120_000)
+            page.get_by_text("No job running.").wait_for(timeout=60_000)  # the whole script ran
+            assert page.get_by_test_id("stException").count() == 0, f"/{path} shows a traceback"
+            links = page.get_by_test_id("stSidebarNav").get_by_role("link")
+            assert links.count() == 7, f"/{path}: {links.all_inner_texts()}"
+            page.close()
+        browser.close()

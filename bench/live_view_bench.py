@@ -1,0 +1,133 @@
+"""Watching must not slow the work: the same prune with 0, 1 and 3 headless browser tabs open on the
+app's Prune page, each tab showing the running job's live charts.
+
+A `streamlit run app.py` server is started on a private data folder; for each condition the tabs
+are opened (Playwright + Debian's chromium), then one prune job is submitted to the app's job
+manager (a worker process, exactly as the Prune page's button does) and timed from the worker's own
+start to its end. Conditions are interleaved over several rounds so that machine drift hits them
+alike. Also recorded: the CPU seconds the server spent during the run.
+
+    .venv/bin/python bench/live_view_bench.py          # about 5 min on 2 CPUs
+
+Target: the median wall time with 3 tabs at most 1.2x the median with none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "results" / "live_view_bench"
+CHROMIUM = "/usr/bin/chromium"
+TABS = (0, 1, 3)
+ROUNDS = 2
+PRUNE = dict(nsamples=16, seqlen=256, eval_windows=4)  # Wanda 50% of the bundled model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+         "--server.headless", "true", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=dict(os.environ, CALIB_LAB_DATA=str(data)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).status == 200:
+                return server, url
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError("streamlit did not start")
+
+
+def one_run(browser, url: str, tabs: int, server: psutil.Process, data: Path) -> dict:
+    os.environ["CALIB_LAB_DATA"] = str(data)
+    from calib_core import tasks
+    from calib_core.jobs import manager
+    from calib_core.pipeline import PruneJob
+    from calib_core.prune import PruneConfig
+
+    job = PruneJob(calib="builtin:wiki", nsamples=PRUNE["nsamples"], seqlen=PRUNE["seqlen"],
+                   eval_windows=PRUNE["eval_windows"], config=PruneConfig(method="wanda", sparsity=0.5))
+    cpu_before = sum(server.cpu_times()[:2])
+    submitted = manager().submit("bench wanda 0.5", tasks.prune, job, kind="prune")
+    # Tabs opened once the job exists show it live (an idle tab does not poll for new jobs).
+    pages = [browser.new_page(viewport={"width": 1400, "height": 1800}) for _ in range(tabs)]
+    for page in pages:
+        page.goto(url + "/prune")
+        page.get_by_text("bench wanda 0.5").first.wait_for(timeout=300_000)
+    while not submitted.done:
+        time.sleep(0.2)
+    assert submitted.status == "finished", submitted.error
+    charts_seen = True
+    for page in pages:  # the finished job's charts are in every tab
+        try:
+            page.get_by_text("Per-block sparsity").first.wait_for(timeout=60_000)
+        except Exception:  # noqa: BLE001 (playwright's timeout): recorded, not fatal
+            charts_seen = False
+    server_cpu = sum(server.cpu_times()[:2]) - cpu_before
+    for page in pages:
+        page.close()
+    timings = submitted.result["timings"]
+    return {"tabs": tabs, "wall_s": submitted.ended - submitted.started, "prune_s": timings.get("prune_total"),
+            "server_cpu_s": server_cpu, "charts_in_every_tab": charts_seen}
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder, sync_playwright() as p:
+        data = Path(folder) / "data"
+        server, url = start_server(data)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            one_run(browser, url, 0, psutil.Process(server.pid), data)  # warm-up: caches, converted model
+            for round_ in range(ROUNDS):
+                for tabs in (TABS if round_ % 2 == 0 else TABS[::-1]):
+                    rows.append(one_run(browser, url, tabs, psutil.Process(server.pid), data))
+                    print(rows[-1], flush=True)
+        finally:
+            browser.close()
+            server.terminate()
+            server.wait(30)
+    summary = {}
+    for tabs in TABS:
+        mine = [r for r in rows if r["tabs"] == tabs]
+        summary[tabs] = {"median_wall_s": statistics.median(r["wall_s"] for r in mine),
+                         "median_server_cpu_s": statistics.median(r["server_cpu_s"] for r in mine),
+                         "charts_in_every_tab": all(r["charts_in_every_tab"] for r in mine), "runs": len(mine)}
+    base = summary[0]["median_wall_s"]
+    for tabs in TABS:
+        summary[tabs]["ratio_to_no_tab"] = summary[tabs]["median_wall_s"] / base
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.with_suffix(".json").write_text(json.dumps({"settings": PRUNE, "rounds": ROUNDS, "runs": rows,
+                                                    "summary": summary}, indent=2))
+    lines = ["| tabs on the Prune page | median wall time (s) | ratio to no tab | server CPU during the run (s) |",
+             "|---|---|---|---|"]
+    lines += [f"| {tabs} | {s['median_wall_s']:.1f} | {s['ratio_to_no_tab']:.2f} | {s['median_server_cpu_s']:.1f} |"
+              for tabs, s in summary.items()]
+    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
