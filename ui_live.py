@@ -1,5 +1,5 @@
 """Live views of background jobs: which job a page shows, a fragment that refreshes only while that
-job runs, and figures built once per batch of new events (shared by every tab)."""
+job runs, and figures built once per finished block (shared by every tab)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import streamlit as st
 from calib_core.jobs import Job, manager
 
 REFRESH_SECONDS = 2.0  # a chart a viewer can follow; each refresh costs the server and every browser
-_FIGURES: dict = {}  # (job folder, builder) -> (event count, status, figures)
+_FIGURES: dict = {}  # (job folder, builder) -> (stamp, figures)
 _FIGURES_LOCK = threading.Lock()
 
 
@@ -19,7 +19,7 @@ def current_job(key: str, kind: str) -> Job | None:
     """The job this session started under `key`; else the newest running job of `kind`, so that a
     reload or a second tab shows the job (with its Cancel) instead of an empty page."""
     job = manager().get(st.session_state.get(key))
-    if job is None or (job.done and manager().latest(kind) is not None):
+    if job is None or job.done:
         running = manager().latest(kind)
         if running is not None:
             st.session_state[key] = running.id

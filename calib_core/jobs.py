@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
@@ -103,21 +104,10 @@ class Job:
     def done(self) -> bool:
         return self.status in ENDED
 
-    @property
-    def error(self) -> str | None:
-        return self._sync().get("error")
-
-    @property
-    def started(self) -> float | None:
-        return self._sync().get("started")
-
-    @property
-    def ended(self) -> float | None:
-        return self._sync().get("ended")
-
-    @property
-    def pid(self) -> int | None:
-        return self._sync().get("pid")
+    error = property(lambda self: self._sync().get("error"), doc="The failure or cancel message, if any.")
+    started = property(lambda self: self._sync().get("started"), doc="When the worker began the work.")
+    ended = property(lambda self: self._sync().get("ended"))
+    pid = property(lambda self: self._sync().get("pid"), doc="The worker process.")
 
     @property
     def result(self):
@@ -268,8 +258,6 @@ class JobManager:
             del self._workers[job.id]
 
     def _forget_old(self) -> None:
-        import shutil
-
         ended = [job for job in self.jobs() if job.done]
         for job in ended[: max(len(ended) - self.keep_finished, 0)]:
             shutil.rmtree(job.folder, ignore_errors=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from .jobs import ENDED
+
 PHASE_NAMES = {"outlier_scan": "OWL outlier scan", "prune": "Pruning"}
 
 
@@ -15,6 +17,9 @@ class RunProgress:
     phase: str  # what is happening now, e.g. "Pruning" or "Evaluating perplexity"
     fraction: float  # of the current phase, 0..1
     text: str  # one line: phase, steps, seconds in the phase, ETA when it can be known
+
+
+CAPTURING = RunProgress("Capturing inputs", 0.0, "Capturing the first block's inputs")
 
 
 def _steps(phase: str, done: int, total: int, unit: str, since: float, now: float) -> RunProgress:
@@ -30,7 +35,7 @@ def run_progress(events: list, status: str, now: float | None = None) -> RunProg
     now = now or time.time()
     if status == "queued":
         return RunProgress("Queued", 0.0, "Queued: waiting for the device")
-    if status in ("finished", "failed", "cancelled"):
+    if status in ENDED:
         return RunProgress(status.capitalize(), 1.0 if status == "finished" else 0.0, status.capitalize())
     stages = [e for e in events if getattr(e, "kind", "") == "stage"]
     pipeline = [e for e in events if getattr(e, "kind", "") == "pipeline"]
@@ -45,7 +50,7 @@ def run_progress(events: list, status: str, now: float | None = None) -> RunProg
     if stages:
         last = stages[-1]
         if last.stage == "capture":
-            return RunProgress("Capturing inputs", 1.0, "Capturing the first block's inputs")
+            return CAPTURING
         first = next(i for i, e in enumerate(events) if getattr(e, "kind", "") == "stage" and e.stage == last.stage)
         return _steps(PHASE_NAMES.get(last.stage, last.stage), last.step, last.total, "blocks",
                       _phase_start(events, first), now)
@@ -53,6 +58,8 @@ def run_progress(events: list, status: str, now: float | None = None) -> RunProg
         return RunProgress("Loading", 0.0, "Loading the model")
     if last_pipeline.stage in ("load", "calibration"):
         return RunProgress("Preparing", 0.0, "Building the calibration samples")
+    if last_pipeline.stage == "estimate":  # the engine starts right after the memory estimate
+        return CAPTURING
     return RunProgress("Starting", 0.0, last_pipeline.message)
 
 

@@ -25,6 +25,7 @@ def self_generate(job, model_spec: str, model_options: dict, device: str, config
     place_for_inference(loaded.model, device)
     result = generate_set(loaded.model, loaded.tokenizer, config, job.emit, job.cancel_event, model_spec)
     save_generated(set_name, result)
+    result.metadata["saved_as"] = f"set:{set_name}"  # for any tab that shows the job
     return result
 
 

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from calib_core.data import sets
 from calib_core.experiments.run_figures import live_prune_charts, run_label
-from calib_core.experiments.stats import similarity_vs_perplexity
+from calib_core.experiments.stats import dense_baseline, similarity_vs_perplexity
 from calib_core.jobs import manager
 from calib_core.pipeline import PipelineEvent
 from calib_core.progress import run_progress
@@ -160,13 +160,15 @@ def test_results_label_runs_link_comparisons_and_draw_the_dense_baseline(tmp_pat
     app.switch_page("views/results.py").run()
     bars = next(c for c in app.get("plotly_chart") if "Perplexity per run" in c.proto.spec)
     assert f"#{run_id} wanda 0.5" in bars.proto.spec and "2x16 seed 0" in bars.proto.spec
-    next(b for b in app.button if b.label.startswith("Measure the dense model")).click().run()
+    next(b for b in app.button if b.label == "Measure the dense model on this evaluation").click().run()
     dense = _wait(manager().get(app.session_state["dense_job"]))
     assert dense.status == "finished", dense.error
     assert dense.result["job"]["eval_windows"] == 1 and dense.result["perplexity"][0]["windows"] == 1
     app.run()
     bars = next(c for c in app.get("plotly_chart") if "Perplexity per run" in c.proto.spec)
-    assert "dense model" in bars.proto.spec
+    dense_ppl = dense.result["perplexity"][0]["ppl"]
+    assert f"dense model {dense_ppl:.2f}" in bars.proto.spec
+    assert any("same evaluation (heldout, 1 x 16 tokens" in c.value for c in app.caption), [c.value for c in app.caption]
     # a shared link reopens a comparison
     linked = AppTest.from_file(APP, default_timeout=120)
     linked.query_params["runs"] = str(run_id)
@@ -183,3 +185,16 @@ def test_run_labels_say_source_and_draw():
     assert run_label(run) == "#7 wanda 2:4 · set:mine · 8x128 seed 3"
     dense = {"id": 1, "method": "dense", "sparsity": "0.0", "calibration": None, "record": None}
     assert run_label(dense) == "#1 dense 0.0 · no data"
+
+
+def test_the_dense_baseline_is_only_one_evaluated_the_same_way():
+    def run(id_, method, windows, ppl, model="m"):
+        return {"id": id_, "method": method, "status": "finished", "model": model, "record": {"perplexity": [
+            {"source": "builtin:wiki", "ppl": ppl, "protocol": "heldout", "seqlen": 128, "windows": windows}]}}
+
+    pruned = run(3, "wanda", 8, 30.0)
+    assert dense_baseline([run(1, "dense", 4, 10.0), pruned], pruned, "builtin:wiki") is None  # other windows
+    assert dense_baseline([run(1, "dense", 8, 10.0, model="other"), pruned], pruned, "builtin:wiki") is None
+    runs = [run(1, "dense", 8, 10.0), run(2, "dense", 8, 11.0), pruned]
+    assert dense_baseline(runs, pruned, "builtin:wiki") == 11.0  # the latest matching one
+    assert dense_baseline(runs, pruned, "builtin:news") is None

@@ -208,7 +208,7 @@ with generate:
             early = " Cancelled early: what was generated before the cancel is kept." if result.cancelled else ""
             longer = ", ".join(f"{n} > {length}" for length, n in result.metadata["kept_texts_longer_than"].items())
             st.success(f"{len(result.kept_texts)} of {len(result.records)} texts kept (threshold "
-                       f"{result.threshold or float('nan'):.2f}); saved as set:{job.label.split()[-1]}.{early}"
+                       f"{result.threshold or float('nan'):.2f}); saved as {result.metadata['saved_as']}.{early}"
                        f" Kept texts longer than N tokens: {longer}.")
         elif job.status in ("failed", "cancelled"):
             st.error(job.error or job.status)

@@ -7,7 +7,7 @@ from calib_core import tasks
 from calib_core.errors import CalibLabError
 from calib_core.experiments.run_figures import (BLOCK_METRICS, Chart, overlay_chart, perplexity_chart, run_label,
                                                 similarity_vs_perplexity_chart, whole_blocks)
-from calib_core.experiments.stats import similarity_vs_perplexity
+from calib_core.experiments.stats import dense_baseline, evaluation_of, similarity_vs_perplexity
 from calib_core.jobs import manager
 from calib_core.metrics.agreement import block_agreement, mask_agreement, overall_jaccard
 from calib_core.pipeline import DENSE, PruneJob
@@ -51,19 +51,25 @@ ppl_columns = [c for c in view.columns if c.startswith("ppl ")]
 if ppl_columns and not view.empty:
     metric = st.selectbox("Perplexity", ppl_columns)
     pruned = view[view.method != DENSE]
-    dense_runs = table[(table.method == DENSE) & (table.status == "finished")].dropna(subset=[metric])
-    dense = float(dense_runs[metric].iloc[-1]) if not dense_runs.empty else None
+    measured = pruned.dropna(subset=[metric])
+    reference = by_id[int(measured.id.iloc[-1])] if not measured.empty else None
+    source = metric.removeprefix("ppl ")
+    dense = dense_baseline(runs, reference, source) if reference else None
     show_chart(st, perplexity_chart(pruned, metric, dense), "perplexity_per_run")
-    if dense is None and not pruned.empty:
-        reference = by_id[int(pruned.id.iloc[-1])]
+    if reference is not None:
         job = (reference["record"] or {}).get("job") or {}
-        st.caption(f"No dense baseline for {metric} yet.")
-        if job and st.button("Measure the dense model (same evaluation as the latest run)"):
-            baseline = PruneJob(model=reference["model"], dtype=job.get("dtype", "float32"), eval=job["eval"],
-                                ppl_protocol=job["ppl_protocol"], seqlen=job["seqlen"],
-                                eval_seqlen=job.get("eval_seqlen"), eval_windows=job.get("eval_windows"))
-            st.session_state.dense_job = manager().submit("dense baseline", tasks.dense_baseline, baseline,
-                                                          kind="dense").id
+        _model, protocol, seqlen, windows = evaluation_of(reference, source)
+        evaluation = f"{job.get('ppl_protocol', protocol)}, {windows} x {seqlen} tokens, as run #{reference['id']}"
+        if dense is not None:
+            st.caption(f"Dashed line: the dense model on the same evaluation ({evaluation}).")
+        else:
+            st.caption(f"No dense baseline measured on this evaluation ({evaluation}).")
+            if job and st.button("Measure the dense model on this evaluation"):
+                baseline = PruneJob(model=reference["model"], dtype=job.get("dtype", "float32"), eval=job["eval"],
+                                    ppl_protocol=job["ppl_protocol"], seqlen=job["seqlen"],
+                                    eval_seqlen=job.get("eval_seqlen"), eval_windows=job.get("eval_windows"))
+                st.session_state.dense_job = manager().submit("dense baseline", tasks.dense_baseline, baseline,
+                                                              kind="dense").id
     live_view("dense_job", "dense", lambda j: st.error(j.error) if j.status in ("failed", "cancelled") else None)
     numeric = pruned[~pruned.sparsity.astype(str).str.contains(":")].dropna(subset=[metric]).copy()
     if not numeric.empty:

@@ -141,3 +141,23 @@ def similarity_vs_perplexity(runs, scores: dict[str, dict[str, dict]], metric: s
         rows.append([model, method, str(setting), source, float(score["min_k_pp"]), float(values.mean()),
                      float(values.std(ddof=1)) if len(values) > 1 else 0.0, len(values)])
     return pd.DataFrame(rows, columns=columns)
+
+
+def evaluation_of(run: dict, source: str) -> tuple | None:
+    """(model, protocol, seqlen, windows) of `run`'s perplexity on `source`: two perplexities compare
+    only when these match. None when the run has no perplexity on `source`."""
+    entry = next((p for p in (run.get("record") or {}).get("perplexity", []) if p["source"] == source), None)
+    return (run["model"], entry["protocol"], entry["seqlen"], entry["windows"]) if entry else None
+
+
+def dense_baseline(runs: list[dict], reference: dict, source: str) -> float | None:
+    """The perplexity on `source` of the latest finished dense run evaluated exactly as `reference`
+    was (same model, protocol, seqlen and windows); None when there is none."""
+    from ..pipeline import DENSE
+
+    wanted = evaluation_of(reference, source)
+    matching = [r for r in runs if r["method"] == DENSE and r["status"] == "finished"
+                and wanted is not None and evaluation_of(r, source) == wanted]
+    if not matching:
+        return None
+    return next(p["ppl"] for p in matching[-1]["record"]["perplexity"] if p["source"] == source)
