@@ -33,17 +33,22 @@ pages = st.navigation([
 ])
 
 
-def job_status(refreshing: bool):
-    """The app's pending jobs, from every tab. Refreshed every few seconds only while one is pending
-    (reading it is a folder listing); when the last one ends, the page reruns once and stops."""
+JOBS_REFRESH_SECONDS = 5.0  # the list changes only when a job starts, ends or moves up the queue
+IDLE_WATCH_SECONDS = 5.0  # how soon an idle tab (a projector's) notices a job started elsewhere
+
+
+def job_status(pending: bool):
+    """The app's pending jobs, from every tab: refreshed every JOBS_REFRESH_SECONDS while one is pending
+    (reading it is a folder listing). An idle tab only checks, every IDLE_WATCH_SECONDS, whether a job started
+    (it redraws nothing until one does). When a job starts or the last one ends, the page reruns once."""
     active = manager().active()
     for job in active:
         where = f", {manager().position(job)} ahead on {job.device}" if job.status == "queued" else ""
         st.markdown(f"**Job {job.id}** {job.label}: {job.status}{where}")
     if not active:
         st.caption("No job running.")
-        if refreshing:
-            st.rerun()
+    if bool(active) != pending:
+        st.rerun()
 
 
 with st.sidebar:
@@ -53,6 +58,6 @@ with st.sidebar:
     st.markdown(f"**Model:** `{st.session_state.model_spec}` on {st.session_state.device}")
     st.markdown(f"**Calibration:** `{st.session_state.calib_source}`")
     pending = bool(manager().active())
-    st.fragment(job_status, run_every=3.0 if pending else None)(pending)
+    st.fragment(job_status, run_every=JOBS_REFRESH_SECONDS if pending else IDLE_WATCH_SECONDS)(pending)
 
 pages.run()

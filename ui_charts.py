@@ -7,11 +7,15 @@ from __future__ import annotations
 from calib_core.experiments.run_figures import Chart
 
 
-def show_chart(container, chart: Chart, name: str, key_prefix: str = "") -> None:
+def show_chart(container, chart: Chart, name: str, key_prefix: str = "", exports: bool = True) -> None:
+    """`exports=False` for a chart still filling up (a running job's): its data is partial, and the
+    buttons would cost every watching browser a redraw per refresh."""
     key = f"{key_prefix}{name}"
     container.plotly_chart(chart.figure, width="stretch", key=f"chart-{key}",
                            config={"toImageButtonOptions": {"format": "png", "filename": name, "scale": 2},
                                    "displaylogo": False})
+    if not exports:
+        return
     html, csv, _ = container.columns([1, 1, 4])
     html.download_button("HTML", lambda: chart.figure.to_html(include_plotlyjs=True), f"{name}.html",
                          mime="text/html", key=f"html-{key}", on_click="ignore", icon=":material/download:",

@@ -10,7 +10,8 @@ import streamlit as st
 
 from calib_core.jobs import Job, manager
 
-REFRESH_SECONDS = 2.0  # a chart a viewer can follow; each refresh costs the server and every browser
+REFRESH_SECONDS = 2.0  # a progress line a viewer can follow
+CHART_REFRESH_SECONDS = 5.0  # each chart refresh costs every open browser ~0.1 s of CPU per figure
 _FIGURES: dict = {}  # (job folder, builder) -> (stamp, figures)
 _FIGURES_LOCK = threading.Lock()
 
@@ -36,10 +37,14 @@ def job_header(job: Job) -> None:
     st.markdown(head)
 
 
-def live_view(key: str, kind: str, draw: Callable[[Job], None], empty: str | None = None) -> None:
-    """Draw the page's job with `draw(job)`, refreshed every REFRESH_SECONDS while it is pending and not at all
-    once it ended (an idle tab costs nothing). When the job ends, the whole page reruns once, so
-    what depends on its result (a results tab, a list of sets) shows it at once."""
+def live_view(key: str, kind: str, draw: Callable[[Job], None], empty: str | None = None,
+              charts: Callable[[Job], None] | None = None, live_charts: bool = True) -> None:
+    """Draw the page's job with `draw(job)` (its progress line: cheap to redraw) and `charts(job)`, each in
+    a fragment refreshed only while the job is pending: the progress every REFRESH_SECONDS, the charts
+    every CHART_REFRESH_SECONDS (a browser redrawing plotly figures is what a viewer costs the job's
+    CPUs) or, without `live_charts`, once the job ended. Nothing refreshes without a pending job. When
+    the job ends, the whole page reruns once, so what depends on its result (the final charts, a
+    results tab, a list of sets) shows it at once."""
     job = current_job(key, kind)
     pending = job is not None and not job.done
 
@@ -55,6 +60,12 @@ def live_view(key: str, kind: str, draw: Callable[[Job], None], empty: str | Non
             st.rerun()
 
     st.fragment(view, run_every=REFRESH_SECONDS if pending else None)()
+
+    def chart_view():
+        charts(manager().get(job.id) or job)
+
+    if charts is not None and job is not None:
+        st.fragment(chart_view, run_every=CHART_REFRESH_SECONDS if pending and live_charts else None)()
 
 
 def figures_of(job: Job, build: Callable[[list], dict]) -> dict:

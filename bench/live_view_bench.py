@@ -1,13 +1,15 @@
 """Watching must not slow the work: the same prune with 0, 1 and 3 headless browser tabs open on the
-app's Prune page, each tab showing the running job's live charts.
+app's Prune page, each tab showing the running job live; 3 tabs also with the page's "Live charts"
+toggle off (only the progress line redraws while the job runs).
 
 A `streamlit run app.py` server is started on a private data folder; for each condition the tabs
-are opened (Playwright + Debian's chromium), then one prune job is submitted to the app's job
-manager (a worker process, exactly as the Prune page's button does) and timed from the worker's own
-start to its end. Conditions are interleaved over several rounds so that machine drift hits them
-alike. Also recorded: the CPU seconds the server spent during the run.
+are opened (Playwright + Debian's chromium) and left idle, then one prune job is submitted to the
+app's job manager (a worker process, exactly as the Prune page's button does); the tabs notice it
+themselves. The job is timed from the worker's own start to its end. Conditions are interleaved
+over several rounds so that machine drift hits them alike. Also recorded: the CPU seconds the
+server and the browsers spent during the run (here they share the job's CPUs).
 
-    .venv/bin/python bench/live_view_bench.py          # about 5 min on 2 CPUs
+    .venv/bin/python bench/live_view_bench.py          # about 8 min on 2 CPUs
 
 Target: the median wall time with 3 tabs at most 1.2x the median with none.
 """
@@ -26,11 +28,13 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+from playwright.sync_api import expect
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "live_view_bench"
 CHROMIUM = "/usr/bin/chromium"
-TABS = (0, 1, 3)
+# (tabs, live charts): the Prune page's "Live charts" toggle off redraws only the progress line.
+CONDITIONS = ((0, True), (1, True), (3, True), (3, False))
 ROUNDS = 2
 PRUNE = dict(nsamples=16, seqlen=256, eval_windows=4)  # Wanda 50% of the bundled model
 
@@ -58,7 +62,24 @@ def start_server(data: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("streamlit did not start")
 
 
-def one_run(browser, url: str, tabs: int, server: psutil.Process, data: Path) -> dict:
+def browser_cpu_s() -> dict[int, float]:
+    """CPU seconds so far of each chromium process (the browsers render on the job's CPUs)."""
+    seconds = {}
+    for proc in psutil.process_iter(["name"]):
+        if "chrom" in (proc.info["name"] or ""):
+            try:
+                seconds[proc.pid] = sum(proc.cpu_times()[:2])
+            except psutil.Error:
+                pass
+    return seconds
+
+
+def cpu_since(before: dict[int, float]) -> float:
+    """CPU seconds the chromium processes spent since `before` (new processes count from zero)."""
+    return sum(now - before.get(pid, 0.0) for pid, now in browser_cpu_s().items())
+
+
+def one_run(browser, url: str, tabs: int, live_charts: bool, server: psutil.Process, data: Path) -> dict:
     os.environ["CALIB_LAB_DATA"] = str(data)
     from calib_core import tasks
     from calib_core.jobs import manager
@@ -67,15 +88,21 @@ def one_run(browser, url: str, tabs: int, server: psutil.Process, data: Path) ->
 
     job = PruneJob(calib="builtin:wiki", nsamples=PRUNE["nsamples"], seqlen=PRUNE["seqlen"],
                    eval_windows=PRUNE["eval_windows"], config=PruneConfig(method="wanda", sparsity=0.5))
-    cpu_before = sum(server.cpu_times()[:2])
-    submitted = manager().submit("bench wanda 0.5", tasks.prune, job, kind="prune")
-    # Tabs opened once the job exists show it live (an idle tab does not poll for new jobs).
+    # The tabs are open (and idle) before the job starts, as in a demo: they notice it themselves.
     pages = [browser.new_page(viewport={"width": 1400, "height": 1800}) for _ in range(tabs)]
     for page in pages:
         page.goto(url + "/prune")
+        page.get_by_text("Start a run above").first.wait_for(timeout=300_000)
+        if not live_charts:
+            page.get_by_text("Live charts").click()
+            expect(page.get_by_role("switch", name="Live charts")).not_to_be_checked(timeout=60_000)
+    cpu_before, browser_before = sum(server.cpu_times()[:2]), browser_cpu_s()
+    submitted = manager().submit("bench wanda 0.5", tasks.prune, job, kind="prune")
+    for page in pages:
         page.get_by_text("bench wanda 0.5").first.wait_for(timeout=300_000)
     while not submitted.done:
         time.sleep(0.2)
+    server_cpu, browser_cpu = sum(server.cpu_times()[:2]) - cpu_before, cpu_since(browser_before)
     assert submitted.status == "finished", submitted.error
     charts_seen = True
     for page in pages:  # the finished job's charts are in every tab
@@ -83,12 +110,11 @@ def one_run(browser, url: str, tabs: int, server: psutil.Process, data: Path) ->
             page.get_by_text("Per-block sparsity").first.wait_for(timeout=60_000)
         except Exception:  # noqa: BLE001 (playwright's timeout): recorded, not fatal
             charts_seen = False
-    server_cpu = sum(server.cpu_times()[:2]) - cpu_before
     for page in pages:
         page.close()
     timings = submitted.result["timings"]
-    return {"tabs": tabs, "wall_s": submitted.ended - submitted.started, "prune_s": timings.get("prune_total"),
-            "server_cpu_s": server_cpu, "charts_in_every_tab": charts_seen}
+    return {"tabs": tabs, "live_charts": live_charts, "wall_s": submitted.ended - submitted.started, "prune_s": timings.get("prune_total"),
+            "server_cpu_s": server_cpu, "browser_cpu_s": browser_cpu, "charts_in_every_tab": charts_seen}
 
 
 def main() -> None:
@@ -100,31 +126,34 @@ def main() -> None:
         server, url = start_server(data)
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
         try:
-            one_run(browser, url, 0, psutil.Process(server.pid), data)  # warm-up: caches, converted model
+            one_run(browser, url, 0, True, psutil.Process(server.pid), data)  # warm-up: caches, converted model
             for round_ in range(ROUNDS):
-                for tabs in (TABS if round_ % 2 == 0 else TABS[::-1]):
-                    rows.append(one_run(browser, url, tabs, psutil.Process(server.pid), data))
+                for tabs, live in (CONDITIONS if round_ % 2 == 0 else CONDITIONS[::-1]):
+                    rows.append(one_run(browser, url, tabs, live, psutil.Process(server.pid), data))
                     print(rows[-1], flush=True)
         finally:
             browser.close()
             server.terminate()
             server.wait(30)
-    summary = {}
-    for tabs in TABS:
-        mine = [r for r in rows if r["tabs"] == tabs]
-        summary[tabs] = {"median_wall_s": statistics.median(r["wall_s"] for r in mine),
-                         "median_server_cpu_s": statistics.median(r["server_cpu_s"] for r in mine),
-                         "charts_in_every_tab": all(r["charts_in_every_tab"] for r in mine), "runs": len(mine)}
+    summary = []
+    for tabs, live in CONDITIONS:
+        mine = [r for r in rows if (r["tabs"], r["live_charts"]) == (tabs, live)]
+        summary.append({"tabs": tabs, "live_charts": live,
+                        "median_wall_s": statistics.median(r["wall_s"] for r in mine),
+                        "median_server_cpu_s": statistics.median(r["server_cpu_s"] for r in mine),
+                        "median_browser_cpu_s": statistics.median(r["browser_cpu_s"] for r in mine),
+                        "charts_in_every_tab": all(r["charts_in_every_tab"] for r in mine), "runs": len(mine)})
     base = summary[0]["median_wall_s"]
-    for tabs in TABS:
-        summary[tabs]["ratio_to_no_tab"] = summary[tabs]["median_wall_s"] / base
+    for row in summary:
+        row["ratio_to_no_tab"] = row["median_wall_s"] / base
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.with_suffix(".json").write_text(json.dumps({"settings": PRUNE, "rounds": ROUNDS, "runs": rows,
                                                     "summary": summary}, indent=2))
-    lines = ["| tabs on the Prune page | median wall time (s) | ratio to no tab | server CPU during the run (s) |",
-             "|---|---|---|---|"]
-    lines += [f"| {tabs} | {s['median_wall_s']:.1f} | {s['ratio_to_no_tab']:.2f} | {s['median_server_cpu_s']:.1f} |"
-              for tabs, s in summary.items()]
+    lines = ["| tabs on the Prune page | live charts | median wall time (s) | ratio to no tab "
+             "| server CPU during the run (s) | browsers' CPU during the run (s) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['tabs']} | {'on' if r['live_charts'] else 'off'} | {r['median_wall_s']:.1f} "
+              f"| {r['ratio_to_no_tab']:.2f} | {r['median_server_cpu_s']:.1f} | {r['median_browser_cpu_s']:.1f} |"
+              for r in summary]
     OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -148,6 +148,33 @@ def test_a_new_tab_shows_the_running_job_with_its_cancel(tmp_path):
     assert (Path(job.folder) / "cancel").exists()
 
 
+def one_block_then_gated(job, gate: str):
+    """A running prune's first finished block, then a wait until the file `gate` exists."""
+    job.emit(BlockRecord(index=0, name="model.layers.0", target_sparsity=0.5, pattern="unstructured", sparsity=0.5,
+                         outlier_ratio=None, seconds=0.1))
+    while not Path(gate).exists():
+        time.sleep(0.02)
+    return {}
+
+
+def test_live_charts_draw_without_exports_and_can_be_switched_off(tmp_path):
+    job = manager().submit("wanda 0.5 on builtin:wiki", one_block_then_gated, str(tmp_path / "gate"), kind="prune")
+    deadline = time.time() + 300
+    while not job.events_of("block") and time.time() < deadline:
+        time.sleep(0.1)
+    try:
+        app = _app("views/prune.py")
+        assert any("Per-block sparsity" in c.proto.spec for c in app.get("plotly_chart"))
+        # a chart still filling up offers no export of its partial data
+        assert not [b for b in app.get("download_button") if b.proto.label in ("HTML", "CSV")]
+        next(t for t in app.toggle if t.label == "Live charts").set_value(False).run()
+        assert not app.get("plotly_chart")
+        assert "The charts appear when the run ends (live charts are off)." in _texts(app.caption)
+    finally:
+        (tmp_path / "gate").touch()
+        _wait(job)
+
+
 def test_results_label_runs_link_comparisons_and_draw_the_dense_baseline(tmp_path):
     app = _app("views/prune.py", tmp_path)
     next(n for n in app.number_input if n.label == "nsamples").set_value(2)

@@ -159,18 +159,24 @@ def draw_prune(job):
     for e in job.events_of("pipeline"):
         if e.stage in ("estimate", "ppl", "saved", "load") or e.message.startswith("note: "):
             st.caption(e.message)
-    charts = figures_of(job, live_prune_charts)
-    left, right = st.columns(2)
-    for column, name in ((left, "sparsity"), (right, "seconds")):
-        if name in charts:
-            show_chart(column, charts[name], name)
-    for name in ("owl_outliers", "recon_error"):
-        if name in charts:
-            show_chart(st, charts[name], name)
     if job.status == "finished":
         show_outcome(job.result)
     elif job.status in ("failed", "cancelled"):
         st.error(f"{job.status}: {job.error}")
+
+
+def draw_prune_charts(job):
+    if not job.done and not st.session_state.live_charts:
+        st.caption("The charts appear when the run ends (live charts are off).")
+        return
+    charts = figures_of(job, live_prune_charts)
+    left, right = st.columns(2)
+    for column, name in ((left, "sparsity"), (right, "seconds")):
+        if name in charts:
+            show_chart(column, charts[name], name, exports=job.done)
+    for name in ("owl_outliers", "recon_error"):
+        if name in charts:
+            show_chart(st, charts[name], name, exports=job.done)
 
 
 def show_outcome(result: dict) -> None:
@@ -189,4 +195,8 @@ def show_outcome(result: dict) -> None:
     st.success(f"Recorded as run {result['run_id']}. Compare it on the Results page.")
 
 
-live_view("prune_job", "prune", draw_prune, empty="Start a run above; it keeps going while you visit other pages.")
+st.toggle("Live charts", value=True, key="live_charts",
+          help="Redraw the charts every few seconds while a run goes. Each redraw costs every watching browser "
+               "CPU time; on a small machine running the job and the browsers, turn this off.")
+live_view("prune_job", "prune", draw_prune, empty="Start a run above; it keeps going while you visit other pages.",
+          charts=draw_prune_charts, live_charts=st.session_state.live_charts)
