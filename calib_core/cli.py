@@ -173,25 +173,36 @@ def _prune_parser(sub) -> None:
                        help="save the pruned model, its tokenizer and the report (a Hugging Face folder; written "
                             "to a temporary sibling and renamed into place when complete)")
     prune.add_argument("--overwrite", action="store_true", help="replace a non-empty --save folder")
+    prune.add_argument("--push-to-hub", default=None, metavar="OWNER/NAME",
+                       help="upload the --save folder (model, tokenizer, model card, report) to this hub repository; "
+                            "checked before the run: offline or without a token it says so at once and saves locally")
     prune.add_argument("--report", default=None, metavar="FILE.json")
 
 
-def _cmd_prune(args) -> int:
-    from tqdm import tqdm
+def prune_job(args):
+    """The PruneJob a `prune` command line asks for (a bad method config fails here, before any load)."""
+    from .pipeline import PruneJob
 
-    from .pipeline import PruneJob, run_prune_job
-
-    config = _method_config(args).resolved()  # fail on a bad config before loading anything
-    job = PruneJob(
+    config = _method_config(args).resolved()
+    return PruneJob(
         model=args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
         calib=args.calib if config.needs_calibration or args.calib else None, nsamples=args.nsamples,
         seqlen=args.seqlen, seed=args.seed, mode=args.mode, concat_separator=args.concat_separator,
         text_column=args.text_column, config=config, eval=[] if args.no_eval else (args.eval or DEFAULT_EVAL),
         ppl_protocol=args.ppl_protocol, eval_seqlen=args.eval_seqlen,
-        eval_windows=args.eval_windows, save=args.save, overwrite=args.overwrite, report=args.report,
-        cloze_items=args.cloze,
+        eval_windows=args.eval_windows, save=args.save, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
+        report=args.report, cloze_items=args.cloze,
         lm_eval_tasks=args.lm_eval, lm_eval_limit=args.lm_eval_limit, lm_eval_include=args.lm_eval_include,
     )
+
+
+def _cmd_prune(args) -> int:
+    from tqdm import tqdm
+
+    from .pipeline import run_prune_job
+
+    job = prune_job(args)
+    config = job.config
     label = f"{config.method} {config.pattern if config.parsed_pattern.is_nm else config.sparsity}"
     bar = None
     blocks = []
@@ -199,7 +210,7 @@ def _cmd_prune(args) -> int:
     def on_event(event):
         nonlocal bar
         _print_result(event)
-        if event.kind == "pipeline" and (event.stage in ("load", "estimate", "run", "saved")
+        if event.kind == "pipeline" and (event.stage in ("load", "estimate", "run", "saved", "push")
                                          or event.message.startswith("note: ")):
             print(f"{event.stage}: {event.message}", file=sys.stderr)
         elif event.kind == "block":
@@ -217,6 +228,14 @@ def _cmd_prune(args) -> int:
     record = run_prune_job(job, on_event)
     print(f"overall sparsity {record['overall_sparsity']:.4f}; prune {record['timings']['prune_total']:.1f} s; "
           f"recorded as run {record['run_id']}")
+    if "saved" in record:
+        saved = record["saved"]
+        print(f"saved {saved['path']}: {saved['bytes']:,} bytes on disk ({saved['format']}; weights "
+              f"{saved['weights_bytes']:,} bytes, a bitmask encoding would take about "
+              f"{saved['bitmask_estimate_bytes']:,})")
+    if "error" in record.get("push", {}):
+        print(f"error: not uploaded to {job.push_to_hub}: {record['push']['error']}", file=sys.stderr)
+        return 1
     return 0
 
 

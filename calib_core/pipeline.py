@@ -7,6 +7,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+import torch
+
 from . import assets
 from .data.sources import DEFAULT_CONCAT_SEPARATOR, build_calibration, check_mode
 from .errors import PruningCancelled
@@ -35,12 +37,23 @@ class PruneJob:
     eval_windows: int | None = None
     save: str | None = None  # a folder for the pruned model, its tokenizer and the report
     overwrite: bool = False  # replace a non-empty save folder
+    push_to_hub: str | None = None  # OWNER/NAME: upload the saved folder (needs `save`)
     report: str | None = None  # a JSON file for the report
     cloze_items: int = 0  # offline zero-shot proxy (metrics/cloze.py) on each eval source; 0 = skip
     keep_masks: bool = True  # for mask agreement between runs (metrics/agreement.py)
     lm_eval_tasks: list[str] | None = None  # zero-shot accuracy via lm-eval (metrics/zeroshot.py); ["paper"] = paper's set
     lm_eval_limit: int | None = None  # examples per task (None: all)
     lm_eval_include: str | None = None  # a local lm-eval task folder
+
+
+def job_of_record(record: dict) -> PruneJob:
+    """The PruneJob a stored run record was made by (fields a newer or older version lacks: defaults)."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(PruneJob)} - {"config"}
+    config_fields = {f.name for f in fields(PruneConfig)}
+    config = PruneConfig(**{k: v for k, v in record["config"].items() if k in config_fields})
+    return PruneJob(**{k: v for k, v in record["job"].items() if k in known}, config=config)
 
 
 @dataclass
@@ -57,8 +70,11 @@ class PipelineEvent:
 
 def check_outputs(job: PruneJob) -> None:
     """Fail before any work when the job's save folder or report file cannot be written."""
+    from .errors import OutputError
     from .files import check_output_file, check_output_folder
 
+    if job.push_to_hub and not job.save:
+        raise OutputError("Uploading to the hub needs a save folder (--save DIR): the folder is what is uploaded.")
     if job.save:
         check_output_folder(job.save, job.overwrite)
     if job.report:
@@ -80,9 +96,26 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=
     check_protocol(job.ppl_protocol)
     check_outputs(job)
     store = store or RunStore()
+    push_refused = _push_refusal(job)
+    if push_refused:  # said at once; the run goes on and saves locally
+        emit(PipelineEvent("push", f"error: {push_refused} The model will be saved to {job.save} only.",
+                           {"error": push_refused}))
     run_id = store.start(job.model, config.as_dict(), job.calib, sweep, point_key)
     emit(PipelineEvent("run", f"run {run_id} started", {"run_id": run_id}))
-    return _recorded(store, run_id, lambda: _run(job, config, run_id, emit, cancel, store, loaded))
+    return _recorded(store, run_id, lambda: _run(job, config, run_id, emit, cancel, store, loaded, push_refused))
+
+
+def _push_refusal(job: PruneJob) -> str | None:
+    """Why the job's upload cannot happen (offline, no token, a bad repo id), or None."""
+    from .saved_model import HubPushError, check_push
+
+    if not job.push_to_hub:
+        return None
+    try:
+        check_push(job.push_to_hub)
+    except HubPushError as exc:
+        return str(exc)
+    return None
 
 
 def _recorded(store, run_id: int, work) -> RunRecord:
@@ -99,7 +132,8 @@ def _recorded(store, run_id: int, work) -> RunRecord:
     return record
 
 
-def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, loaded) -> RunRecord:
+def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, loaded,
+         push_refused: str | None = None) -> RunRecord:
     from .models import describe_model, load_model
     from .prune.engine import Pruner
     from .prune.memory import check_memory
@@ -146,7 +180,7 @@ def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, l
         from .metrics.agreement import save_masks
 
         record["masks"] = str(save_masks(loaded.model, store.path.parent / "masks" / f"run-{run_id}.npz"))
-    _write_outputs(job, loaded, record, emit)
+    _write_outputs(job, loaded, record, calibration, emit, push_refused)
     return record
 
 
@@ -235,17 +269,47 @@ def evaluate_model(loaded, sources: list[str], seqlen: int, windows: int | None 
     return Evaluation(perplexities, extras, timings)
 
 
-def _write_outputs(job: PruneJob, loaded, record: dict, emit) -> None:
-    """The saved folder (model, tokenizer, report) appears whole or not at all; then the report file."""
-    from .files import atomic_folder
+def _write_outputs(job: PruneJob, loaded, record: dict, calibration, emit, push_refused: str | None = None) -> None:
+    """The saved folder (model, tokenizer, report, model card) appears whole, checked to reload to the
+    same model, or not at all; then the upload and the report file. What was saved goes in the record."""
     from .runs import write_json
 
     if job.save:
-        with atomic_folder(job.save, job.overwrite) as folder:
-            loaded.model.save_pretrained(folder)
-            loaded.tokenizer.save_pretrained(folder)
-            write_json(folder / "calib_lab_report.json", record)
-        emit(PipelineEvent("saved", f"saved pruned model to {job.save}", {"path": job.save}))
+        from .model_card import model_card
+        from .saved_model import RELOAD_TOKENS, write_model_folder
+
+        if calibration is not None:
+            tokens = calibration.input_ids[0]
+            samples = [loaded.tokenizer.decode(ids[:64], skip_special_tokens=True)
+                       for ids in calibration.input_ids[:3]]
+        else:  # no calibration text: fixed token ids serve the logits comparison as well
+            tokens = torch.arange(RELOAD_TOKENS) % loaded.model.config.vocab_size
+            samples = []
+        t = time.perf_counter()
+        record["saved"] = write_model_folder(job.save, job.overwrite, loaded.model, loaded.tokenizer, record,
+                                             model_card(record, job, samples), tokens, job.trust_remote_code)
+        record["timings"]["save"] = time.perf_counter() - t  # with the reload check
+        saved = record["saved"]
+        check = saved["reload_check"]
+        emit(PipelineEvent("saved", f"saved pruned model to {job.save} ({saved['bytes'] / 2**20:.1f} MiB; "
+                                    + ("reloads with identical weights and logits" if check["checked"]
+                                       else f"reload check skipped: {check['reason']}") + ")", saved))
+        if job.push_to_hub:
+            record["push"] = _push(job, push_refused, emit)
     if job.report:
         write_json(job.report, record)
         emit(PipelineEvent("saved", f"report written to {job.report}", {"path": job.report}))
+
+
+def _push(job: PruneJob, refused: str | None, emit) -> dict:
+    from .saved_model import HubPushError, push_folder
+
+    if refused:
+        return {"repo": job.push_to_hub, "error": refused}
+    try:
+        url = push_folder(job.save, job.push_to_hub, f"Calibration Lab: {job.config.method} pruned model")
+    except HubPushError as exc:
+        emit(PipelineEvent("push", f"error: {exc}", {"error": str(exc)}))
+        return {"repo": job.push_to_hub, "error": str(exc)}
+    emit(PipelineEvent("push", f"uploaded to {url}", {"url": url}))
+    return {"repo": job.push_to_hub, "url": url}

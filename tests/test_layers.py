@@ -12,7 +12,7 @@ LAYERS = [
     {"data"},
     {"prune"},
     {"metrics"},
-    {"runs", "jobs", "worker", "pipeline", "progress"},
+    {"runs", "jobs", "worker", "pipeline", "progress", "saved_model", "model_card"},
     {"experiments", "tasks"},
     {"access", "cli", "__main__"},
 ]

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import plotly.express as px
 import streamlit as st
@@ -10,7 +11,8 @@ from calib_core.experiments.run_figures import (BLOCK_METRICS, Chart, overlay_ch
 from calib_core.experiments.stats import dense_baseline, evaluation_of, similarity_vs_perplexity
 from calib_core.jobs import manager
 from calib_core.metrics.agreement import block_agreement, mask_agreement, overall_jaccard
-from calib_core.pipeline import DENSE, PruneJob
+from calib_core.model_card import reproduce_command
+from calib_core.pipeline import DENSE, PruneJob, job_of_record
 from calib_core.runs import RunStore, runs_table
 from ui_charts import show_chart
 from ui_live import live_view
@@ -137,6 +139,30 @@ else:
             st.error(str(exc))
 
 # --- one run's report -------------------------------------------------------------------------------
+def show_saved_model(run: dict) -> None:
+    """Where a run's pruned model was saved, its size and how to load it; else how to make it again."""
+    record = run["record"] or {}
+    saved = record.get("saved")
+    if saved:
+        check = saved["reload_check"]
+        st.markdown(f"**Pruned model:** `{saved['path']}`, {saved['bytes'] / 2**20:.1f} MiB on disk ({saved['format']}; "
+                    f"a bitmask encoding would take about {saved['bitmask_estimate_bytes'] / 2**20:.1f} MiB). "
+                    + ("Checked after saving: it reloads with identical weights and logits."
+                       if check["checked"] else f"Reload check skipped: {check['reason']}."))
+        st.code(f'from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
+                f'model = AutoModelForCausalLM.from_pretrained("{saved["path"]}")\n'
+                f'tokenizer = AutoTokenizer.from_pretrained("{saved["path"]}")', language="python")
+        push = record.get("push")
+        if push:
+            st.caption(f"Uploaded to {push['url']}" if "url" in push else f"Not uploaded to {push['repo']}: {push['error']}")
+    elif run["status"] == "finished" and run["method"] != DENSE and record.get("job"):
+        # Runs happen in their own process: the pruned model is gone when the run ends.
+        job = replace(job_of_record(record), save="pruned-model", overwrite=False)
+        st.caption("This run's model was not saved. The same command remakes it (same data, seed and settings, "
+                   "so the same masks) and saves it, with its model card, to `pruned-model/`:")
+        st.code(reproduce_command(job), language="bash")
+
+
 linked = ids_from_link("run")
 one = st.selectbox("Report of run", [None] + list(table.id), index=(list(table.id).index(linked[0]) + 1) if linked else 0,
                    format_func=lambda i: "(choose a run)" if i is None else run_label(by_id[i]))
@@ -144,8 +170,6 @@ if one:
     st.query_params["run"] = str(one)
     record = by_id[one]
     st.download_button("Download report (JSON)", json.dumps(record, indent=2), f"run-{one}.json")
-    saved = ((record["record"] or {}).get("job") or {}).get("save")
-    if saved:
-        st.write(f"Pruned model folder: `{saved}`")
+    show_saved_model(record)
 elif "run" in st.query_params:
     del st.query_params["run"]

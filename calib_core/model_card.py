@@ -1,0 +1,133 @@
+"""The model card of a saved pruned model: Hugging Face card conventions (YAML metadata, then prose)
+saying how it was made: method and settings, calibration data with its fingerprint and a few sample
+lines, perplexities with their protocol, versions and commit, and the command that remakes it."""
+
+from __future__ import annotations
+
+import shlex
+
+from . import assets
+from .data.sources import DEFAULT_CONCAT_SEPARATOR
+from .pipeline import PruneJob
+from .prune import PruneConfig
+from .prune.methods import ENGINE_OPTIONS, METHODS, all_options, mask_method
+
+SAMPLE_LINES = 3  # calibration excerpts shown in the card
+SAMPLE_CHARS = 160
+
+
+def reproduce_command(job: PruneJob) -> str:
+    """`python -m calib_core prune ...` with every setting of `job` that differs from the CLI's defaults."""
+    config, defaults = job.config, PruneConfig()
+    parts = ["python", "-m", "calib_core", "prune", "--model", job.model]
+    if job.dtype != "float32":
+        parts += ["--dtype", job.dtype]
+    if job.trust_remote_code:
+        parts.append("--trust-remote-code")
+    parts += ["--method", config.method]
+    if config.base:
+        parts += ["--base", config.base]
+    if config.parsed_pattern.is_nm:
+        parts += ["--pattern", config.pattern]
+    else:
+        parts += ["--sparsity", f"{config.sparsity:g}"]
+    if config.device != defaults.device:
+        parts += ["--device", config.device]
+    for option in all_options():
+        value = getattr(config, option.field)
+        if value != getattr(defaults, option.field):
+            parts += [option.flag, str(value)]
+    if job.calib:
+        parts += ["--calib", job.calib, "--nsamples", str(job.nsamples), "--seqlen", str(job.seqlen),
+                  "--seed", str(job.seed)]
+        if job.mode != "document":
+            parts += ["--mode", job.mode]
+        if job.mode == "concat" and job.concat_separator != DEFAULT_CONCAT_SEPARATOR:
+            parts += ["--concat-separator", job.concat_separator.encode("unicode_escape").decode()]
+        if job.text_column:
+            parts += ["--text-column", job.text_column]
+    if job.eval:
+        for source in job.eval:
+            parts += ["--eval", source]
+        if job.ppl_protocol != "heldout":
+            parts += ["--ppl-protocol", job.ppl_protocol]
+        if job.eval_seqlen:
+            parts += ["--eval-seqlen", str(job.eval_seqlen)]
+        if job.eval_windows:
+            parts += ["--eval-windows", str(job.eval_windows)]
+    else:
+        parts.append("--no-eval")
+    if job.save:
+        parts += ["--save", job.save]
+    return shlex.join(parts)
+
+
+def _relevant_options(config: dict) -> list:
+    """The options of the method, of its base (DSnoT, OWL) and of the engine."""
+    method = METHODS[config["method"]]
+    base = mask_method(config["method"], config.get("base"))
+    options = method.options + (base.options if base is not method else ()) + ENGINE_OPTIONS
+    return [o for o in options if o.field in config]
+
+
+def base_model_id(spec: str) -> str | None:
+    """The hub id the card's `base_model` names: the bundled model's upstream, or a hub id as given."""
+    if spec in assets.BUNDLED_UPSTREAM:
+        return assets.BUNDLED_UPSTREAM[spec]
+    looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+    return spec if looks_like_hub_id else None
+
+
+def model_card(record: dict, job: PruneJob, samples: list[str]) -> str:
+    """The card's text (README.md), from the run record and a few calibration excerpts."""
+    from huggingface_hub import ModelCardData
+
+    config = record["config"]
+    pattern = config["pattern"] if ":" in config["pattern"] else f"{config['sparsity']:.0%} unstructured"
+    base = base_model_id(job.model)
+    metadata = ModelCardData(
+        base_model=base, library_name="transformers", pipeline_tag="text-generation",
+        license=assets.BUNDLED_LICENSE.get(job.model),
+        tags=["pruned", "sparse", f"{config['method']}", "calib-lab"],
+    )
+    calib = record.get("calibration") or {}
+    lines = [
+        "---", metadata.to_yaml(), "---", "",
+        f"# {base or job.model}, pruned with {config['method']} ({pattern})", "",
+        f"Pruned with Calibration Lab from `{job.model}`"
+        + (f" ([{base}](https://huggingface.co/{base}))" if base else "") + ". "
+        f"Overall sparsity of the pruned linear layers: {record['overall_sparsity']:.4f}. "
+        "The weights are stored dense (safetensors): load them as any model of this architecture.",
+        "", "## How it was made", "",
+        f"- Method: `{config['method']}`" + (f" (base `{config['base']}`)" if config.get("base") else "")
+        + f", target {pattern}.",
+        f"- Settings: {', '.join(f'{o.field}={config[o.field]}' for o in _relevant_options(config))} (every setting "
+        "is in the report).",
+    ]
+    if record.get("allocation"):
+        allocation = record["allocation"]
+        lines.append("- OWL allocation (per-block sparsity): "
+                     + ", ".join(f"{s:.3f}" for s in allocation["target_sparsities"]) + ".")
+    if calib:
+        lines += [f"- Calibration data: `{calib['source']}`, {calib['nsamples']} x {calib['seqlen']} tokens "
+                  f"({calib['mode']} sampling, seed {calib['seed']}), token fingerprint `{calib['fingerprint']}`."]
+        if samples:
+            lines += ["", "Calibration excerpts (the first tokens of the first samples):", ""]
+            lines += [f"> {' '.join(text.split())[:SAMPLE_CHARS]}…" for text in samples[:SAMPLE_LINES]]
+    else:
+        lines.append("- Calibration data: none (the method needs none).")
+    lines += ["", "## Perplexity", ""]
+    if record.get("perplexity"):
+        lines += ["| evaluation data | perplexity | protocol | windows x tokens |", "|---|---|---|---|"]
+        lines += [f"| {p['source']} | {p['ppl']:.3f} | {p['protocol'].split(':')[0]} | {p['windows']} x {p['seqlen']} |"
+                  for p in record["perplexity"]]
+        lines += ["", *sorted({f"- {p['protocol']}" for p in record["perplexity"]})]
+    else:
+        lines.append("Not measured.")
+    lines += ["", *[f"Note: {note}" for note in record.get("notes", [])]]
+    versions = record.get("versions", {})
+    lines += ["", "## Reproduce", "", "```bash", reproduce_command(job), "```", "",
+              "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ".",
+              "", "The full run report is `calib_lab_report.json` in this folder.", ""]
+    return "\n".join(lines)
+
