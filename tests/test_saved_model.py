@@ -3,6 +3,7 @@ was pruned (checked before the folder is put in place), carries a model card say
 and the command that remakes it, states its size, and uploads to the hub only when it can."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -181,3 +182,17 @@ def test_the_results_page_shows_a_saved_model_and_how_to_remake_an_unsaved_one(t
     command = app.code[0].value
     assert command.startswith("python -m calib_core prune --model") and "--seed 4" in command
     assert command.endswith("--save pruned-model")
+    # remade here as a new run that saves the model
+    next(t for t in app.text_input if t.label == "Save folder for the remade model").input(str(tmp_path / "remade")).run()
+    next(b for b in app.button if b.label == "Remake and save this run's model").click().run()
+    from calib_core.jobs import manager
+
+    job = manager().get(app.session_state["prune_job"])
+    deadline = time.time() + 300
+    while not job.done and time.time() < deadline:
+        time.sleep(0.2)
+    assert job.status == "finished", job.error
+    remade = job.result
+    assert remade["saved"]["path"] == str(tmp_path / "remade") and remade["job"]["seed"] == 4
+    assert remade["calibration"]["fingerprint"] == unsaved_run["calibration"]["fingerprint"]
+    assert remade["overall_sparsity"] == unsaved_run["overall_sparsity"]

@@ -12,8 +12,10 @@ from calib_core.experiments.stats import dense_baseline, evaluation_of, similari
 from calib_core.jobs import manager
 from calib_core.metrics.agreement import block_agreement, mask_agreement, overall_jaccard
 from calib_core.model_card import reproduce_command
-from calib_core.pipeline import DENSE, PruneJob, job_of_record
+from calib_core.models import resolve_device
+from calib_core.pipeline import DENSE, PruneJob, check_outputs, job_of_record
 from calib_core.runs import RunStore, runs_table
+from ui_cache import access_policy
 from ui_charts import show_chart
 from ui_live import live_view
 
@@ -157,10 +159,22 @@ def show_saved_model(run: dict) -> None:
             st.caption(f"Uploaded to {push['url']}" if "url" in push else f"Not uploaded to {push['repo']}: {push['error']}")
     elif run["status"] == "finished" and run["method"] != DENSE and record.get("job"):
         # Runs happen in their own process: the pruned model is gone when the run ends.
-        job = replace(job_of_record(record), save="pruned-model", overwrite=False)
-        st.caption("This run's model was not saved. The same command remakes it (same data, seed and settings, "
-                   "so the same masks) and saves it, with its model card, to `pruned-model/`:")
-        st.code(reproduce_command(job), language="bash")
+        st.caption("This run's model was not saved. Rerunning it with the same data, seed and settings gives "
+                   "the same masks: from the command line, or here as a new run that saves the model.")
+        st.code(reproduce_command(replace(job_of_record(record), save="pruned-model", overwrite=False)),
+                language="bash")
+        folder = st.text_input("Save folder for the remade model", f"pruned-models/run-{run['id']}")
+        if st.button("Remake and save this run's model", disabled=not folder.strip()):
+            try:
+                job = access_policy().job(replace(job_of_record(record), save=folder.strip(), overwrite=False,
+                                                  report=None))
+                check_outputs(job)
+                st.session_state.prune_job = manager().submit(
+                    f"remake run {run['id']} and save", tasks.prune, job, kind="prune",
+                    device=str(resolve_device(job.config.device))).id
+                st.success("Started: follow it on the Prune page; the new run will show its saved folder here.")
+            except CalibLabError as exc:
+                st.error(str(exc))
 
 
 linked = ids_from_link("run")
