@@ -390,6 +390,9 @@ def _cmd_similarity(args) -> int:
     table, _summary = compare_sources(loaded.model, loaded.tokenizer, args.sets, args.samples, args.seed, args.scoring,
                                       args.seqlen, args.mode, args.concat_separator, args.reference, args.ngram, args.k,
                                       args.max_tokens)
+    from .runs import RunStore
+
+    RunStore().record_similarity(args.model, table)  # the Results page sets these against perplexity
     means = table.drop(columns=["sample", "text"]).groupby("set", sort=False).agg(["mean", "std"])
     print(means.to_string(float_format=lambda v: f"{v:.4f}"))
     if args.scoring == "windows":

@@ -72,6 +72,18 @@ def test_similarity_vs_perplexity_joins_scores_and_runs_per_source():
 
 
 # --- the pages ----------------------------------------------------------------------------------------
+def test_the_cli_similarity_records_scores_for_the_results_chart(tmp_path):
+    from calib_core.cli import main as cli_main
+    from calib_core.runs import RunStore
+
+    model = str(save_tiny_folder(tmp_path / "tiny"))
+    assert cli_main(["similarity", "--model", model, "--sets", "builtin:wiki", "builtin:news", "--samples", "2",
+                     "--seqlen", "16"]) == 0
+    scores = RunStore().similarity_scores(model)
+    assert set(scores) == {"builtin:wiki", "builtin:news"}
+    assert all(isinstance(s["min_k_pp"], float) for s in scores.values()), scores
+
+
 def _app(page: str, tmp_path=None) -> AppTest:
     app = AppTest.from_file(APP, default_timeout=120)
     if tmp_path is not None:
