@@ -106,7 +106,7 @@ class AccessPolicy:
         if trust_remote_code and not self.allows_remote_code:
             raise AccessError("This app is shared: models may not run their repository's own code "
                               "(trust_remote_code). Run the app locally for such a model.")
-        if not self.shared or spec in assets.BUNDLED_ALIASES:
+        if not self.shared or spec in assets.BUNDLED:
             return spec
         looks_like_path = spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or Path(spec).exists()
         return str(self.path(spec, "model folders")) if looks_like_path else spec

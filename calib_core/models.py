@@ -7,6 +7,7 @@ outside the blocks and are never touched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,18 +135,20 @@ def load_model(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     quantization: str | None = None,
+    on_message: Callable[[str], None] | None = None,
 ) -> LoadedModel:
     """Load a causal LM by bundled alias, local folder or hub id (weights stay on CPU).
 
     `quantization` ('8bit' / '4bit') loads through bitsandbytes, for generation and scoring only.
-    Remote model code runs only when `trust_remote_code` is explicitly True.
+    Remote model code runs only when `trust_remote_code` is explicitly True. `on_message` hears about
+    slow first steps (a bundled model's one-time conversion).
     """
     if dtype not in DTYPES:
         raise ModelLoadError(f"Unknown dtype '{dtype}'. Choose one of {sorted(DTYPES)}.")
     notes = []
-    if spec in assets.BUNDLED_ALIASES:
-        source, local = str(assets.bundled_model_dir(spec)), True
-        notes.append(assets.BUNDLED_CAVEAT)
+    if spec in assets.BUNDLED:
+        source, local = str(assets.bundled_model_dir(spec, on_message)), True
+        notes.append(assets.BUNDLED[spec].caveat)
     elif Path(spec).expanduser().is_dir():
         source, local = str(Path(spec).expanduser()), True
         if not (Path(source) / "config.json").exists():

@@ -141,7 +141,8 @@ def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, l
 
     t = time.perf_counter()
     if loaded is None:
-        loaded = load_model(job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code)
+        loaded = load_model(job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code,
+                            on_message=lambda message: emit(PipelineEvent("load", message)))
     timings = {"load_model": time.perf_counter() - t}
     for note in loaded.notes:
         emit(PipelineEvent("load", note))
@@ -287,7 +288,8 @@ def _write_outputs(job: PruneJob, loaded, record: dict, calibration, emit, push_
             samples = []
         t = time.perf_counter()
         record["saved"] = write_model_folder(job.save, job.overwrite, loaded.model, loaded.tokenizer, record,
-                                             model_card(record, job, samples), tokens, job.trust_remote_code)
+                                             model_card(record, job, samples), tokens, job.trust_remote_code,
+                                             tuple(filter(None, [assets.license_file(job.model)])))
         record["timings"]["save"] = time.perf_counter() - t  # with the reload check
         saved = record["saved"]
         check = saved["reload_check"]

@@ -87,9 +87,11 @@ def check_reload(folder: Path, model: torch.nn.Module, tokens: torch.Tensor, tru
 
 
 def write_model_folder(target: str, overwrite: bool, model: torch.nn.Module, tokenizer, record: dict, card: str,
-                       tokens: torch.Tensor, trust_remote_code: bool = False) -> dict:
-    """The folder appears whole, reloading to the same model, or not at all. Returns what the run
-    record keeps about it."""
+                       tokens: torch.Tensor, trust_remote_code: bool = False, extra_files: tuple[Path, ...] = ()) -> dict:
+    """The folder appears whole, reloading to the same model, or not at all; `extra_files` (a base
+    model's licence terms) are copied in. Returns what the run record keeps about it."""
+    import shutil
+
     from .files import atomic_folder
     from .runs import write_json
 
@@ -101,6 +103,8 @@ def write_model_folder(target: str, overwrite: bool, model: torch.nn.Module, tok
                  "weights_bytes": sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")),
                  "bitmask_estimate_bytes": bitmask_bytes(model), "reload_check": reload}
         (folder / CARD_NAME).write_text(card)
+        for extra in extra_files:
+            shutil.copy(extra, folder)
         write_json(folder / REPORT_NAME, {**record, "saved": saved})  # all but the size of the folder itself
         saved["bytes"] = folder_bytes(folder)
     return saved

@@ -192,3 +192,16 @@ def test_a_forgotten_job_is_explained_not_a_crash():
     app.switch_page("views/prune.py").run()
     assert not app.exception
     assert any("ended a while ago" in c.value for c in app.caption)
+
+
+def test_the_model_page_lists_both_bundled_models_with_their_terms():
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    app.switch_page("views/model.py").run()
+    choice = next(s for s in app.selectbox if s.label == "Bundled model")
+    assert choice.options == ["SmolLM2-135M-Instruct (smollm2-135m)", "Gemma 3 270M (gemma3-270m)"]
+    assert any("Licence: apache-2.0." in c.value for c in app.caption)
+    choice.set_value("gemma3-270m").run()
+    assert any("Gemma Terms of Use" in c.value for c in app.caption)
+    terms = next(b for b in app.get("download_button") if b.proto.label.startswith("Terms of use"))
+    assert "GEMMA_TERMS.html" in terms.proto.label

@@ -102,13 +102,15 @@ def test_concurrent_first_use_converts_once(tmp_path, monkeypatch):
         (out / "config.json").write_text("{}")
 
     monkeypatch.setattr(assets, "_convert_gguf", fake_convert)
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(assets.bundled_model_dir())) for _ in range(4)]
+    results, messages = [], []
+    threads = [threading.Thread(target=lambda: results.append(assets.bundled_model_dir(on_message=messages.append)))
+               for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert len(calls) == 1 and len(set(results)) == 1
+    assert len(messages) == 1 and "converting its GGUF" in messages[0]  # said once, by the one converting
     target = results[0]
     assert (target / "config.json").exists() and (target / "weights.bin").stat().st_size == 1000
     assert [p.name for p in target.parent.iterdir() if p.name.startswith(".")] == []
@@ -139,3 +141,26 @@ def test_masks_are_pinned(fresh, name):
         for module in prunable_modules(block).values():
             digest.update((weight_matrix(module) != 0).numpy().tobytes())
     assert digest.hexdigest()[:16] == expected
+
+
+# --- the second bundled model -----------------------------------------------------------------------
+def test_gemma3_is_assembled_converted_with_its_terms_and_every_method_prunes_it(tmp_path):
+    from calib_core.experiments.run_figures import live_prune_charts
+    from calib_core.pipeline import PruneJob, run_prune_job
+    from calib_core.prune.methods import METHODS
+    from calib_core.runs import RunStore
+
+    folder = assets.bundled_model_dir("gemma3-270m")
+    assert (folder / "GEMMA_TERMS.html").exists() and not list(folder.parent.glob(".gemma3-270m-gguf-*"))
+    info = describe_model(load_model("gemma3-270m").model)
+    assert info["family"] == "Gemma3" and info["blocks"] == 18
+    store = RunStore(tmp_path / "runs.sqlite")
+    for method in METHODS:
+        events = []
+        record = run_prune_job(PruneJob(model="gemma3-270m", nsamples=2, seqlen=64, eval_windows=1, keep_masks=False,
+                                        config=PruneConfig(method=method, sparsity=0.5)), events.append, store=store)
+        assert abs(record["overall_sparsity"] - 0.5) < 0.01, method
+        assert 1 < record["perplexity"][0]["ppl"] < 1e6, method
+        charts = live_prune_charts(events)
+        assert {"sparsity", "seconds", "recon_error"} <= set(charts) and len(charts["sparsity"].data) == 18, method
+    assert "Gemma Terms of Use" in record["notes"][0]

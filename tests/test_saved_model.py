@@ -86,6 +86,16 @@ def test_a_folder_that_reloads_differently_is_never_put_in_place(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == []  # no temporary left either
 
 
+def test_a_base_models_terms_travel_with_the_saved_folder(tmp_path):
+    from tests.tiny import char_tokenizer
+
+    terms = tmp_path / "TERMS.html"
+    terms.write_text("the base model's terms")
+    saved_model.write_model_folder(str(tmp_path / "out"), False, tiny_model(), char_tokenizer(), {}, "card",
+                                   random_ids(1, 32)[0], extra_files=(terms,))
+    assert (tmp_path / "out" / "TERMS.html").read_text() == "the base model's terms"
+
+
 def test_the_reload_check_says_when_a_second_copy_does_not_fit(tmp_path, monkeypatch):
     import psutil
 

@@ -7,7 +7,7 @@ st.write(
     "How calibration data shapes post-training pruning of large language models. Pick a model, build "
     "calibration text, see how training-like it is, prune layer by layer and compare runs."
 )
-st.info(f"Default model: `{assets.DEFAULT_MODEL}` (bundled, offline). {assets.BUNDLED_CAVEAT}")
+st.info(f"Default model: `{assets.DEFAULT_MODEL}` (bundled, offline). {assets.BUNDLED[assets.DEFAULT_MODEL].caveat}")
 with st.expander("Why calibration data matters"):
     st.markdown(
         "Calibrated pruning methods (Wanda, SparseGPT, DSnoT, OWL) decide which weights to remove from "

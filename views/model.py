@@ -5,6 +5,23 @@ from calib_core import assets
 from calib_core.errors import CalibLabError
 from ui_cache import access_policy, cached_model
 
+
+def show_license(alias: str) -> None:
+    bundled = assets.BUNDLED[alias]
+    try:
+        terms = assets.license_file(alias)
+    except CalibLabError as exc:  # its package is not installed
+        st.warning(str(exc))
+        return
+    if terms is None:
+        st.caption(f"Licence: {bundled.license}.")
+        return
+    st.caption(f"Licence: {bundled.license}. Its terms come with the model and with every pruned model saved "
+               "from it.")
+    st.download_button(f"Terms of use ({terms.name})", terms.read_bytes(), terms.name, on_click="ignore",
+                       icon=":material/gavel:")
+
+
 st.title("Model")
 with st.expander("What is pruned"):
     st.markdown(r"""Every Linear (or GPT-2 Conv1D) inside the decoder blocks: attention q/k/v/o and the MLP
@@ -14,9 +31,12 @@ Pruning is layer-wise: block $l$ sees the calibration activations $X_l$ produced
 and chooses its mask to keep $\|W_l X_l - \hat W_l X_l\|$ small. Memory needed is roughly weights +
 $2 \cdot n \cdot L \cdot d$ block inputs/outputs (n samples of L tokens, hidden size d) + per-method statistics
 (SparseGPT: one $d_{in} \times d_{in}$ Hessian per Linear).""")
-kind = st.radio("Source", ["Bundled default", "Hub id", "Local folder"], horizontal=True)
-if kind == "Bundled default":
-    spec = assets.DEFAULT_MODEL
+kind = st.radio("Source", ["Bundled (offline)", "Hub id", "Local folder"], horizontal=True)
+if kind == "Bundled (offline)":
+    spec = st.selectbox("Bundled model", list(assets.BUNDLED), format_func=lambda a: f"{assets.BUNDLED[a].title} ({a})",
+                        help="Installed from registry packages; converted to safetensors on first use.")
+    st.caption(assets.BUNDLED[spec].caveat)
+    show_license(spec)
 else:
     shared = access_policy().shared
     spec = st.text_input("Hub id" if kind == "Hub id" else "Folder",
