@@ -157,6 +157,8 @@ def show_saved_model(run: dict) -> None:
         push = record.get("push")
         if push:
             st.caption(f"Uploaded to {push['url']}" if "url" in push else f"Not uploaded to {push['repo']}: {push['error']}")
+    elif (record.get("job") or {}).get("save"):  # a run saved before sizes and reload checks were recorded
+        st.markdown(f"**Pruned model:** `{record['job']['save']}`")
     elif run["status"] == "finished" and run["method"] != DENSE and record.get("job"):
         # Runs happen in their own process: the pruned model is gone when the run ends.
         st.caption("This run's model was not saved. Rerunning it with the same data, seed and settings gives "
