@@ -174,6 +174,9 @@ def _prune_parser(sub) -> None:
                        help="save the pruned model, its tokenizer and the report (a Hugging Face folder; written "
                             "to a temporary sibling and renamed into place when complete)")
     prune.add_argument("--overwrite", action="store_true", help="replace a non-empty --save folder")
+    prune.add_argument("--stream", action="store_true",
+                       help="read each decoder block from the model's safetensors files for its turn and write it "
+                            "out after it (models larger than memory; Llama, Mistral, Qwen, Gemma, Phi-3 layouts)")
     prune.add_argument("--push-to-hub", default=None, metavar="OWNER/NAME",
                        help="upload the --save folder (model, tokenizer, model card, report) to this hub repository; "
                             "checked before the run: offline or without a token it says so at once and saves locally")
@@ -192,6 +195,7 @@ def prune_job(args):
         text_column=args.text_column, config=config, eval=[] if args.no_eval else (args.eval or DEFAULT_EVAL),
         ppl_protocol=args.ppl_protocol, eval_seqlen=args.eval_seqlen,
         eval_windows=args.eval_windows, save=args.save, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
+        stream=args.stream,
         report=args.report, cloze_items=args.cloze,
         lm_eval_tasks=args.lm_eval, lm_eval_limit=args.lm_eval_limit, lm_eval_include=args.lm_eval_include,
     )
@@ -231,9 +235,10 @@ def _cmd_prune(args) -> int:
           f"recorded as run {record['run_id']}")
     if "saved" in record:
         saved = record["saved"]
+        bitmask = saved["bitmask_estimate_bytes"]
         print(f"saved {saved['path']}: {saved['bytes']:,} bytes on disk ({saved['format']}; weights "
-              f"{saved['weights_bytes']:,} bytes, a bitmask encoding would take about "
-              f"{saved['bitmask_estimate_bytes']:,})")
+              f"{saved['weights_bytes']:,} bytes" + (f", a bitmask encoding would take about {bitmask:,})" if bitmask
+                                                     else ")"))
     if "error" in record.get("push", {}):
         print(f"error: not uploaded to {job.push_to_hub}: {record['push']['error']}", file=sys.stderr)
         return 1

@@ -22,6 +22,8 @@ def reproduce_command(job: PruneJob) -> str:
     parts = ["python", "-m", "calib_core", "prune", "--model", job.model]
     if job.dtype != "float32":
         parts += ["--dtype", job.dtype]
+    if job.stream:
+        parts.append("--stream")
     if job.trust_remote_code:
         parts.append("--trust-remote-code")
     parts += ["--method", config.method]

@@ -3,8 +3,12 @@ The CLI and the app both drive this, so a run means the same thing everywhere.""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -12,6 +16,7 @@ import torch
 from . import assets
 from .data.sources import DEFAULT_CONCAT_SEPARATOR, build_calibration, check_mode
 from .errors import PruningCancelled
+from .paths import cache_dir
 from .prune import PruneConfig
 
 if TYPE_CHECKING:
@@ -38,6 +43,7 @@ class PruneJob:
     save: str | None = None  # a folder for the pruned model, its tokenizer and the report
     overwrite: bool = False  # replace a non-empty save folder
     push_to_hub: str | None = None  # OWNER/NAME: upload the saved folder (needs `save`)
+    stream: bool = False  # read each block from disk for its turn (models larger than memory)
     report: str | None = None  # a JSON file for the report
     cloze_items: int = 0  # offline zero-shot proxy (metrics/cloze.py) on each eval source; 0 = skip
     keep_masks: bool = True  # for mask agreement between runs (metrics/agreement.py)
@@ -96,6 +102,10 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=
     check_protocol(job.ppl_protocol)
     check_outputs(job)
     store = store or RunStore()
+    too_big = None if job.stream or loaded is not None else _too_big_for_memory(job)
+    if too_big:  # said at once, and recorded: the run's job says --stream
+        job = replace(job, stream=True)
+        emit(PipelineEvent("load", f"note: {too_big}: streaming its blocks from disk"))
     push_refused = _push_refusal(job)
     if push_refused:  # said at once; the run goes on and saves locally
         emit(PipelineEvent("push", f"error: {push_refused} The model will be saved to {job.save} only.",
@@ -103,6 +113,32 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=
     run_id = store.start(job.model, config.as_dict(), job.calib, sweep, point_key)
     emit(PipelineEvent("run", f"run {run_id} started", {"run_id": run_id}))
     return _recorded(store, run_id, lambda: _run(job, config, run_id, emit, cancel, store, loaded, push_refused))
+
+
+def _too_big_for_memory(job: PruneJob) -> str | None:
+    """Why the job's model cannot be held in RAM (its weights in the job's dtype, with a fifth spare for
+    activations and statistics), when its files are on disk; None when it fits or is not local."""
+    import json
+
+    import psutil
+
+    from .models import DTYPES
+
+    if job.model in assets.BUNDLED:
+        folder = assets.bundled_model_dir(job.model)
+    elif Path(job.model).expanduser().is_dir():
+        folder = Path(job.model).expanduser()
+    else:
+        return None
+    files = list(folder.glob("*.safetensors"))
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    stored = {"float32": 4, "float16": 2, "bfloat16": 2}.get(config.get("dtype") or config.get("torch_dtype"), 4)
+    weights = sum(f.stat().st_size for f in files) * DTYPES[job.dtype].itemsize / stored
+    available = psutil.virtual_memory().available
+    if not files or weights * 1.2 <= available:
+        return None
+    return (f"the model's weights ({weights / 2**30:.1f} GiB in {job.dtype}) do not fit in the {available / 2**30:.1f} "
+            "GiB of free memory")
 
 
 def _push_refusal(job: PruneJob) -> str | None:
@@ -140,7 +176,10 @@ def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, l
     from .runs import run_record
 
     t = time.perf_counter()
-    if loaded is None:
+    streamed = None
+    if job.stream:
+        loaded, streamed = _open_streamed(job, emit)
+    elif loaded is None:
         loaded = load_model(job.model, dtype=job.dtype, trust_remote_code=job.trust_remote_code,
                             on_message=lambda message: emit(PipelineEvent("load", message)))
     timings = {"load_model": time.perf_counter() - t}
@@ -151,38 +190,138 @@ def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, l
 
         check_free_space(job.save, sum(p.numel() * p.element_size() for p in loaded.model.parameters()))
     info = describe_model(loaded.model)
-    pruner = Pruner(loaded.model, config, emit, cancel)
-    calibration = None
-    t = time.perf_counter()
-    if job.calib:
-        # Refuse what cannot fit before reading any text (the engine checks again with the real shape).
-        estimate = pruner.memory_estimate(job.nsamples, job.seqlen)
-        check_memory(estimate, pruner.device)
-        calibration = build_calibration(job.calib, loaded.tokenizer, job.nsamples, job.seqlen, job.seed,
-                                        job.mode, job.text_column, concat_separator=job.concat_separator)
-        emit(PipelineEvent("calibration", f"calibration {calibration.fingerprint}", calibration.describe()))
-        for note in calibration.notes:
-            emit(PipelineEvent("calibration", f"note: {note}"))
-    timings["calibration"] = time.perf_counter() - t
-    if calibration is not None:
-        estimate = pruner.memory_estimate(calibration.nsamples, calibration.seqlen)
-        emit(PipelineEvent("estimate", f"memory estimate: {estimate.describe()}", estimate.as_dict()))
-    result = pruner.run(calibration.input_ids if calibration is not None else None)
-    timings.update({f"prune_{k}": v for k, v in result.seconds.items()})
-    evaluation = evaluate_model(loaded, job.eval, job.eval_seqlen or job.seqlen, job.eval_windows, job.ppl_protocol,
-                                config.device, job.cloze_items, job.lm_eval_tasks, job.lm_eval_limit,
-                                job.lm_eval_include, emit, cancel)
-    timings.update(evaluation.timings)
-    record = run_record(job.model, info, calibration, result, evaluation.perplexities, timings, loaded.notes)
-    record.update(evaluation.extras)
-    record["run_id"] = run_id
-    record["job"] = {k: v for k, v in asdict(job).items() if k != "config"}
-    if job.keep_masks:
-        from .metrics.agreement import save_masks
+    with _streamed_output(job) as out:
+        sink = _BlockSink(out, streamed, job.keep_masks) if streamed is not None else None
+        pruner = Pruner(loaded.model, config, emit, cancel, streamed=streamed, on_block_pruned=sink)
+        calibration = None
+        t = time.perf_counter()
+        if job.calib:
+            # Refuse what cannot fit before reading any text (the engine checks again with the real shape).
+            estimate = pruner.memory_estimate(job.nsamples, job.seqlen)
+            check_memory(estimate, pruner.device)
+            calibration = build_calibration(job.calib, loaded.tokenizer, job.nsamples, job.seqlen, job.seed,
+                                            job.mode, job.text_column, concat_separator=job.concat_separator)
+            emit(PipelineEvent("calibration", f"calibration {calibration.fingerprint}", calibration.describe()))
+            for note in calibration.notes:
+                emit(PipelineEvent("calibration", f"note: {note}"))
+        timings["calibration"] = time.perf_counter() - t
+        if calibration is not None:
+            estimate = pruner.memory_estimate(calibration.nsamples, calibration.seqlen)
+            emit(PipelineEvent("estimate", f"memory estimate: {estimate.describe()}", estimate.as_dict()))
+        result = pruner.run(calibration.input_ids if calibration is not None else None)
+        timings.update({f"prune_{k}": v for k, v in result.seconds.items()})
+        pruned = None
+        if sink is not None:  # the pruned model is now the folder: evaluate it from there, block by block
+            from .prune.streaming import StreamedModel
 
-        record["masks"] = str(save_masks(loaded.model, store.path.parent / "masks" / f"run-{run_id}.npz"))
+            sink.finish(loaded.tokenizer)
+            pruned = StreamedModel(out, streamed.dtype, job.trust_remote_code)
+        evaluation = evaluate_model(loaded, job.eval, job.eval_seqlen or job.seqlen, job.eval_windows,
+                                    job.ppl_protocol, config.device, job.cloze_items, job.lm_eval_tasks,
+                                    job.lm_eval_limit, job.lm_eval_include, emit, cancel, streamed=pruned)
+        timings.update(evaluation.timings)
+        record = run_record(job.model, info, calibration, result, evaluation.perplexities, timings, loaded.notes)
+        record.update(evaluation.extras)
+        record["run_id"] = run_id
+        record["job"] = {k: v for k, v in asdict(job).items() if k != "config"}
+        if job.keep_masks:
+            from .metrics.agreement import save_masks, write_masks
+
+            path = store.path.parent / "masks" / f"run-{run_id}.npz"
+            record["masks"] = str(write_masks(sink.masks, path) if sink is not None else save_masks(loaded.model, path))
+        if sink is not None and job.save:
+            record["saved"] = sink.describe(job, record, calibration, loaded.tokenizer)
     _write_outputs(job, loaded, record, calibration, emit, push_refused)
     return record
+
+
+def _open_streamed(job: PruneJob, emit):
+    """The job's model with its blocks left on disk, and a LoadedModel view of it (tokenizer, notes)."""
+    from transformers import AutoTokenizer
+
+    from .errors import ConfigError, ModelLoadError
+    from .models import DTYPES, LoadedModel, family_of
+    from .prune.streaming import StreamedModel
+
+    if job.cloze_items or job.lm_eval_tasks is not None:
+        raise ConfigError("A streamed run measures perplexity only (block by block): drop --cloze/--lm-eval, or "
+                          "evaluate the saved folder afterwards.")
+    if job.model in assets.BUNDLED:
+        folder, notes = assets.bundled_model_dir(job.model, lambda m: emit(PipelineEvent("load", m))), \
+            [assets.BUNDLED[job.model].caveat]
+    elif Path(job.model).expanduser().is_dir():
+        folder, notes = Path(job.model).expanduser(), []
+    else:
+        raise ModelLoadError(f"Streaming reads the model's files from disk: download '{job.model}' first (`hf download "
+                             f"{job.model} --local-dir DIR`) and pass the folder.")
+    streamed = StreamedModel(folder, DTYPES[job.dtype], job.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=job.trust_remote_code)
+    notes.append("streamed: each decoder block was read from disk for its turn and written out after it")
+    return LoadedModel(streamed.model, tokenizer, job.model, str(folder), family_of(streamed.model), notes), streamed
+
+
+def _streamed_output(job: PruneJob):
+    """Where a streamed run writes the pruned model: the save folder (appearing whole or not at all), or
+    a temporary folder when not saving. Nothing for a run in memory."""
+    from .files import atomic_folder
+
+    if not job.stream:
+        return contextlib.nullcontext()
+    if job.save:
+        return atomic_folder(job.save, job.overwrite)
+    return _scratch_folder()
+
+
+@contextlib.contextmanager
+def _scratch_folder():
+    """A folder in the cache for a streamed run that saves nothing, removed when the run ends."""
+    scratch = cache_dir() / "streamed"
+    scratch.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=scratch))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class _BlockSink:
+    """Receives each pruned block of a streamed run: writes its shard and keeps its masks."""
+
+    def __init__(self, folder, streamed, keep_masks: bool):
+        from .saved_model import ShardWriter
+
+        self.writer = ShardWriter(folder, len(streamed.blocks))
+        self.streamed, self.keep_masks, self.masks = streamed, keep_masks, {}
+
+    def __call__(self, index: int, tensors: dict) -> None:
+        from .metrics.agreement import block_masks
+
+        self.writer.add_block(index, tensors)
+        if self.keep_masks:
+            self.masks.update(block_masks(index, self.streamed.blocks[index]))
+
+    def finish(self, tokenizer) -> None:
+        self.writer.finish(self.streamed.other_tensors(), self.streamed.model, tokenizer)
+
+    def describe(self, job: PruneJob, record: dict, calibration, tokenizer) -> dict:
+        """The model card and report in the streamed folder; what the record keeps about it."""
+        from .model_card import model_card
+        from .runs import write_json
+        from .saved_model import CARD_NAME, REPORT_NAME, folder_bytes
+
+        folder = self.writer.folder
+        samples = [tokenizer.decode(ids[:64], skip_special_tokens=True) for ids in calibration.input_ids[:3]] \
+            if calibration is not None else []
+        saved = {"path": str(Path(job.save).expanduser().absolute()), "format": "safetensors (dense, sharded per block)",
+                 "weights_bytes": self.writer.total_bytes, "bitmask_estimate_bytes": None,
+                 "reload_check": {"checked": False, "reason": "a streamed run never holds the whole model to compare "
+                                                              "with; its perplexity was measured from the saved files"}}
+        (folder / CARD_NAME).write_text(model_card(record, job, samples))
+        for extra in filter(None, [assets.license_file(job.model)]):
+            shutil.copy(extra, folder)
+        write_json(folder / REPORT_NAME, {**record, "saved": saved})
+        saved["bytes"] = folder_bytes(folder)
+        return saved
 
 
 DENSE = "dense"  # the method name of a baseline run: the unpruned model, evaluated
@@ -227,10 +366,15 @@ class Evaluation:
 def evaluate_model(loaded, sources: list[str], seqlen: int, windows: int | None = None, protocol: str = "heldout",
                    device: str = "auto", cloze_items: int = 0, lm_eval_tasks: list[str] | None = None,
                    lm_eval_limit: int | None = None, lm_eval_include: str | None = None, on_event=None,
-                   cancel=None) -> Evaluation:
+                   cancel=None, streamed=None) -> Evaluation:
     """Perplexity on each source, then the cloze proxy and lm-eval accuracies asked for, each result
-    emitted as it comes. A pruning run and `python -m calib_core eval` evaluate through this."""
-    from .metrics.perplexity import perplexity
+    emitted as it comes. A pruning run and `python -m calib_core eval` evaluate through this.
+    `streamed` (a StreamedModel; `loaded` then only gives the tokenizer): perplexity block by block."""
+    from functools import partial
+
+    from .metrics.perplexity import perplexity, streamed_perplexity
+
+    measure = partial(streamed_perplexity, streamed) if streamed is not None else partial(perplexity, loaded.model)
 
     emit = on_event or (lambda event: None)
     perplexities, extras = [], {}
@@ -239,8 +383,7 @@ def evaluate_model(loaded, sources: list[str], seqlen: int, windows: int | None 
             raise PruningCancelled("Cancelled before evaluation.")
         emit(PipelineEvent("eval", f"perplexity on {spec} ({number} of {len(sources)})",
                            {"source": spec, "number": number, "total": len(sources)}))
-        ppl = perplexity(loaded.model, loaded.tokenizer, spec, seqlen=seqlen, max_windows=windows, device=device,
-                         protocol=protocol)
+        ppl = measure(loaded.tokenizer, spec, seqlen=seqlen, max_windows=windows, device=device, protocol=protocol)
         perplexities.append(ppl)
         emit(PipelineEvent("ppl", f"ppl {spec}: {ppl.ppl:.3f} ({protocol}, {ppl.windows} x {ppl.seqlen} tokens, "
                                   f"{ppl.seconds:.1f} s)", ppl.as_dict()))
@@ -275,7 +418,7 @@ def _write_outputs(job: PruneJob, loaded, record: dict, calibration, emit, push_
     same model, or not at all; then the upload and the report file. What was saved goes in the record."""
     from .runs import write_json
 
-    if job.save:
+    if job.save and not job.stream:  # a streamed run wrote its folder block by block
         from .model_card import model_card
         from .saved_model import RELOAD_TOKENS, write_model_folder
 
@@ -291,6 +434,7 @@ def _write_outputs(job: PruneJob, loaded, record: dict, calibration, emit, push_
                                              model_card(record, job, samples), tokens, job.trust_remote_code,
                                              tuple(filter(None, [assets.license_file(job.model)])))
         record["timings"]["save"] = time.perf_counter() - t  # with the reload check
+    if job.save:
         saved = record["saved"]
         check = saved["reload_check"]
         emit(PipelineEvent("saved", f"saved pruned model to {job.save} ({saved['bytes'] / 2**20:.1f} MiB; "

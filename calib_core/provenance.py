@@ -38,9 +38,21 @@ def _git_commit() -> str | None:
 
 
 def peak_memory() -> dict:
-    import resource
-
-    peak = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    peak = {"peak_rss_bytes": _peak_rss()}
     if torch.cuda.is_available():
         peak["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
     return peak
+
+
+def _peak_rss() -> int:
+    """This process's own peak resident memory. Linux's VmHWM belongs to the process's memory map;
+    ru_maxrss instead carries over the peak of the process that started us (across fork and exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -147,8 +147,9 @@ def show_saved_model(run: dict) -> None:
     saved = record.get("saved")
     if saved:
         check = saved["reload_check"]
-        st.markdown(f"**Pruned model:** `{saved['path']}`, {saved['bytes'] / 2**20:.1f} MiB on disk ({saved['format']}; "
-                    f"a bitmask encoding would take about {saved['bitmask_estimate_bytes'] / 2**20:.1f} MiB). "
+        bitmask = saved["bitmask_estimate_bytes"]
+        st.markdown(f"**Pruned model:** `{saved['path']}`, {saved['bytes'] / 2**20:.1f} MiB on disk ({saved['format']}"
+                    + (f"; a bitmask encoding would take about {bitmask / 2**20:.1f} MiB" if bitmask else "") + "). "
                     + ("Checked after saving: it reloads with identical weights and logits."
                        if check["checked"] else f"Reload check skipped: {check['reason']}."))
         st.code(f'from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'

@@ -24,10 +24,21 @@ def save_masks(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the kept-weight masks of every prunable module (atomically) and return the path."""
     arrays = {}
     for b, block in enumerate(decoder_blocks(model)):
-        for name, module in prunable_modules(block).items():
-            kept = (weight_matrix(module) != 0).cpu().numpy()
-            arrays[f"{b}/{name}"] = np.packbits(kept, axis=None)
-            arrays[f"{b}/{name}#shape"] = np.asarray(kept.shape)
+        arrays.update(block_masks(b, block))
+    return write_masks(arrays, path)
+
+
+def block_masks(index: int, block: nn.Module) -> dict[str, np.ndarray]:
+    """One block's kept-weight masks, packed (a streamed run collects them block by block)."""
+    arrays = {}
+    for name, module in prunable_modules(block).items():
+        kept = (weight_matrix(module) != 0).cpu().numpy()
+        arrays[f"{index}/{name}"] = np.packbits(kept, axis=None)
+        arrays[f"{index}/{name}#shape"] = np.asarray(kept.shape)
+    return arrays
+
+
+def write_masks(arrays: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
     path = Path(path)
     with atomic_file(path) as tmp:
         with open(tmp, "wb") as handle:  # a file object: np.savez would append .npz to a name

@@ -63,6 +63,21 @@ def eval_token_stream(spec: str, tokenizer, part: str = "eval", protocol: str = 
     return torch.from_numpy(pool.token_docs[0].astype(np.int64))
 
 
+def evaluation_windows(spec: str, tokenizer, seqlen: int, max_windows: int | None, protocol: str,
+                       stream: torch.Tensor | None = None) -> torch.Tensor:
+    """[windows, seqlen] token ids: the non-overlapping windows a perplexity is measured on."""
+    check_protocol(protocol)
+    if stream is None:
+        stream = eval_token_stream(spec, tokenizer, protocol=protocol,
+                                   max_tokens=max_windows * seqlen if max_windows else None)
+    windows = stream.numel() // seqlen
+    if max_windows:
+        windows = min(windows, max_windows)
+    if windows < 1:
+        raise SourceError(f"'{spec}' has {stream.numel()} evaluation tokens, fewer than one window of {seqlen}.")
+    return stream[: windows * seqlen].view(windows, seqlen)
+
+
 def perplexity(
     model,
     tokenizer,
@@ -77,16 +92,7 @@ def perplexity(
     """Perplexity of `model` on the evaluation part of `spec` under `protocol` (or a given token
     `stream`, which the result still names with `protocol`)."""
     start = time.perf_counter()
-    check_protocol(protocol)
-    if stream is None:
-        stream = eval_token_stream(spec, tokenizer, protocol=protocol,
-                                   max_tokens=max_windows * seqlen if max_windows else None)
-    windows = stream.numel() // seqlen
-    if max_windows:
-        windows = min(windows, max_windows)
-    if windows < 1:
-        raise SourceError(f"'{spec}' has {stream.numel()} evaluation tokens, fewer than one window of {seqlen}.")
-    ids = stream[: windows * seqlen].view(windows, seqlen)
+    ids = evaluation_windows(spec, tokenizer, seqlen, max_windows, protocol, stream)
     target = resolve_device(device)
     home = next(model.parameters()).device
     if target != home:
@@ -103,6 +109,11 @@ def perplexity(
     finally:
         if target != home:
             model.to(home)
+    return _result(spec, total_nll, ids, protocol, start)
+
+
+def _result(spec: str, total_nll: float, ids: torch.Tensor, protocol: str, start: float) -> PerplexityResult:
+    windows, seqlen = ids.shape
     predicted = windows * (seqlen - 1)
     stream_made = (
         "every row of the split incl. empty rows, joined with '\\n\\n', tokenizer's default special tokens"
@@ -114,3 +125,29 @@ def perplexity(
     )
     return PerplexityResult(spec, math.exp(total_nll / predicted), seqlen, windows, predicted, described,
                             time.perf_counter() - start)
+
+
+def streamed_perplexity(streamed, tokenizer, spec: str, seqlen: int = 512, max_windows: int | None = None,
+                        device: str = "auto", protocol: str = "heldout") -> PerplexityResult:
+    """The same perplexity with the blocks read from disk one at a time (prune/streaming.StreamedModel):
+    every window through block i, then block i + 1, then the head one window at a time."""
+    from ..prune.capture import block_forward, capture_block_inputs
+
+    start = time.perf_counter()
+    ids = evaluation_windows(spec, tokenizer, seqlen, max_windows, protocol)
+    target = resolve_device(device)
+    total_nll = 0.0
+    with torch.inference_mode():
+        inputs = capture_block_inputs(streamed.model, ids, 1, target)
+        outputs = torch.empty_like(inputs.hidden)
+        for index, block in enumerate(streamed.blocks):
+            streamed.load_block(index, target)
+            try:
+                block_forward(block, inputs, index, outputs)
+            finally:
+                streamed.release_block(index)
+            inputs.hidden, outputs = outputs, inputs.hidden
+        for row in range(ids.shape[0]):  # one window at a time: no [windows, seqlen, vocab] logits
+            logits = streamed.logits(inputs.hidden[row : row + 1])[0]
+            total_nll += float(F.cross_entropy(logits[:-1].float(), ids[row, 1:].to(logits.device), reduction="sum"))
+    return _result(spec, total_nll, ids, protocol, start)

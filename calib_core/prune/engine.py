@@ -53,8 +53,13 @@ def _is_attention(name: str) -> bool:
 class Pruner:
     """One run of one method over one model. Use `prune_model` unless you need the pieces."""
 
-    def __init__(self, model, config: PruneConfig, on_event=None, cancel: CancelToken | None = None):
+    def __init__(self, model, config: PruneConfig, on_event=None, cancel: CancelToken | None = None,
+                 streamed=None, on_block_pruned: Callable | None = None):
+        """`streamed` (prune/streaming.StreamedModel of `model`): each block is read from disk for its
+        turn and released after it; `on_block_pruned(index, tensors)` receives each pruned block's
+        tensors first (to write them)."""
         self.model = model
+        self.streamed, self.on_block_pruned = streamed, on_block_pruned
         self.cfg = config.resolved()
         self.emit = on_event or (lambda event: None)
         self.cancel = cancel
@@ -139,19 +144,26 @@ class Pruner:
 
     def memory_estimate(self, nsamples: int, seqlen: int):
         needs = statistics_needed(self.cfg.method, self.cfg.base)
-        return estimate_memory(self.model, nsamples, seqlen, needs, self.device, self.cfg.batch_size)
+        return estimate_memory(self.model, nsamples, seqlen, needs, self.device, self.cfg.batch_size,
+                               streaming=self.streamed is not None)
 
     # ------------------------------------------------------------ internals
     def _check_cancel(self):
         if self.cancel is not None and self.cancel.is_set():
             raise PruningCancelled("Pruning cancelled; the model is partially pruned and should be reloaded.")
 
-    def _on_device(self, block):
-        if self.device.type != "cpu":
+    def _on_device(self, index: int, block):
+        if self.streamed is not None:
+            self.streamed.load_block(index, self.device)
+        elif self.device.type != "cpu":
             block.to(self.device)
 
-    def _off_device(self, block):
-        if self.device.type != "cpu":
+    def _off_device(self, index: int, block, pruned: bool = False):
+        if self.streamed is not None:
+            if pruned and self.on_block_pruned is not None:
+                self.on_block_pruned(index, self.streamed.block_tensors(index))
+            self.streamed.release_block(index)
+        elif self.device.type != "cpu":
             block.to("cpu")
 
     def _prune_blocks(self, inputs: BlockInputs | None, targets, allocation) -> list[BlockRecord]:
@@ -164,7 +176,7 @@ class Pruner:
         for index, block in enumerate(self.blocks):
             t_block = time.perf_counter()
             self._check_cancel()
-            self._on_device(block)
+            self._on_device(index, block)
             modules = prunable_modules(block)
             hooks = None
             if inputs is not None:
@@ -186,7 +198,7 @@ class Pruner:
                 if cfg.propagate == "pruned" and index < len(self.blocks) - 1:
                     block_forward(block, inputs, index, outputs)
                 inputs.hidden, outputs = outputs, inputs.hidden
-            self._off_device(block)
+            self._off_device(index, block, pruned=True)
             record = BlockRecord(
                 index=index,
                 name=f"block {index}",
@@ -260,7 +272,7 @@ class Pruner:
         ratios = []
         for index, block in enumerate(self.blocks):
             self._check_cancel()
-            self._on_device(block)
+            self._on_device(index, block)
             modules = prunable_modules(block)
             hooks = StatsHooks(modules, False, False, 0)
             try:
@@ -270,7 +282,7 @@ class Pruner:
             scores = [wanda_scores(weight_matrix(m), hooks.stats[n]) for n, m in modules.items()]
             ratios.append(outlier_ratio(scores, cfg.owl_m))
             inputs.hidden, outputs = outputs, inputs.hidden
-            self._off_device(block)
+            self._off_device(index, block)
             self.emit(StageEvent("outlier_scan", index + 1, len(self.blocks), 0.0))
         pattern = cfg.parsed_pattern
         if pattern.is_nm:

@@ -47,17 +47,23 @@ class MemoryEstimate:
 
 
 def estimate_memory(
-    model: nn.Module, nsamples: int, seqlen: int, needs: frozenset[str], device: torch.device, batch_size: int = 8
+    model: nn.Module, nsamples: int, seqlen: int, needs: frozenset[str], device: torch.device, batch_size: int = 8,
+    streaming: bool = False,
 ) -> MemoryEstimate:
     """Rough upper estimate of a run's memory on `device` (CPU: weights included); `needs` are the
-    statistics the method collects (methods.statistics_needed)."""
+    statistics the method collects (methods.statistics_needed). `streaming`: only one block's weights
+    are in memory at a time, besides the embeddings, norms and head (prune/streaming.py)."""
     blocks = decoder_blocks(model)
     dtype_bytes = next(model.parameters()).element_size()
     hidden = hidden_size(model)
     block_params = max(sum(p.numel() for p in b.parameters()) for b in blocks)
     modules = prunable_modules(blocks[0])
     widest = max(weight_matrix(m).shape[0] for m in modules.values())
-    if device.type == "cpu":
+    if streaming:
+        in_blocks = {id(p) for b in blocks for p in b.parameters()}
+        outside = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in in_blocks)
+        weights = block_params * dtype_bytes + (outside if device.type == "cpu" else 0)
+    elif device.type == "cpu":
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
     else:  # only one block lives on the accelerator at a time
         weights = block_params * dtype_bytes
