@@ -106,6 +106,10 @@ with st.container(border=True):
                              help=f"This app is shared: a folder inside {access_policy().workspace}."
                              if access_policy().shared else "Written whole when the run ends, report included.")
         overwrite = f2.checkbox("Replace a non-empty folder", help="Its files are removed.")
+        stream = st.checkbox("Stream the model's blocks from disk", last.get("stream", False),
+                             help="For a model larger than memory: each decoder block is read from its safetensors "
+                                  "files for its turn and written out after it. Chosen by itself, and said, when "
+                                  "the weights do not fit in free memory.")
     numbers = dict(nsamples=nsamples, seqlen=seqlen, seed=seed, eval_windows=eval_windows, owl_m=owl_m,
                    owl_lambda=owl_lambda, blocksize=blocksize, damp=damp, dsnot_cycles=dsnot_cycles,
                    dsnot_threshold=dsnot_threshold)
@@ -113,7 +117,7 @@ with st.container(border=True):
     kept = {key: value for key, value in numbers.items() if not any_invalid(value)}  # a bad entry is not remembered
     st.session_state.prune_form = last | dict(
         method=method, base=base, pattern=pattern, sparsity=sparsity, evals=evals, mode=mode, separator=separator,
-        ppl_protocol=ppl_protocol, save=save, **kept, **categorical)
+        ppl_protocol=ppl_protocol, save=save, stream=stream, **kept, **categorical)
     if method == "owl" and ":" in pattern and base != "wanda":
         st.caption(f"Mixed N:M on a {base} base is a Calibration Lab extension: the OWL authors mix N only for Wanda. "
                    "The run record says so.")
@@ -140,7 +144,7 @@ if submitted:
             trust_remote_code=st.session_state.model_options["trust_remote_code"], calib=calib, nsamples=int(nsamples),
             seqlen=int(seqlen), seed=int(seed), mode=mode, concat_separator=SEPARATORS[separator], config=config,
             eval=evals, ppl_protocol=ppl_protocol, eval_windows=int(eval_windows), save=save or None,
-            overwrite=overwrite,
+            overwrite=overwrite, stream=stream,
         )
         job = access_policy().job(job)  # a shared app confines paths and sizes
         check_outputs(job)  # a bad save folder fails now, not after the run
