@@ -210,15 +210,12 @@ def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, l
             emit(PipelineEvent("estimate", f"memory estimate: {estimate.describe()}", estimate.as_dict()))
         result = pruner.run(calibration.input_ids if calibration is not None else None)
         timings.update({f"prune_{k}": v for k, v in result.seconds.items()})
-        pruned = None
         if sink is not None:  # the pruned model is now the folder: evaluate it from there, block by block
-            from .prune.streaming import StreamedModel
-
             sink.finish(loaded.tokenizer)
-            pruned = StreamedModel(out, streamed.dtype, job.trust_remote_code)
+            streamed.read_from(out)
         evaluation = evaluate_model(loaded, job.eval, job.eval_seqlen or job.seqlen, job.eval_windows,
                                     job.ppl_protocol, config.device, job.cloze_items, job.lm_eval_tasks,
-                                    job.lm_eval_limit, job.lm_eval_include, emit, cancel, streamed=pruned)
+                                    job.lm_eval_limit, job.lm_eval_include, emit, cancel, streamed=streamed)
         timings.update(evaluation.timings)
         record = run_record(job.model, info, calibration, result, evaluation.perplexities, timings, loaded.notes)
         record.update(evaluation.extras)
@@ -288,20 +285,24 @@ class _BlockSink:
     """Receives each pruned block of a streamed run: writes its shard and keeps its masks."""
 
     def __init__(self, folder, streamed, keep_masks: bool):
+        from .prune.streaming import STREAMABLE_LAYERS
         from .saved_model import ShardWriter
 
-        self.writer = ShardWriter(folder, len(streamed.blocks))
+        outside = [n for n in streamed.files if not n.startswith(STREAMABLE_LAYERS + ".")]
+        self.writer = ShardWriter(folder, len(streamed.blocks) + len(outside))
         self.streamed, self.keep_masks, self.masks = streamed, keep_masks, {}
 
     def __call__(self, index: int, tensors: dict) -> None:
         from .metrics.agreement import block_masks
 
-        self.writer.add_block(index, tensors)
+        self.writer.add(tensors)
         if self.keep_masks:
             self.masks.update(block_masks(index, self.streamed.blocks[index]))
 
     def finish(self, tokenizer) -> None:
-        self.writer.finish(self.streamed.other_tensors(), self.streamed.model, tokenizer)
+        for name, tensor in self.streamed.other_tensors():
+            self.writer.add({name: tensor})
+        self.writer.finish(self.streamed.model, tokenizer)
 
     def describe(self, job: PruneJob, record: dict, calibration, tokenizer) -> dict:
         """The model card and report in the streamed folder; what the record keeps about it."""

@@ -144,30 +144,29 @@ def push_folder(folder: str, repo: str, message: str) -> str:
 
 
 class ShardWriter:
-    """A Hugging Face folder written block by block (a streamed prune): one safetensors shard per
-    decoder block as it is pruned, then the rest (embeddings, norms, head), the index, the config and
-    the tokenizer. `AutoModelForCausalLM.from_pretrained` loads the result."""
+    """A Hugging Face folder written piece by piece (a streamed prune): one safetensors shard per decoder
+    block as it is pruned, then one per remaining tensor (embeddings, norms, head: one at a time in
+    memory), the index, the config and the tokenizer. `AutoModelForCausalLM.from_pretrained` loads it."""
 
-    def __init__(self, folder: Path, blocks: int):
-        self.folder, self.shards = Path(folder), blocks + 1
+    def __init__(self, folder: Path, shards: int):
+        self.folder, self.shards, self.written = Path(folder), shards, 0
         self.weight_map: dict[str, str] = {}
         self.total_bytes = 0
 
-    def _write(self, number: int, tensors: dict[str, torch.Tensor]) -> None:
+    def add(self, tensors: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
 
-        name = f"model-{number:05d}-of-{self.shards:05d}.safetensors"
+        self.written += 1
+        name = f"model-{self.written:05d}-of-{self.shards:05d}.safetensors"
         save_file(tensors, self.folder / name, metadata={"format": "pt"})
         self.weight_map.update({key: name for key in tensors})
         self.total_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
 
-    def add_block(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
-        self._write(index + 1, tensors)
-
-    def finish(self, rest: dict[str, torch.Tensor], model: torch.nn.Module, tokenizer) -> None:
+    def finish(self, model: torch.nn.Module, tokenizer) -> None:
         import json
 
-        self._write(self.shards, rest)
+        if self.written != self.shards:
+            raise RuntimeError(f"{self.written} of {self.shards} shards written")  # a bug, not a user error
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(self.weight_map.items()))}
         (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         model.config.save_pretrained(self.folder)

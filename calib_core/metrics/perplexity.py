@@ -127,6 +127,9 @@ def _result(spec: str, total_nll: float, ids: torch.Tensor, protocol: str, start
                             time.perf_counter() - start)
 
 
+LOGIT_CHUNK = 128  # positions whose logits a streamed perplexity holds at once
+
+
 def streamed_perplexity(streamed, tokenizer, spec: str, seqlen: int = 512, max_windows: int | None = None,
                         device: str = "auto", protocol: str = "heldout") -> PerplexityResult:
     """The same perplexity with the blocks read from disk one at a time (prune/streaming.StreamedModel):
@@ -138,7 +141,8 @@ def streamed_perplexity(streamed, tokenizer, spec: str, seqlen: int = 512, max_w
     target = resolve_device(device)
     total_nll = 0.0
     with torch.inference_mode():
-        inputs = capture_block_inputs(streamed.model, ids, 1, target)
+        with streamed.embeddings():
+            inputs = capture_block_inputs(streamed.model, ids, 1, target)
         outputs = torch.empty_like(inputs.hidden)
         for index, block in enumerate(streamed.blocks):
             streamed.load_block(index, target)
@@ -147,7 +151,14 @@ def streamed_perplexity(streamed, tokenizer, spec: str, seqlen: int = 512, max_w
             finally:
                 streamed.release_block(index)
             inputs.hidden, outputs = outputs, inputs.hidden
-        for row in range(ids.shape[0]):  # one window at a time: no [windows, seqlen, vocab] logits
-            logits = streamed.logits(inputs.hidden[row : row + 1])[0]
-            total_nll += float(F.cross_entropy(logits[:-1].float(), ids[row, 1:].to(logits.device), reduction="sum"))
+        seqlen = ids.shape[1]
+        try:
+            for row in range(ids.shape[0]):  # LOGIT_CHUNK positions at a time: no [seqlen, vocab] logits
+                for begin in range(0, seqlen - 1, LOGIT_CHUNK):
+                    end = min(begin + LOGIT_CHUNK, seqlen - 1)
+                    logits = streamed.logits(inputs.hidden[row : row + 1, begin:end])[0].float()
+                    total_nll += float(F.cross_entropy(logits, ids[row, begin + 1 : end + 1].to(logits.device),
+                                                       reduction="sum"))
+        finally:
+            streamed.release_head()
     return _result(spec, total_nll, ids, protocol, start)

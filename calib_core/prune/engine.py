@@ -10,6 +10,7 @@ ordering; the methods only turn statistics and a weight into a mask (and SparseG
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -102,7 +103,8 @@ class Pruner:
             t = time.perf_counter()
             inputs = None
             if calibration is not None:
-                inputs = capture_block_inputs(self.model, calibration, cfg.batch_size, self.device)
+                with self._embeddings():
+                    inputs = capture_block_inputs(self.model, calibration, cfg.batch_size, self.device)
                 self.emit(StageEvent("capture", 1, 1, time.perf_counter() - t))
             seconds["capture"] = time.perf_counter() - t
             t = time.perf_counter()
@@ -151,6 +153,10 @@ class Pruner:
     def _check_cancel(self):
         if self.cancel is not None and self.cancel.is_set():
             raise PruningCancelled("Pruning cancelled; the model is partially pruned and should be reloaded.")
+
+    def _embeddings(self):
+        """The input embedding in memory for the capture (a streamed model loads it just for that)."""
+        return self.streamed.embeddings() if self.streamed is not None else contextlib.nullcontext()
 
     def _on_device(self, index: int, block):
         if self.streamed is not None:
@@ -267,7 +273,8 @@ class Pruner:
     def _owl_allocation(self, calibration: torch.Tensor):
         """Pass 1 on the dense model: outlier ratio of each block's Wanda scores."""
         cfg = self.cfg
-        inputs = capture_block_inputs(self.model, calibration, cfg.batch_size, self.device)
+        with self._embeddings():
+            inputs = capture_block_inputs(self.model, calibration, cfg.batch_size, self.device)
         outputs = torch.empty_like(inputs.hidden)
         ratios = []
         for index, block in enumerate(self.blocks):

@@ -5,6 +5,8 @@ engine and the streamed perplexity drive it block by block."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -32,6 +34,15 @@ def weight_files(folder: Path) -> dict[str, Path]:
         return {name: single for name in handle.keys()}
 
 
+def _return_freed_memory() -> None:
+    """Give freed heap memory back to the system (glibc keeps it, and the next block's tensors, of other
+    sizes, would not reuse all of it: without this the process grows by ~60% of a block per block)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class StreamedModel:
     """A causal LM whose decoder blocks stay on disk until `load_block`. Weights are cast to `dtype`."""
 
@@ -55,15 +66,35 @@ class StreamedModel:
         if missing:
             raise UnsupportedModelError(f"'{folder}' names its tensors differently from the model's parameters (no "
                                         f"{missing[0]}): streaming needs a checkpoint saved by transformers.")
-        rest = [n for n, _ in self.model.named_parameters() if not n.startswith(STREAMABLE_LAYERS + ".")]
-        self._read(self.model, {n: n for n in rest if n in self.files}, torch.device("cpu"))
-        if any(n not in self.files for n in rest):  # a tied head shares the embedding
-            self.model.tie_weights()
-        still_meta = [n for n, p in self.model.named_parameters()
-                      if p.is_meta and not n.startswith(STREAMABLE_LAYERS + ".")]
-        if still_meta:
-            raise ModelLoadError(f"'{folder}' lacks {still_meta[0]}.")
+        self.embedding = _param_name(self.model, self.model.get_input_embeddings())
+        head = _param_name(self.model, self.model.get_output_embeddings())
+        self.head = head if head in self.files else None  # None: tied to the embedding (saved once)
+        outside = [n for n, _ in self.model.named_parameters() if not n.startswith(STREAMABLE_LAYERS + ".")]
+        absent = [n for n in outside if n not in self.files and n != head]
+        if absent:
+            raise ModelLoadError(f"'{folder}' lacks {absent[0]}.")
+        # Norms now (small); the embedding only around the embedding stage, the head only for logits.
+        self._read(self.model, {n: n for n in outside if n not in (self.embedding, head)}, torch.device("cpu"))
+        self._head_loaded = False
 
+    def read_from(self, folder: str | Path) -> None:
+        """Take the blocks (and the rest) from another folder of the same model from now on: the pruned
+        model a streamed run has just written."""
+        self.folder, self.files = Path(folder), weight_files(Path(folder))
+
+    @contextlib.contextmanager
+    def embeddings(self):
+        """The input embedding in memory while the block-0 inputs are captured, then released."""
+        self._read(self.model, {self.embedding: self.embedding}, torch.device("cpu"))
+        try:
+            yield
+        finally:
+            if not self._head_loaded or self.head is not None:  # a tied head still needs it
+                self._to_meta(self.model, [self.embedding])
+
+    def release_head(self) -> None:
+        self._to_meta(self.model, [self.head or self.embedding])
+        self._head_loaded = False
     def _block_names(self, index: int) -> list[str]:
         return [f"{STREAMABLE_LAYERS}.{index}.{name}" for name, _ in self.blocks[index].named_parameters()]
 
@@ -93,22 +124,41 @@ class StreamedModel:
 
     def release_block(self, index: int) -> None:
         """Back to the meta device: the block's memory is free (its buffers stay)."""
+        self._to_meta(self.blocks[index], [name for name, _ in self.blocks[index].named_parameters()])
+
+    def _to_meta(self, module: nn.Module, names: list[str]) -> None:
         from accelerate.utils import set_module_tensor_to_device
 
-        for name, _ in list(self.blocks[index].named_parameters()):
-            set_module_tensor_to_device(self.blocks[index], name, "meta")
+        for name in names:
+            set_module_tensor_to_device(module, name, "meta")
+        if module is self.model and self.head is None:
+            self.model.tie_weights()  # the head follows the embedding
+        _return_freed_memory()
 
-    def other_tensors(self) -> dict[str, torch.Tensor]:
-        """Everything outside the blocks (embeddings, final norm, an untied head), under checkpoint names
-        (named_parameters lists a tied head once, under the embedding's name, as save_pretrained does)."""
-        return {n: p.detach().contiguous() for n, p in self.model.named_parameters()
-                if not n.startswith(STREAMABLE_LAYERS + ".")}
+    def other_tensors(self):
+        """Everything outside the blocks (embeddings, final norm, an untied head) under checkpoint names,
+        read from the files one at a time (save_pretrained stores a tied head once, as the embedding)."""
+        from safetensors import safe_open
+
+        for name, path in self.files.items():
+            if not name.startswith(STREAMABLE_LAYERS + "."):
+                with safe_open(path, framework="pt") as handle:
+                    yield name, handle.get_tensor(name).to(self.dtype)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The head over the last block's outputs: final norm, output embedding, the family's soft cap
-        (computed where the head's weights are, in memory)."""
+        (computed where the head's weights are: in memory, loaded at the first call)."""
+        if not self._head_loaded:
+            self._read(self.model, {self.head or self.embedding: self.head or self.embedding}, torch.device("cpu"))
+            if self.head is None:
+                self.model.tie_weights()
+            self._head_loaded = True
         head = self.model.get_output_embeddings()
         hidden = hidden.to(head.weight.device)
         logits = head(self.model.model.norm(hidden))
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def _param_name(model: nn.Module, module: nn.Module) -> str:
+    return next(f"{name}.weight" for name, m in model.named_modules() if m is module)
