@@ -16,6 +16,13 @@ SAMPLE_LINES = 3  # calibration excerpts shown in the card
 SAMPLE_CHARS = 160
 
 
+def calibration_excerpts(calibration, tokenizer) -> list[str]:
+    """The first tokens of the first calibration samples, as text (none without calibration)."""
+    if calibration is None:
+        return []
+    return [tokenizer.decode(ids[:64], skip_special_tokens=True) for ids in calibration.input_ids[:SAMPLE_LINES]]
+
+
 def reproduce_command(job: PruneJob) -> str:
     """`python -m calib_core prune ...` with every setting of `job` that differs from the CLI's defaults."""
     config, defaults = job.config, PruneConfig()

@@ -102,7 +102,7 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=
     check_protocol(job.ppl_protocol)
     check_outputs(job)
     store = store or RunStore()
-    too_big = None if job.stream or loaded is not None else _too_big_for_memory(job)
+    too_big = None if job.stream or loaded is not None else _too_big_for_memory(job, emit)
     if too_big:  # said at once, and recorded: the run's job says --stream
         job = replace(job, stream=True)
         emit(PipelineEvent("load", f"note: {too_big}: streaming its blocks from disk"))
@@ -115,7 +115,16 @@ def run_prune_job(job: PruneJob, on_event=None, cancel=None, store=None, loaded=
     return _recorded(store, run_id, lambda: _run(job, config, run_id, emit, cancel, store, loaded, push_refused))
 
 
-def _too_big_for_memory(job: PruneJob) -> str | None:
+def _model_folder(spec: str, emit) -> Path | None:
+    """The folder a bundled alias (converted on first use, saying so) or a local folder spec names; None
+    for a hub id."""
+    if spec in assets.BUNDLED:
+        return assets.bundled_model_dir(spec, lambda message: emit(PipelineEvent("load", message)))
+    folder = Path(spec).expanduser()
+    return folder if folder.is_dir() else None
+
+
+def _too_big_for_memory(job: PruneJob, emit) -> str | None:
     """Why the job's model cannot be held in RAM (its weights in the job's dtype, with a fifth spare for
     activations and statistics), when its files are on disk; None when it fits or is not local."""
     import json
@@ -124,18 +133,15 @@ def _too_big_for_memory(job: PruneJob) -> str | None:
 
     from .models import DTYPES
 
-    if job.model in assets.BUNDLED:
-        folder = assets.bundled_model_dir(job.model)
-    elif Path(job.model).expanduser().is_dir():
-        folder = Path(job.model).expanduser()
-    else:
+    folder = _model_folder(job.model, emit)
+    files = list(folder.glob("*.safetensors")) if folder is not None else []
+    if not files:
         return None
-    files = list(folder.glob("*.safetensors"))
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
-    stored = {"float32": 4, "float16": 2, "bfloat16": 2}.get(config.get("dtype") or config.get("torch_dtype"), 4)
+    stored = DTYPES.get(config.get("dtype") or config.get("torch_dtype"), DTYPES["float32"]).itemsize
     weights = sum(f.stat().st_size for f in files) * DTYPES[job.dtype].itemsize / stored
     available = psutil.virtual_memory().available
-    if not files or weights * 1.2 <= available:
+    if weights * 1.2 <= available:
         return None
     return (f"the model's weights ({weights / 2**30:.1f} GiB in {job.dtype}) do not fit in the {available / 2**30:.1f} "
             "GiB of free memory")
@@ -243,16 +249,13 @@ def _open_streamed(job: PruneJob, emit):
     if job.cloze_items or job.lm_eval_tasks is not None:
         raise ConfigError("A streamed run measures perplexity only (block by block): drop --cloze/--lm-eval, or "
                           "evaluate the saved folder afterwards.")
-    if job.model in assets.BUNDLED:
-        folder, notes = assets.bundled_model_dir(job.model, lambda m: emit(PipelineEvent("load", m))), \
-            [assets.BUNDLED[job.model].caveat]
-    elif Path(job.model).expanduser().is_dir():
-        folder, notes = Path(job.model).expanduser(), []
-    else:
+    folder = _model_folder(job.model, emit)
+    if folder is None:
         raise ModelLoadError(f"Streaming reads the model's files from disk: download '{job.model}' first (`hf download "
                              f"{job.model} --local-dir DIR`) and pass the folder.")
     streamed = StreamedModel(folder, DTYPES[job.dtype], job.trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=job.trust_remote_code)
+    notes = [assets.BUNDLED[job.model].caveat] if job.model in assets.BUNDLED else []
     notes.append("streamed: each decoder block was read from disk for its turn and written out after it")
     return LoadedModel(streamed.model, tokenizer, job.model, str(folder), family_of(streamed.model), notes), streamed
 
@@ -306,22 +309,15 @@ class _BlockSink:
 
     def describe(self, job: PruneJob, record: dict, calibration, tokenizer) -> dict:
         """The model card and report in the streamed folder; what the record keeps about it."""
-        from .model_card import model_card
-        from .runs import write_json
-        from .saved_model import CARD_NAME, REPORT_NAME, folder_bytes
+        from .model_card import calibration_excerpts, model_card
+        from .saved_model import complete_folder
 
-        folder = self.writer.folder
-        samples = [tokenizer.decode(ids[:64], skip_special_tokens=True) for ids in calibration.input_ids[:3]] \
-            if calibration is not None else []
         saved = {"path": str(Path(job.save).expanduser().absolute()), "format": "safetensors (dense, sharded per block)",
                  "weights_bytes": self.writer.total_bytes, "bitmask_estimate_bytes": None,
                  "reload_check": {"checked": False, "reason": "a streamed run never holds the whole model to compare "
                                                               "with; its perplexity was measured from the saved files"}}
-        (folder / CARD_NAME).write_text(model_card(record, job, samples))
-        for extra in filter(None, [assets.license_file(job.model)]):
-            shutil.copy(extra, folder)
-        write_json(folder / REPORT_NAME, {**record, "saved": saved})
-        saved["bytes"] = folder_bytes(folder)
+        complete_folder(self.writer.folder, saved, record,
+                        model_card(record, job, calibration_excerpts(calibration, tokenizer)), _license_files(job))
         return saved
 
 
@@ -420,20 +416,16 @@ def _write_outputs(job: PruneJob, loaded, record: dict, calibration, emit, push_
     from .runs import write_json
 
     if job.save and not job.stream:  # a streamed run wrote its folder block by block
-        from .model_card import model_card
+        from .model_card import calibration_excerpts, model_card
         from .saved_model import RELOAD_TOKENS, write_model_folder
 
-        if calibration is not None:
-            tokens = calibration.input_ids[0]
-            samples = [loaded.tokenizer.decode(ids[:64], skip_special_tokens=True)
-                       for ids in calibration.input_ids[:3]]
-        else:  # no calibration text: fixed token ids serve the logits comparison as well
-            tokens = torch.arange(RELOAD_TOKENS) % loaded.model.config.vocab_size
-            samples = []
+        # The logits compared on reload: calibration text, or fixed token ids when there is none.
+        tokens = (calibration.input_ids[0] if calibration is not None
+                  else torch.arange(RELOAD_TOKENS) % loaded.model.config.vocab_size)
+        card = model_card(record, job, calibration_excerpts(calibration, loaded.tokenizer))
         t = time.perf_counter()
-        record["saved"] = write_model_folder(job.save, job.overwrite, loaded.model, loaded.tokenizer, record,
-                                             model_card(record, job, samples), tokens, job.trust_remote_code,
-                                             tuple(filter(None, [assets.license_file(job.model)])))
+        record["saved"] = write_model_folder(job.save, job.overwrite, loaded.model, loaded.tokenizer, record, card,
+                                             tokens, job.trust_remote_code, _license_files(job))
         record["timings"]["save"] = time.perf_counter() - t  # with the reload check
     if job.save:
         saved = record["saved"]
@@ -446,6 +438,11 @@ def _write_outputs(job: PruneJob, loaded, record: dict, calibration, emit, push_
     if job.report:
         write_json(job.report, record)
         emit(PipelineEvent("saved", f"report written to {job.report}", {"path": job.report}))
+
+
+def _license_files(job: PruneJob) -> tuple[Path, ...]:
+    """The base model's licence terms, which travel with every model saved from it."""
+    return tuple(filter(None, [assets.license_file(job.model)]))
 
 
 def _push(job: PruneJob, refused: str | None, emit) -> dict:

@@ -38,13 +38,13 @@ def _git_commit() -> str | None:
 
 
 def peak_memory() -> dict:
-    peak = {"peak_rss_bytes": _peak_rss()}
+    peak = {"peak_rss_bytes": peak_rss()}
     if torch.cuda.is_available():
         peak["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
     return peak
 
 
-def _peak_rss() -> int:
+def peak_rss() -> int:
     """This process's own peak resident memory. Linux's VmHWM belongs to the process's memory map;
     ru_maxrss instead carries over the peak of the process that started us (across fork and exec)."""
     try:

@@ -90,10 +90,7 @@ def write_model_folder(target: str, overwrite: bool, model: torch.nn.Module, tok
                        tokens: torch.Tensor, trust_remote_code: bool = False, extra_files: tuple[Path, ...] = ()) -> dict:
     """The folder appears whole, reloading to the same model, or not at all; `extra_files` (a base
     model's licence terms) are copied in. Returns what the run record keeps about it."""
-    import shutil
-
     from .files import atomic_folder
-    from .runs import write_json
 
     with atomic_folder(target, overwrite) as folder:
         model.save_pretrained(folder)
@@ -102,12 +99,22 @@ def write_model_folder(target: str, overwrite: bool, model: torch.nn.Module, tok
         saved = {"path": str(Path(target).expanduser().absolute()), "format": "safetensors (dense)",
                  "weights_bytes": sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")),
                  "bitmask_estimate_bytes": bitmask_bytes(model), "reload_check": reload}
-        (folder / CARD_NAME).write_text(card)
-        for extra in extra_files:
-            shutil.copy(extra, folder)
-        write_json(folder / REPORT_NAME, {**record, "saved": saved})  # all but the size of the folder itself
-        saved["bytes"] = folder_bytes(folder)
+        complete_folder(folder, saved, record, card, extra_files)
     return saved
+
+
+def complete_folder(folder: Path, saved: dict, record: dict, card: str, extra_files: tuple[Path, ...] = ()) -> None:
+    """The model card, `extra_files` (a base model's licence terms) and the run report with `saved` in a
+    saved folder; then `saved["bytes"]`, the folder's size (which the report inside cannot state)."""
+    import shutil
+
+    from .runs import write_json
+
+    (folder / CARD_NAME).write_text(card)
+    for extra in extra_files:
+        shutil.copy(extra, folder)
+    write_json(folder / REPORT_NAME, {**record, "saved": saved})
+    saved["bytes"] = folder_bytes(folder)
 
 
 def check_push(repo: str) -> None:

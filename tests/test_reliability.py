@@ -23,11 +23,10 @@ from tests.conftest import fill_disk
 from tests.tiny import save_tiny_folder
 
 ROOT = Path(__file__).resolve().parent.parent
-# A child's own peak RSS. Not getrusage's ru_maxrss: Linux keeps it across fork and exec, so a child of a
-# large pytest process would report the parent's peak. VmHWM belongs to the new address space.
-PEAK_RSS_MB = ("def peak_rss_mb():\n"
-               "    line = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
-               "    return int(line.split()[1]) / 1024\n")
+# A child's own peak RSS (provenance.peak_rss: not ru_maxrss, which Linux carries over from the pytest parent).
+PEAK_RSS_MB = ("from calib_core.provenance import peak_rss\n"
+               "def peak_rss_mb():\n"
+               "    return peak_rss() / 2**20\n")
 SAVED_FILES = {"config.json", "model.safetensors", "calib_lab_report.json", "tokenizer.json"}
 
 
