@@ -105,3 +105,25 @@ def test_patterns_parse():
 def test_nm_needs_divisible_width():
     with pytest.raises(ConfigError, match="multiple of 8"):
         magnitude_mask(torch.randn(4, 12), 0.0, Pattern(4, 8))
+
+
+@pytest.mark.parametrize("pattern", [UNSTRUCTURED, Pattern(2, 4)])
+def test_selection_a_few_rows_at_a_time_equals_the_whole_matrix_at_once(monkeypatch, pattern):
+    """Rows are independent: chunking (to keep temporaries small) must not change a single position."""
+    import calib_core.prune.masks as masks
+
+    torch.manual_seed(0)
+    W = torch.randn(37, 64)
+    W[3, :8] = 0.5  # ties at the threshold go through topk's exact count
+    X = torch.randn(128, 64)
+    stats = _stats(X, 4)
+    whole = wanda_mask(W, stats, 0.5, pattern)
+    scores = W.abs() * stats.feature_norm()
+    whole_scores = masks.mask_from_scores(scores, 0.5, pattern, per_row=True)
+    monkeypatch.setattr(masks, "ROW_CHUNK_ELEMENTS", 5 * 64)  # 8 chunks, the last one short
+    assert len(masks.row_chunks(37, 64)) == 8
+    assert torch.equal(wanda_mask(W, stats, 0.5, pattern), whole)
+    assert torch.equal(masks.mask_from_scores(scores, 0.5, pattern, per_row=True), whole_scores)
+    assert torch.equal(whole, whole_scores)
+    if not pattern.is_nm:
+        assert (whole.sum(1) == 32).all()

@@ -59,6 +59,29 @@ def test_sparsegpt_handles_dead_inputs():
     assert (new_W[:, 3] == 0).all()
 
 
+def test_the_last_user_of_a_hessian_gets_the_gram_matrix_itself_and_sparsegpt_may_overwrite_it():
+    """Memory: the engine hands the last module fed an input its Gram matrix (no copy), and SparseGPT
+    factorizes it in place and frees it; the results are those of the copying path, bit for bit."""
+    torch.manual_seed(2)
+    W = torch.randn(32, 64).to(torch.bfloat16)
+    stats = stats_for(correlated_inputs(), with_hessian=True)
+    copy = stats.hessian()
+    assert stats.gram is not None and copy.data_ptr() != stats.gram.data_ptr()
+    gram_ptr = stats.gram.data_ptr()
+    stats.last_use()
+    handed = stats.hessian()
+    assert handed.data_ptr() == gram_ptr and stats.gram is None and torch.equal(handed, copy)
+    with pytest.raises(RuntimeError, match="handed over"):
+        stats.hessian()
+    for pattern in (UNSTRUCTURED, Pattern(2, 4)):
+        reference_W, reference_mask = sparsegpt_prune(W, copy, 0.5, pattern, blocksize=16)
+        assert copy.untyped_storage().nbytes() > 0  # not overwritten unless asked
+        given = copy.clone()
+        new_W, mask = sparsegpt_prune(W, given, 0.5, pattern, blocksize=16, overwrite_hessian=True)
+        assert torch.equal(new_W, reference_W) and torch.equal(mask, reference_mask)
+        assert given.untyped_storage().nbytes() == 0  # its memory went back as soon as it was factorized
+
+
 def test_sparsegpt_zero_sparsity_keeps_weights():
     W = torch.randn(8, 16)
     stats = stats_for(correlated_inputs(128, 16), with_hessian=True)

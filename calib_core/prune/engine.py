@@ -11,6 +11,7 @@ ordering; the methods only turn statistics and a weight into a mask (and SparseG
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -24,7 +25,7 @@ from .capture import BlockInputs, StatsHooks, block_forward, capture_block_input
 from .config import PruneConfig
 from .dsnot import dsnot_refine
 from .events import AllocationEvent, BlockRecord, ModuleRecord, StageEvent
-from .masks import mask_from_scores
+from .masks import mask_from_scores, row_chunks
 from .memory import check_memory, estimate_memory
 from .methods import HESSIAN, MEAN_VAR, mask_method, statistics_needed
 from .owl import outlier_ratio, owl_nm_allocation, owl_sparsities
@@ -197,7 +198,9 @@ class Pruner:
             module_records = []
             for name, module in modules.items():
                 self._check_cancel()
-                module_records.append(self._prune_module(index, name, module, hooks, sparsity, pattern))
+                stats, recon_x = _take_inputs(hooks, name)
+                module_records.append(self._prune_module(index, name, module, stats, recon_x, sparsity, pattern))
+                del stats, recon_x  # the statistics are freed after their last module
                 self.emit(module_records[-1])
             if inputs is not None:
                 # The last block's outputs feed nothing we measure: skip its re-run.
@@ -220,11 +223,10 @@ class Pruner:
             self.emit(StageEvent("prune", index + 1, len(self.blocks), record.seconds))
         return records
 
-    def _prune_module(self, index, name, module, hooks, sparsity, pattern) -> ModuleRecord:
+    def _prune_module(self, index, name, module, stats, recon_x, sparsity, pattern) -> ModuleRecord:
         t = time.perf_counter()
         W = weight_matrix(module)
-        stats = hooks.stats.get(name) if hooks else None
-        original = W.float().clone() if hooks and name in hooks.recon_x else None
+        original = W.clone() if recon_x is not None else None  # the stored dtype: exact, half the fp32 bytes
         if self.cfg.method == "dsnot":
             mask, new_W = self._dsnot_prune(name, W, stats, sparsity, pattern)
         else:
@@ -232,12 +234,12 @@ class Pruner:
         if new_W is not None:
             set_weight_matrix(module, new_W)
         else:
-            W[mask] = 0
-        achieved = float((weight_matrix(module) == 0).sum()) / W.numel()
+            W.masked_fill_(mask, 0)  # not W[mask] = 0, which builds int64 indices of every pruned position
+        del mask, new_W
+        achieved = 1.0 - int(torch.count_nonzero(weight_matrix(module))) / W.numel()
         error = rel = None
         if original is not None:
-            error, rel = _reconstruction_error(hooks.recon_x[name].float(), original, weight_matrix(module).float(),
-                                               module.bias)
+            error, rel = _reconstruction_error(recon_x.float(), original, weight_matrix(module), module.bias)
         return ModuleRecord(
             block=index, name=name, shape=list(W.shape), target_sparsity=sparsity, pattern=str(pattern),
             sparsity=achieved, recon_error=error, rel_recon_error=rel, seconds=time.perf_counter() - t,
@@ -252,7 +254,7 @@ class Pruner:
         initial_metric = None
         if cfg.base == "sparsegpt" and cfg.dsnot_sparsegpt_init == "static":
             # The DSnoT authors' SparseGPT base: the static saliency per row, weights unchanged.
-            initial_metric = sparsegpt_static_scores(W, stats.hessian(), cfg.sparsegpt_damp)
+            initial_metric = sparsegpt_static_scores(W, stats.hessian(), cfg.sparsegpt_damp, overwrite_hessian=True)
             mask = mask_from_scores(initial_metric, sparsity, pattern, per_row=True)
         elif cfg.base == "sparsegpt" and not refine:
             return mask_method("sparsegpt").prune(W, stats, sparsity, pattern, cfg)
@@ -303,13 +305,29 @@ class Pruner:
         return targets, allocation
 
 
+def _take_inputs(hooks: StatsHooks | None, name: str):
+    """A module's statistics and reconstruction sample, removed from `hooks`: once the last module fed the
+    same input has taken them, they are freed (and SparseGPT may factorize that Hessian in place)."""
+    if hooks is None:
+        return None, None
+    stats = hooks.stats.pop(name, None)
+    if stats is not None and not any(other is stats for other in hooks.stats.values()):
+        stats.last_use()
+    return stats, hooks.recon_x.pop(name, None)
+
+
 def _reconstruction_error(x: torch.Tensor, original: torch.Tensor, pruned: torch.Tensor, bias) -> tuple:
-    """||X (W - W')^T|| and that relative to the dense output ||X W^T + b||."""
-    error = float(torch.linalg.matrix_norm(x @ (original - pruned).t()))
-    dense_out = x @ original.t()
-    if bias is not None:
-        dense_out += bias.float()
-    denom = float(torch.linalg.matrix_norm(dense_out))
+    """||X (W - W')^T|| and that relative to the dense output ||X W^T + b||: products in fp32, a few
+    output rows at a time (squared norms add up over output features), sums in fp64."""
+    error_sq = dense_sq = 0.0
+    for rows in row_chunks(*original.shape):
+        dense = original[rows].float()
+        error_sq += float((x @ (dense - pruned[rows].float()).t()).double().square().sum())
+        dense_out = x @ dense.t()
+        if bias is not None:
+            dense_out += bias[rows].float()
+        dense_sq += float(dense_out.double().square().sum())
+    error, denom = math.sqrt(error_sq), math.sqrt(dense_sq)
     return error, (error / denom if denom > 0 else None)
 
 

@@ -51,11 +51,30 @@ def check_sparsity(sparsity: float) -> None:
         raise ConfigError(f"Sparsity must be in [0, 1) (fraction of weights pruned), got {sparsity!r}.")
 
 
+# Rows are scored and selected this many elements at a time (4 MB of fp32 scores): a selection's
+# temporaries (kthvalue copies its input and makes int64 indices, 12 bytes per element) then stay
+# small next to the weight matrix, which matters most when a streamed model holds little else.
+ROW_CHUNK_ELEMENTS = 1 << 20
+
+
+def row_chunks(rows: int, cols: int) -> list[slice]:
+    """Consecutive row ranges of about ROW_CHUNK_ELEMENTS elements each (at least one row)."""
+    step = max(1, ROW_CHUNK_ELEMENTS // max(cols, 1))
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
 def lowest_per_row(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Prune exactly floor(in * sparsity) lowest-scoring weights in every row."""
     k = int(scores.shape[1] * sparsity)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
     if k == 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
+        return mask
+    for rows in row_chunks(*scores.shape):
+        mask[rows] = _lowest_k_per_row(scores[rows], k)
+    return mask
+
+
+def _lowest_k_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
     # kthvalue + compare is about twice as fast as topk; rows with ties at the threshold would
     # prune too many, so those rows fall back to topk's exact count.
     mask = scores <= torch.kthvalue(scores, k, dim=1, keepdim=True).values
@@ -91,8 +110,10 @@ def lowest_n_of_m(scores: torch.Tensor, pattern: Pattern) -> torch.Tensor:
     if pattern.n == 0:
         return mask
     groups = scores.reshape(out_features, in_features // pattern.m, pattern.m)
-    idx = torch.topk(groups, pattern.n, dim=2, largest=False).indices
-    mask.view(out_features, in_features // pattern.m, pattern.m).scatter_(2, idx, True)
+    mask_groups = mask.view(out_features, in_features // pattern.m, pattern.m)
+    for rows in row_chunks(out_features, in_features):
+        idx = torch.topk(groups[rows], pattern.n, dim=2, largest=False).indices
+        mask_groups[rows].scatter_(2, idx, True)
     return mask
 
 

@@ -60,7 +60,7 @@ def _wanda(weight, stats, sparsity, pattern, config):
 
 def _sparsegpt(weight, stats, sparsity, pattern, config):
     new_weight, mask = sparsegpt_prune(weight, stats.hessian(), sparsity, pattern, config.sparsegpt_blocksize,
-                                       config.sparsegpt_damp)
+                                       config.sparsegpt_damp, overwrite_hessian=True)  # hessian() is ours
     return mask, new_weight
 
 

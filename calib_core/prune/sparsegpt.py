@@ -15,9 +15,11 @@ def sparsegpt_prune(
     pattern: Pattern,
     blocksize: int = 128,
     damp: float = 0.01,
+    overwrite_hessian: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (updated weight [out, in] in fp32, mask with True = pruned)."""
-    W, Hinv = _prepared(weight, hessian, damp)
+    """Return (updated weight [out, in] in fp32, mask with True = pruned). `overwrite_hessian`: factorize
+    `hessian` (fp32) in place instead of a copy, for a caller that no longer needs it."""
+    W, Hinv = _prepared(weight, hessian, damp, overwrite_hessian)
     rows, cols = W.shape
 
     mask = torch.zeros_like(W, dtype=torch.bool)
@@ -53,25 +55,37 @@ def sparsegpt_prune(
     return W, mask
 
 
-def sparsegpt_static_scores(weight: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+def sparsegpt_static_scores(weight: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01,
+                            overwrite_hessian: bool = False) -> torch.Tensor:
     """SparseGPT's saliency W^2 / diag(Hinv)^2 on the unchanged weights, without the column-by-column
     updates: the DSnoT authors' initial metric for their SparseGPT base."""
-    W, Hinv = _prepared(weight, hessian, damp)
+    W, Hinv = _prepared(weight, hessian, damp, overwrite_hessian)
     return W.square() / torch.diag(Hinv).square().unsqueeze(0)
 
 
-def _prepared(weight: torch.Tensor, hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 copies: dead inputs (H_jj = 0) get H_jj = 1 and W[:, j] = 0; damped H; Hinv's upper factor."""
-    W = weight.detach().clone().float()
-    H = hessian.detach().clone().float()
+def _prepared(weight: torch.Tensor, hessian: torch.Tensor, damp: float,
+              overwrite_hessian: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32: dead inputs (H_jj = 0) get H_jj = 1 and W[:, j] = 0; damped H; Hinv's upper factor. The
+    factor is made before the weight copy, so that at most two [in, in] matrices and no weight copy
+    are alive at once."""
+    H = hessian.detach()
+    if not (overwrite_hessian and H.dtype == torch.float32):
+        H = H.to(torch.float32, copy=True)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
-    W[:, dead] = 0.0
     H.diagonal().add_(damp * torch.mean(torch.diag(H)))
-    return W, _upper_cholesky_of_inverse(H)
+    Hinv = _upper_cholesky_of_inverse(H)
+    W = weight.detach().to(torch.float32, copy=True)
+    W[:, dead] = 0.0
+    return W, Hinv
 
 
 def _upper_cholesky_of_inverse(H: torch.Tensor) -> torch.Tensor:
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.cholesky_inverse(L)
-    return torch.linalg.cholesky(Hinv, upper=True)
+    """The upper Cholesky factor of H's inverse. H (ours to overwrite) holds the first two steps in
+    place and its memory is released at the end, whoever else refers to it. The factor is a new
+    tensor, as LAPACK lays it out (column-major): the column updates' rounding depends on that."""
+    torch.linalg.cholesky(H, out=H)
+    torch.cholesky_inverse(H, out=H)
+    factor = torch.linalg.cholesky(H, upper=True)
+    H.untyped_storage().resize_(0)
+    return factor

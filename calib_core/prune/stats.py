@@ -22,6 +22,7 @@ class InputStats:
         )
         self.tokens = 0
         self.samples = 0
+        self._hand_over_gram = False
 
     def add(self, x: torch.Tensor, samples: int) -> None:
         """`x` is [samples, tokens, in] or the [tokens, in] of one sample."""
@@ -42,10 +43,20 @@ class InputStats:
         return (self.sum_sq / max(self.samples, 1)).sqrt()
 
     def hessian(self) -> torch.Tensor:
-        """SparseGPT's H = (2 / n) sum X^T X, n = number of calibration samples."""
+        """SparseGPT's H = (2 / n) sum X^T X, n = number of calibration samples: a new tensor the caller
+        owns. After `last_use()`, the accumulated Gram matrix itself, scaled in place, which these
+        statistics then no longer hold (one [in, in] matrix less in memory)."""
         if self.gram is None:
-            raise RuntimeError("Hessian requested from statistics collected without it.")
-        return self.gram * (2.0 / max(self.samples, 1))
+            raise RuntimeError("Hessian requested from statistics collected without it (or already handed over).")
+        scale = 2.0 / max(self.samples, 1)
+        if self._hand_over_gram:
+            gram, self.gram = self.gram, None
+            return gram.mul_(scale)
+        return self.gram * scale
+
+    def last_use(self) -> None:
+        """The next `hessian()` is the last one: it may hand over the Gram matrix instead of a copy."""
+        self._hand_over_gram = True
 
     def token_sum_mean(self) -> torch.Tensor:
         """DSnoT's mean: per-feature token sums averaged over samples."""

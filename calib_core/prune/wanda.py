@@ -2,7 +2,7 @@
 
 import torch
 
-from .masks import Pattern, mask_from_scores
+from .masks import Pattern, mask_from_scores, row_chunks
 from .stats import InputStats
 
 
@@ -11,4 +11,8 @@ def wanda_scores(weight: torch.Tensor, stats: InputStats) -> torch.Tensor:
 
 
 def wanda_mask(weight: torch.Tensor, stats: InputStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
-    return mask_from_scores(wanda_scores(weight, stats), sparsity, pattern, per_row=True)
+    """Scored and selected a few rows at a time (rows are independent): no fp32 copy of the whole matrix."""
+    mask = torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
+    for rows in row_chunks(*weight.shape):
+        mask[rows] = mask_from_scores(wanda_scores(weight[rows], stats), sparsity, pattern, per_row=True)
+    return mask
