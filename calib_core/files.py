@@ -154,6 +154,19 @@ def atomic_folder(target: str | os.PathLike, overwrite: bool = False):
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
+@contextmanager
+def scratch_folder(parent: str | os.PathLike, name: str = "scratch"):
+    """Yield a new temporary folder in `parent`, removed when the block ends (whatever the outcome);
+    named like our temporaries, so that the one a killed process leaves is cleaned at the next start."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=_temporary_name(parent / name)))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE), so a kill never leaves
     neither; False where the system or file system does not offer it."""

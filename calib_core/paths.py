@@ -23,3 +23,8 @@ def data_dir() -> Path:
     path = Path(os.environ.get("CALIB_LAB_DATA") or platformdirs.user_data_dir(APP_NAME))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def streamed_scratch_dir() -> Path:
+    """Where a streamed run that saves nothing writes its pruned model for the evaluation (removed after)."""
+    return cache_dir() / "streamed"

@@ -4,8 +4,6 @@ The CLI and the app both drive this, so a run means the same thing everywhere.""
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -16,7 +14,7 @@ import torch
 from . import assets
 from .data.sources import DEFAULT_CONCAT_SEPARATOR, build_calibration, check_mode
 from .errors import PruningCancelled
-from .paths import cache_dir
+from .paths import streamed_scratch_dir
 from .prune import PruneConfig
 
 if TYPE_CHECKING:
@@ -196,8 +194,9 @@ def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, l
 
         check_free_space(job.save, sum(p.numel() * p.element_size() for p in loaded.model.parameters()))
     info = describe_model(loaded.model)
-    with _streamed_output(job) as out:
-        sink = _BlockSink(out, streamed, job.keep_masks) if streamed is not None else None
+    masks_path = store.path.parent / "masks" / f"run-{run_id}.npz"
+    with _streamed_output(job) as out, _streamed_masks(job, masks_path) as add_masks:
+        sink = _BlockSink(out, streamed, add_masks) if streamed is not None else None
         pruner = Pruner(loaded.model, config, emit, cancel, streamed=streamed, on_block_pruned=sink)
         calibration = None
         t = time.perf_counter()
@@ -228,10 +227,9 @@ def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, l
         record["run_id"] = run_id
         record["job"] = {k: v for k, v in asdict(job).items() if k != "config"}
         if job.keep_masks:
-            from .metrics.agreement import save_masks, write_masks
+            from .metrics.agreement import save_masks
 
-            path = store.path.parent / "masks" / f"run-{run_id}.npz"
-            record["masks"] = str(write_masks(sink.masks, path) if sink is not None else save_masks(loaded.model, path))
+            record["masks"] = str(masks_path if sink is not None else save_masks(loaded.model, masks_path))
         if sink is not None and job.save:
             record["saved"] = sink.describe(job, record, calibration, loaded.tokenizer)
     _write_outputs(job, loaded, record, calibration, emit, push_refused)
@@ -272,39 +270,43 @@ def _streamed_output(job: PruneJob):
     return _scratch_folder()
 
 
-@contextlib.contextmanager
+def _streamed_masks(job: PruneJob, path: Path):
+    """Where a streamed run writes its masks block by block (the whole model's never in memory at once):
+    `add(arrays)` into the run's mask file, which appears when the run ends; None otherwise."""
+    from .metrics.agreement import mask_archive
+
+    return mask_archive(path) if job.stream and job.keep_masks else contextlib.nullcontext()
+
+
 def _scratch_folder():
     """A folder in the cache for a streamed run that saves nothing, removed when the run ends."""
-    scratch = cache_dir() / "streamed"
-    scratch.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(dir=scratch))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    from .files import scratch_folder
+
+    return scratch_folder(streamed_scratch_dir(), "streamed-model")
 
 
 class _BlockSink:
-    """Receives each pruned block of a streamed run: writes its shard and keeps its masks."""
+    """Receives each pruned block of a streamed run: writes its shard and its masks."""
 
-    def __init__(self, folder, streamed, keep_masks: bool):
+    def __init__(self, folder, streamed, add_masks=None):
         from .prune.streaming import STREAMABLE_LAYERS
         from .saved_model import ShardWriter
 
         outside = [n for n in streamed.files if not n.startswith(STREAMABLE_LAYERS + ".")]
         self.writer = ShardWriter(folder, len(streamed.blocks) + len(outside))
-        self.streamed, self.keep_masks, self.masks = streamed, keep_masks, {}
+        self.streamed, self.add_masks = streamed, add_masks
 
     def __call__(self, index: int, tensors: dict) -> None:
         from .metrics.agreement import block_masks
 
         self.writer.add(tensors)
-        if self.keep_masks:
-            self.masks.update(block_masks(index, self.streamed.blocks[index]))
+        if self.add_masks is not None:
+            self.add_masks(block_masks(index, self.streamed.blocks[index]))
 
     def finish(self, tokenizer) -> None:
         for name, tensor in self.streamed.other_tensors():
             self.writer.add({name: tensor})
+            del tensor  # not alive while the next one (an embedding-sized matrix) is read
         self.writer.finish(self.streamed.model, tokenizer)
 
     def describe(self, job: PruneJob, record: dict, calibration, tokenizer) -> dict:

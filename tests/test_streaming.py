@@ -80,6 +80,37 @@ def test_streaming_needs_only_one_block_in_memory_and_refuses_other_layouts(tmp_
         StreamedModel(save_tiny_folder(tmp_path / "gpt2", "gpt2"))
 
 
+def test_a_loaded_block_is_read_into_memory_of_its_own_not_a_mapping_of_the_shard(tmp_path):
+    """A view of a memory-mapped shard keeps the file's pages resident and turns every pruned page into a
+    private copy: the block's weights must be plain memory, and nothing of the file stays mapped."""
+    folder = save_tiny_folder(tmp_path / "tiny")
+    streamed = StreamedModel(folder)
+    streamed.load_block(1, torch.device("cpu"))
+    mapped = [line for line in open("/proc/self/maps") if str(folder) in line]
+    assert mapped == []
+    weight = streamed.blocks[1].mlp.down_proj.weight
+    assert not weight.is_meta and weight.abs().sum() > 0
+    streamed.release_block(1)
+    assert all(p.is_meta for p in streamed.blocks[1].parameters())
+
+
+def test_a_streamed_scratch_model_is_removed_after_the_run_and_after_a_kill(tmp_path, monkeypatch):
+    from calib_core import housekeeping
+    from calib_core.files import TMP_PREFIX
+    from calib_core.paths import streamed_scratch_dir
+
+    monkeypatch.setenv("CALIB_LAB_CACHE", str(tmp_path / "cache"))
+    folder = save_tiny_folder(tmp_path / "tiny")
+    run_prune_job(PruneJob(model=str(folder), stream=True, nsamples=2, seqlen=16, eval_windows=1),
+                  store=RunStore(tmp_path / "runs.sqlite"))
+    assert list(streamed_scratch_dir().iterdir()) == []  # written, evaluated, removed
+    killed = streamed_scratch_dir() / f"{TMP_PREFIX}999999999-1-streamed-model-abc"  # a writer that is gone
+    (killed / "model-00001-of-00002.safetensors").parent.mkdir(parents=True)
+    (killed / "model-00001-of-00002.safetensors").write_bytes(b"x" * 1000)
+    housekeeping.clean_stale_files()
+    assert not killed.exists()
+
+
 def test_the_cli_streams_with_a_flag_and_a_hub_id_is_refused_offline(tmp_path, capsys):
     folder = save_tiny_folder(tmp_path / "tiny")
     assert cli_main(["prune", "--model", str(folder), "--stream", "--nsamples", "2", "--seqlen", "16",

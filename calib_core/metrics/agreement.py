@@ -9,6 +9,8 @@ Jaccard index of the kept weights, |A and B| / |A or B|.
 from __future__ import annotations
 
 import os
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +24,14 @@ from ..models import decoder_blocks, prunable_modules, weight_matrix
 
 def save_masks(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the kept-weight masks of every prunable module (atomically) and return the path."""
-    arrays = {}
-    for b, block in enumerate(decoder_blocks(model)):
-        arrays.update(block_masks(b, block))
-    return write_masks(arrays, path)
+    with mask_archive(path) as add:
+        for b, block in enumerate(decoder_blocks(model)):
+            add(block_masks(b, block))
+    return Path(path)
 
 
 def block_masks(index: int, block: nn.Module) -> dict[str, np.ndarray]:
-    """One block's kept-weight masks, packed (a streamed run collects them block by block)."""
+    """One block's kept-weight masks, packed (a streamed run writes them block by block)."""
     arrays = {}
     for name, module in prunable_modules(block).items():
         kept = (weight_matrix(module) != 0).cpu().numpy()
@@ -38,12 +40,18 @@ def block_masks(index: int, block: nn.Module) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write_masks(arrays: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        with open(tmp, "wb") as handle:  # a file object: np.savez would append .npz to a name
-            np.savez(handle, **arrays)
-    return path
+@contextmanager
+def mask_archive(path: str | os.PathLike):
+    """Yield `add(arrays)`, which writes arrays into an .npz at `path` as they come (the format of
+    np.savez, which np.load reads): only the arrays being added are in memory, and the file appears
+    whole when the block ends without error."""
+    with atomic_file(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        def add(arrays: dict[str, np.ndarray]) -> None:
+            for key, array in arrays.items():
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as entry:
+                    np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
+
+        yield add
 
 
 def _load(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, tuple[int, ...]]]:

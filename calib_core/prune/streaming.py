@@ -28,19 +28,43 @@ def weight_files(folder: Path) -> dict[str, Path]:
     single = folder / "model.safetensors"
     if not single.exists():
         raise ModelLoadError(f"'{folder}' has no safetensors weights: streaming reads .safetensors files only.")
-    from safetensors import safe_open
-
-    with safe_open(single, framework="pt") as handle:
+    with _open(single) as handle:
         return {name: single for name in handle.keys()}
+
+
+def _glibc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return None
 
 
 def _return_freed_memory() -> None:
     """Give freed heap memory back to the system (glibc keeps it, and the next block's tensors, of other
     sizes, would not reuse all of it: without this the process grows by ~60% of a block per block)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def _map_large_allocations() -> None:
+    """Allocations of 1 MiB or more get their own memory mapping, returned to the system when freed.
+    glibc otherwise raises this threshold to the size of the largest block it freed (up to 32 MiB), so
+    a streamed run's weight-sized temporaries would come from the heap and leave holes behind."""
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+
+
+def _open(path: Path):
+    """A safetensors file read with pread(2): a tensor is copied into memory of its own, never a view of
+    a mapping of the file (pages of a mapping stay resident, and writing into them copies them)."""
+    from safetensors import safe_open
+
+    return safe_open(path, framework="pt", backend="pread")
 
 
 class StreamedModel:
@@ -51,6 +75,7 @@ class StreamedModel:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         self.folder, self.dtype = Path(folder), dtype
+        _map_large_allocations()
         config = AutoConfig.from_pretrained(self.folder, trust_remote_code=trust_remote_code)
         family = FAMILIES.get(config.model_type)
         if family is None or family.blocks_path != STREAMABLE_LAYERS:
@@ -101,13 +126,12 @@ class StreamedModel:
     def _read(self, module: nn.Module, names: dict[str, str], device: torch.device) -> None:
         """Set `module`'s parameters (local name -> checkpoint name) from the files, one file open at a time."""
         from accelerate.utils import set_module_tensor_to_device
-        from safetensors import safe_open
 
         by_file = defaultdict(list)
         for local, stored in names.items():
             by_file[self.files[stored]].append((local, stored))
         for path, pairs in by_file.items():
-            with safe_open(path, framework="pt") as handle:
+            with _open(path) as handle:
                 for local, stored in pairs:
                     set_module_tensor_to_device(module, local, device, value=handle.get_tensor(stored),
                                                 dtype=self.dtype)
@@ -138,11 +162,9 @@ class StreamedModel:
     def other_tensors(self):
         """Everything outside the blocks (embeddings, final norm, an untied head) under checkpoint names,
         read from the files one at a time (save_pretrained stores a tied head once, as the embedding)."""
-        from safetensors import safe_open
-
         for name, path in self.files.items():
             if not name.startswith(STREAMABLE_LAYERS + "."):
-                with safe_open(path, framework="pt") as handle:
+                with _open(path) as handle:
                     yield name, handle.get_tensor(name).to(self.dtype)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
