@@ -226,7 +226,10 @@ class Pruner:
     def _prune_module(self, index, name, module, stats, recon_x, sparsity, pattern) -> ModuleRecord:
         t = time.perf_counter()
         W = weight_matrix(module)
-        original = W.clone() if recon_x is not None else None  # the stored dtype: exact, half the fp32 bytes
+        x = dense_out = None
+        if recon_x is not None:  # the dense outputs on the sample, not a copy of the weights: [tokens, out]
+            x = recon_x.float()
+            dense_out = _outputs(x, W)
         if self.cfg.method == "dsnot":
             mask, new_W = self._dsnot_prune(name, W, stats, sparsity, pattern)
         else:
@@ -238,8 +241,8 @@ class Pruner:
         del mask, new_W
         achieved = 1.0 - int(torch.count_nonzero(weight_matrix(module))) / W.numel()
         error = rel = None
-        if original is not None:
-            error, rel = _reconstruction_error(recon_x.float(), original, weight_matrix(module), module.bias)
+        if x is not None:
+            error, rel = _reconstruction_error(x, dense_out, weight_matrix(module), module.bias)
         return ModuleRecord(
             block=index, name=name, shape=list(W.shape), target_sparsity=sparsity, pattern=str(pattern),
             sparsity=achieved, recon_error=error, rel_recon_error=rel, seconds=time.perf_counter() - t,
@@ -316,17 +319,22 @@ def _take_inputs(hooks: StatsHooks | None, name: str):
     return stats, hooks.recon_x.pop(name, None)
 
 
-def _reconstruction_error(x: torch.Tensor, original: torch.Tensor, pruned: torch.Tensor, bias) -> tuple:
-    """||X (W - W')^T|| and that relative to the dense output ||X W^T + b||: products in fp32, a few
-    output rows at a time (squared norms add up over output features), sums in fp64."""
+def _outputs(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """X W^T in fp32, a few output rows of W at a time (no fp32 copy of the whole weight)."""
+    out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32, device=x.device)
+    for rows in row_chunks(*weight.shape):
+        out[:, rows] = x @ weight[rows].float().t()
+    return out
+
+
+def _reconstruction_error(x: torch.Tensor, dense_out: torch.Tensor, pruned: torch.Tensor, bias) -> tuple:
+    """||X W^T - X W'^T|| and that relative to the dense output ||X W^T + b||: products in fp32, a few
+    output features at a time (squared norms add up over them), sums in fp64. `dense_out` is X W^T."""
     error_sq = dense_sq = 0.0
-    for rows in row_chunks(*original.shape):
-        dense = original[rows].float()
-        error_sq += float((x @ (dense - pruned[rows].float()).t()).double().square().sum())
-        dense_out = x @ dense.t()
-        if bias is not None:
-            dense_out += bias[rows].float()
-        dense_sq += float(dense_out.double().square().sum())
+    for rows in row_chunks(*pruned.shape):
+        error_sq += float((dense_out[:, rows] - x @ pruned[rows].float().t()).double().square().sum())
+        dense = dense_out[:, rows] if bias is None else dense_out[:, rows] + bias[rows].float()
+        dense_sq += float(dense.double().square().sum())
     error, denom = math.sqrt(error_sq), math.sqrt(dense_sq)
     return error, (error / denom if denom > 0 else None)
 
