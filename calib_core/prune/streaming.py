@@ -32,31 +32,13 @@ def weight_files(folder: Path) -> dict[str, Path]:
         return {name: single for name in handle.keys()}
 
 
-def _glibc():
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        return None
-
-
 def _return_freed_memory() -> None:
     """Give freed heap memory back to the system (glibc keeps it, and the next block's tensors, of other
     sizes, would not reuse all of it: without this the process grows by ~60% of a block per block)."""
-    libc = _glibc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
-
-
-def _map_large_allocations() -> None:
-    """Allocations of 1 MiB or more get their own memory mapping, returned to the system when freed.
-    glibc otherwise raises this threshold to the size of the largest block it freed (up to 32 MiB), so
-    a streamed run's weight-sized temporaries would come from the heap and leave holes behind."""
-    libc = _glibc()
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _open(path: Path):
@@ -75,7 +57,6 @@ class StreamedModel:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         self.folder, self.dtype = Path(folder), dtype
-        _map_large_allocations()
         config = AutoConfig.from_pretrained(self.folder, trust_remote_code=trust_remote_code)
         family = FAMILIES.get(config.model_type)
         if family is None or family.blocks_path != STREAMABLE_LAYERS:
