@@ -5,7 +5,8 @@ whole model in memory: peak RSS against the model's weight bytes, and wall time.
 once as bf16 safetensors shards (with the bundled tokenizer's vocabulary). Every point is its own CLI
 process (its own peak RSS).
 
-    .venv/bin/python bench/streaming_bench.py          # about 25 min on 2 CPUs
+    .venv/bin/python bench/streaming_bench.py                  # about 25 min on 2 CPUs
+    .venv/bin/python bench/streaming_bench.py --streamed-only  # redo the streamed rows (~10 min), keep the others
 
 Target: streaming peak RSS at most 35% of the weight bytes on the 1.5B model.
 """
@@ -77,6 +78,8 @@ def main() -> None:
     for name in RANDOM_MODELS:
         models[f"{name} (random)"] = random_model(name, models_folder)
         print(f"{name} ready", flush=True)
+    streamed_only = "--streamed-only" in sys.argv[1:]
+    kept = [r for r in json.loads(OUT.with_suffix(".json").read_text()) if r["mode"] == "in memory"] if streamed_only else []
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         env = dict(os.environ, CALIB_LAB_DATA=str(Path(folder) / "data"))
@@ -86,6 +89,9 @@ def main() -> None:
                 weights //= 2  # stored in fp32, run in bf16
             for method in METHODS:
                 for stream in (False, True):
+                    if streamed_only and not stream:
+                        rows.append(next(r for r in kept if r["model"] == label and r["method"] == method))
+                        continue
                     point = one_point(str(path), method, stream, env, Path(folder))
                     rows.append({"model": label, "weights_bf16_bytes": weights, "method": method,
                                  "mode": "streamed" if stream else "in memory", **point,

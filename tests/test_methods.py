@@ -150,6 +150,17 @@ def test_outlier_ratio_counts_scores_above_m_times_mean():
     assert outlier_ratio(scores, 5) == pytest.approx(12.5)
 
 
+def test_outlier_ratio_from_pieces_equals_the_whole_block_at_once():
+    """The engine hands the scores over a few rows at a time (memory); the count is the authors' formula."""
+    torch.manual_seed(5)
+    scores = [torch.rand(64, 32) ** 8 * 100, torch.rand(16, 32)]
+    whole = torch.cat([s.flatten() for s in scores])
+    expected = float(100 * (whole > 5 * whole.mean()).sum() / whole.numel())
+    assert 0 < expected < 100
+    assert outlier_ratio(lambda: (piece for s in scores for piece in s.split(7)), 5) == pytest.approx(expected)
+    assert outlier_ratio(scores, 5) == pytest.approx(expected)
+
+
 def test_owl_balanced_mixed_nm_keeps_mean_n_and_orders_layers():
     ratios = [1.0, 4.0, 2.0, 9.0, 3.0, 0.5, 6.0, 2.5]
     patterns = owl_nm_allocation(ratios, Pattern(4, 8), lam=2.0, rule="balanced")

@@ -13,13 +13,17 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 from torch import nn
 
 from ..errors import ConfigError, NotEnoughDataError
 from ..files import atomic_file
 from ..models import decoder_blocks, prunable_modules, weight_matrix
+
+if TYPE_CHECKING:  # pandas only where a table is made: a run writing masks need not hold it in memory
+    import pandas as pd
 
 
 def save_masks(model: nn.Module, path: str | os.PathLike) -> Path:
@@ -77,11 +81,15 @@ def mask_agreement(path_a: str | os.PathLike, path_b: str | os.PathLike) -> pd.D
         rows.append({"block": int(block), "module": module, "jaccard": both / union if union else 1.0,
                      "kept_both": both, "kept_either": union, "kept_a": int(kept_a.sum()),
                      "kept_b": int(kept_b.sum()), "weights": count})
+    import pandas as pd
+
     return pd.DataFrame(rows)
 
 
 def block_agreement(per_module: pd.DataFrame) -> pd.DataFrame:
     """Jaccard per block, pooled over the block's modules (weighted by their sizes)."""
+    import pandas as pd
+
     sums = per_module.groupby("block")[["kept_both", "kept_either"]].sum()
     return pd.DataFrame({"block": sums.index, "jaccard": (sums.kept_both / sums.kept_either).values})
 

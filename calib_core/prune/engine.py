@@ -14,6 +14,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Protocol
 
 import torch
@@ -173,6 +174,12 @@ class Pruner:
         elif self.device.type != "cpu":
             block.to("cpu")
 
+    def _return_freed_memory(self):
+        """A streamed run holds little besides the block: heap holes left by the forward's activations or a
+        module's temporaries would be a large part of its peak, so they go back to the system at once."""
+        if self.streamed is not None:
+            self.streamed.return_freed_memory()
+
     def _prune_blocks(self, inputs: BlockInputs | None, targets, allocation) -> list[BlockRecord]:
         cfg = self.cfg
         needs = statistics_needed(cfg.method, cfg.base)
@@ -194,6 +201,7 @@ class Pruner:
                     block_forward(block, inputs, index, outputs)
                 finally:
                     hooks.remove()
+                self._return_freed_memory()  # the forward's activations
             sparsity, pattern = targets[index]
             module_records = []
             for name, module in modules.items():
@@ -201,6 +209,7 @@ class Pruner:
                 stats, recon_x = _take_inputs(hooks, name)
                 module_records.append(self._prune_module(index, name, module, stats, recon_x, sparsity, pattern))
                 del stats, recon_x  # the statistics are freed after their last module
+                self._return_freed_memory()
                 self.emit(module_records[-1])
             if inputs is not None:
                 # The last block's outputs feed nothing we measure: skip its re-run.
@@ -291,8 +300,7 @@ class Pruner:
                 block_forward(block, inputs, index, outputs)
             finally:
                 hooks.remove()
-            scores = [wanda_scores(weight_matrix(m), hooks.stats[n]) for n, m in modules.items()]
-            ratios.append(outlier_ratio(scores, cfg.owl_m))
+            ratios.append(outlier_ratio(partial(_wanda_score_pieces, modules, hooks.stats), cfg.owl_m))
             inputs.hidden, outputs = outputs, inputs.hidden
             self._off_device(index, block)
             self.emit(StageEvent("outlier_scan", index + 1, len(self.blocks), 0.0))
@@ -306,6 +314,14 @@ class Pruner:
         allocation = AllocationEvent(ratios, sparsities, [str(p) for _, p in targets],
                                      sum(sparsities) / len(sparsities))
         return targets, allocation
+
+
+def _wanda_score_pieces(modules: dict, stats: dict):
+    """A block's Wanda scores, a few rows of one Linear at a time."""
+    for name, module in modules.items():
+        weight = weight_matrix(module)
+        for rows in row_chunks(*weight.shape):
+            yield wanda_scores(weight[rows], stats[name])
 
 
 def _take_inputs(hooks: StatsHooks | None, name: str):

@@ -8,6 +8,7 @@ own N of M, and the achieved mean sparsity may differ from the target (the run r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -15,10 +16,18 @@ from ..errors import ConfigError
 from .masks import Pattern
 
 
-def outlier_ratio(scores: list[torch.Tensor], threshold_m: float) -> float:
-    """D_l = 100 * #(score > M * mean score) / #scores over all Linears of one block."""
-    flat = torch.cat([s.flatten().float() for s in scores])
-    return float(100.0 * (flat > threshold_m * flat.mean()).sum() / flat.numel())
+def outlier_ratio(scores: list[torch.Tensor] | Callable[[], Iterable[torch.Tensor]], threshold_m: float) -> float:
+    """D_l = 100 * #(score > M * mean score) / #scores over all Linears of one block. `scores` may be a
+    function yielding the block's scores in pieces: it is called twice (the mean, then the count), so
+    that the block's scores never exist in full (a streamed block holds little more than its weights)."""
+    pieces = scores if callable(scores) else (lambda: iter(scores))
+    total, count = 0.0, 0
+    for piece in pieces():
+        total += float(piece.sum(dtype=torch.float64))
+        count += piece.numel()
+    threshold = threshold_m * (total / count)
+    above = sum(int((piece.float() > threshold).sum()) for piece in pieces())
+    return 100.0 * above / count
 
 
 def _centered_rank(ratios: list[float], width: float) -> list[float]:

@@ -41,6 +41,22 @@ def _return_freed_memory() -> None:
         pass
 
 
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+HEAP_LIMIT_BYTES = 16 << 20
+
+
+def _map_matrices_on_their_own() -> None:
+    """Allocations of HEAP_LIMIT_BYTES or more get a memory mapping of their own, returned to the system
+    when freed. glibc otherwise serves them from the heap once it has freed one that large (its
+    threshold rises up to 32 MiB), and the holes they leave there stay resident: about 0.1 GiB at a
+    SparseGPT peak on a 1.5B model. Smaller allocations (activations) stay on the heap, which is
+    faster: a 1 MiB limit made a streamed prune of the bundled model 1.7x slower."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, HEAP_LIMIT_BYTES)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _open(path: Path):
     """A safetensors file read with pread(2): a tensor is copied into memory of its own, never a view of
     a mapping of the file (pages of a mapping stay resident, and writing into them copies them)."""
@@ -57,6 +73,7 @@ class StreamedModel:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         self.folder, self.dtype = Path(folder), dtype
+        _map_matrices_on_their_own()
         config = AutoConfig.from_pretrained(self.folder, trust_remote_code=trust_remote_code)
         family = FAMILIES.get(config.model_type)
         if family is None or family.blocks_path != STREAMABLE_LAYERS:
@@ -126,6 +143,9 @@ class StreamedModel:
         """The loaded block's parameters under their checkpoint names, on the CPU."""
         return {f"{STREAMABLE_LAYERS}.{index}.{name}": p.detach().to("cpu").contiguous()
                 for name, p in self.blocks[index].named_parameters()}
+
+    def return_freed_memory(self) -> None:
+        _return_freed_memory()
 
     def release_block(self, index: int) -> None:
         """Back to the meta device: the block's memory is free (its buffers stay)."""
