@@ -33,8 +33,8 @@ def weight_files(folder: Path) -> dict[str, Path]:
 
 
 def _return_freed_memory() -> None:
-    """Give freed heap memory back to the system (glibc keeps it, and the next block's tensors, of other
-    sizes, would not reuse all of it: without this the process grows by ~60% of a block per block)."""
+    """Give freed heap memory back to the system: glibc keeps it, and the next block's tensors or a
+    module's temporaries, of other sizes, would not reuse all of it."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
