@@ -35,6 +35,10 @@ pages = st.navigation([
 
 JOBS_REFRESH_SECONDS = 5.0  # the list changes only when a job starts, ends or moves up the queue
 IDLE_WATCH_SECONDS = 5.0  # how soon an idle tab (a projector's) notices a job started elsewhere
+# The kind of job each page follows live (ui_live.live_view). While such a job is pending that view
+# refreshes and reruns the page when the job ends, so the sidebar's list need not refresh as well:
+# every refresh costs each watching browser CPU time that the job would use.
+LIVE_KINDS = {"prune": "prune", "calibration": "selfgen", "similarity": "similarity", "sweeps": "sweep"}
 
 
 def job_status(pending: bool):
@@ -57,7 +61,10 @@ with st.sidebar:
                    "repository code never runs.", icon=":material/lock:")
     st.markdown(f"**Model:** `{st.session_state.model_spec}` on {st.session_state.device}")
     st.markdown(f"**Calibration:** `{st.session_state.calib_source}`")
-    pending = bool(manager().active())
-    st.fragment(job_status, run_every=JOBS_REFRESH_SECONDS if pending else IDLE_WATCH_SECONDS)(pending)
+    active = manager().active()
+    pending = bool(active)
+    followed = any(job.kind == LIVE_KINDS.get(pages.url_path) for job in active)
+    st.fragment(job_status, run_every=None if followed else JOBS_REFRESH_SECONDS if pending else IDLE_WATCH_SECONDS)(
+        pending)
 
 pages.run()

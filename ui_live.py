@@ -1,9 +1,12 @@
-"""Live views of background jobs: which job a page shows, a fragment that refreshes only while that
-job runs, and figures built once per finished block (shared by every tab)."""
+"""Live views of background jobs: which job a page shows, one fragment that refreshes only while that
+job runs, and figures built once per finished block (shared by every tab) and redrawn in each tab at
+a pace that keeps the watching browsers' total cost flat however many tabs watch."""
 
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from typing import Callable
 
 import streamlit as st
@@ -11,20 +14,30 @@ import streamlit as st
 from calib_core.jobs import Job, manager
 
 REFRESH_SECONDS = 2.0  # a progress line a viewer can follow
-CHART_REFRESH_SECONDS = 5.0  # each chart refresh costs every open browser ~0.1 s of CPU per figure
+# A browser redrawing plotly figures is what a viewer costs the job's CPUs (about 0.1 CPU s per figure;
+# an unchanged figure sent again costs next to nothing). All tabs watching one job together redraw
+# their charts about once per CHART_REFRESH_SECONDS: each tab every CHART_REFRESH_SECONDS x viewers.
+CHART_REFRESH_SECONDS = 5.0
+VIEWER_TIMEOUT_SECONDS = 3 * REFRESH_SECONDS  # a tab unseen for this long (closed, reloaded) stops counting
 _FIGURES: dict = {}  # (job folder, builder) -> (stamp, figures)
 _FIGURES_LOCK = threading.Lock()
+_VIEWERS: dict[str, tuple[str, float]] = {}  # a tab's viewer id -> (job folder it shows, when last seen)
+_VIEWERS_LOCK = threading.Lock()
 
 
-def current_job(key: str, kind: str) -> Job | None:
+def current_job(key: str, kind: str, show_last: bool = False) -> Job | None:
     """The job this session started under `key`; else the newest running job of `kind`, so that a
-    reload or a second tab shows the job (with its Cancel) instead of an empty page."""
+    reload or a second tab shows the job (with its Cancel) instead of an empty page; else, with
+    `show_last`, the newest job of `kind` that ended."""
     job = manager().get(st.session_state.get(key))
     if job is None or job.done:
         running = manager().latest(kind)
         if running is not None:
             st.session_state[key] = running.id
             return running
+    if job is None and show_last and (job := manager().newest(kind)) is not None:
+        st.session_state[key] = job.id
+        return job
     if job is None and st.session_state.get(key):
         st.caption(f"Job {st.session_state[key]} ended a while ago; its run, if it made one, is on the Results page.")
     return job
@@ -38,14 +51,17 @@ def job_header(job: Job) -> None:
 
 
 def live_view(key: str, kind: str, draw: Callable[[Job], None], empty: str | None = None,
-              charts: Callable[[Job], None] | None = None, live_charts: bool = True) -> None:
-    """Draw the page's job with `draw(job)` (its progress line: cheap to redraw) and `charts(job)`, each in
-    a fragment refreshed only while the job is pending: the progress every REFRESH_SECONDS, the charts
-    every CHART_REFRESH_SECONDS (a browser redrawing plotly figures is what a viewer costs the job's
-    CPUs) or, without `live_charts`, once the job ended. Nothing refreshes without a pending job. When
-    the job ends, the whole page reruns once, so what depends on its result (the final charts, a
-    results tab, a list of sets) shows it at once."""
-    job = current_job(key, kind)
+              charts: Callable[[Job], None] | None = None, live_charts: bool = True, show_last: bool = False) -> None:
+    """Draw the page's job with `draw(job)` (its progress line) and `charts(job)`, in one fragment
+    refreshed every REFRESH_SECONDS only while the job is pending (each refresh has a fixed cost in
+    every watching browser, so there is one fragment, not one per part). `charts` draws figures from
+    `figures_of`, which sends each tab new figures only at its turn; without `live_charts` the charts
+    are drawn once the job ended. The charts have a container of their own, so that they keep their
+    place on the page whatever the progress part shows: a chart that stays is updated in place by the
+    browser (a new one costs it several times more). Nothing refreshes without a pending job. When
+    the job ends, the whole page reruns once, so what depends on its result (a results tab, a list of
+    sets) shows it. `show_last`: see current_job."""
+    job = current_job(key, kind, show_last)
     pending = job is not None and not job.done
 
     def view():
@@ -54,33 +70,64 @@ def live_view(key: str, kind: str, draw: Callable[[Job], None], empty: str | Non
             if empty:
                 st.caption(empty)
             return
-        job_header(shown)
-        draw(shown)
+        if not shown.done:
+            _seen_watching(shown)
+        progress_area, chart_area = st.container(), st.container()
+        with progress_area:
+            job_header(shown)
+            draw(shown)
+        with chart_area:
+            if charts is not None and (live_charts or shown.done):
+                charts(shown)
+            elif charts is not None:
+                st.caption("The charts appear when the run ends (live charts are off).")
         if pending and shown.done:
             st.rerun()
 
     st.fragment(view, run_every=REFRESH_SECONDS if pending else None)()
 
-    def chart_view():
-        charts(manager().get(job.id) or job)
 
-    if charts is not None and job is not None:
-        st.fragment(chart_view, run_every=CHART_REFRESH_SECONDS if pending and live_charts else None)()
+def _viewer_id() -> str:
+    return st.session_state.setdefault("_viewer_id", uuid.uuid4().hex)
+
+
+def _seen_watching(job: Job) -> None:
+    now = time.monotonic()
+    with _VIEWERS_LOCK:
+        _VIEWERS[_viewer_id()] = (str(job.folder), now)
+        for viewer, (_, seen) in list(_VIEWERS.items()):
+            if now - seen > VIEWER_TIMEOUT_SECONDS:
+                del _VIEWERS[viewer]
+
+
+def viewers(job: Job) -> int:
+    """How many tabs showed this running job within the last VIEWER_TIMEOUT_SECONDS (at least 1)."""
+    with _VIEWERS_LOCK:
+        return max(1, sum(folder == str(job.folder) for folder, _ in _VIEWERS.values()))
 
 
 def figures_of(job: Job, build: Callable[[list], dict]) -> dict:
-    """`build(events)`, computed once per finished block of this job, whatever the number of tabs and
-    reruns; a refresh without a new block sends the same figures again."""
+    """`build(events)`, computed at most once per finished block of this job, whatever the number of
+    tabs and reruns. While the job runs, this tab gets the newest figures at most every
+    CHART_REFRESH_SECONDS x viewers (the first block's at once) and otherwise the ones it shows
+    already, which its browser does not redraw; figures no tab asks for are not built (a plotly figure
+    takes the server tens of ms). Once the job ended, the final figures."""
     events = job.events
     # New charts only when a block ended (or the job did): module events arrive in between.
     stamp = (sum(getattr(e, "kind", "") in ("block", "allocation") for e in events), job.status)
+    key, now = (str(job.folder), build.__qualname__), time.monotonic()
+    held = st.session_state.get("_held_figures")  # (key, when shown, stamp, figures): one job's per tab
+    if (not job.done and held is not None and held[0] == key and held[2][0] > 0
+            and now - held[1] < CHART_REFRESH_SECONDS * viewers(job)):
+        return held[3]
     with _FIGURES_LOCK:
-        cached = _FIGURES.get((job.folder, build.__qualname__))
-        if cached and cached[0] == stamp:
-            return cached[1]
-    figures = build(events)
-    with _FIGURES_LOCK:
-        if len(_FIGURES) > 64:  # old jobs' figures
-            _FIGURES.clear()
-        _FIGURES[(job.folder, build.__qualname__)] = (stamp, figures)
-    return figures
+        cached = _FIGURES.get(key)
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, build(events))
+        with _FIGURES_LOCK:
+            if len(_FIGURES) > 64:  # old jobs' figures
+                _FIGURES.clear()
+            _FIGURES[key] = cached
+    if held is None or held[0] != key or held[2] != stamp:
+        st.session_state["_held_figures"] = (key, now, stamp, cached[1])
+    return cached[1]

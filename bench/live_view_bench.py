@@ -88,25 +88,27 @@ def one_run(browser, url: str, tabs: int, live_charts: bool, server: psutil.Proc
 
     job = PruneJob(calib="builtin:wiki", nsamples=PRUNE["nsamples"], seqlen=PRUNE["seqlen"],
                    eval_windows=PRUNE["eval_windows"], config=PruneConfig(method="wanda", sparsity=0.5))
-    # The tabs are open (and idle) before the job starts, as in a demo: they notice it themselves.
+    # The tabs are open (and idle) before the job starts, as in a demo: they notice it themselves. They
+    # show the previous run with its charts, as the Prune page does once a run was made.
     pages = [browser.new_page(viewport={"width": 1400, "height": 1800}) for _ in range(tabs)]
     for page in pages:
         page.goto(url + "/prune")
-        page.get_by_text("Start a run above").first.wait_for(timeout=300_000)
+        page.get_by_text("Per-block sparsity").first.wait_for(timeout=300_000)
         if not live_charts:
             page.get_by_text("Live charts").click()
             expect(page.get_by_role("switch", name="Live charts")).not_to_be_checked(timeout=60_000)
     cpu_before, browser_before = sum(server.cpu_times()[:2]), browser_cpu_s()
     submitted = manager().submit("bench wanda 0.5", tasks.prune, job, kind="prune")
     for page in pages:
-        page.get_by_text("bench wanda 0.5").first.wait_for(timeout=300_000)
+        page.get_by_text(f"Job {submitted.id} (").first.wait_for(timeout=300_000)
     while not submitted.done:
         time.sleep(0.2)
     server_cpu, browser_cpu = sum(server.cpu_times()[:2]) - cpu_before, cpu_since(browser_before)
     assert submitted.status == "finished", submitted.error
     charts_seen = True
-    for page in pages:  # the finished job's charts are in every tab
+    for page in pages:  # every tab shows the job finished, with its charts
         try:
+            page.get_by_text(f"Job {submitted.id} (bench wanda 0.5): finished").first.wait_for(timeout=60_000)
             page.get_by_text("Per-block sparsity").first.wait_for(timeout=60_000)
         except Exception:  # noqa: BLE001 (playwright's timeout): recorded, not fatal
             charts_seen = False

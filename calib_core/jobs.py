@@ -247,6 +247,10 @@ class JobManager:
         """The newest job of `kind` still queued or running (what a reloaded page shows)."""
         return next((job for job in reversed(self.active()) if job.kind == kind), None)
 
+    def newest(self, kind: str) -> Job | None:
+        """The newest job of `kind` whatever its status (ended jobs while their folders are kept)."""
+        return next((job for job in reversed(self.jobs()) if job.kind == kind), None)
+
     def position(self, job: Job) -> int:
         """0 when running; otherwise how many jobs on its device are ahead of it."""
         return len([j for j in self.active() if j.device == job.device and j.id < job.id])

@@ -237,3 +237,83 @@ def test_the_dense_baseline_is_only_one_evaluated_the_same_way():
     runs = [run(1, "dense", 8, 10.0), run(2, "dense", 8, 11.0), pruned]
     assert dense_baseline(runs, pruned, "builtin:wiki") == 11.0  # the latest matching one
     assert dense_baseline(runs, pruned, "builtin:news") is None
+
+
+class _Tab:
+    """A browser tab as ui_live sees it: its own session state."""
+
+    def __init__(self):
+        self.session_state = {}
+
+
+class _RunningJob:
+    def __init__(self, folder):
+        self.folder, self.status, self.events = folder, "running", []
+
+    @property
+    def done(self):
+        return self.status not in ("queued", "running")
+
+
+def test_tabs_watching_one_job_share_the_chart_redraws(tmp_path, monkeypatch):
+    import ui_live
+
+    clock = [1000.0]
+    monkeypatch.setattr(ui_live.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(ui_live, "_VIEWERS", {})
+    built = []
+
+    def build(events):
+        built.append(len(events))
+        return {"blocks": len(events)}
+
+    job = _RunningJob(tmp_path / "job")
+
+    def refresh(tab):  # one fragment rerun in `tab`: it is seen watching, then draws its charts
+        monkeypatch.setattr(ui_live, "st", tab)
+        ui_live._seen_watching(job)
+        return ui_live.figures_of(job, build)
+
+    def watch(tabs, seconds):
+        """Each tab refreshes every REFRESH_SECONDS while a block ends every second: how many times each
+        tab was sent new figures."""
+        shown, changes = [tab.session_state["_held_figures"][3] for tab in tabs], [0] * len(tabs)
+        for _ in range(int(seconds / ui_live.REFRESH_SECONDS)):
+            clock[0] += ui_live.REFRESH_SECONDS
+            job.events += [BlockRecord(len(job.events), "block", 0.5, "unstructured", 0.5, None, 1.0)
+                           for _ in range(int(ui_live.REFRESH_SECONDS))]
+            for i, tab in enumerate(tabs):
+                figures = refresh(tab)
+                changes[i] += figures is not shown[i]
+                shown[i] = figures
+        return changes
+
+    tabs = [_Tab(), _Tab(), _Tab()]
+    assert [refresh(tab) for tab in tabs] == [{"blocks": 0}] * 3
+    clock[0] += 0.5
+    job.events.append(BlockRecord(0, "block", 0.5, "unstructured", 0.5, None, 1.0))
+    assert [refresh(tab) for tab in tabs] == [{"blocks": 1}] * 3  # the first block shows at once
+    assert ui_live.viewers(job) == 3
+    # three tabs: each gets new figures every 3 x CHART_REFRESH_SECONDS (15 s; every 16 s at a 2 s refresh)
+    assert watch(tabs, 60) == [3, 3, 3]
+    assert len(built) == 2 + 3  # built when a tab's turn came: not for each of the 60 blocks, nor for each tab
+    # two tabs close: once they time out, the one left gets new figures every 5 s (every 6 s at a 2 s
+    # refresh: 10 times in 60 s, and maybe once more as the others time out)
+    assert watch(tabs[:1], 60)[0] in (10, 11) and ui_live.viewers(job) == 1
+    # a finished job's figures are final at once
+    job.events.append(BlockRecord(len(job.events), "block", 0.5, "unstructured", 0.5, None, 1.0))
+    job.status = "finished"
+    assert refresh(tabs[1]) == {"blocks": len(job.events)}
+
+
+def test_every_page_the_sidebar_trusts_to_follow_a_job_does_follow_it():
+    """The sidebar stops refreshing on these pages while their kind of job is pending: each must call
+    live_view for that kind, whatever else it shows."""
+    import ast
+    import re
+
+    source = Path(APP).read_text()
+    kinds = ast.literal_eval(source.split("LIVE_KINDS = ", 1)[1].split("\n", 1)[0])
+    for page, kind in kinds.items():
+        view = (Path(APP).parent / "views" / f"{page}.py").read_text()
+        assert re.search(rf'live_view\("\w+", "{kind}"', view), page

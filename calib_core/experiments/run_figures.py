@@ -31,31 +31,33 @@ def whole_blocks(fig: go.Figure, blocks: int, axis: str = "x") -> go.Figure:
 
 def live_prune_charts(events: list) -> dict[str, Chart]:
     """What a running prune shows, from its events: per-block sparsity (with OWL's plan), seconds per
-    block, OWL outlier ratios, and the relative reconstruction error of every module."""
+    block, the relative reconstruction error of every module, and OWL's outlier ratios. The first three
+    exist from the start, empty until a block ends: a chart that stays on the page is updated in place
+    by the browser, while a new one costs it several times more."""
     blocks = [e for e in events if getattr(e, "kind", "") == "block"]
-    modules = [e for e in events if getattr(e, "kind", "") == "module"]
+    modules = [e for e in events if getattr(e, "kind", "") == "module" and e.rel_recon_error is not None]
     allocation = next((e for e in events if getattr(e, "kind", "") == "allocation"), None)
-    charts = {}
+    planned_blocks = len(allocation.target_sparsities) if allocation else len(blocks)
+    frame = blocks_frame(blocks)
+    charts = {"sparsity": Chart(_sparsity_figure(frame, allocation), frame)}
+    fig = px.bar(frame, x="block", y="seconds", title="Seconds per block", height=300, labels={"seconds": "time (s)"})
+    charts["seconds"] = Chart(whole_blocks(fig, planned_blocks), frame[["block", "seconds"]])
+    table = modules_frame(modules)
+    title = "Relative reconstruction error ||WX - W'X|| / ||WX|| (colour: its own range)"
+    if modules:
+        pivot = table.pivot(index="module", columns="block", values="error")
+        fig = px.imshow(pivot, aspect="auto", color_continuous_scale="Viridis", height=320, title=title,
+                        labels={"color": "relative error", "x": BLOCK_AXIS})
+        fig = whole_blocks(fig, pivot.shape[1])
+    else:
+        fig = whole_blocks(go.Figure(layout=dict(title=title, height=320, yaxis_title="module")), 1)
+    charts["recon_error"] = Chart(fig, table)
     if allocation is not None:
         plan = pd.DataFrame({"block": range(len(allocation.outlier_ratios)), "outlier_ratio": allocation.outlier_ratios,
                              "target_sparsity": allocation.target_sparsities, "pattern": allocation.patterns})
         fig = px.line(plan, x="block", y="outlier_ratio", markers=True, height=250, title="OWL outlier ratio",
                       labels={"outlier_ratio": "outlier ratio D_l (% of scores > M x mean)"})
         charts["owl_outliers"] = Chart(whole_blocks(fig, len(plan)), plan)
-    if blocks:
-        frame = blocks_frame(blocks)
-        charts["sparsity"] = Chart(_sparsity_figure(frame, allocation), frame)
-        fig = px.bar(frame, x="block", y="seconds", title="Seconds per block", height=300,
-                     labels={"seconds": "time (s)"})
-        charts["seconds"] = Chart(whole_blocks(fig, len(allocation.target_sparsities) if allocation else len(frame)),
-                                  frame[["block", "seconds"]])
-    if modules and any(m.rel_recon_error is not None for m in modules):
-        table = modules_frame(modules)
-        pivot = table.pivot(index="module", columns="block", values="error")
-        fig = px.imshow(pivot, aspect="auto", color_continuous_scale="Viridis", height=320,
-                        title="Relative reconstruction error ||WX - W'X|| / ||WX|| (colour: its own range)",
-                        labels={"color": "relative error", "x": BLOCK_AXIS})
-        charts["recon_error"] = Chart(whole_blocks(fig, pivot.shape[1]), table)
     return charts
 
 
@@ -66,9 +68,9 @@ def _sparsity_figure(frame: pd.DataFrame, allocation) -> go.Figure:
         fig.add_scatter(x=list(range(len(allocation.target_sparsities))), y=allocation.target_sparsities,
                         name="OWL allocation", mode="lines+markers")
         mean = sum(allocation.target_sparsities) / len(allocation.target_sparsities)
-    else:
-        mean = float(frame.target.iloc[0])
-    fig.add_hline(y=mean, line_dash="dot", annotation_text="planned mean" if allocation else "uniform target")
+        fig.add_hline(y=mean, line_dash="dot", annotation_text="planned mean")
+    elif len(frame):
+        fig.add_hline(y=float(frame.target.iloc[0]), line_dash="dot", annotation_text="uniform target")
     fig.update_layout(title="Per-block sparsity", yaxis_title=SPARSITY_AXIS, height=300)
     return whole_blocks(fig, len(allocation.target_sparsities) if allocation else len(frame))
 
