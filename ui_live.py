@@ -13,7 +13,7 @@ import streamlit as st
 
 from calib_core.jobs import Job, manager
 
-REFRESH_SECONDS = 2.0  # a progress line a viewer can follow
+REFRESH_SECONDS = 3.0  # a progress line a viewer can follow; each refresh costs every watching browser CPU
 # A browser redrawing plotly figures is what a viewer costs the job's CPUs (about 0.1 CPU s per figure;
 # an unchanged figure sent again costs next to nothing). All tabs watching one job together redraw
 # their charts about once per CHART_REFRESH_SECONDS: each tab every CHART_REFRESH_SECONDS x viewers.

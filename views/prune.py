@@ -197,7 +197,7 @@ def show_outcome(result: dict) -> None:
 
 
 st.toggle("Live charts", value=True, key="live_charts",
-          help="Redraw the charts while a run goes: every 5 s with one tab open, less often in each tab when "
+          help="Redraw the charts while a run goes: about every 5 s with one tab open, less often in each tab when "
                "several watch. A redraw costs the browser CPU time; on a small machine running both the job and "
                "the browsers, turning this off leaves the job a little more.")
 live_view("prune_job", "prune", draw_prune, empty="Start a run above; it keeps going while you visit other pages.",
