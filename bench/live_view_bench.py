@@ -3,13 +3,14 @@ app's Prune page, each tab showing the running job live; 3 tabs also with the pa
 toggle off (only the progress line redraws while the job runs).
 
 A `streamlit run app.py` server is started on a private data folder; for each condition the tabs
-are opened (Playwright + Debian's chromium) and left idle, then one prune job is submitted to the
-app's job manager (a worker process, exactly as the Prune page's button does); the tabs notice it
-themselves. The job is timed from the worker's own start to its end. Conditions are interleaved
-over several rounds so that machine drift hits them alike. Also recorded: the CPU seconds the
+are opened (Playwright + Debian's chromium). They show the previous run with its charts, as the Prune
+page does once a run was made. Once they are idle (the browsers spend under 0.05 CPU s a second),
+one prune job is submitted to the app's job manager (a worker process, exactly as the Prune page's
+button does); the tabs notice it themselves. The job is timed from the worker's own start to its
+end. Conditions are interleaved over several rounds so that machine drift hits them alike. Also recorded: the CPU seconds the
 server and the browsers spent during the run (here they share the job's CPUs).
 
-    .venv/bin/python bench/live_view_bench.py          # about 12 min on 2 CPUs
+    .venv/bin/python bench/live_view_bench.py          # about 20 min on 2 CPUs
 
 Target: the median wall time with 3 tabs at most 1.2x the median with none.
 """
@@ -35,7 +36,7 @@ OUT = ROOT / "bench" / "results" / "live_view_bench"
 CHROMIUM = "/usr/bin/chromium"
 # (tabs, live charts): the Prune page's "Live charts" toggle off redraws only the progress line.
 CONDITIONS = ((0, True), (1, True), (3, True), (3, False))
-ROUNDS = 3
+ROUNDS = 5
 PRUNE = dict(nsamples=16, seqlen=256, eval_windows=4)  # Wanda 50% of the bundled model
 
 
