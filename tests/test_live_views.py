@@ -16,7 +16,7 @@ from calib_core.jobs import manager
 from calib_core.pipeline import PipelineEvent
 from calib_core.progress import run_progress
 from calib_core.prune.events import AllocationEvent, BlockRecord, ModuleRecord, StageEvent
-from tests.test_jobs import gated
+from tests.test_jobs import fails, gated
 from tests.tiny import save_tiny_folder
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -186,6 +186,23 @@ def test_live_charts_draw_without_exports_and_can_be_switched_off(tmp_path):
     finally:
         (tmp_path / "gate").touch()
         _wait(job)
+
+
+def one_block_then_result(job, result: dict):
+    one_block_then_gated(job, "/")
+    return result
+
+
+def test_a_fresh_prune_tab_shows_the_last_run_and_no_empty_charts_for_a_run_without_blocks():
+    first = _wait(manager().submit("wanda 0.5 on builtin:wiki", one_block_then_result,
+                                   {"perplexity": [], "run_id": 1}, kind="prune"))
+    app = _app("views/prune.py")  # a new session: it shows the last run, with the chart of its block
+    assert f"Job {first.id} (wanda 0.5 on builtin:wiki): **finished**" in _texts(app.markdown)
+    assert any("Per-block sparsity" in c.proto.spec for c in app.get("plotly_chart"))
+    failed = _wait(manager().submit("wanda 0.5 on builtin:wiki", fails, RuntimeError("no model here"), kind="prune"))
+    app = _app("views/prune.py")
+    assert f"Job {failed.id} (wanda 0.5 on builtin:wiki): **failed**" in _texts(app.markdown)
+    assert "no model here" in _texts(app.error) and not app.get("plotly_chart")
 
 
 def test_results_label_runs_link_comparisons_and_draw_the_dense_baseline(tmp_path):

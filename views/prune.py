@@ -171,6 +171,8 @@ def draw_prune(job):
 
 def draw_prune_charts(job):
     charts = figures_of(job, live_prune_charts)
+    if job.done and charts["sparsity"].data.empty:  # it ended before a block did: nothing to draw
+        return
     left, right = st.columns(2)
     for column, name in ((left, "sparsity"), (right, "seconds")):
         if name in charts:
