@@ -6,6 +6,7 @@ from calib_core import assets
 from calib_core.jobs import manager
 from calib_core.housekeeping import clean_stale_files
 from ui_cache import access_policy
+from ui_live import LIVE_KINDS
 
 
 @st.cache_resource(show_spinner=False)
@@ -38,10 +39,6 @@ pages = st.navigation([
 
 JOBS_REFRESH_SECONDS = 5.0  # the list changes only when a job starts, ends or moves up the queue
 IDLE_WATCH_SECONDS = 5.0  # how soon an idle tab (a projector's) notices a job started elsewhere
-# The kind of job each page follows live (ui_live.live_view). While such a job is pending that view
-# refreshes and reruns the page when the job ends, so the sidebar's list need not refresh as well:
-# every refresh costs each watching browser CPU time that the job would use.
-LIVE_KINDS = {"prune": "prune", "calibration": "selfgen", "similarity": "similarity", "sweeps": "sweep"}
 
 
 def job_status(pending: bool):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import streamlit as st
 
@@ -24,6 +24,10 @@ _FIGURES: dict = {}  # (job folder, builder) -> (stamp, figures)
 _FIGURES_LOCK = threading.Lock()
 _VIEWERS: dict[str, tuple[str, float]] = {}  # a tab's viewer id -> (job folder it shows, when last seen)
 _VIEWERS_LOCK = threading.Lock()
+# The kind of job each page follows live (live_view). While such a job is pending that view refreshes
+# and reruns the page when the job ends, so the sidebar's list need not refresh as well: every
+# refresh costs each watching browser CPU time that the job would use.
+LIVE_KINDS = {"prune": "prune", "calibration": "selfgen", "similarity": "similarity", "sweeps": "sweep"}
 
 
 def current_job(key: str, kind: str, show_last: bool = False) -> Job | None:
@@ -107,6 +111,15 @@ def viewers(job: Job) -> int:
         return max(1, sum(folder == str(job.folder) for folder, _ in _VIEWERS.values()))
 
 
+class _Shown(NamedTuple):
+    """The figures a tab shows (session state): of which job and builder, since when, of which stamp."""
+
+    key: tuple
+    since: float
+    stamp: tuple
+    figures: dict
+
+
 def figures_of(job: Job, build: Callable[[list], dict]) -> dict:
     """`build(events)`, computed at most once per finished block of this job, whatever the number of
     tabs and reruns. While the job runs, this tab gets the newest figures at most every
@@ -117,10 +130,10 @@ def figures_of(job: Job, build: Callable[[list], dict]) -> dict:
     # New charts only when a block ended (or the job did): module events arrive in between.
     stamp = (sum(getattr(e, "kind", "") in ("block", "allocation") for e in events), job.status)
     key, now = (str(job.folder), build.__qualname__), time.monotonic()
-    held = st.session_state.get("_held_figures")  # (key, when shown, stamp, figures): one job's per tab
-    if (not job.done and held is not None and held[0] == key and held[2][0] > 0
-            and now - held[1] < CHART_REFRESH_SECONDS * viewers(job)):
-        return held[3]
+    shown = st.session_state.get("_shown_figures")  # one job's per tab
+    if (not job.done and shown is not None and shown.key == key and shown.stamp[0] > 0
+            and now - shown.since < CHART_REFRESH_SECONDS * viewers(job)):
+        return shown.figures
     with _FIGURES_LOCK:
         cached = _FIGURES.get(key)
     if cached is None or cached[0] != stamp:
@@ -129,6 +142,6 @@ def figures_of(job: Job, build: Callable[[list], dict]) -> dict:
             if len(_FIGURES) > 64:  # old jobs' figures
                 _FIGURES.clear()
             _FIGURES[key] = cached
-    if held is None or held[0] != key or held[2] != stamp:
-        st.session_state["_held_figures"] = (key, now, stamp, cached[1])
+    if shown is None or shown.key != key or shown.stamp != stamp:
+        st.session_state["_shown_figures"] = _Shown(key, now, stamp, cached[1])
     return cached[1]

@@ -7,8 +7,9 @@ are opened (Playwright + Debian's chromium). They show the previous run with its
 page does once a run was made. Once they are idle (the browsers spend under 0.05 CPU s a second),
 one prune job is submitted to the app's job manager (a worker process, exactly as the Prune page's
 button does); the tabs notice it themselves. The job is timed from the worker's own start to its
-end. Conditions are interleaved over several rounds so that machine drift hits them alike. Also recorded: the CPU seconds the
-server and the browsers spent during the run (here they share the job's CPUs).
+end. Conditions are interleaved over several rounds so that machine drift hits them alike. Also
+recorded: the CPU seconds the server and the browsers spent during the run (here they share the
+job's CPUs).
 
     .venv/bin/python bench/live_view_bench.py          # about 20 min on 2 CPUs
 

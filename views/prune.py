@@ -174,12 +174,10 @@ def draw_prune_charts(job):
     if job.done and charts["sparsity"].data.empty:  # it ended before a block did: nothing to draw
         return
     left, right = st.columns(2)
-    for column, name in ((left, "sparsity"), (right, "seconds")):
-        if name in charts:
-            show_chart(column, charts[name], name, exports=job.done)
-    for name in ("recon_error", "owl_outliers"):  # OWL's last: the others keep their place on the page
-        if name in charts:
-            show_chart(st, charts[name], name, exports=job.done)
+    for container, name in ((left, "sparsity"), (right, "seconds"), (st, "recon_error")):
+        show_chart(container, charts[name], name, exports=job.done)
+    if "owl_outliers" in charts:  # last: the others keep their place on the page
+        show_chart(st, charts["owl_outliers"], "owl_outliers", exports=job.done)
 
 
 def show_outcome(result: dict) -> None:

@@ -39,7 +39,7 @@ def live_prune_charts(events: list) -> dict[str, Chart]:
     allocation = next((e for e in events if getattr(e, "kind", "") == "allocation"), None)
     planned_blocks = len(allocation.target_sparsities) if allocation else len(blocks)
     frame = blocks_frame(blocks)
-    charts = {"sparsity": Chart(_sparsity_figure(frame, allocation), frame)}
+    charts = {"sparsity": Chart(_sparsity_figure(frame, allocation, planned_blocks), frame)}
     fig = px.bar(frame, x="block", y="seconds", title="Seconds per block", height=300, labels={"seconds": "time (s)"})
     charts["seconds"] = Chart(whole_blocks(fig, planned_blocks), frame[["block", "seconds"]])
     table = modules_frame(modules)
@@ -61,7 +61,7 @@ def live_prune_charts(events: list) -> dict[str, Chart]:
     return charts
 
 
-def _sparsity_figure(frame: pd.DataFrame, allocation) -> go.Figure:
+def _sparsity_figure(frame: pd.DataFrame, allocation, planned_blocks: int) -> go.Figure:
     fig = go.Figure()
     fig.add_bar(x=frame.block, y=frame.achieved, name="achieved sparsity")
     if allocation is not None:
@@ -72,7 +72,7 @@ def _sparsity_figure(frame: pd.DataFrame, allocation) -> go.Figure:
     elif len(frame):
         fig.add_hline(y=float(frame.target.iloc[0]), line_dash="dot", annotation_text="uniform target")
     fig.update_layout(title="Per-block sparsity", yaxis_title=SPARSITY_AXIS, height=300)
-    return whole_blocks(fig, len(allocation.target_sparsities) if allocation else len(frame))
+    return whole_blocks(fig, planned_blocks)
 
 
 # --- stored runs -------------------------------------------------------------------------------------
