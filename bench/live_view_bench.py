@@ -2,7 +2,9 @@
 app's Prune page, each tab showing the running job live; 3 tabs also with the page's "Live charts"
 toggle off (only the progress line redraws while the job runs).
 
-A `streamlit run app.py` server is started on a private data folder; for each condition the tabs
+The app's server is started exactly as the README's `make run` starts it (tests/app_server.py: the
+venv's `streamlit run app.py` in the repository with its `.streamlit/config.toml`, no flags but a free
+port), on a private data folder; for each condition the tabs
 are opened (Playwright + Debian's chromium). They show the previous run with its charts, as the Prune
 page does once a run was made. Once they are idle (the browsers spend under 0.05 CPU s a second),
 one prune job is submitted to the app's job manager (a worker process, exactly as the Prune page's
@@ -20,48 +22,24 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 from playwright.sync_api import expect
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.app_server import BROWSER_ARGS, CHROMIUM, app_server  # noqa: E402
+
 OUT = ROOT / "bench" / "results" / "live_view_bench"
-CHROMIUM = "/usr/bin/chromium"
 # (tabs, live charts): the Prune page's "Live charts" toggle off redraws only the progress line.
 CONDITIONS = ((0, True), (1, True), (3, True), (3, False))
 ROUNDS = 5
 PRUNE = dict(nsamples=16, seqlen=256, eval_windows=4)  # Wanda 50% of the bundled model
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(data: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.headless", "true", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=dict(os.environ, CALIB_LAB_DATA=str(data)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).status == 200:
-                return server, url
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError("streamlit did not start")
 
 
 def browser_cpu_s() -> dict[int, float]:
@@ -139,18 +117,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder, sync_playwright() as p:
         data = Path(folder) / "data"
-        server, url = start_server(data)
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
-        try:
-            one_run(browser, url, 0, True, psutil.Process(server.pid), data)  # warm-up: caches, converted model
-            for round_ in range(ROUNDS):
-                for tabs, live in (CONDITIONS if round_ % 2 == 0 else CONDITIONS[::-1]):
-                    rows.append(one_run(browser, url, tabs, live, psutil.Process(server.pid), data))
-                    print(rows[-1], flush=True)
-        finally:
-            browser.close()
-            server.terminate()
-            server.wait(30)
+        with app_server(dict(os.environ, CALIB_LAB_DATA=str(data))) as (server, url):
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            try:
+                one_run(browser, url, 0, True, psutil.Process(server.pid), data)  # warm-up: caches, converted model
+                for round_ in range(ROUNDS):
+                    for tabs, live in (CONDITIONS if round_ % 2 == 0 else CONDITIONS[::-1]):
+                        rows.append(one_run(browser, url, tabs, live, psutil.Process(server.pid), data))
+                        print(rows[-1], flush=True)
+            finally:
+                browser.close()
     summary = []
     for tabs, live in CONDITIONS:
         mine = [r for r in rows if (r["tabs"], r["live_charts"]) == (tabs, live)]

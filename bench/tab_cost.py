@@ -24,10 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_view_bench import CHROMIUM, browser_cpu_s, cpu_since, free_port  # noqa: E402
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
+from live_view_bench import browser_cpu_s, cpu_since  # noqa: E402
+
+from tests.app_server import CHROMIUM, free_port  # noqa: E402
 OUT = ROOT / "bench" / "results" / "tab_cost"
 CASES = ["idle", "text", "bar_eased", "bar_no_easing", "charts_unchanged", "charts_updated", "new_charts",
          "preloaded_then_new_charts"]

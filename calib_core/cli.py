@@ -430,8 +430,12 @@ def _cmd_runs(args) -> int:
     if args.show is not None:
         print(json.dumps(store.get(args.show), indent=2))
         return 0
+    runs = store.list()
+    if store.read_only_reason:
+        print(f"note: the run store {store.path} is read-only ({store.read_only_reason}); new runs cannot be "
+              f"recorded until that is fixed", file=sys.stderr)
     print(f"{'id':>4} {'status':<11} {'created':<19} {'model':<16} {'method':<10} {'sparsity':<8} ppl")
-    for run in store.list():
+    for run in runs:
         ppl = ", ".join(f"{p['ppl']:.2f}" for p in (run["record"] or {}).get("perplexity", []))
         print(f"{run['id']:>4} {run['status']:<11} {run['created']:<19} {str(run['model'])[:16]:<16} "
               f"{str(run['method']):<10} {str(run['sparsity']):<8} {ppl}")

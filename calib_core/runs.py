@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import time
+from contextlib import closing
 from dataclasses import asdict
 from typing import TypedDict
 from pathlib import Path
@@ -130,36 +131,72 @@ _ADDED_COLUMNS = [("sweep", "TEXT"), ("point_key", "TEXT"), ("pid_started", "REA
 
 
 class RunStore:
-    """Run records in SQLite under the user data dir. Every write is one short transaction in WAL
-    mode, so a killed process leaves the store readable; a run whose process died is marked
-    'interrupted' the next time the store is opened. A store that cannot be written (a full disk, a
-    read-only file) still opens and lists; starting a run there fails with an OutputError."""
+    """Run records in SQLite under the user data dir. Every write is one short transaction in SQLite's
+    rollback-journal mode, so a killed process leaves the store readable and every committed run is in
+    the file itself; a run whose process died is marked 'interrupted' the next time the store is
+    opened. Reading never writes: a store on a full disk or a read-only file still opens and lists
+    (an older store in WAL mode, which needs its -shm file to be written even to read, is read as its
+    file holds it), and starting a run there fails with an OutputError."""
 
     def __init__(self, path: str | os.PathLike | None = None):
         from .paths import data_dir
 
         self.path = Path(path) if path else data_dir() / "runs.sqlite"
-        self._connect = lambda: sqlite3.connect(self.path, timeout=30)
         self.read_only_reason: str | None = None
         try:
-            with self._connect() as db:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute(_SCHEMA)
-                db.execute(_SIMILARITY_SCHEMA)
-                present = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-                for name, kind in _ADDED_COLUMNS:
-                    if name not in present:
-                        db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
-            self.mark_interrupted()
+            self._prepare()
         except sqlite3.OperationalError as exc:
             if not self.path.exists():
                 raise OutputError(f"Cannot create the run store '{self.path}': {exc}.") from exc
             self.read_only_reason = str(exc)
-
-    def _write(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
         try:
-            with self._connect() as db:
-                return db.execute(sql, params)
+            self.mark_interrupted()
+        except OutputError as exc:  # listed as interrupted all the same (_select)
+            self.read_only_reason = self.read_only_reason or str(exc.__cause__)
+
+    def _connection(self, immutable: bool = False) -> sqlite3.Connection:
+        if immutable:  # no locks, no journal, no -shm: reads the file as it is
+            return sqlite3.connect(f"{self.path.resolve().as_uri()}?immutable=1", uri=True)
+        return sqlite3.connect(self.path, timeout=30)
+
+    def _prepare(self) -> None:
+        """Create the tables, add the columns of later releases and leave WAL mode, writing only what is
+        missing: an up-to-date store opens without a write."""
+        with closing(self._connection()) as db, db:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                db.execute("PRAGMA journal_mode=DELETE")  # reading a WAL store writes its -shm file
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "runs" not in tables:
+                db.execute(_SCHEMA)
+            if "similarity" not in tables:
+                db.execute(_SIMILARITY_SCHEMA)
+            present = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            for name, kind in _ADDED_COLUMNS:
+                if name not in present:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+
+    def _read(self, sql: str, params: tuple = (), rows_as_dicts: bool = False) -> list:
+        """Rows of a query. Where the normal read fails (a WAL store whose -shm cannot be written on a
+        full disk or a read-only folder), the file is read as it is, and `read_only_reason` says why."""
+        try:
+            return self._query(self._connection(), sql, params, rows_as_dicts)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or not self.path.exists():
+                raise
+            self.read_only_reason = self.read_only_reason or str(exc)
+            return self._query(self._connection(immutable=True), sql, params, rows_as_dicts)
+
+    @staticmethod
+    def _query(connection: sqlite3.Connection, sql: str, params: tuple, rows_as_dicts: bool) -> list:
+        with closing(connection) as db:
+            if rows_as_dicts:
+                db.row_factory = sqlite3.Row
+            return db.execute(sql, params).fetchall()
+
+    def _write(self, sql: str, params: tuple = (), many: bool = False) -> sqlite3.Cursor:
+        try:
+            with closing(self._connection()) as db, db:
+                return db.executemany(sql, params) if many else db.execute(sql, params)
         except sqlite3.OperationalError as exc:
             raise OutputError(f"Cannot write the run store '{self.path}': {exc}. Free disk space (or fix the "
                               f"file's permissions) and retry.") from exc
@@ -185,16 +222,15 @@ class RunStore:
 
     def finished_points(self, sweep: str) -> set[str]:
         """Keys of the sweep's points that already finished: a resumed sweep skips them."""
-        with self._connect() as db:
-            rows = db.execute("SELECT point_key FROM runs WHERE sweep = ? AND status = 'finished'", (sweep,))
-            return {key for (key,) in rows}
+        rows = self._read("SELECT point_key FROM runs WHERE sweep = ? AND status = 'finished'", (sweep,))
+        return {key for (key,) in rows}
 
     def mark_interrupted(self) -> int:
         """Runs still 'running' whose process is gone were killed: say so."""
-        with self._connect() as db:
-            rows = db.execute("SELECT id, pid, pid_started FROM runs WHERE status = 'running'").fetchall()
-            dead = [run_id for run_id, pid, started in rows if process_gone(pid, started)]
-            db.executemany("UPDATE runs SET status = 'interrupted' WHERE id = ?", [(r,) for r in dead])
+        rows = self._read("SELECT id, pid, pid_started FROM runs WHERE status = 'running'")
+        dead = [run_id for run_id, pid, started in rows if process_gone(pid, started)]
+        if dead:  # opening a store with no dead run writes nothing
+            self._write("UPDATE runs SET status = 'interrupted' WHERE id = ?", [(r,) for r in dead], many=True)
         return len(dead)
 
     def get(self, run_id: int) -> dict:
@@ -214,8 +250,7 @@ class RunStore:
         return self._select("sweep = ? AND status = ?", (sweep, status))
 
     def sweep_names(self) -> list[str]:
-        with self._connect() as db:
-            return sorted(name for (name,) in db.execute("SELECT DISTINCT sweep FROM runs WHERE sweep IS NOT NULL"))
+        return sorted(name for (name,) in self._read("SELECT DISTINCT sweep FROM runs WHERE sweep IS NOT NULL"))
 
     def record_similarity(self, model: str, table) -> None:
         """Keep each set's mean scores of a similarity table (metrics.similarity), so runs pruned on
@@ -227,21 +262,16 @@ class RunStore:
             settings = {"k": table.attrs.get("k"), "tokens": table.attrs.get("max_tokens"), "items": len(group),
                         "scoring": (table.attrs.get("scoring") or {}).get(source)}
             rows.append((now, model, source, json.dumps(settings), json.dumps(group[metrics].mean().to_dict())))
-        with self._connect() as db:
-            db.executemany("INSERT INTO similarity (created, model, source, settings, scores) VALUES (?, ?, ?, ?, ?)",
-                           rows)
+        self._write("INSERT INTO similarity (created, model, source, settings, scores) VALUES (?, ?, ?, ?, ?)", rows,
+                    many=True)
 
     def similarity_scores(self, model: str) -> dict[str, dict]:
         """The latest recorded scores of each source for `model`: source -> {metric: mean, "settings": ...}."""
-        with self._connect() as db:
-            rows = db.execute("SELECT source, settings, scores FROM similarity WHERE model = ? ORDER BY id",
-                              (model,)).fetchall()
+        rows = self._read("SELECT source, settings, scores FROM similarity WHERE model = ? ORDER BY id", (model,))
         return {source: {**json.loads(scores), "settings": json.loads(settings)} for source, settings, scores in rows}
 
     def _select(self, where: str = "1 = 1", params: tuple = ()) -> list[dict]:
-        with self._connect() as db:
-            db.row_factory = sqlite3.Row
-            rows = db.execute(f"SELECT * FROM runs WHERE {where} ORDER BY id", params).fetchall()
+        rows = self._read(f"SELECT * FROM runs WHERE {where} ORDER BY id", params, rows_as_dicts=True)
         out = []
         for row in rows:
             item = dict(row)

@@ -9,71 +9,26 @@ missing browser fails instead of skipping.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from calib_core.runs import RunStore
+from tests.app_server import BROWSER_ARGS, CHROMIUM, ROOT, app_server, require_browser
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
 OUT = Path(os.environ.get("CALIB_LAB_E2E_OUT", ROOT / "tests" / "output" / "e2e"))
-
-
-def _require_browser():
-    missing = []
-    if importlib.util.find_spec("playwright") is None:
-        missing.append("the playwright package (pip install -r requirements.txt)")
-    if not Path(CHROMIUM).exists():
-        missing.append(f"{CHROMIUM} (apt-get install chromium)")
-    if missing:
-        reason = "browser test needs " + " and ".join(missing)
-        if os.environ.get("CALIB_LAB_E2E") == "required":
-            pytest.fail(reason)
-        pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def app_url(tmp_path):
-    _require_browser()  # before paying for a server start
-    port = _free_port()
-    env = dict(os.environ, CALIB_LAB_DATA=str(tmp_path / "data"))
+    """The app's server as the README starts it (tests/app_server.py), on a private data folder."""
+    require_browser()  # before paying for a server start
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.headless", "true", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("streamlit did not start:\n" + (proc.stdout.read() if proc.poll() is not None else ""))
-            time.sleep(0.3)
+    with app_server(dict(os.environ, CALIB_LAB_DATA=str(tmp_path / "data")), start_limit_s=90) as (_proc, url):
         yield url, started, tmp_path / "data"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 SLOW_MS = 300_000  # a page update on a loaded machine, once the state it shows exists
@@ -115,7 +70,7 @@ def test_browser_flow_set_prune_results(app_url):
     OUT.mkdir(parents=True, exist_ok=True)
     timings = {}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 2200})
         page.goto(url)
         page.get_by_role("heading", name="Calibration Lab").wait_for(timeout=60_000)
@@ -197,7 +152,7 @@ def test_every_page_opens_from_its_own_url(app_url):
 
     url, _launched, _data = app_url
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         for path, heading in PAGE_URLS.items():
             page = browser.new_page(viewport={"width": 1400, "height": 2000})  # a fresh session each time
             page.goto(f"{url}/{path}")

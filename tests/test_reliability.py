@@ -183,30 +183,11 @@ def test_a_200_mb_one_line_file_is_sampled_within_a_gigabyte(tmp_path):
 
 
 def test_the_app_listens_on_loopback_only(tmp_path):
-    import socket
-    import urllib.request
-
     import psutil
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-                             "--server.fileWatcherType", "none"], cwd=ROOT, env=_env(tmp_path / "data"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, "streamlit did not start within 120 s"
-            time.sleep(0.3)
+    from tests.app_server import app_server
+
+    with app_server(_env(tmp_path / "data")) as (proc, _url):
         listening = [c.laddr for c in psutil.Process(proc.pid).net_connections(kind="inet")
                      if c.status == psutil.CONN_LISTEN]
-        assert listening and all(a.ip in ("127.0.0.1", "::1") for a in listening), listening
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    assert listening and all(a.ip in ("127.0.0.1", "::1") for a in listening), listening

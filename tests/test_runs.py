@@ -91,3 +91,57 @@ def test_the_store_lists_on_a_full_disk_and_refuses_new_runs_clearly(small_tmpfs
     assert [r["status"] for r in full.list()] == ["finished", "interrupted", "interrupted", "interrupted"]
     with pytest.raises(OutputError, match="Cannot write the run store"):
         full.start("m", {"method": "wanda"}, None)
+
+
+def _wal_store_closed_cleanly(path) -> None:
+    """A store as the previous release left it: WAL mode, every connection closed (no -shm, no -wal)."""
+    import gc
+    import sqlite3
+    from contextlib import closing
+
+    store = RunStore(path)
+    done = store.start("m", {"method": "wanda", "sparsity": 0.5}, "builtin:wiki")
+    store.finish(done, "finished", {"perplexity": [{"ppl": 21.5}]})
+    del store
+    gc.collect()  # connections the store did not close itself
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+
+
+def test_a_full_disk_store_lists_without_writing(small_tmpfs):
+    """Found by a reliability probe: a store whose connections were all closed, on a full disk, failed
+    every read with 'disk I/O error' (WAL mode has to write its -shm file to read). Opening and listing
+    must not need to write; the store says it is read-only and why."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import fill_disk
+
+    path = small_tmpfs / "runs.sqlite"
+    _wal_store_closed_cleanly(path)
+    assert sorted(os.listdir(small_tmpfs)) == ["runs.sqlite"]
+    fill_disk(small_tmpfs)
+    full = RunStore(path)
+    assert [(r["status"], r["record"]["perplexity"][0]["ppl"]) for r in full.list()] == [("finished", 21.5)]
+    assert full.read_only_reason
+    cli = subprocess.run([sys.executable, "-m", "calib_core", "runs"], capture_output=True, text=True,
+                         env=dict(os.environ, CALIB_LAB_DATA=str(small_tmpfs)))
+    assert cli.returncode == 0, cli.stderr
+    assert "finished" in cli.stdout and "21.50" in cli.stdout
+    assert "read-only" in cli.stderr
+
+
+def test_opening_an_old_wal_store_leaves_wal_mode_and_a_current_store_opens_without_writing(tmp_path):
+    import sqlite3
+    from contextlib import closing
+
+    path = tmp_path / "runs.sqlite"
+    _wal_store_closed_cleanly(path)
+    RunStore(path)
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    path.chmod(0o444)  # root ignores file modes: the open must not even try to write
+    before = path.stat().st_mtime_ns, path.read_bytes()
+    assert [r["status"] for r in RunStore(path).list()] == ["finished"]
+    assert (path.stat().st_mtime_ns, path.read_bytes()) == before

@@ -27,6 +27,10 @@ with st.expander("Reading these charts"):
                 "(unpruned) model on the same evaluation.")
 store = RunStore()
 runs = store.list()
+if store.read_only_reason:
+    st.warning(f"The run store `{store.path}` is read-only ({store.read_only_reason}): the runs below are "
+               "listed, but new runs cannot be recorded until it can be written (free disk space, or fix "
+               "the file's permissions).")
 if not runs:
     st.info("No runs yet. Start one on the Prune page or with `python -m calib_core prune`.")
     st.stop()
