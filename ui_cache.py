@@ -20,12 +20,15 @@ def access_policy() -> AccessPolicy:
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def _load(spec: str, dtype: str, quantization, trust_remote_code: bool):
-    return load_model(spec, dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code)
+def _load(spec: str, dtype: str, trust_remote_code: bool):
+    return load_model(spec, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 def cached_model(spec: str, dtype: str = "float32", quantization=None, trust_remote_code: bool = False):
+    """The server's own copy of a model, on the CPU: for its description, tokenizer and memory
+    estimates. Never quantized: an 8-/4-bit load lands on a GPU, and the server's copy would hold GPU
+    memory outside the job queue; the jobs that generate or score load it quantized themselves."""
     spec = access_policy().model(spec, trust_remote_code)
-    loaded = _load(spec, dtype, quantization, trust_remote_code)
+    loaded = _load(spec, dtype, trust_remote_code)
     st.session_state.model_loaded = True
     return loaded

@@ -36,7 +36,8 @@ def _add_sampling_args(parser, default_mode: str):
 def _add_model_args(parser):
     parser.add_argument("--model", default=assets.DEFAULT_MODEL, help="hub id, local folder or bundled alias")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda (the current GPU) or "
+                                                         "cuda:N; checked before anything loads")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the model repository's own Python code to run (off by default)")
 
@@ -137,13 +138,19 @@ def main(argv=None) -> int:
         return 130
 
 
-def _load(args):
-    from .models import load_model
+def _load(args, place: bool = False):
+    """The model of `args` (loaded on the CPU; with `place`, then moved whole to --device, for
+    generation and scoring). A bad --device is refused before anything loads."""
+    from .devices import resolve_device
+    from .models import load_model, place_for_inference
 
+    resolve_device(args.device)
     t = time.perf_counter()
     loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                        quantization=getattr(args, "quantization", None),
+                        quantization=getattr(args, "quantization", None), device=args.device,
                         on_message=lambda message: print(f"note: {message}", file=sys.stderr))
+    if place:
+        place_for_inference(loaded.model, args.device)
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
     return loaded, time.perf_counter() - t
@@ -317,7 +324,7 @@ def _cmd_calib(args) -> int:
         batch_size=args.gen_batch_size, drop_fraction=args.drop_fraction, seed=args.seed,
     )
     config.validate()
-    loaded, _ = _load(args)
+    loaded, _ = _load(args, place=True)
     bar = tqdm(total=config.texts, desc="generating", unit="text", file=sys.stderr)
 
     def on_event(event):
@@ -392,7 +399,7 @@ def _cmd_similarity(args) -> int:
 
     if args.out:
         check_output_file(args.out, (".csv",))
-    loaded, _ = _load(args)
+    loaded, _ = _load(args, place=True)
     table, _summary = compare_sources(loaded.model, loaded.tokenizer, args.sets, args.samples, args.seed, args.scoring,
                                       args.seqlen, args.mode, args.concat_separator, args.reference, args.ngram, args.k,
                                       args.max_tokens)

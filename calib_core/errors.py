@@ -47,3 +47,7 @@ class MissingDependencyError(CalibLabError):
 
 class AccessError(CalibLabError):
     """A shared (exposed) app refused a path or setting outside what visitors may reach."""
+
+
+class DeviceError(ConfigError):
+    """A device string names no device of this machine (unknown name, no CUDA, a missing GPU index)."""

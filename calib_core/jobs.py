@@ -192,10 +192,14 @@ class JobManager:
         self._workers: dict[int, subprocess.Popen] = {}
         self._lock = threading.Lock()
 
-    def submit(self, label: str, work: Callable, *args, device: str = "cpu", kind: str = "") -> Job:
+    def submit(self, label: str, work: Callable, *args, device: str = "auto", kind: str = "") -> Job:
         """Run `work(job, *args)` in a new worker process. `work` must be a module-level function
         (it is pickled by name); it should pass job.emit as its event callback and job.cancel_event
-        as its cancel token."""
+        as its cancel token. `device` is the device the work computes on: its physical device
+        (devices.device_key, checked here, before any work) is the queue the job waits in."""
+        from .devices import device_key
+
+        device = device_key(device)
         with self._lock:
             folder = self._new_folder()
             (folder / "task.pkl").write_bytes(pickle.dumps((work, args)))

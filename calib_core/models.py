@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import assets, hub
+from .devices import resolve_device
 from .errors import ModelLoadError, UnsupportedModelError
 
 try:  # GPT-2 style layers store weights transposed ([in, out]).
@@ -27,6 +28,7 @@ except ImportError:  # pragma: no cover - transformers always ships it today
 class Family:
     blocks_path: str  # dotted attribute path from the CausalLM to its ModuleList of decoder blocks
     label: str
+    final_norm_path: str = "model.norm"  # the norm between the last block and the output embedding
 
 
 FAMILIES: dict[str, Family] = {
@@ -38,9 +40,9 @@ FAMILIES: dict[str, Family] = {
     "gemma2": Family("model.layers", "Gemma2"),
     "gemma3_text": Family("model.layers", "Gemma3"),
     "phi3": Family("model.layers", "Phi-3"),
-    "opt": Family("model.decoder.layers", "OPT"),
-    "gpt2": Family("transformer.h", "GPT-2"),
-    "gpt_neox": Family("gpt_neox.layers", "GPT-NeoX"),
+    "opt": Family("model.decoder.layers", "OPT", "model.decoder.final_layer_norm"),
+    "gpt2": Family("transformer.h", "GPT-2", "transformer.ln_f"),
+    "gpt_neox": Family("gpt_neox.layers", "GPT-NeoX", "gpt_neox.final_layer_norm"),
 }
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -70,6 +72,16 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
                 f"(AutoModelForCausalLM), not a base or multimodal model."
             )
     return obj
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """What turns the last block's output into the output embedding's input: the family's final norm
+    (and OPT's down-projection where a model has one)."""
+    module = model
+    for part in family_of(model).final_norm_path.split("."):
+        module = getattr(module, part)
+    project_out = getattr(getattr(getattr(model, "model", None), "decoder", None), "project_out", None)
+    return nn.Sequential(module, project_out) if project_out is not None else module
 
 
 def prunable_modules(block: nn.Module) -> dict[str, nn.Module]:
@@ -104,22 +116,24 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"Device '{device}' requested but CUDA is not available on this machine.")
-    return torch.device(device)
-
-
 def place_for_inference(model: nn.Module, device: str = "auto") -> torch.device:
-    """Move a model to the compute device for generation or scoring. Quantized models stay where
-    bitsandbytes put them (they cannot be moved after loading)."""
+    """Move a model to the compute device for generation or scoring, after checking that the whole
+    model (and a tenth more for activations and the cache) fits in the device's free memory; a model
+    that does not is refused with what to do instead. Quantized models stay where bitsandbytes put
+    them (they cannot be moved after loading)."""
+    from .devices import describe_free, fits_whole, model_bytes
+    from .errors import InsufficientMemoryError
+
     target = resolve_device(device)
-    if not is_quantized(model):
-        model.to(target)
-        return target
-    return next(model.parameters()).device
+    if is_quantized(model):
+        return next(model.parameters()).device
+    if not fits_whole(model, target, model_bytes(model) // 10):
+        raise InsufficientMemoryError(
+            f"Generation and scoring need the whole model on one device: it takes "
+            f"{model_bytes(model) / 2**30:.2f} GiB, and there is {describe_free(target)}. Use the CPU (--device cpu), "
+            f"a smaller dtype, or an 8-/4-bit load.")
+    model.to(target)
+    return target
 
 
 def _offline_message(spec: str) -> str:
@@ -136,10 +150,12 @@ def load_model(
     trust_remote_code: bool = False,
     quantization: str | None = None,
     on_message: Callable[[str], None] | None = None,
+    device: str = "auto",
 ) -> LoadedModel:
     """Load a causal LM by bundled alias, local folder or hub id (weights stay on CPU).
 
-    `quantization` ('8bit' / '4bit') loads through bitsandbytes, for generation and scoring only.
+    `quantization` ('8bit' / '4bit') loads through bitsandbytes, for generation and scoring only, onto
+    `device` (bitsandbytes places the weights while loading; they cannot be moved afterwards).
     Remote model code runs only when `trust_remote_code` is explicitly True. `on_message` hears about
     slow first steps (a bundled model's one-time conversion).
     """
@@ -162,6 +178,7 @@ def load_model(
     kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if quantization:
         kwargs["quantization_config"] = _bnb_config(quantization)
+        kwargs["device_map"] = {"": str(resolve_device(device))}  # without it, always the first GPU
     try:
         model, tokenizer = _from_pretrained(source, local, kwargs)
     except (UnsupportedModelError, ModelLoadError):

@@ -179,6 +179,9 @@ def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, l
     from .prune.memory import check_memory
     from .runs import run_record
 
+    from .devices import reset_peak_memory, resolve_device
+
+    reset_peak_memory(resolve_device(config.device))  # each run (a sweep's point too) reports its own peak
     t = time.perf_counter()
     streamed = None
     if job.stream:
@@ -384,6 +387,9 @@ def evaluate_model(loaded, sources: list[str], seqlen: int, windows: int | None 
                            {"source": spec, "number": number, "total": len(sources)}))
         ppl = measure(loaded.tokenizer, spec, seqlen=seqlen, max_windows=windows, device=device, protocol=protocol)
         perplexities.append(ppl)
+        if ppl.placement != "whole model" and streamed is None:
+            emit(PipelineEvent("eval", f"note: the whole model does not fit in the free memory of {device}: "
+                                       f"perplexity on {spec} was measured {ppl.placement}"))
         emit(PipelineEvent("ppl", f"ppl {spec}: {ppl.ppl:.3f} ({protocol}, {ppl.windows} x {ppl.seqlen} tokens, "
                                   f"{ppl.seconds:.1f} s)", ppl.as_dict()))
     timings = {"eval": sum(p.seconds for p in perplexities)}
@@ -392,24 +398,40 @@ def evaluate_model(loaded, sources: list[str], seqlen: int, windows: int | None 
 
         t = time.perf_counter()
         extras["cloze"] = []
-        for spec in sources:
-            accuracy = cloze_accuracy(loaded.model, loaded.tokenizer, spec, items=cloze_items)
-            extras["cloze"].append(accuracy.as_dict())
-            emit(PipelineEvent("cloze", f"cloze {spec}: acc {accuracy.acc:.3f}, acc_norm {accuracy.acc_norm:.3f} "
-                                        f"({accuracy.items} items)", accuracy.as_dict()))
+        with _on_job_device(loaded.model, device, "cloze", "the cloze proxy", emit):
+            for spec in sources:
+                accuracy = cloze_accuracy(loaded.model, loaded.tokenizer, spec, items=cloze_items)
+                extras["cloze"].append(accuracy.as_dict())
+                emit(PipelineEvent("cloze", f"cloze {spec}: acc {accuracy.acc:.3f}, acc_norm {accuracy.acc_norm:.3f} "
+                                            f"({accuracy.items} items)", accuracy.as_dict()))
         timings["cloze"] = time.perf_counter() - t
     if lm_eval_tasks is not None:
         from .metrics.zeroshot import lm_eval_accuracy
 
         t = time.perf_counter()
-        zeroshot = lm_eval_accuracy(loaded.model, loaded.tokenizer, lm_eval_tasks, lm_eval_limit,
-                                    include_path=lm_eval_include)
+        with _on_job_device(loaded.model, device, "zeroshot", "lm-eval", emit):  # HFLM runs where the model is
+            zeroshot = lm_eval_accuracy(loaded.model, loaded.tokenizer, lm_eval_tasks, lm_eval_limit,
+                                        include_path=lm_eval_include)
         timings["lm_eval"] = time.perf_counter() - t
         for task in zeroshot.tasks:
             emit(PipelineEvent("zeroshot", f"{task.task}: {task.reported} {task.value:.4f}", asdict(task)))
         emit(PipelineEvent("zeroshot", f"mean: {zeroshot.mean:.4f}", {"mean": zeroshot.mean}))
         extras["zeroshot"] = zeroshot.as_dict()
     return Evaluation(perplexities, extras, timings)
+
+
+@contextlib.contextmanager
+def _on_job_device(model, device: str, stage: str, what: str, emit):
+    """The whole model on the job's device while `what` runs (then back on the CPU); where it does
+    not fit, `what` runs where the model is, and the run's events say so."""
+    from .devices import describe_free, resolve_device, whole_model_on
+
+    target = resolve_device(device)
+    with whole_model_on(model, target) as where:
+        if where != target:
+            emit(PipelineEvent(stage, f"note: the whole model does not fit on {target} ({describe_free(target)}): "
+                                      f"{what} runs on {where}"))
+        yield where
 
 
 def _write_outputs(job: PruneJob, loaded, record: dict, calibration, emit, push_refused: str | None = None) -> None:

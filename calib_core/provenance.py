@@ -37,10 +37,13 @@ def _git_commit() -> str | None:
         return None
 
 
-def peak_memory() -> dict:
+def peak_memory(device: str | torch.device | None = None) -> dict:
+    """This process's peak RSS, and on a CUDA `device` its peak allocation since the last
+    devices.reset_peak_memory (each run resets it at its start)."""
     peak = {"peak_rss_bytes": peak_rss()}
-    if torch.cuda.is_available():
-        peak["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    if device is not None and torch.device(device).type == "cuda":
+        peak["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        peak["cuda_device"] = str(device)
     return peak
 
 

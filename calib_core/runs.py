@@ -47,17 +47,20 @@ class RunRecord(TypedDict, total=False):
     zeroshot: dict
 
 
-def _common(model_spec: str, model_info: dict, perplexities: list, timings: dict, notes: list[str] | None) -> dict:
+def _common(model_spec: str, model_info: dict, perplexities: list, timings: dict, notes: list[str] | None,
+            device=None) -> dict:
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": {"spec": model_spec, **model_info},
             "versions": environment_versions(), "perplexity": [p.as_dict() for p in perplexities],
-            "timings": timings, "memory": peak_memory(), "notes": notes or []}
+            "timings": timings, "memory": peak_memory(device), "notes": notes or []}
 
 
 def run_record(model_spec: str, model_info: dict, calibration, result, perplexities: list, timings: dict,
                notes: list[str] | None = None) -> RunRecord:
     """A pruning run's report: config, versions, calibration fingerprint, sparsity, per-block stats, ppl."""
+    from .devices import resolve_device
+
     return RunRecord(
-        **_common(model_spec, model_info, perplexities, timings, notes),
+        **_common(model_spec, model_info, perplexities, timings, notes, resolve_device(result.config.device)),
         config=result.config.as_dict(),
         calibration=calibration.describe() if calibration is not None else None,
         overall_sparsity=result.overall_sparsity,
@@ -70,9 +73,9 @@ def run_record(model_spec: str, model_info: dict, calibration, result, perplexit
 
 
 def eval_record(model_spec: str, model_info: dict, perplexities: list, timings: dict,
-                notes: list[str] | None = None) -> RunRecord:
+                notes: list[str] | None = None, device=None) -> RunRecord:
     """An evaluation's report (`python -m calib_core eval`): the model, versions, perplexities."""
-    return RunRecord(**_common(model_spec, model_info, perplexities, timings, notes))
+    return RunRecord(**_common(model_spec, model_info, perplexities, timings, notes, device))
 
 
 def runs_table(runs: list[dict]):

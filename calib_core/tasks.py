@@ -21,7 +21,7 @@ def dense_baseline(job, prune_job: PruneJob):
 
 
 def self_generate(job, model_spec: str, model_options: dict, device: str, config: GenerationConfig, set_name: str):
-    loaded = load_model(model_spec, **model_options)
+    loaded = load_model(model_spec, **model_options, device=device)  # a quantized load lands on `device`
     place_for_inference(loaded.model, device)
     result = generate_set(loaded.model, loaded.tokenizer, config, job.emit, job.cancel_event, model_spec)
     save_generated(set_name, result)
@@ -32,7 +32,7 @@ def self_generate(job, model_spec: str, model_options: dict, device: str, config
 def similarity(job, model_spec: str, model_options: dict, device: str, specs: list[str], settings: dict):
     """compare_sources on `specs` with `settings` (its keyword arguments); each set's mean scores are
     recorded in the run store."""
-    loaded = load_model(model_spec, **model_options)
+    loaded = load_model(model_spec, **model_options, device=device)  # a quantized load lands on `device`
     place_for_inference(loaded.model, device)
     table, summary = compare_sources(loaded.model, loaded.tokenizer, specs, on_event=job.emit,
                                      cancel=job.cancel_event, **settings)

@@ -33,6 +33,7 @@ def _open_job(folder: Path) -> Job:
 def _wait_for_turn(job: Job, manager: JobManager):
     """Block until no older live job on this device is pending; return the device lock (held until
     this process exits), or None when the job was cancelled while queued."""
+    # job.device is a physical device's key (devices.device_key): one lock file per device.
     lock = open(manager.folder / f"device-{job.device.replace(':', '-')}.lock", "a")
     while not job.cancel_requested:
         ahead = [j for j in manager.active() if j.device == job.device and j.id < job.id]

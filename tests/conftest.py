@@ -11,6 +11,15 @@ def isolated_user_data(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def fake_cuda(monkeypatch):
+    """A machine with one CUDA device, as far as device names and choices go (no kernel runs on it):
+    for the logic that picks and names devices, tested without a GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+
+@pytest.fixture
 def small_tmpfs(tmp_path):
     """A 4 MB tmpfs to fill up (a full disk on demand); skipped where mounting is not allowed."""
     import subprocess

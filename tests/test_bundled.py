@@ -47,11 +47,11 @@ def test_wanda_beats_magnitude_and_both_hurt(fresh):
     dense = perplexity(fresh.model, tok, "builtin:wiki", **EVAL).ppl
     assert 5 < dense < 60
     calib = build_calibration("builtin:wiki", tok, nsamples=4, seqlen=128, seed=0)
-    result = prune_model(fresh.model, calib.input_ids, PruneConfig(method="wanda", sparsity=0.5))
+    result = prune_model(fresh.model, calib.input_ids, PruneConfig(device="cpu", method="wanda", sparsity=0.5))
     assert result.overall_sparsity == pytest.approx(0.5, abs=1e-4)
     wanda = perplexity(fresh.model, tok, "builtin:wiki", **EVAL).ppl
     magnitude_model = load_model("smollm2-135m").model
-    prune_model(magnitude_model, None, PruneConfig(method="magnitude", sparsity=0.5))
+    prune_model(magnitude_model, None, PruneConfig(device="cpu", method="magnitude", sparsity=0.5))
     magnitude = perplexity(magnitude_model, tok, "builtin:wiki", **EVAL).ppl
     assert dense < wanda < magnitude
 
@@ -135,7 +135,7 @@ def test_masks_are_pinned(fresh, name):
 
     options, expected = PINNED_MASKS[name]
     calib = build_calibration("builtin:wiki", fresh.tokenizer, 2, 64, 0)
-    prune_model(fresh.model, calib.input_ids, PruneConfig(**options))
+    prune_model(fresh.model, calib.input_ids, PruneConfig(device="cpu", **options))
     digest = hashlib.sha256()
     for block in decoder_blocks(fresh.model):
         for module in prunable_modules(block).values():
@@ -158,7 +158,7 @@ def test_gemma3_is_assembled_converted_with_its_terms_and_every_method_prunes_it
     for method in METHODS:
         events = []
         record = run_prune_job(PruneJob(model="gemma3-270m", nsamples=2, seqlen=64, eval_windows=1, keep_masks=False,
-                                        config=PruneConfig(method=method, sparsity=0.5)), events.append, store=store)
+                                        config=PruneConfig(device="cpu", method=method, sparsity=0.5)), events.append, store=store)
         assert abs(record["overall_sparsity"] - 0.5) < 0.01, method
         assert 1 < record["perplexity"][0]["ppl"] < 1e6, method
         charts = live_prune_charts(events)

@@ -56,7 +56,7 @@ def test_bundled_model_beats_chance_and_pruning_hurts(bundled_for_cloze):
     dense = cloze_accuracy(lm.model, lm.tokenizer, "builtin:wiki", items=40, context_tokens=48,
                            continuation_tokens=12)
     assert dense.acc > 0.6 and dense.items == 40  # chance is 0.25
-    prune_model(lm.model, None, PruneConfig(method="magnitude", sparsity=0.8))
+    prune_model(lm.model, None, PruneConfig(device="cpu", method="magnitude", sparsity=0.8))
     pruned = cloze_accuracy(lm.model, lm.tokenizer, "builtin:wiki", items=40, context_tokens=48,
                             continuation_tokens=12)
     assert pruned.acc < dense.acc
@@ -69,7 +69,7 @@ def test_pipeline_records_cloze_accuracy(tmp_path):
     from tests.tiny import save_tiny_folder
 
     folder = save_tiny_folder(tmp_path / "tiny")
-    record = run_prune_job(PruneJob(model=str(folder), nsamples=2, seqlen=16, config=PruneConfig(method="wanda"),
+    record = run_prune_job(PruneJob(model=str(folder), nsamples=2, seqlen=16, config=PruneConfig(device="cpu", method="wanda"),
                                     eval=["builtin:wiki"], eval_windows=2, cloze_items=5, keep_masks=False),
                            store=RunStore(tmp_path / "runs.sqlite"))
     (cloze,) = record["cloze"]

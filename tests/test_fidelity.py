@@ -209,7 +209,7 @@ def test_dsnot_variance_is_pooled_within_sequences():
 
 def test_dsnot_threshold_scale_is_applied_and_recorded():
     model = tiny_model()
-    result = prune_model(model, random_ids(2, 32), PruneConfig(method="dsnot", dsnot_threshold_scale="seqlen"))
+    result = prune_model(model, random_ids(2, 32), PruneConfig(device="cpu", method="dsnot", dsnot_threshold_scale="seqlen"))
     details = result.method_details["dsnot"]
     assert details["effective_threshold"] == pytest.approx(0.1 * 32 / 2048)
     assert details["seqlen"] == 32 and details["rule"] == "original"
@@ -236,7 +236,7 @@ def test_dsnot_on_sparsegpt_starts_from_the_static_metric_without_weight_updates
     dense = tiny_model()
     model = tiny_model()
     ids = random_ids(4, 16)
-    result = prune_model(model, ids, PruneConfig(method="dsnot", base="sparsegpt", sparsity=0.5))
+    result = prune_model(model, ids, PruneConfig(device="cpu", method="dsnot", base="sparsegpt", sparsity=0.5))
     assert result.method_details["dsnot"]["sparsegpt_init"] == "static"
     for block, dense_block in zip(decoder_blocks(model), decoder_blocks(dense)):
         for name, module in prunable_modules(block).items():
@@ -245,7 +245,7 @@ def test_dsnot_on_sparsegpt_starts_from_the_static_metric_without_weight_updates
             assert torch.equal(W[kept], W0[kept]), name  # a full SparseGPT pass would change them
             assert (kept.sum(1) == W.shape[1] // 2).all()  # per row, as the authors' static mask
     variant = tiny_model()
-    prune_model(variant, ids, PruneConfig(method="dsnot", base="sparsegpt", sparsity=0.5, dsnot_sparsegpt_init="full"))
+    prune_model(variant, ids, PruneConfig(device="cpu", method="dsnot", base="sparsegpt", sparsity=0.5, dsnot_sparsegpt_init="full"))
     mlp = prunable_modules(decoder_blocks(variant)[0])["mlp.down_proj"]
     mlp0 = prunable_modules(decoder_blocks(dense)[0])["mlp.down_proj"]
     kept = weight_matrix(mlp) != 0
@@ -333,7 +333,7 @@ def test_owl_mixed_nm_refuses_n_outside_range():
 
 def test_owl_mixed_nm_records_planned_and_achieved_sparsity():
     model = tiny_model(num_hidden_layers=3)
-    result = prune_model(model, random_ids(4, 16), PruneConfig(method="owl", pattern="2:4", owl_m=3))
+    result = prune_model(model, random_ids(4, 16), PruneConfig(device="cpu", method="owl", pattern="2:4", owl_m=3))
     details = result.method_details["owl"]
     assert details["nm_rule"] == "original" and "extension" not in details
     ns = [int(p.split(":")[0]) for p in result.allocation.patterns]
@@ -341,5 +341,5 @@ def test_owl_mixed_nm_records_planned_and_achieved_sparsity():
     assert details["achieved_sparsity"] == pytest.approx(result.overall_sparsity)
     assert math.isclose(result.overall_sparsity, details["planned_sparsity"], abs_tol=1e-3)
     extension = prune_model(tiny_model(num_hidden_layers=3), random_ids(4, 16),
-                            PruneConfig(method="owl", base="magnitude", pattern="2:4", owl_m=3))
+                            PruneConfig(device="cpu", method="owl", base="magnitude", pattern="2:4", owl_m=3))
     assert "extension" in extension.method_details["owl"]

@@ -22,8 +22,8 @@ def _weights(model) -> dict[str, torch.Tensor]:
 def test_wanda_masks_in_half_precision_agree_with_fp32(dtype):
     ids = random_ids(8, 32)
     full, half = tiny_model(seed=1), tiny_model(seed=1).to(dtype)
-    prune_model(full, ids, PruneConfig(method="wanda", sparsity=0.5))
-    prune_model(half, ids, PruneConfig(method="wanda", sparsity=0.5))
+    prune_model(full, ids, PruneConfig(device="cpu", method="wanda", sparsity=0.5))
+    prune_model(half, ids, PruneConfig(device="cpu", method="wanda", sparsity=0.5))
     agree = total = 0
     for name, weight in _weights(half).items():
         assert weight.dtype == dtype, name  # written back in the model's dtype
@@ -35,7 +35,7 @@ def test_wanda_masks_in_half_precision_agree_with_fp32(dtype):
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "dsnot", "owl"])
 def test_every_method_prunes_a_bf16_model_to_finite_bf16_weights(method):
     model = tiny_model(seed=2).to(torch.bfloat16)
-    result = prune_model(model, random_ids(6, 32), PruneConfig(method=method, sparsity=0.5))
+    result = prune_model(model, random_ids(6, 32), PruneConfig(device="cpu", method=method, sparsity=0.5))
     for name, weight in _weights(model).items():
         assert weight.dtype == torch.bfloat16 and torch.isfinite(weight).all(), name
     assert abs(result.overall_sparsity - 0.5) < 0.02

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from calib_core.errors import PruningCancelled, SourceError
 from calib_core.jobs import JobManager
 
@@ -61,11 +63,31 @@ def echo(job, value):
     return value
 
 
-def test_jobs_on_one_device_run_one_at_a_time_in_order(tmp_path):
+def test_every_name_of_one_gpu_is_one_queue(tmp_path, fake_cuda):
+    """'auto', 'cuda' and 'cuda:0' on a one-GPU machine are one physical device: one queue, one lock
+    (before, the raw strings were the keys and two jobs ran on the GPU at once)."""
+    from calib_core.errors import DeviceError
+
     manager = JobManager(tmp_path / "jobs")
     gate = tmp_path / "gate"
-    first = manager.submit("a", gated, str(gate), 10)
-    second = manager.submit("b", gated, str(gate), 20)
+    jobs = [manager.submit(name, gated, str(gate), name, device=name) for name in ("auto", "cuda", "cuda:0")]
+    assert [j.device for j in jobs] == ["cuda:0"] * 3
+    wait_for(lambda: jobs[0].events == ["started"])
+    assert [manager.position(j) for j in jobs] == [0, 1, 2] and jobs[2].status == "queued"
+    gate.touch()
+    assert [wait(j).result for j in jobs] == ["auto", "cuda", "cuda:0"]
+    assert jobs[0].ended <= jobs[1].started and jobs[1].ended <= jobs[2].started
+    assert list((tmp_path / "jobs").glob("device-*.lock")) == [tmp_path / "jobs" / "device-cuda-0.lock"]
+    with pytest.raises(DeviceError, match="has 1 CUDA device"):  # refused before any worker starts
+        manager.submit("x", echo, 1, device="cuda:1")
+    assert len(manager.active()) == 0
+
+
+def test_jobs_on_one_device_run_one_at_a_time_in_order(tmp_path, fake_cuda):
+    manager = JobManager(tmp_path / "jobs")
+    gate = tmp_path / "gate"
+    first = manager.submit("a", gated, str(gate), 10, device="cpu")
+    second = manager.submit("b", gated, str(gate), 20, device="cpu")
     other = manager.submit("c", echo, "elsewhere", device="cuda:0")  # another device does not wait
     wait_for(lambda: first.events == ["started"])
     assert wait(other).result == "elsewhere"

@@ -35,7 +35,7 @@ def _front_matter(card: str) -> dict:
 def test_a_saved_tiny_model_reloads_to_the_pruned_masks_with_card_and_report(tmp_path, tiny_folder, pattern):
     target = tmp_path / "saved"
     job = PruneJob(model=str(tiny_folder), nsamples=2, seqlen=16, eval_windows=1, save=str(target),
-                   config=PruneConfig(method="wanda", sparsity=0.5, pattern=pattern))
+                   config=PruneConfig(device="cpu", method="wanda", sparsity=0.5, pattern=pattern))
     record = run_prune_job(job, store=RunStore(tmp_path / "runs.sqlite"))
     saved = record["saved"]
     assert saved["reload_check"]["checked"] and saved["reload_check"]["max_abs_logit_diff"] == 0.0
@@ -110,7 +110,7 @@ def test_the_reproduce_command_parses_back_to_the_same_job():
     job = PruneJob(model="some/model", dtype="bfloat16", calib="set:mine", nsamples=64, seqlen=512, seed=3,
                    mode="concat", concat_separator="\n\n--\n", eval=["builtin:wiki", "builtin:news"],
                    ppl_protocol="wikitext2", eval_windows=8, save="/tmp/out",
-                   config=PruneConfig(method="owl", base="sparsegpt", sparsity=0.7, owl_m=7.0, owl_lambda=0.1,
+                   config=PruneConfig(device="cpu", method="owl", base="sparsegpt", sparsity=0.7, owl_m=7.0, owl_lambda=0.1,
                                       sparsegpt_blocksize=64).resolved())
     command = reproduce_command(job)
     import shlex
@@ -160,7 +160,7 @@ def test_push_uploads_the_saved_folder(tmp_path, monkeypatch):
 def test_the_bundled_model_saved_at_2_4_reloads_identically(tmp_path):
     target = tmp_path / "bundled"
     record = run_prune_job(PruneJob(nsamples=2, seqlen=64, eval_windows=1, save=str(target), keep_masks=False,
-                                    config=PruneConfig(method="wanda", pattern="2:4")),
+                                    config=PruneConfig(device="cpu", method="wanda", pattern="2:4")),
                            store=RunStore(tmp_path / "runs.sqlite"))
     check = record["saved"]["reload_check"]
     assert check["checked"] and check["max_abs_logit_diff"] == 0.0 and check["tokens"] == 64

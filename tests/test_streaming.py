@@ -32,7 +32,7 @@ def _both(tmp_path, model: str, method: str, **settings):
     records = {}
     for stream in (False, True):
         job = PruneJob(model=model, stream=stream, save=str(tmp_path / f"saved-{stream}"),
-                       config=PruneConfig(method=method, sparsity=0.5), **settings)
+                       config=PruneConfig(device="cpu", method=method, sparsity=0.5), **settings)
         records[stream] = run_prune_job(job, store=store)
     return records
 
@@ -130,7 +130,7 @@ def test_a_model_that_does_not_fit_in_memory_is_streamed_and_the_run_says_so(tmp
                                                                               "total": real().total})())
     events = []
     record = run_prune_job(PruneJob(model=str(folder), nsamples=2, seqlen=16, eval_windows=1,
-                                    config=PruneConfig(method="wanda", sparsity=0.5)), events.append,
+                                    config=PruneConfig(device="cpu", method="wanda", sparsity=0.5)), events.append,
                            store=RunStore(tmp_path / "runs.sqlite"))
     notes = [e.message for e in events if getattr(e, "stage", "") == "load"]
     assert any("do not fit in the 0.0 GiB of free memory: streaming its blocks from disk" in n for n in notes), notes

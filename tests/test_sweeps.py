@@ -54,7 +54,7 @@ def test_sweep_is_resumable_and_restores_dense_weights(tmp_path):
     # the last point of the sweep started from restored dense weights: same ppl as a fresh, lone run
     last = runs[-1]
     lone = run_prune_job(PruneJob(model=str(folder), calib=last["calibration"], nsamples=2, seqlen=16,
-                                  seed=last["record"]["calibration"]["seed"], config=PruneConfig(method="wanda"),
+                                  seed=last["record"]["calibration"]["seed"], config=PruneConfig(device="cpu", method="wanda"),
                                   eval=["builtin:wiki"], eval_windows=2, keep_masks=False),
                          store=RunStore(tmp_path / "other.sqlite"))
     assert last["record"]["perplexity"][0]["ppl"] == pytest.approx(lone["perplexity"][0]["ppl"], rel=1e-6)

@@ -186,7 +186,7 @@ def test_quantized_model_scores_and_generates_but_is_not_pruned(tmp_path):
     scores = score_token_ids(quantized.model, [random_ids(1, 12)[0].tolist()], window=64)[0]
     assert torch.isfinite(scores.z).all()
     with pytest.raises(ConfigError, match="quantized"):
-        prune_model(quantized.model, random_ids(2, 8), PruneConfig())
+        prune_model(quantized.model, random_ids(2, 8), PruneConfig(device="cpu"))
 
 
 def test_quantized_load_reports_smaller_footprint(tmp_path):

@@ -40,7 +40,7 @@ def test_pipeline_and_cli_record_lm_eval(tmp_path, capsys):
 
     tasks = tmp_path / "tasks"
     name = write_cloze_task(tasks, "builtin:wiki", load_model(str(folder)).tokenizer, items=6)
-    record = run_prune_job(PruneJob(model=str(folder), nsamples=2, seqlen=16, config=PruneConfig(method="wanda"),
+    record = run_prune_job(PruneJob(model=str(folder), nsamples=2, seqlen=16, config=PruneConfig(device="cpu", method="wanda"),
                                     eval=["builtin:wiki"], eval_windows=1, keep_masks=False, lm_eval_tasks=[name],
                                     lm_eval_include=str(tasks)), store=RunStore(tmp_path / "runs.sqlite"))
     (task,) = record["zeroshot"]["tasks"]

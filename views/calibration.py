@@ -17,7 +17,7 @@ from calib_core.data.selfgen import GenerationConfig, filter_by_perplexity
 from ui_cache import access_policy, cached_model
 from ui_forms import any_invalid, bounded_number
 from ui_live import live_view
-from calib_core.models import resolve_device
+from calib_core.devices import resolve_device
 
 MAX_UPLOAD_MB = 50
 PREVIEW_TOKENIZE_CHARACTERS = 4_000_000

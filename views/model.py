@@ -68,7 +68,8 @@ if st.button("Load", type="primary", disabled=not spec):
 
 options = st.session_state.model_options
 if st.session_state.get("model_loaded"):
-    from calib_core.models import describe_model, resolve_device
+    from calib_core.devices import resolve_device
+    from calib_core.models import describe_model
     from calib_core.prune.memory import estimate_memory
     from calib_core.prune.methods import METHODS
 

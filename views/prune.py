@@ -8,7 +8,7 @@ from calib_core.experiments.run_figures import live_prune_charts
 from calib_core.jobs import manager
 from calib_core.pipeline import PruneJob, check_outputs
 from calib_core.progress import run_progress
-from calib_core.models import resolve_device
+from calib_core.devices import resolve_device
 from calib_core.prune import PruneConfig
 from calib_core.prune.memory import estimate_memory
 from calib_core.prune.methods import ENGINE_OPTIONS, METHODS, statistics_needed

@@ -12,8 +12,9 @@ from calib_core.experiments.stats import dense_baseline, evaluation_of, similari
 from calib_core.jobs import manager
 from calib_core.metrics.agreement import block_agreement, mask_agreement, overall_jaccard
 from calib_core.model_card import reproduce_command
-from calib_core.models import resolve_device
+from calib_core.devices import resolve_device
 from calib_core.pipeline import DENSE, PruneJob, check_outputs, job_of_record
+from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore, runs_table
 from ui_cache import access_policy
 from ui_charts import show_chart
@@ -75,9 +76,10 @@ if ppl_columns and not view.empty:
             if job and st.button("Measure the dense model on this evaluation"):
                 baseline = PruneJob(model=reference["model"], dtype=job.get("dtype", "float32"), eval=job["eval"],
                                     ppl_protocol=job["ppl_protocol"], seqlen=job["seqlen"],
-                                    eval_seqlen=job.get("eval_seqlen"), eval_windows=job.get("eval_windows"))
+                                    eval_seqlen=job.get("eval_seqlen"), eval_windows=job.get("eval_windows"),
+                                    config=PruneConfig(device=st.session_state.device))
                 st.session_state.dense_job = manager().submit("dense baseline", tasks.dense_baseline, baseline,
-                                                              kind="dense").id
+                                                              device=baseline.config.device, kind="dense").id
     live_view("dense_job", "dense", lambda j: st.error(j.error) if j.status in ("failed", "cancelled") else None)
     numeric = pruned[~pruned.sparsity.astype(str).str.contains(":")].dropna(subset=[metric]).copy()
     if not numeric.empty:

@@ -69,7 +69,8 @@ with grid_tab:
                 name=name, model=st.session_state.model_spec, calibration=sources, methods=methods,
                 sparsities=[s if ":" in s else float(s) for s in settings], seqlen=int(seqlen),
                 nsamples=[int(n) for n in nsamples.split(",") if n.strip()], seeds=list(range(int(seeds))),
-                eval=evals, eval_windows=int(windows), mode=mode, dtype=st.session_state.model_options["dtype"]))
+                eval=evals, eval_windows=int(windows), mode=mode, dtype=st.session_state.model_options["dtype"],
+                device=st.session_state.device))
             st.session_state.sweep_grid = access_policy().grid(grid)
         except (CalibLabError, ValueError) as exc:
             st.error(f"Invalid sweep: {exc}")
@@ -80,7 +81,7 @@ with grid_tab:
         st.markdown(f"Grid **{grid.name}**: {len(points)} points, {sum(p.key in done for p in points)} already finished.")
         running = manager().get(st.session_state.get("sweep_job"))
         if st.button("Run this grid", disabled=bool(running and not running.done)):
-            job = manager().submit(f"sweep {grid.name}", tasks.sweep, grid, kind="sweep")
+            job = manager().submit(f"sweep {grid.name}", tasks.sweep, grid, device=grid.device, kind="sweep")
             st.session_state.sweep_job = job.id
 
     def sweep_progress(job):

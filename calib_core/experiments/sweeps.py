@@ -28,7 +28,7 @@ import hashlib
 import itertools
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .. import assets
@@ -58,6 +58,7 @@ class SweepGrid:
     ppl_protocol: str = "heldout"
     dtype: str = "float32"
     keep_masks: bool = False  # 13 MB per point for SmolLM2: opt in for mask agreement
+    device: str = "auto"  # where every point computes; not part of a point's key (same results, rounding aside)
 
     @classmethod
     def from_file(cls, path: str | Path) -> SweepGrid:
@@ -92,8 +93,10 @@ class SweepGrid:
             if not isinstance(getattr(grid, key), list) or (key != "eval" and not getattr(grid, key)):
                 raise ConfigError(f"Sweep grid '{key}' must be a non-empty list.")
         grid.check_bounds()
+        from ..devices import resolve_device
         from ..metrics.perplexity import check_protocol
 
+        resolve_device(grid.device)  # a device this machine lacks is refused before any point runs
         check_mode(grid.mode)
         check_protocol(grid.ppl_protocol)
         grid.points()  # every point's config is validated before anything runs
@@ -144,7 +147,7 @@ class SweepGrid:
         """The pipeline job of one point (the local and the Ray runner run the same thing)."""
         return PruneJob(model=self.model, dtype=self.dtype, calib=point.calibration, nsamples=point.nsamples,
                         seqlen=self.seqlen, seed=point.seed, mode=self.mode, concat_separator=self.concat_separator,
-                        config=point.config, eval=self.eval, ppl_protocol=self.ppl_protocol,
+                        config=replace(point.config, device=self.device), eval=self.eval, ppl_protocol=self.ppl_protocol,
                         eval_windows=self.eval_windows, keep_masks=self.keep_masks)
 
     def points(self) -> list[SweepPoint]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..data.sources import READ_TOKENS_FLOOR, parse_source, source_texts
 from ..data.tokens import ReadLimits, read_pool
 from ..errors import ConfigError, SourceError
-from ..models import resolve_device
+from ..devices import resolve_device
 
 PROTOCOLS = ("heldout", "wikitext2")
 
@@ -38,6 +38,7 @@ class PerplexityResult:
     tokens: int  # predicted tokens = windows * (seqlen - 1)
     protocol: str
     seconds: float
+    placement: str = "whole model"  # or "block by block" (a model that did not fit, or a streamed one)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -90,10 +91,18 @@ def perplexity(
     protocol: str = "heldout",
 ) -> PerplexityResult:
     """Perplexity of `model` on the evaluation part of `spec` under `protocol` (or a given token
-    `stream`, which the result still names with `protocol`)."""
+    `stream`, which the result still names with `protocol`), computed on `device`. The whole model
+    visits the device when it fits in the device's free memory; otherwise each block visits it in
+    turn (the result's `placement` says which), as a streamed run's evaluation does."""
+    from ..devices import fits_whole
+
     start = time.perf_counter()
     ids = evaluation_windows(spec, tokenizer, seqlen, max_windows, protocol, stream)
     target = resolve_device(device)
+    logits_bytes = batch_size * seqlen * model.config.vocab_size * 4 * 2
+    if not fits_whole(model, target, logits_bytes):
+        total_nll = _blockwise_nll(ResidentBlocks(model), ids, target)
+        return _result(spec, total_nll, ids, protocol, start, "block by block")
     home = next(model.parameters()).device
     if target != home:
         model.to(target)
@@ -112,7 +121,8 @@ def perplexity(
     return _result(spec, total_nll, ids, protocol, start)
 
 
-def _result(spec: str, total_nll: float, ids: torch.Tensor, protocol: str, start: float) -> PerplexityResult:
+def _result(spec: str, total_nll: float, ids: torch.Tensor, protocol: str, start: float,
+            placement: str = "whole model") -> PerplexityResult:
     windows, seqlen = ids.shape
     predicted = windows * (seqlen - 1)
     stream_made = (
@@ -124,7 +134,7 @@ def _result(spec: str, total_nll: float, ids: torch.Tensor, protocol: str, start
         f"ppl = exp(sum NLL / {predicted} predicted tokens)"
     )
     return PerplexityResult(spec, math.exp(total_nll / predicted), seqlen, windows, predicted, described,
-                            time.perf_counter() - start)
+                            time.perf_counter() - start, placement)
 
 
 LOGIT_CHUNK = 128  # positions whose logits a streamed perplexity holds at once
@@ -132,33 +142,79 @@ LOGIT_CHUNK = 128  # positions whose logits a streamed perplexity holds at once
 
 def streamed_perplexity(streamed, tokenizer, spec: str, seqlen: int = 512, max_windows: int | None = None,
                         device: str = "auto", protocol: str = "heldout") -> PerplexityResult:
-    """The same perplexity with the blocks read from disk one at a time (prune/streaming.StreamedModel):
-    every window through block i, then block i + 1, then the head one window at a time."""
-    from ..prune.capture import block_forward, capture_block_inputs
-
+    """The same perplexity with the blocks read from disk one at a time (prune/streaming.StreamedModel)."""
     start = time.perf_counter()
     ids = evaluation_windows(spec, tokenizer, seqlen, max_windows, protocol)
-    target = resolve_device(device)
+    return _result(spec, _blockwise_nll(streamed, ids, resolve_device(device)), ids, protocol, start, "block by block")
+
+
+class ResidentBlocks:
+    """An in-memory model seen as StreamedModel sees a model on disk: each block visits the compute
+    device for its turn and goes back, then the head (final norm and output embedding) does; the
+    embedding runs where the model lives."""
+
+    def __init__(self, model):
+        from ..models import decoder_blocks, final_norm
+
+        self.model, self.blocks, self.norm = model, decoder_blocks(model), final_norm(model)
+        self.home = next(model.parameters()).device
+        self._head_on: torch.device | None = None
+
+    def embeddings(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def load_block(self, index: int, device: torch.device) -> None:
+        self.blocks[index].to(device)
+
+    def release_block(self, index: int) -> None:
+        self.blocks[index].to(self.home)
+
+    def _head_modules(self):
+        return [self.norm, self.model.get_output_embeddings()]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self._head_on != hidden.device:
+            for module in self._head_modules():
+                module.to(hidden.device)
+            self._head_on = hidden.device
+        logits = self.model.get_output_embeddings()(self.norm(hidden))
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def release_head(self) -> None:
+        for module in self._head_modules():
+            module.to(self.home)
+        self._head_on = None
+
+
+def _blockwise_nll(source, ids: torch.Tensor, target: torch.device) -> float:
+    """Total NLL of `ids` with one block on `target` at a time: every window through block i, then
+    block i + 1, then the head, LOGIT_CHUNK positions at a time (no [seqlen, vocab] logits). `source`
+    is a StreamedModel or ResidentBlocks."""
+    from ..prune.capture import block_forward, capture_block_inputs
+
     total_nll = 0.0
     with torch.inference_mode():
-        with streamed.embeddings():
-            inputs = capture_block_inputs(streamed.model, ids, 1, target)
+        with source.embeddings():
+            inputs = capture_block_inputs(source.model, ids, 1, target)
         outputs = torch.empty_like(inputs.hidden)
-        for index, block in enumerate(streamed.blocks):
-            streamed.load_block(index, target)
+        for index in range(len(source.blocks)):
+            source.load_block(index, target)
             try:
-                block_forward(block, inputs, index, outputs)
+                block_forward(source.blocks[index], inputs, index, outputs)
             finally:
-                streamed.release_block(index)
+                source.release_block(index)
             inputs.hidden, outputs = outputs, inputs.hidden
         seqlen = ids.shape[1]
         try:
-            for row in range(ids.shape[0]):  # LOGIT_CHUNK positions at a time: no [seqlen, vocab] logits
+            for row in range(ids.shape[0]):
                 for begin in range(0, seqlen - 1, LOGIT_CHUNK):
                     end = min(begin + LOGIT_CHUNK, seqlen - 1)
-                    logits = streamed.logits(inputs.hidden[row : row + 1, begin:end])[0].float()
+                    logits = source.logits(inputs.hidden[row : row + 1, begin:end])[0].float()
                     total_nll += float(F.cross_entropy(logits, ids[row, begin + 1 : end + 1].to(logits.device),
                                                        reduction="sum"))
         finally:
-            streamed.release_head()
-    return _result(spec, total_nll, ids, protocol, start)
+            source.release_head()
+    return total_nll

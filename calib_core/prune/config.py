@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from ..devices import resolve_device
 from ..errors import ConfigError
 from .masks import Pattern, check_sparsity, parse_pattern
 from .methods import METHODS, all_options
+
+
+# Calibration samples per block forward on a GPU: one sample leaves a GPU mostly idle; the statistics
+# (sums over tokens) are the same up to rounding.
+GPU_BATCH_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,7 @@ class PruneConfig:
     owl_m: float | None = None  # outlier threshold M; default 5 unstructured, 6 N:M
     owl_lambda: float | None = None  # default 0.08 unstructured, 2 (in units of N) N:M
     propagate: str = "pruned"  # feed the next block the pruned (standard) or the dense outputs
-    batch_size: int = 1  # calibration samples per block forward (1 is fastest on CPU)
+    batch_size: int = 0  # calibration samples per block forward; 0: by device, 1 on the CPU (fastest there), 8 on CUDA
     recon_tokens: int = 512  # calibration tokens per module on which reconstruction error is measured
     device: str = "auto"
 
@@ -67,16 +73,20 @@ class PruneConfig:
             if option.choices and getattr(self, option.field) not in option.choices:
                 raise ConfigError(f"{option.field} must be one of {', '.join(option.choices)}, "
                                   f"got '{getattr(self, option.field)}'.")
-        for name in ("sparsegpt_blocksize", "batch_size", "dsnot_cycles"):
+        for name in ("sparsegpt_blocksize", "dsnot_cycles"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer.")
+        if int(self.batch_size) < 0:
+            raise ConfigError("batch_size must be a positive integer (or 0: chosen by device).")
+        device = resolve_device(self.device)  # a device this machine lacks is refused before any work
+        batch_size = int(self.batch_size) or (1 if device.type == "cpu" else GPU_BATCH_SIZE)
         if self.recon_tokens < 0 or self.sparsegpt_damp < 0 or self.dsnot_threshold < 0:
             raise ConfigError("recon_tokens, sparsegpt_damp and dsnot_threshold must not be negative.")
         owl_m = self.owl_m if self.owl_m is not None else (6.0 if pattern.is_nm else 5.0)
         owl_lambda = self.owl_lambda if self.owl_lambda is not None else (2.0 if pattern.is_nm else 0.08)
         if owl_m <= 0 or owl_lambda < 0:
             raise ConfigError("OWL needs M > 0 and lambda >= 0.")
-        return replace(self, base=base, owl_m=owl_m, owl_lambda=owl_lambda, pattern=str(pattern))
+        return replace(self, base=base, owl_m=owl_m, owl_lambda=owl_lambda, pattern=str(pattern), batch_size=batch_size)
 
     def as_dict(self) -> dict:
         return asdict(self)

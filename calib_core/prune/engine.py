@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, PruningCancelled
-from ..models import decoder_blocks, is_quantized, prunable_modules, resolve_device, set_weight_matrix, weight_matrix
+from ..devices import resolve_device, synchronize
+from ..models import decoder_blocks, is_quantized, prunable_modules, set_weight_matrix, weight_matrix
 from .capture import BlockInputs, StatsHooks, block_forward, capture_block_inputs
 from .config import PruneConfig
 from .dsnot import dsnot_refine
@@ -107,6 +108,7 @@ class Pruner:
             if calibration is not None:
                 with self._embeddings():
                     inputs = capture_block_inputs(self.model, calibration, cfg.batch_size, self.device)
+                synchronize(self.device)  # CUDA runs asynchronously: time the work, not its launch
                 self.emit(StageEvent("capture", 1, 1, time.perf_counter() - t))
             seconds["capture"] = time.perf_counter() - t
             t = time.perf_counter()
@@ -217,6 +219,7 @@ class Pruner:
                     block_forward(block, inputs, index, outputs)
                 inputs.hidden, outputs = outputs, inputs.hidden
             self._off_device(index, block, pruned=True)
+            synchronize(self.device)
             record = BlockRecord(
                 index=index,
                 name=f"block {index}",

@@ -87,7 +87,11 @@ def _lowest_k_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def lowest_per_matrix(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Prune exactly floor(numel * sparsity) lowest-scoring weights of the whole matrix."""
+    """Prune exactly floor(numel * sparsity) lowest-scoring weights of the whole matrix. Selected on
+    the CPU whatever the scores' device: a whole-matrix kthvalue is slow on CUDA, and CUDA's topk
+    breaks ties differently, so a GPU run would prune other weights than a CPU run."""
+    if scores.device.type != "cpu":
+        return lowest_per_matrix(scores.cpu(), sparsity).to(scores.device)
     k = int(scores.numel() * sparsity)
     flat = scores.flatten()
     if k == 0:

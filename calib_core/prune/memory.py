@@ -82,12 +82,10 @@ def estimate_memory(
 
 
 def available_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    import psutil
+    """What a run can still allocate on `device` (on CUDA our own allocator's unused cache counts as free)."""
+    from ..devices import free_bytes
 
-    return int(psutil.virtual_memory().available)
+    return free_bytes(device)
 
 
 def check_memory(estimate: MemoryEstimate, device: torch.device) -> None:

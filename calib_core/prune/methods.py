@@ -102,7 +102,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 # Settings of the engine itself, whatever the method.
 ENGINE_OPTIONS = (
     Option("propagate", "feed the next block the pruned (standard) or the dense outputs", ("pruned", "dense")),
-    Option("batch_size", "calibration samples per block forward"),
+    Option("batch_size", "calibration samples per block forward (0: by device, 1 on the CPU, 8 on CUDA)"),
     Option("recon_tokens", "tokens per module for the reconstruction error"),
 )
 

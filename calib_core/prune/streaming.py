@@ -98,7 +98,7 @@ class StreamedModel:
             raise ModelLoadError(f"'{folder}' lacks {absent[0]}.")
         # Norms now (small); the embedding only around the embedding stage, the head only for logits.
         self._read(self.model, {n: n for n in outside if n not in (self.embedding, head)}, torch.device("cpu"))
-        self._head_loaded = False
+        self._head_loaded: torch.device | None = None  # where the head's weights are, once read
 
     def read_from(self, folder: str | Path) -> None:
         """Take the blocks (and the rest) from another folder of the same model from now on: the pruned
@@ -112,12 +112,16 @@ class StreamedModel:
         try:
             yield
         finally:
-            if not self._head_loaded or self.head is not None:  # a tied head still needs it
+            if self._head_loaded is None or self.head is not None:  # a tied head still needs it
                 self._to_meta(self.model, [self.embedding])
 
     def release_head(self) -> None:
+        from ..models import final_norm
+
         self._to_meta(self.model, [self.head or self.embedding])
-        self._head_loaded = False
+        final_norm(self.model).to("cpu")
+        self._head_loaded = None
+
     def _block_names(self, index: int) -> list[str]:
         return [f"{STREAMABLE_LAYERS}.{index}.{name}" for name, _ in self.blocks[index].named_parameters()]
 
@@ -131,8 +135,9 @@ class StreamedModel:
         for path, pairs in by_file.items():
             with _open(path) as handle:
                 for local, stored in pairs:
+                    # clear_cache=False: accelerate would otherwise empty the CUDA cache after every tensor
                     set_module_tensor_to_device(module, local, device, value=handle.get_tensor(stored),
-                                                dtype=self.dtype)
+                                                dtype=self.dtype, clear_cache=False)
 
     def load_block(self, index: int, device: torch.device) -> None:
         block = self.blocks[index]
@@ -155,7 +160,7 @@ class StreamedModel:
         from accelerate.utils import set_module_tensor_to_device
 
         for name in names:
-            set_module_tensor_to_device(module, name, "meta")
+            set_module_tensor_to_device(module, name, "meta", clear_cache=False)
         if module is self.model and self.head is None:
             self.model.tie_weights()  # the head follows the embedding
         _return_freed_memory()
@@ -169,16 +174,19 @@ class StreamedModel:
                     yield name, handle.get_tensor(name).to(self.dtype)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The head over the last block's outputs: final norm, output embedding, the family's soft cap
-        (computed where the head's weights are: in memory, loaded at the first call)."""
-        if not self._head_loaded:
-            self._read(self.model, {self.head or self.embedding: self.head or self.embedding}, torch.device("cpu"))
+        """The head over the last block's outputs: final norm, output embedding, the family's soft cap,
+        computed where `hidden` is (the compute device: a 128k-vocabulary head on the CPU would take
+        minutes per window), its weights read there at the first call."""
+        from ..models import final_norm
+
+        device = hidden.device
+        if self._head_loaded != device:
+            self._read(self.model, {self.head or self.embedding: self.head or self.embedding}, device)
             if self.head is None:
                 self.model.tie_weights()
-            self._head_loaded = True
-        head = self.model.get_output_embeddings()
-        hidden = hidden.to(head.weight.device)
-        logits = head(self.model.model.norm(hidden))
+            final_norm(self.model).to(device)
+            self._head_loaded = device
+        logits = self.model.get_output_embeddings()(final_norm(self.model)(hidden))
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
