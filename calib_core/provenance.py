@@ -21,9 +21,24 @@ def environment_versions() -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "platform": platform.platform(),
+        "cpu": cpu_kind(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
     }
     return versions
+
+
+def cpu_kind() -> str:
+    """The CPU's vendor and the instruction set torch's kernels use (e.g. 'AuthenticAMD AVX512'): float
+    results, and so masks computed from activations, can differ in the last bits between kinds."""
+    vendor = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{vendor} {torch.backends.cpu.get_cpu_capability()}"
 
 
 def _git_commit() -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import time
 from contextlib import closing
@@ -129,6 +130,8 @@ CREATE TABLE IF NOT EXISTS similarity (
     scores TEXT                    -- JSON: mean of each metric over the set's items
 )
 """
+# Below this, recording a run (a row, its journal, a record of a few hundred KiB) would fail.
+MIN_FREE_BYTES = 1 << 20
 # Columns added after the first release of the store: (name, type), added to older files on open.
 _ADDED_COLUMNS = [("sweep", "TEXT"), ("point_key", "TEXT"), ("pid_started", "REAL")]
 
@@ -156,6 +159,9 @@ class RunStore:
             self.mark_interrupted()
         except OutputError as exc:  # listed as interrupted all the same (_select)
             self.read_only_reason = self.read_only_reason or str(exc.__cause__)
+        free = shutil.disk_usage(self.path.parent).free
+        if self.read_only_reason is None and free < MIN_FREE_BYTES:  # said now, not when a run ends
+            self.read_only_reason = f"the disk holding it is full ({free // 1024} KiB free)"
 
     def _connection(self, immutable: bool = False) -> sqlite3.Connection:
         if immutable:  # no locks, no journal, no -shm: reads the file as it is

@@ -205,3 +205,27 @@ def test_the_model_page_lists_both_bundled_models_with_their_terms():
     assert any("Gemma Terms of Use" in c.value for c in app.caption)
     terms = next(b for b in app.get("download_button") if b.proto.label.startswith("Terms of use"))
     assert "GEMMA_TERMS.html" in terms.proto.label
+
+
+def test_the_results_page_lists_the_runs_of_a_store_on_a_full_disk(small_tmpfs, monkeypatch):
+    """Found by a reliability probe: with the data folder's disk full, the Results page failed with
+    'disk I/O error'. It lists the runs and says why no new run can be recorded."""
+    import gc
+
+    from calib_core.runs import RunStore
+    from tests.conftest import fill_disk
+
+    store = RunStore(small_tmpfs / "runs.sqlite")
+    run = store.start("smollm2-135m", {"method": "wanda", "sparsity": 0.5, "pattern": "unstructured"}, "builtin:wiki")
+    store.finish(run, "finished", {"perplexity": [{"source": "builtin:wiki", "ppl": 21.5, "seqlen": 64, "windows": 2,
+                                                   "tokens": 126, "protocol": "heldout", "seconds": 1.0}]})
+    del store
+    gc.collect()
+    monkeypatch.setenv("CALIB_LAB_DATA", str(small_tmpfs))
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    fill_disk(small_tmpfs)
+    app.switch_page("views/results.py").run()
+    assert not app.exception, app.exception
+    assert app.dataframe[0].value["status"].tolist() == ["finished"]
+    assert any("read-only" in w.value for w in app.warning)

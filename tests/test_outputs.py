@@ -102,7 +102,7 @@ def test_a_full_disk_during_the_save_leaves_nothing_and_fails_the_run(tmp_path, 
     with pytest.raises(OutputError, match="the disk is full"):
         run_prune_job(PruneJob(model=str(tiny_folder), nsamples=2, seqlen=16, eval_windows=1, save=str(target),
                                keep_masks=False), store=store)
-    assert sorted(os.listdir(tmp_path)) == ["runs.sqlite", "runs.sqlite-shm", "runs.sqlite-wal", "tiny"]
+    assert sorted(os.listdir(tmp_path)) == ["runs.sqlite", "tiny"]  # no partial folder, no journal left
     (run,) = store.list()
     assert run["status"] == "failed" and "disk is full" in run["error"]
 
