@@ -174,12 +174,11 @@ def _recorded(store, run_id: int, work) -> RunRecord:
 
 def _run(job: PruneJob, config: PruneConfig, run_id: int, emit, cancel, store, loaded,
          push_refused: str | None = None) -> RunRecord:
+    from .devices import reset_peak_memory, resolve_device
     from .models import describe_model, load_model
     from .prune.engine import Pruner
     from .prune.memory import check_memory
     from .runs import run_record
-
-    from .devices import reset_peak_memory, resolve_device
 
     reset_peak_memory(resolve_device(config.device))  # each run (a sweep's point too) reports its own peak
     t = time.perf_counter()

@@ -45,22 +45,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def streamlit_command(port: int, extra_args: tuple[str, ...] = ()) -> list[str]:
-    """README's `streamlit run app.py` (the venv's own `streamlit` script), plus the port and, for a
-    bench comparing configurations, `extra_args`."""
+def streamlit_command(port: int) -> list[str]:
+    """README's `streamlit run app.py` (the venv's own `streamlit` script), plus the port."""
     script = Path(sys.executable).parent / "streamlit"
     launcher = [str(script)] if script.exists() else [sys.executable, "-m", "streamlit"]
-    return [*launcher, "run", "app.py", "--server.port", str(port), *extra_args]
+    return [*launcher, "run", "app.py", "--server.port", str(port)]
 
 
 @contextlib.contextmanager
-def app_server(env: dict | None = None, start_limit_s: float = 120.0, output=subprocess.DEVNULL,
-               extra_args: tuple[str, ...] = ()):
+def app_server(env: dict | None = None, start_limit_s: float = 120.0, output=subprocess.DEVNULL):
     """Yield (process, url) of a running app server; stop it on exit. `env` replaces the environment
-    (e.g. a private CALIB_LAB_DATA); `output` takes the server's stdout and stderr; `extra_args` are
-    flags a user would add (only benches comparing configurations pass any)."""
+    (e.g. a private CALIB_LAB_DATA); `output` takes the server's stdout and stderr."""
     port = free_port()
-    proc = subprocess.Popen(streamlit_command(port, extra_args), cwd=ROOT, env=env if env is not None else dict(os.environ),
+    proc = subprocess.Popen(streamlit_command(port), cwd=ROOT, env=env if env is not None else dict(os.environ),
                             stdout=output, stderr=subprocess.STDOUT if output is not subprocess.DEVNULL else output,
                             text=True)
     url = f"http://127.0.0.1:{port}"

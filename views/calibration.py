@@ -17,7 +17,6 @@ from calib_core.data.selfgen import GenerationConfig, filter_by_perplexity
 from ui_cache import access_policy, cached_model
 from ui_forms import any_invalid, bounded_number
 from ui_live import live_view
-from calib_core.devices import resolve_device
 
 MAX_UPLOAD_MB = 50
 PREVIEW_TOKENIZE_CHARACTERS = 4_000_000
@@ -179,7 +178,7 @@ with generate:
             st.session_state.gen_settings = {"name": set_name, "drop": drop}
             st.session_state.gen_job = manager().submit(
                 f"self-generate {set_name}", tasks.self_generate, spec, options, device, config, set_name,
-                device=str(resolve_device(device)), kind="selfgen").id
+                device=device, kind="selfgen").id
 
     def draw_generation(job):
         if not job.done and st.button("Cancel generation"):

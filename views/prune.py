@@ -150,7 +150,7 @@ if submitted:
         check_outputs(job)  # a bad save folder fails now, not after the run
         label = f"{method} {pattern if ':' in pattern else sparsity} on {calib}"
         st.session_state.prune_job = manager().submit(label, tasks.prune, job, kind="prune",
-                                                      device=str(resolve_device(config.device))).id
+                                                      device=config.device).id
     except CalibLabError as exc:
         st.error(str(exc))
 

@@ -12,7 +12,6 @@ from calib_core.experiments.stats import dense_baseline, evaluation_of, similari
 from calib_core.jobs import manager
 from calib_core.metrics.agreement import block_agreement, mask_agreement, overall_jaccard
 from calib_core.model_card import reproduce_command
-from calib_core.devices import resolve_device
 from calib_core.pipeline import DENSE, PruneJob, check_outputs, job_of_record
 from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore, runs_table
@@ -180,7 +179,7 @@ def show_saved_model(run: dict) -> None:
                 check_outputs(job)
                 st.session_state.prune_job = manager().submit(
                     f"remake run {run['id']} and save", tasks.prune, job, kind="prune",
-                    device=str(resolve_device(job.config.device))).id
+                    device=job.config.device).id
                 st.success("Started: follow it on the Prune page; the new run will show its saved folder here.")
             except CalibLabError as exc:
                 st.error(str(exc))

@@ -5,7 +5,6 @@ from calib_core.data import sets
 from calib_core.data.sources import BUILTIN_SOURCES, MODES
 from calib_core import tasks
 from calib_core.jobs import manager
-from calib_core.devices import resolve_device
 from calib_core.errors import CalibLabError
 from calib_core.metrics.similarity import REFERENCE_CORPORA
 from ui_cache import access_policy
@@ -53,7 +52,7 @@ if st.button("Score", type="primary", disabled=not chosen or any_invalid(samples
             "similarity", tasks.similarity, spec, options_, device, chosen,
             dict(count=int(samples), seed=int(seed), scoring=scoring, seqlen=int(max_tokens), mode=mode,
                  reference=reference, k=k, max_tokens=int(max_tokens)),
-            device=str(resolve_device(device)), kind="similarity").id
+            device=device, kind="similarity").id
 
 
 def show(job):
