@@ -72,13 +72,12 @@ def wait_until_idle(limit_s: float = 60.0) -> None:
 
 def one_run(browser, url: str, tabs: int, live_charts: bool, server: psutil.Process, data: Path) -> dict:
     os.environ["CALIB_LAB_DATA"] = str(data)
-    from calib_core import tasks
-    from calib_core.jobs import manager
-    from calib_core.pipeline import PruneJob
+    from calib_core.jobs import manager, tasks
+    from calib_core.runs.spec import EvalSpec, RunSpec
     from calib_core.prune import PruneConfig
 
-    job = PruneJob(calib="builtin:wiki", nsamples=PRUNE["nsamples"], seqlen=PRUNE["seqlen"],
-                   eval_windows=PRUNE["eval_windows"], config=PruneConfig(method="wanda", sparsity=0.5))
+    job = RunSpec(calib="builtin:wiki", nsamples=PRUNE["nsamples"], seqlen=PRUNE["seqlen"],
+                  config=PruneConfig(method="wanda", sparsity=0.5), evaluation=EvalSpec(windows=PRUNE["eval_windows"]))
     # The tabs are open (and idle) before the job starts, as in a demo: they notice it themselves. They
     # show the previous run with its charts, as the Prune page does once a run was made.
     pages = [browser.new_page(viewport={"width": 1400, "height": 1800}) for _ in range(tabs)]

@@ -22,10 +22,11 @@ def main() -> None:
     import torch
 
     from calib_core import assets
-    from calib_core.pipeline import PruneJob, run_prune_job
+    from calib_core.runs.pipeline import run_prune
+    from calib_core.runs.spec import EvalSpec, RunSpec
     from calib_core.prune import PruneConfig
     from calib_core.runs import RunStore
-    from calib_core.saved_model import folder_bytes
+    from calib_core.runs.saved import folder_bytes
 
     torch.set_num_threads(2)
     dense_bytes = sum(p.stat().st_size for p in assets.bundled_model_dir().glob("*.safetensors"))
@@ -34,8 +35,9 @@ def main() -> None:
         store = RunStore(Path(folder) / "runs.sqlite")
         for name, setting in SETTINGS:
             target = Path(folder) / name.replace(":", "-").replace("%", "")
-            record = run_prune_job(PruneJob(nsamples=16, seqlen=256, eval_windows=4, save=str(target), keep_masks=False,
-                                            config=PruneConfig(method="wanda", **setting)), store=store)
+            spec = RunSpec(nsamples=16, seqlen=256, save=str(target), keep_masks=False,
+                           config=PruneConfig(method="wanda", **setting), evaluation=EvalSpec(windows=4))
+            record = run_prune(spec, store=store)
             saved = record["saved"]
             assert saved["bytes"] == folder_bytes(target) and saved["reload_check"]["checked"]
             rows.append({"setting": name, "overall_sparsity": record["overall_sparsity"], "folder_bytes": saved["bytes"],

@@ -119,20 +119,21 @@ class AccessPolicy:
         if limit is not None and value is not None and value > limit:
             raise AccessError(f"{what} {value} is above this shared app's limit of {limit}.")
 
-    def job(self, job):
-        """A PruneJob with every path and size checked (paths resolved)."""
-        limits = self.limits
-        self.check_size("nsamples", job.nsamples, limits.nsamples)
-        self.check_size("seqlen", job.seqlen, limits.seqlen)
-        self.check_size("eval seqlen", job.eval_seqlen, limits.seqlen)
-        self.check_size("eval windows", job.eval_windows, limits.eval_windows)
-        if self.shared and job.eval_windows is None:
+    def spec(self, spec):
+        """A RunSpec with every path and size checked (paths resolved)."""
+        limits, evaluation = self.limits, spec.evaluation
+        self.check_size("nsamples", spec.nsamples, limits.nsamples)
+        self.check_size("seqlen", spec.seqlen, limits.seqlen)
+        self.check_size("eval seqlen", evaluation.seqlen, limits.seqlen)
+        self.check_size("eval windows", evaluation.windows, limits.eval_windows)
+        if self.shared and evaluation.windows is None:
             raise AccessError("This app is shared: give the number of evaluation windows.")
         return replace(
-            job, model=self.model(job.model, job.trust_remote_code),
-            calib=self.source(job.calib) if job.calib else job.calib, eval=[self.source(s) for s in job.eval],
-            save=self.save_folder(job.save) if job.save else None,
-            report=str(self.path(job.report, "report files")) if job.report else None)
+            spec, model=self.model(spec.model, spec.trust_remote_code),
+            calib=self.source(spec.calib) if spec.calib else spec.calib,
+            evaluation=replace(evaluation, sources=[self.source(s) for s in evaluation.sources]),
+            save=self.save_folder(spec.save) if spec.save else None,
+            report=str(self.path(spec.report, "report files")) if spec.report else None)
 
     def grid(self, grid):
         """A SweepGrid whose sources, model and sizes are allowed."""

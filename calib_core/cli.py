@@ -190,31 +190,37 @@ def _prune_parser(sub) -> None:
     prune.add_argument("--report", default=None, metavar="FILE.json")
 
 
-def prune_job(args):
-    """The PruneJob a `prune` command line asks for (a bad method config fails here, before any load)."""
-    from .pipeline import PruneJob
+def _eval_spec(args, cloze_items: int = 0):
+    """The EvalSpec of the --eval, --ppl-protocol, --eval-* and --lm-eval flags."""
+    from .runs.spec import EvalSpec
+
+    return EvalSpec(sources=[] if args.no_eval else (args.eval or DEFAULT_EVAL), seqlen=args.eval_seqlen,
+                    windows=args.eval_windows, protocol=args.ppl_protocol, cloze_items=cloze_items,
+                    lm_eval_tasks=args.lm_eval, lm_eval_limit=args.lm_eval_limit, lm_eval_include=args.lm_eval_include)
+
+
+def run_spec(args):
+    """The RunSpec a `prune` command line asks for (a bad method config fails here, before any load);
+    runs.spec.reproduce_command is its inverse."""
+    from .runs.spec import RunSpec
 
     config = _method_config(args).resolved()
-    return PruneJob(
+    return RunSpec(
         model=args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
         calib=args.calib if config.needs_calibration or args.calib else None, nsamples=args.nsamples,
         seqlen=args.seqlen, seed=args.seed, mode=args.mode, concat_separator=args.concat_separator,
-        text_column=args.text_column, config=config, eval=[] if args.no_eval else (args.eval or DEFAULT_EVAL),
-        ppl_protocol=args.ppl_protocol, eval_seqlen=args.eval_seqlen,
-        eval_windows=args.eval_windows, save=args.save, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
-        stream=args.stream,
-        report=args.report, cloze_items=args.cloze,
-        lm_eval_tasks=args.lm_eval, lm_eval_limit=args.lm_eval_limit, lm_eval_include=args.lm_eval_include,
+        text_column=args.text_column, config=config, evaluation=_eval_spec(args, args.cloze), save=args.save,
+        overwrite=args.overwrite, push_to_hub=args.push_to_hub, stream=args.stream, report=args.report,
     )
 
 
 def _cmd_prune(args) -> int:
     from tqdm import tqdm
 
-    from .pipeline import run_prune_job
+    from .runs.pipeline import run_prune
 
-    job = prune_job(args)
-    config = job.config
+    spec = run_spec(args)
+    config = spec.config
     label = f"{config.method} {config.pattern if config.parsed_pattern.is_nm else config.sparsity}"
     bar = None
     blocks = []
@@ -237,7 +243,7 @@ def _cmd_prune(args) -> int:
             bar.close()
             print(block_table(blocks))
 
-    record = run_prune_job(job, on_event)
+    record = run_prune(spec, on_event)
     print(f"overall sparsity {record['overall_sparsity']:.4f}; prune {record['timings']['prune_total']:.1f} s; "
           f"recorded as run {record['run_id']}")
     if "saved" in record:
@@ -247,7 +253,7 @@ def _cmd_prune(args) -> int:
               f"{saved['weights_bytes']:,} bytes" + (f", a bitmask encoding would take about {bitmask:,})" if bitmask
                                                      else ")"))
     if "error" in record.get("push", {}):
-        print(f"error: not uploaded to {job.push_to_hub}: {record['push']['error']}", file=sys.stderr)
+        print(f"error: not uploaded to {spec.push_to_hub}: {record['push']['error']}", file=sys.stderr)
         return 1
     return 0
 
@@ -264,15 +270,13 @@ def _eval_parser(sub) -> None:
 def _cmd_eval(args) -> int:
     from .files import check_output_file
     from .models import describe_model
-    from .pipeline import evaluate_model
-    from .runs import eval_record, write_json
+    from .runs.evaluate import evaluate_model
+    from .runs.store import eval_record, write_json
 
     if args.report:
         check_output_file(args.report)
     loaded, load_seconds = _load(args)
-    sources = [] if args.no_eval else (args.eval or DEFAULT_EVAL)
-    evaluation = evaluate_model(loaded, sources, args.eval_seqlen or args.seqlen, args.eval_windows, args.ppl_protocol,
-                                args.device, 0, args.lm_eval, args.lm_eval_limit, args.lm_eval_include, _print_result)
+    evaluation = evaluate_model(loaded, _eval_spec(args), args.eval_seqlen or args.seqlen, args.device, _print_result)
     if args.report:
         record = eval_record(args.model, describe_model(loaded.model), evaluation.perplexities,
                              {"load_model": load_seconds, **evaluation.timings}, loaded.notes)

@@ -2,11 +2,13 @@
 
 import os
 
+from dataclasses import replace
+
 import pytest
 
 from calib_core.access import SHARED_LIMITS, AccessPolicy, is_loopback
 from calib_core.errors import AccessError
-from calib_core.pipeline import PruneJob
+from calib_core.runs.spec import EvalSpec, RunSpec
 from calib_core.experiments.sweeps import SweepGrid
 
 
@@ -58,15 +60,17 @@ def test_models_remote_code_and_folders(shared):
 
 
 def test_jobs_and_grids_are_capped(shared):
-    job = PruneJob(calib="file:data.txt", nsamples=8, seqlen=128, eval_windows=4, save="out")
-    checked = shared.job(job)
+    job = RunSpec(calib="file:data.txt", nsamples=8, seqlen=128, save="out", evaluation=EvalSpec(windows=4))
+    checked = shared.spec(job)
     assert checked.calib == f"file:{shared.workspace / 'data.txt'}" and checked.save == str(shared.workspace / "out")
-    for bad in (dict(nsamples=100_000), dict(seqlen=100_000), dict(eval_windows=10**6), dict(eval_windows=None),
-                dict(calib="file:/etc/passwd"), dict(eval=["file:/etc/passwd"]), dict(trust_remote_code=True)):
+    for bad in (dict(nsamples=100_000), dict(seqlen=100_000), dict(evaluation=EvalSpec(windows=10**6)),
+                dict(evaluation=EvalSpec(windows=None)), dict(evaluation=EvalSpec(seqlen=100_000, windows=4)),
+                dict(calib="file:/etc/passwd"), dict(evaluation=EvalSpec(["file:/etc/passwd"], windows=4)),
+                dict(trust_remote_code=True)):
         with pytest.raises(AccessError):
-            shared.job(PruneJob(**{**job.__dict__, **bad}))
+            shared.spec(replace(job, **bad))
     local = AccessPolicy()
-    assert local.job(PruneJob(nsamples=100_000, eval_windows=None)).nsamples == 100_000
+    assert local.spec(RunSpec(nsamples=100_000, evaluation=EvalSpec(windows=None))).nsamples == 100_000
     grid = SweepGrid.from_dict(dict(name="g", nsamples=[8], seeds=list(range(400)), calibration=["builtin:wiki", "set:a"]))
     with pytest.raises(Exception, match="at most 500"):
         shared.grid(grid)

@@ -160,7 +160,8 @@ def test_masks_are_pinned(fresh, name):
 # --- the second bundled model -----------------------------------------------------------------------
 def test_gemma3_is_assembled_converted_with_its_terms_and_every_method_prunes_it(tmp_path):
     from calib_core.experiments.run_figures import live_prune_charts
-    from calib_core.pipeline import PruneJob, run_prune_job
+    from calib_core.runs.pipeline import run_prune
+    from calib_core.runs.spec import EvalSpec, RunSpec
     from calib_core.prune.methods import METHODS
     from calib_core.runs import RunStore
 
@@ -171,8 +172,9 @@ def test_gemma3_is_assembled_converted_with_its_terms_and_every_method_prunes_it
     store = RunStore(tmp_path / "runs.sqlite")
     for method in METHODS:
         events = []
-        record = run_prune_job(PruneJob(model="gemma3-270m", nsamples=2, seqlen=64, eval_windows=1, keep_masks=False,
-                                        config=PruneConfig(device="cpu", method=method, sparsity=0.5)), events.append, store=store)
+        record = run_prune(RunSpec(model="gemma3-270m", nsamples=2, seqlen=64, keep_masks=False,
+                           config=PruneConfig(device="cpu", method=method, sparsity=0.5),
+                           evaluation=EvalSpec(windows=1)), events.append, store=store)
         assert abs(record["overall_sparsity"] - 0.5) < 0.01, method
         assert 1 < record["perplexity"][0]["ppl"] < 1e6, method
         charts = live_prune_charts(events)

@@ -63,14 +63,16 @@ def test_bundled_model_beats_chance_and_pruning_hurts(bundled_for_cloze):
 
 
 def test_pipeline_records_cloze_accuracy(tmp_path):
-    from calib_core.pipeline import PruneJob, run_prune_job
+    from calib_core.runs.pipeline import run_prune
+    from calib_core.runs.spec import EvalSpec, RunSpec
     from calib_core.prune import PruneConfig
     from calib_core.runs import RunStore
     from tests.tiny import save_tiny_folder
 
     folder = save_tiny_folder(tmp_path / "tiny")
-    record = run_prune_job(PruneJob(model=str(folder), nsamples=2, seqlen=16, config=PruneConfig(device="cpu", method="wanda"),
-                                    eval=["builtin:wiki"], eval_windows=2, cloze_items=5, keep_masks=False),
+    record = run_prune(RunSpec(model=str(folder), nsamples=2, seqlen=16, config=PruneConfig(device="cpu",
+                       method="wanda"), keep_masks=False, evaluation=EvalSpec(sources=["builtin:wiki"], windows=2,
+                       cloze_items=5)),
                            store=RunStore(tmp_path / "runs.sqlite"))
     (cloze,) = record["cloze"]
     assert cloze["items"] == 5 and 0 <= cloze["acc"] <= 1 and cloze["source"] == "builtin:wiki"

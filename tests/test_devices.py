@@ -68,7 +68,7 @@ def test_a_sweep_runs_on_its_device_and_its_keys_do_not_depend_on_it():
     grid = dict(name="g", methods=["wanda"], sparsities=[0.5])
     on_cpu, on_auto = SweepGrid.from_dict({**grid, "device": "cpu"}), SweepGrid.from_dict(grid)
     point = on_cpu.points()[0]
-    assert on_cpu.job(point).config.device == "cpu"
+    assert on_cpu.spec(point).config.device == "cpu"
     assert [p.key for p in on_cpu.points()] == [p.key for p in on_auto.points()]
     with pytest.raises(ConfigError, match="cuda:3"):
         SweepGrid.from_dict({**grid, "device": "cuda:3"})
@@ -91,16 +91,17 @@ def test_perplexity_block_by_block_equals_the_whole_model_when_it_does_not_fit(f
 def test_evaluation_that_does_not_fit_on_the_device_says_where_it_ran(fake_cuda, monkeypatch):
     """Cloze on a job whose device cannot hold the whole model: it runs where the model is, and says so."""
     from calib_core.models import LoadedModel, family_of
-    from calib_core.pipeline import evaluate_model
+    from calib_core.runs.evaluate import evaluate_model
+    from calib_core.runs.spec import EvalSpec
 
     monkeypatch.setattr("calib_core.devices.fits_whole", lambda *args, **kwargs: False)
     monkeypatch.setattr("calib_core.devices.free_bytes", lambda device: 2**20)
-    monkeypatch.setattr("calib_core.metrics.cloze.cloze_accuracy", lambda model, *a, **k: _Accuracy(
+    monkeypatch.setattr("calib_core.runs.evaluate.cloze_accuracy", lambda model, *a, **k: _Accuracy(
         next(model.parameters()).device))
     model = tiny_model("llama")
     events = []
-    evaluate_model(LoadedModel(model, char_tokenizer(), "tiny", "tiny", family_of(model)), [], 32, device="cuda",
-                   cloze_items=2, on_event=events.append)
+    evaluate_model(LoadedModel(model, char_tokenizer(), "tiny", "tiny", family_of(model)), EvalSpec([], cloze_items=2), 32,
+                   device="cuda", on_event=events.append)
     notes = [e.message for e in events if e.stage == "cloze" and e.message.startswith("note:")]
     assert notes == ["note: the whole model does not fit on cuda:0 (0.00 GiB free on cuda:0): the cloze proxy runs on cpu"]
 

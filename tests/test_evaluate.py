@@ -98,7 +98,7 @@ def test_sweep_grid_options_keep_old_point_keys_and_are_validated():
     faithful = SweepGrid.from_dict({"name": "g", "mode": "concat", "concat_separator": " ",
                                     "ppl_protocol": "wikitext2"})
     assert faithful.context()["concat_separator"] == " " and faithful.context()["ppl_protocol"] == "wikitext2"
-    job = faithful.job(faithful.points()[0])
-    assert job.concat_separator == " " and job.ppl_protocol == "wikitext2"
+    job = faithful.spec(faithful.points()[0])
+    assert job.concat_separator == " " and job.evaluation.protocol == "wikitext2"
     with pytest.raises(ConfigError, match="protocol"):
         SweepGrid.from_dict({"name": "g", "ppl_protocol": "ppl"})

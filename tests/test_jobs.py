@@ -2,6 +2,7 @@
 cancel and failures reported, a dead worker recorded as failed, and a job outlives its server."""
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -149,3 +150,26 @@ def test_only_the_latest_finished_jobs_keep_their_folders(tmp_path):
     manager.submit("last", echo, 4)
     assert [j.id for j in manager.jobs()][:2] == [jobs[2].id, jobs[3].id]
     assert manager.get(jobs[0].id) is None and manager.get(jobs[3].id).result == 3
+
+
+def test_a_job_queued_before_the_move_to_runs_and_jobs_still_unpickles():
+    """A task.pkl written by an earlier release names calib_core.tasks.prune and a flat
+    calib_core.pipeline.PruneJob; the worker of this release reads it as a RunSpec with its EvalSpec."""
+    import warnings
+
+    from calib_core import pipeline, tasks as old_tasks
+    from calib_core.jobs import tasks
+    from calib_core.runs.spec import EvalSpec, RunSpec
+
+    old = pipeline.PruneJob.__new__(pipeline.PruneJob)
+    flat = {k: v for k, v in RunSpec(nsamples=4).as_record().items()}
+    old.__dict__.update(flat, config=RunSpec().config, eval=["builtin:news"], eval_windows=3, ppl_protocol="wikitext2")
+    for key in ("cloze_items", "lm_eval_tasks", "lm_eval_limit", "lm_eval_include", "eval_seqlen"):
+        old.__dict__.pop(key)  # as old releases without these fields pickled it
+    work, (spec,) = pickle.loads(pickle.dumps((old_tasks.prune, (old,))))
+    assert work is tasks.prune and isinstance(spec, RunSpec) and spec.nsamples == 4
+    assert spec.evaluation == EvalSpec(["builtin:news"], windows=3, protocol="wikitext2")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        script = pipeline.PruneJob(nsamples=2, eval=["builtin:code"], eval_windows=1)
+    assert script.evaluation == EvalSpec(["builtin:code"], windows=1) and caught[0].category is DeprecationWarning

@@ -13,8 +13,8 @@ from calib_core.data import sets
 from calib_core.experiments.run_figures import live_prune_charts, run_label
 from calib_core.experiments.stats import dense_baseline, similarity_vs_perplexity
 from calib_core.jobs import manager
-from calib_core.pipeline import PipelineEvent
-from calib_core.progress import run_progress
+from calib_core.jobs.progress import run_progress
+from calib_core.runs.events import PipelineEvent
 from calib_core.prune.events import AllocationEvent, BlockRecord, ModuleRecord, StageEvent
 from tests.test_jobs import fails, gated
 from tests.tiny import save_tiny_folder

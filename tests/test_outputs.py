@@ -13,7 +13,8 @@ from calib_core import files
 from calib_core.data import sets
 from calib_core.cli import main as cli_main
 from calib_core.errors import OutputError
-from calib_core.pipeline import PruneJob, run_prune_job
+from calib_core.runs.pipeline import run_prune
+from calib_core.runs.spec import EvalSpec, RunSpec
 from calib_core.runs import RunStore
 from tests.tiny import save_tiny_folder
 
@@ -83,8 +84,8 @@ def test_non_empty_save_folder_needs_overwrite_and_is_then_replaced(tmp_path, ti
 def test_report_is_written_before_the_run_counts_as_finished(tmp_path, tiny_folder):
     report = tmp_path / "reports" / "r.json"
     store = RunStore(tmp_path / "runs.sqlite")
-    record = run_prune_job(PruneJob(model=str(tiny_folder), nsamples=2, seqlen=16, eval_windows=1, report=str(report),
-                                    save=str(tmp_path / "saved"), keep_masks=False), store=store)
+    record = run_prune(RunSpec(model=str(tiny_folder), nsamples=2, seqlen=16, report=str(report),
+                       save=str(tmp_path / "saved"), keep_masks=False, evaluation=EvalSpec(windows=1)), store=store)
     assert json.loads(report.read_text())["run_id"] == record["run_id"]
     saved = json.loads((tmp_path / "saved" / "calib_lab_report.json").read_text())
     assert saved["run_id"] == record["run_id"] and store.get(record["run_id"])["status"] == "finished"
@@ -100,8 +101,8 @@ def test_a_full_disk_during_the_save_leaves_nothing_and_fails_the_run(tmp_path, 
     store = RunStore(tmp_path / "runs.sqlite")
     target = tmp_path / "out"
     with pytest.raises(OutputError, match="the disk is full"):
-        run_prune_job(PruneJob(model=str(tiny_folder), nsamples=2, seqlen=16, eval_windows=1, save=str(target),
-                               keep_masks=False), store=store)
+        run_prune(RunSpec(model=str(tiny_folder), nsamples=2, seqlen=16, save=str(target), keep_masks=False,
+                  evaluation=EvalSpec(windows=1)), store=store)
     assert sorted(os.listdir(tmp_path)) == ["runs.sqlite", "tiny"]  # no partial folder, no journal left
     (run,) = store.list()
     assert run["status"] == "failed" and "disk is full" in run["error"]

@@ -17,7 +17,9 @@ import pytest
 
 from calib_core import files
 from calib_core.errors import OutputError
-from calib_core.pipeline import PruneJob, run_prune_job
+from calib_core.runs import pipeline
+from calib_core.runs.pipeline import run_prune
+from calib_core.runs.spec import EvalSpec, RunSpec
 from calib_core.runs import RunStore
 from tests.conftest import fill_disk
 from tests.tiny import save_tiny_folder
@@ -128,11 +130,11 @@ def test_full_disk_fails_before_the_run_or_leaves_nothing(small_tmpfs, tmp_path,
     (small_tmpfs / "filler").unlink()
     fill_disk(small_tmpfs)
     os.truncate(small_tmpfs / "filler", os.path.getsize(small_tmpfs / "filler") - 64 * 1024)
-    monkeypatch.setattr(files, "check_free_space", lambda path, needed: None)
+    monkeypatch.setattr(pipeline, "check_free_space", lambda path, needed: None)
     store = RunStore(tmp_path / "runs.sqlite")
     with pytest.raises(OutputError, match="the disk is full"):
-        run_prune_job(PruneJob(model=str(folder), nsamples=2, seqlen=16, eval_windows=1, save=str(small_tmpfs / "out"),
-                               keep_masks=False), store=store)
+        run_prune(RunSpec(model=str(folder), nsamples=2, seqlen=16, save=str(small_tmpfs / "out"), keep_masks=False,
+                          evaluation=EvalSpec(windows=1)), store=store)
     assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler"]
     assert store.list()[-1]["status"] == "failed"
 

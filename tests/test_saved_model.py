@@ -12,10 +12,10 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from calib_core import saved_model
-from calib_core.cli import build_parser, main as cli_main, prune_job
-from calib_core.model_card import reproduce_command
-from calib_core.pipeline import PruneJob, run_prune_job
+from calib_core.cli import build_parser, main as cli_main, run_spec
+from calib_core.runs import saved as saved_model
+from calib_core.runs.pipeline import run_prune
+from calib_core.runs.spec import EvalSpec, RunSpec, reproduce_command
 from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore
 from tests.tiny import random_ids, save_tiny_folder, tiny_model
@@ -34,9 +34,9 @@ def _front_matter(card: str) -> dict:
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_a_saved_tiny_model_reloads_to_the_pruned_masks_with_card_and_report(tmp_path, tiny_folder, pattern):
     target = tmp_path / "saved"
-    job = PruneJob(model=str(tiny_folder), nsamples=2, seqlen=16, eval_windows=1, save=str(target),
-                   config=PruneConfig(device="cpu", method="wanda", sparsity=0.5, pattern=pattern))
-    record = run_prune_job(job, store=RunStore(tmp_path / "runs.sqlite"))
+    job = RunSpec(model=str(tiny_folder), nsamples=2, seqlen=16, save=str(target), config=PruneConfig(device="cpu",
+                  method="wanda", sparsity=0.5, pattern=pattern), evaluation=EvalSpec(windows=1))
+    record = run_prune(job, store=RunStore(tmp_path / "runs.sqlite"))
     saved = record["saved"]
     assert saved["reload_check"]["checked"] and saved["reload_check"]["max_abs_logit_diff"] == 0.0
     assert saved["bytes"] == sum(p.stat().st_size for p in target.iterdir())
@@ -107,16 +107,16 @@ def test_the_reload_check_says_when_a_second_copy_does_not_fit(tmp_path, monkeyp
 
 
 def test_the_reproduce_command_parses_back_to_the_same_job():
-    job = PruneJob(model="some/model", dtype="bfloat16", calib="set:mine", nsamples=64, seqlen=512, seed=3,
-                   mode="concat", concat_separator="\n\n--\n", eval=["builtin:wiki", "builtin:news"],
-                   ppl_protocol="wikitext2", eval_windows=8, save="/tmp/out",
-                   config=PruneConfig(device="cpu", method="owl", base="sparsegpt", sparsity=0.7, owl_m=7.0, owl_lambda=0.1,
-                                      sparsegpt_blocksize=64).resolved())
+    job = RunSpec(model="some/model", dtype="bfloat16", calib="set:mine", nsamples=64, seqlen=512, seed=3,
+                  mode="concat", concat_separator="\n\n--\n", save="/tmp/out",
+                  config=PruneConfig(device="cpu", method="owl", base="sparsegpt", sparsity=0.7, owl_m=7.0,
+                                     owl_lambda=0.1, sparsegpt_blocksize=64).resolved(),
+                  evaluation=EvalSpec(["builtin:wiki", "builtin:news"], windows=8, protocol="wikitext2"))
     command = reproduce_command(job)
     import shlex
 
     args = build_parser().parse_args(shlex.split(command)[3:])
-    assert prune_job(args) == job
+    assert run_spec(args) == job
 
 
 def test_push_to_hub_offline_says_so_before_the_run_and_saves_locally(tmp_path, tiny_folder, capsys, monkeypatch):
@@ -159,8 +159,8 @@ def test_push_uploads_the_saved_folder(tmp_path, monkeypatch):
 
 def test_the_bundled_model_saved_at_2_4_reloads_identically(tmp_path):
     target = tmp_path / "bundled"
-    record = run_prune_job(PruneJob(nsamples=2, seqlen=64, eval_windows=1, save=str(target), keep_masks=False,
-                                    config=PruneConfig(device="cpu", method="wanda", pattern="2:4")),
+    record = run_prune(RunSpec(nsamples=2, seqlen=64, save=str(target), keep_masks=False,
+                       config=PruneConfig(device="cpu", method="wanda", pattern="2:4"), evaluation=EvalSpec(windows=1)),
                            store=RunStore(tmp_path / "runs.sqlite"))
     check = record["saved"]["reload_check"]
     assert check["checked"] and check["max_abs_logit_diff"] == 0.0 and check["tokens"] == 64
@@ -177,9 +177,9 @@ def test_the_results_page_shows_a_saved_model_and_how_to_remake_an_unsaved_one(t
     from streamlit.testing.v1 import AppTest
 
     store = RunStore()  # the app's own store (CALIB_LAB_DATA)
-    settings = dict(model=str(tiny_folder), nsamples=2, seqlen=16, eval_windows=1, keep_masks=False)
-    saved_run = run_prune_job(PruneJob(**settings, save=str(tmp_path / "saved")), store=store)
-    unsaved_run = run_prune_job(PruneJob(**settings, seed=4), store=store)
+    settings = dict(model=str(tiny_folder), nsamples=2, seqlen=16, evaluation=EvalSpec(windows=1), keep_masks=False)
+    saved_run = run_prune(RunSpec(**settings, save=str(tmp_path / "saved")), store=store)
+    unsaved_run = run_prune(RunSpec(**settings, seed=4), store=store)
     app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120)
     app.query_params["run"] = str(saved_run["run_id"])
     app.run()

@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM
 
 from calib_core.cli import main as cli_main
 from calib_core.errors import UnsupportedModelError
-from calib_core.pipeline import PruneJob, run_prune_job
+from calib_core.runs.pipeline import run_prune
+from calib_core.runs.spec import EvalSpec, RunSpec
 from calib_core.prune import PruneConfig
 from calib_core.prune.memory import estimate_memory
 from calib_core.prune.streaming import StreamedModel
@@ -31,16 +32,16 @@ def _both(tmp_path, model: str, method: str, **settings):
     store = RunStore(tmp_path / "runs.sqlite")
     records = {}
     for stream in (False, True):
-        job = PruneJob(model=model, stream=stream, save=str(tmp_path / f"saved-{stream}"),
-                       config=PruneConfig(device="cpu", method=method, sparsity=0.5), **settings)
-        records[stream] = run_prune_job(job, store=store)
+        job = RunSpec(model=model, stream=stream, save=str(tmp_path / f"saved-{stream}"),
+                      config=PruneConfig(device="cpu", method=method, sparsity=0.5), **settings)
+        records[stream] = run_prune(job, store=store)
     return records
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text"])
 def test_a_streamed_tiny_prune_matches_the_in_memory_one_and_saves_a_loadable_folder(tmp_path, family):
     folder = save_tiny_folder(tmp_path / "tiny", family)
-    records = _both(tmp_path, str(folder), "wanda", nsamples=4, seqlen=32, eval_windows=2)
+    records = _both(tmp_path, str(folder), "wanda", nsamples=4, seqlen=32, evaluation=EvalSpec(windows=2))
     memory, streamed = records[False], records[True]
     assert _agreement(_masks(memory["masks"]), _masks(streamed["masks"])) == 1.0
     assert round(streamed["perplexity"][0]["ppl"], 4) == round(memory["perplexity"][0]["ppl"], 4)
@@ -54,7 +55,7 @@ def test_a_streamed_tiny_prune_matches_the_in_memory_one_and_saves_a_loadable_fo
 
 
 def test_the_bundled_model_streams_to_the_same_masks_and_perplexity(tmp_path):
-    settings = dict(nsamples=4, seqlen=128, eval_windows=2, keep_masks=True)
+    settings = dict(nsamples=4, seqlen=128, evaluation=EvalSpec(windows=2), keep_masks=True)
     wanda = _both(tmp_path / "wanda", "smollm2-135m", "wanda", **settings)
     assert _agreement(_masks(wanda[False]["masks"]), _masks(wanda[True]["masks"])) == 1.0
     assert round(wanda[True]["perplexity"][0]["ppl"], 4) == round(wanda[False]["perplexity"][0]["ppl"], 4)
@@ -101,7 +102,7 @@ def test_a_streamed_scratch_model_is_removed_after_the_run_and_after_a_kill(tmp_
 
     monkeypatch.setenv("CALIB_LAB_CACHE", str(tmp_path / "cache"))
     folder = save_tiny_folder(tmp_path / "tiny")
-    run_prune_job(PruneJob(model=str(folder), stream=True, nsamples=2, seqlen=16, eval_windows=1),
+    run_prune(RunSpec(model=str(folder), stream=True, nsamples=2, seqlen=16, evaluation=EvalSpec(windows=1)),
                   store=RunStore(tmp_path / "runs.sqlite"))
     assert list(streamed_scratch_dir().iterdir()) == []  # written, evaluated, removed
     killed = streamed_scratch_dir() / f"{TMP_PREFIX}999999999-1-streamed-model-abc"  # a writer that is gone
@@ -129,8 +130,8 @@ def test_a_model_that_does_not_fit_in_memory_is_streamed_and_the_run_says_so(tmp
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": int(weights * 1.1),
                                                                               "total": real().total})())
     events = []
-    record = run_prune_job(PruneJob(model=str(folder), nsamples=2, seqlen=16, eval_windows=1,
-                                    config=PruneConfig(device="cpu", method="wanda", sparsity=0.5)), events.append,
+    record = run_prune(RunSpec(model=str(folder), nsamples=2, seqlen=16, config=PruneConfig(device="cpu",
+                       method="wanda", sparsity=0.5), evaluation=EvalSpec(windows=1)), events.append,
                            store=RunStore(tmp_path / "runs.sqlite"))
     notes = [e.message for e in events if getattr(e, "stage", "") == "load"]
     assert any("do not fit in the 0.0 GiB of free memory: streaming its blocks from disk" in n for n in notes), notes

@@ -7,7 +7,8 @@ import pytest
 
 from calib_core.cli import main as cli_main
 from calib_core.errors import ConfigError
-from calib_core.pipeline import PruneJob, run_prune_job
+from calib_core.runs.pipeline import run_prune
+from calib_core.runs.spec import EvalSpec, RunSpec
 from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore
 from calib_core.experiments.sweeps import SweepGrid, run_sweep
@@ -53,9 +54,9 @@ def test_sweep_is_resumable_and_restores_dense_weights(tmp_path):
     assert len(runs) == 6 and all(r["sweep"] == "t" and r["status"] == "finished" for r in runs)
     # the last point of the sweep started from restored dense weights: same ppl as a fresh, lone run
     last = runs[-1]
-    lone = run_prune_job(PruneJob(model=str(folder), calib=last["calibration"], nsamples=2, seqlen=16,
-                                  seed=last["record"]["calibration"]["seed"], config=PruneConfig(device="cpu", method="wanda"),
-                                  eval=["builtin:wiki"], eval_windows=2, keep_masks=False),
+    lone = run_prune(RunSpec(model=str(folder), calib=last["calibration"], nsamples=2, seqlen=16,
+                     seed=last["record"]["calibration"]["seed"], config=PruneConfig(device="cpu", method="wanda"),
+                     keep_masks=False, evaluation=EvalSpec(sources=["builtin:wiki"], windows=2)),
                          store=RunStore(tmp_path / "other.sqlite"))
     assert last["record"]["perplexity"][0]["ppl"] == pytest.approx(lone["perplexity"][0]["ppl"], rel=1e-6)
 

@@ -7,7 +7,8 @@ import pytest
 from calib_core import hub
 from calib_core.cli import main as cli_main
 from calib_core.errors import ConfigError, MissingDependencyError, SourceError
-from calib_core.pipeline import PruneJob, run_prune_job
+from calib_core.runs.pipeline import run_prune
+from calib_core.runs.spec import EvalSpec, RunSpec
 from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore
 from calib_core.metrics.zeroshot import PAPER_TASKS, lm_eval_accuracy, resolve_tasks, write_cloze_task
@@ -40,9 +41,9 @@ def test_pipeline_and_cli_record_lm_eval(tmp_path, capsys):
 
     tasks = tmp_path / "tasks"
     name = write_cloze_task(tasks, "builtin:wiki", load_model(str(folder)).tokenizer, items=6)
-    record = run_prune_job(PruneJob(model=str(folder), nsamples=2, seqlen=16, config=PruneConfig(device="cpu", method="wanda"),
-                                    eval=["builtin:wiki"], eval_windows=1, keep_masks=False, lm_eval_tasks=[name],
-                                    lm_eval_include=str(tasks)), store=RunStore(tmp_path / "runs.sqlite"))
+    record = run_prune(RunSpec(model=str(folder), nsamples=2, seqlen=16, config=PruneConfig(device="cpu",
+                       method="wanda"), keep_masks=False, evaluation=EvalSpec(sources=["builtin:wiki"], windows=1,
+                       lm_eval_tasks=[name], lm_eval_include=str(tasks))), store=RunStore(tmp_path / "runs.sqlite"))
     (task,) = record["zeroshot"]["tasks"]
     assert task["task"] == name and task["samples"] == 6 and 0 <= task["acc"] <= 1
     assert record["zeroshot"]["lm_eval_version"] == "0.4.13" and "lm_eval" in record["timings"]

@@ -11,8 +11,7 @@ from calib_core.data.sources import (BUILTIN_SOURCES, LIST_MAX_CHARACTERS, MODES
 from calib_core.data.text_files import FILE_TYPES
 from calib_core.data.tokens import token_lengths
 from calib_core.errors import CalibLabError, SourceError
-from calib_core import tasks
-from calib_core.jobs import manager
+from calib_core.jobs import manager, tasks
 from calib_core.data.selfgen import GenerationConfig, filter_by_perplexity
 from ui_cache import access_policy, cached_model
 from ui_forms import any_invalid, bounded_number

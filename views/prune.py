@@ -3,11 +3,10 @@ import streamlit as st
 from calib_core.data.sources import BUILTIN_SOURCES, MODES
 from calib_core.errors import CalibLabError
 from calib_core.metrics.perplexity import PROTOCOLS
-from calib_core import tasks
 from calib_core.experiments.run_figures import live_prune_charts
-from calib_core.jobs import manager
-from calib_core.pipeline import PruneJob, check_outputs
-from calib_core.progress import run_progress
+from calib_core.jobs import manager, tasks
+from calib_core.jobs.progress import run_progress
+from calib_core.runs.spec import EvalSpec, RunSpec, check_outputs
 from calib_core.devices import resolve_device
 from calib_core.prune import PruneConfig
 from calib_core.prune.memory import estimate_memory
@@ -139,14 +138,13 @@ if submitted:
             sparsegpt_blocksize=int(blocksize), sparsegpt_damp=damp, dsnot_cycles=int(dsnot_cycles),
             dsnot_threshold=dsnot_threshold, device=st.session_state.device, **categorical,
         ).resolved()
-        job = PruneJob(
+        spec = RunSpec(
             model=st.session_state.model_spec, dtype=st.session_state.model_options["dtype"],
-            trust_remote_code=st.session_state.model_options["trust_remote_code"], calib=calib, nsamples=int(nsamples),
-            seqlen=int(seqlen), seed=int(seed), mode=mode, concat_separator=SEPARATORS[separator], config=config,
-            eval=evals, ppl_protocol=ppl_protocol, eval_windows=int(eval_windows), save=save or None,
-            overwrite=overwrite, stream=stream,
-        )
-        job = access_policy().job(job)  # a shared app confines paths and sizes
+            trust_remote_code=st.session_state.model_options["trust_remote_code"], calib=calib,
+            nsamples=int(nsamples), seqlen=int(seqlen), seed=int(seed), mode=mode,
+            concat_separator=SEPARATORS[separator], config=config, save=save or None, overwrite=overwrite,
+            stream=stream, evaluation=EvalSpec(evals, windows=int(eval_windows), protocol=ppl_protocol))
+        job = access_policy().spec(spec)  # a shared app confines paths and sizes
         check_outputs(job)  # a bad save folder fails now, not after the run
         label = f"{method} {pattern if ':' in pattern else sparsity} on {calib}"
         st.session_state.prune_job = manager().submit(label, tasks.prune, job, kind="prune",

@@ -4,17 +4,16 @@ from dataclasses import replace
 import plotly.express as px
 import streamlit as st
 
-from calib_core import tasks
 from calib_core.errors import CalibLabError
 from calib_core.experiments.run_figures import (BLOCK_METRICS, Chart, overlay_chart, perplexity_chart, run_label,
                                                 similarity_vs_perplexity_chart, whole_blocks)
 from calib_core.experiments.stats import dense_baseline, evaluation_of, similarity_vs_perplexity
-from calib_core.jobs import manager
+from calib_core.jobs import manager, tasks
 from calib_core.metrics.agreement import block_agreement, mask_agreement, overall_jaccard
-from calib_core.model_card import reproduce_command
-from calib_core.pipeline import DENSE, PruneJob, check_outputs, job_of_record
 from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore, runs_table
+from calib_core.runs.pipeline import DENSE
+from calib_core.runs.spec import EvalSpec, RunSpec, check_outputs, reproduce_command, spec_of_record
 from ui_cache import access_policy
 from ui_charts import show_chart
 from ui_live import live_view
@@ -73,10 +72,9 @@ if ppl_columns and not view.empty:
         else:
             st.caption(f"No dense baseline measured on this evaluation ({evaluation}).")
             if job and st.button("Measure the dense model on this evaluation"):
-                baseline = PruneJob(model=reference["model"], dtype=job.get("dtype", "float32"), eval=job["eval"],
-                                    ppl_protocol=job["ppl_protocol"], seqlen=job["seqlen"],
-                                    eval_seqlen=job.get("eval_seqlen"), eval_windows=job.get("eval_windows"),
-                                    config=PruneConfig(device=st.session_state.device))
+                baseline = RunSpec(model=reference["model"], dtype=job.get("dtype", "float32"), seqlen=job["seqlen"],
+                                   config=PruneConfig(device=st.session_state.device),
+                                   evaluation=EvalSpec.of_record(job))
                 st.session_state.dense_job = manager().submit("dense baseline", tasks.dense_baseline, baseline,
                                                               device=baseline.config.device, kind="dense").id
     live_view("dense_job", "dense", lambda j: st.error(j.error) if j.status in ("failed", "cancelled") else None)
@@ -169,13 +167,13 @@ def show_saved_model(run: dict) -> None:
         # Runs happen in their own process: the pruned model is gone when the run ends.
         st.caption("This run's model was not saved. Rerunning it with the same data, seed and settings gives "
                    "the same masks: from the command line, or here as a new run that saves the model.")
-        st.code(reproduce_command(replace(job_of_record(record), save="pruned-model", overwrite=False)),
+        st.code(reproduce_command(replace(spec_of_record(record), save="pruned-model", overwrite=False)),
                 language="bash")
         folder = st.text_input("Save folder for the remade model", f"pruned-models/run-{run['id']}")
         if st.button("Remake and save this run's model", disabled=not folder.strip()):
             try:
-                job = access_policy().job(replace(job_of_record(record), save=folder.strip(), overwrite=False,
-                                                  report=None))
+                job = access_policy().spec(replace(spec_of_record(record), save=folder.strip(), overwrite=False,
+                                                   report=None))
                 check_outputs(job)
                 st.session_state.prune_job = manager().submit(
                     f"remake run {run['id']} and save", tasks.prune, job, kind="prune",

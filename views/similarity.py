@@ -3,8 +3,7 @@ import streamlit as st
 
 from calib_core.data import sets
 from calib_core.data.sources import BUILTIN_SOURCES, MODES
-from calib_core import tasks
-from calib_core.jobs import manager
+from calib_core.jobs import manager, tasks
 from calib_core.errors import CalibLabError
 from calib_core.metrics.similarity import REFERENCE_CORPORA
 from ui_cache import access_policy

@@ -6,13 +6,12 @@ import yaml
 from calib_core.data import sets
 from calib_core.data.sources import BUILTIN_SOURCES, MODES
 from calib_core.errors import CalibLabError, ConfigError, MissingDependencyError, NotEnoughDataError
-from calib_core.jobs import manager
+from calib_core.jobs import manager, tasks
 from calib_core.prune.methods import METHODS
 from calib_core.runs import RunStore
 from calib_core.experiments.figures import export, sweep_figures
 from calib_core.experiments.stats import PPL, spread_by_setting, summarize, sweep_frame, welch_test
 from calib_core.experiments.sweeps import SweepGrid
-from calib_core import tasks
 from ui_cache import access_policy
 from ui_live import live_view
 

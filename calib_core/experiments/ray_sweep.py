@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import CalibLabError, MissingDependencyError, PruningCancelled
 from ..files import atomic_write_bytes
-from ..pipeline import PipelineEvent
+from ..runs.events import PipelineEvent
 from .sweeps import SweepGrid, SweepPoint, SweepSummary, plan_sweep
 
 RAY_MISSING = ("Ray is not installed, so the sweep runs locally. To run it on a Ray cluster: pip install 'ray[default]' "
@@ -33,8 +33,8 @@ def _run_point(grid: SweepGrid, point: SweepPoint, threads: int) -> dict:
     import torch
 
     from ..models import load_model
-    from ..pipeline import run_prune_job
-    from ..runs import RunStore
+    from ..runs.pipeline import run_prune
+    from ..runs.store import RunStore
 
     torch.set_num_threads(threads)
     key = (grid.model, grid.dtype)
@@ -44,7 +44,7 @@ def _run_point(grid: SweepGrid, point: SweepPoint, threads: int) -> dict:
     loaded, dense = _WORKER_MODELS[key]
     loaded.model.load_state_dict(dense)
     with tempfile.TemporaryDirectory() as scratch:  # the worker's own throwaway store
-        record = run_prune_job(grid.job(point), store=RunStore(Path(scratch) / "runs.sqlite"), loaded=loaded)
+        record = run_prune(grid.spec(point), store=RunStore(Path(scratch) / "runs.sqlite"), loaded=loaded)
         if record.get("masks"):
             record["mask_bytes"] = Path(record.pop("masks")).read_bytes()
     return record
@@ -111,7 +111,7 @@ def run_sweep_on_ray(grid: SweepGrid, address: str = "auto", store=None, on_even
             record["run_id"] = run_id
             masks = record.pop("mask_bytes", None)
             if masks is not None:
-                path = store.path.parent / "masks" / f"run-{run_id}.npz"
+                path = store.mask_path(run_id)
                 atomic_write_bytes(path, masks)
                 record["masks"] = str(path)
             store.finish(run_id, "finished", record)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 from .. import assets
 from ..data.sources import BUILTIN_SOURCES, DEFAULT_CONCAT_SEPARATOR
-from ..pipeline import PipelineEvent
+from ..runs.events import PipelineEvent
 from ..data.selfgen import GenerationConfig
 from .sweeps import SweepGrid, SweepPoint, SweepSummary, run_sweep
 

@@ -153,7 +153,7 @@ def evaluation_of(run: dict, source: str) -> tuple | None:
 def dense_baseline(runs: list[dict], reference: dict, source: str) -> float | None:
     """The perplexity on `source` of the latest finished dense run evaluated exactly as `reference`
     was (same model, protocol, seqlen and windows); None when there is none."""
-    from ..pipeline import DENSE
+    from ..runs.pipeline import DENSE
 
     wanted = evaluation_of(reference, source)
     matching = [r for r in runs if r["method"] == DENSE and r["status"] == "finished"

@@ -34,7 +34,9 @@ from pathlib import Path
 from .. import assets
 from ..data.sources import DEFAULT_CONCAT_SEPARATOR, check_mode, check_windows_fit
 from ..errors import CalibLabError, ConfigError, PruningCancelled
-from ..pipeline import PipelineEvent, PruneJob, run_prune_job
+from ..runs.events import PipelineEvent
+from ..runs.pipeline import run_prune
+from ..runs.spec import EvalSpec, RunSpec
 from ..prune import PruneConfig
 
 
@@ -143,12 +145,13 @@ class SweepGrid:
             context["ppl_protocol"] = self.ppl_protocol
         return context
 
-    def job(self, point: SweepPoint) -> PruneJob:
-        """The pipeline job of one point (the local and the Ray runner run the same thing)."""
-        return PruneJob(model=self.model, dtype=self.dtype, calib=point.calibration, nsamples=point.nsamples,
-                        seqlen=self.seqlen, seed=point.seed, mode=self.mode, concat_separator=self.concat_separator,
-                        config=replace(point.config, device=self.device), eval=self.eval, ppl_protocol=self.ppl_protocol,
-                        eval_windows=self.eval_windows, keep_masks=self.keep_masks)
+    def spec(self, point: SweepPoint) -> RunSpec:
+        """The run of one point (the local and the Ray runner run the same thing)."""
+        return RunSpec(model=self.model, dtype=self.dtype, calib=point.calibration, nsamples=point.nsamples,
+                       seqlen=self.seqlen, seed=point.seed, mode=self.mode, concat_separator=self.concat_separator,
+                       config=replace(point.config, device=self.device),
+                       evaluation=EvalSpec(self.eval, windows=self.eval_windows, protocol=self.ppl_protocol),
+                       keep_masks=self.keep_masks)
 
     def points(self) -> list[SweepPoint]:
         out = []
@@ -231,7 +234,7 @@ def run_sweep(grid: SweepGrid, store=None, on_event=None, cancel=None, points=No
         loaded.model.load_state_dict(dense)
         emit(PipelineEvent("sweep", f"point {number}/{len(todo)}: {point.label()}", {"key": point.key}))
         try:
-            record = run_prune_job(grid.job(point), on_event, cancel, store, loaded=loaded, sweep=grid.name, point_key=point.key)
+            record = run_prune(grid.spec(point), on_event, cancel, store, loaded=loaded, sweep=grid.name, point_key=point.key)
         except PruningCancelled:
             raise
         except CalibLabError as exc:

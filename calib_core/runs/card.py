@@ -4,13 +4,11 @@ lines, perplexities with their protocol, versions and commit, and the command th
 
 from __future__ import annotations
 
-import shlex
+from huggingface_hub import ModelCardData
 
-from . import assets
-from .data.sources import DEFAULT_CONCAT_SEPARATOR
-from .pipeline import PruneJob
-from .prune import PruneConfig
-from .prune.methods import ENGINE_OPTIONS, METHODS, all_options, mask_method
+from .. import assets
+from ..prune.methods import ENGINE_OPTIONS, METHODS, mask_method
+from .spec import RunSpec, reproduce_command
 
 SAMPLE_LINES = 3  # calibration excerpts shown in the card
 SAMPLE_CHARS = 160
@@ -21,54 +19,6 @@ def calibration_excerpts(calibration, tokenizer) -> list[str]:
     if calibration is None:
         return []
     return [tokenizer.decode(ids[:64], skip_special_tokens=True) for ids in calibration.input_ids[:SAMPLE_LINES]]
-
-
-def reproduce_command(job: PruneJob) -> str:
-    """`python -m calib_core prune ...` with every setting of `job` that differs from the CLI's defaults."""
-    config, defaults = job.config, PruneConfig()
-    parts = ["python", "-m", "calib_core", "prune", "--model", job.model]
-    if job.dtype != "float32":
-        parts += ["--dtype", job.dtype]
-    if job.stream:
-        parts.append("--stream")
-    if job.trust_remote_code:
-        parts.append("--trust-remote-code")
-    parts += ["--method", config.method]
-    if config.base:
-        parts += ["--base", config.base]
-    if config.parsed_pattern.is_nm:
-        parts += ["--pattern", config.pattern]
-    else:
-        parts += ["--sparsity", f"{config.sparsity:g}"]
-    if config.device != defaults.device:
-        parts += ["--device", config.device]
-    for option in all_options():
-        value = getattr(config, option.field)
-        if value != getattr(defaults, option.field):
-            parts += [option.flag, str(value)]
-    if job.calib:
-        parts += ["--calib", job.calib, "--nsamples", str(job.nsamples), "--seqlen", str(job.seqlen),
-                  "--seed", str(job.seed)]
-        if job.mode != "document":
-            parts += ["--mode", job.mode]
-        if job.mode == "concat" and job.concat_separator != DEFAULT_CONCAT_SEPARATOR:
-            parts += ["--concat-separator", job.concat_separator.encode("unicode_escape").decode()]
-        if job.text_column:
-            parts += ["--text-column", job.text_column]
-    if job.eval:
-        for source in job.eval:
-            parts += ["--eval", source]
-        if job.ppl_protocol != "heldout":
-            parts += ["--ppl-protocol", job.ppl_protocol]
-        if job.eval_seqlen:
-            parts += ["--eval-seqlen", str(job.eval_seqlen)]
-        if job.eval_windows:
-            parts += ["--eval-windows", str(job.eval_windows)]
-    else:
-        parts.append("--no-eval")
-    if job.save:
-        parts += ["--save", job.save]
-    return shlex.join(parts)
 
 
 def _relevant_options(config: dict) -> list:
@@ -87,23 +37,21 @@ def base_model_id(spec: str) -> str | None:
     return spec if looks_like_hub_id else None
 
 
-def model_card(record: dict, job: PruneJob, samples: list[str]) -> str:
+def model_card(record: dict, spec: RunSpec, samples: list[str]) -> str:
     """The card's text (README.md), from the run record and a few calibration excerpts."""
-    from huggingface_hub import ModelCardData
-
     config = record["config"]
     pattern = config["pattern"] if ":" in config["pattern"] else f"{config['sparsity']:.0%} unstructured"
-    base = base_model_id(job.model)
+    base = base_model_id(spec.model)
     metadata = ModelCardData(
         base_model=base, library_name="transformers", pipeline_tag="text-generation",
-        license=assets.BUNDLED[job.model].license if job.model in assets.BUNDLED else None,
+        license=assets.BUNDLED[spec.model].license if spec.model in assets.BUNDLED else None,
         tags=["pruned", "sparse", f"{config['method']}", "calib-lab"],
     )
     calib = record.get("calibration") or {}
     lines = [
         "---", metadata.to_yaml(), "---", "",
-        f"# {base or job.model}, pruned with {config['method']} ({pattern})", "",
-        f"Pruned with Calibration Lab from `{job.model}`"
+        f"# {base or spec.model}, pruned with {config['method']} ({pattern})", "",
+        f"Pruned with Calibration Lab from `{spec.model}`"
         + (f" ([{base}](https://huggingface.co/{base}))" if base else "") + ". "
         f"Overall sparsity of the pruned linear layers: {record['overall_sparsity']:.4f}. "
         "The weights are stored dense (safetensors): load them as any model of this architecture.",
@@ -135,7 +83,7 @@ def model_card(record: dict, job: PruneJob, samples: list[str]) -> str:
         lines.append("Not measured.")
     lines += ["", *[f"Note: {note}" for note in record.get("notes", [])]]
     versions = record.get("versions", {})
-    lines += ["", "## Reproduce", "", "```bash", reproduce_command(job), "```", "",
+    lines += ["", "## Reproduce", "", "```bash", reproduce_command(spec), "```", "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ".",
               "", "The full run report is `calib_lab_report.json` in this folder.", ""]
     return "\n".join(lines)

@@ -14,10 +14,10 @@ from typing import TypedDict
 from pathlib import Path
 
 
-from .provenance import environment_versions, peak_memory
-from .errors import OutputError, RunNotFoundError
-from .files import atomic_write_json
-from .processes import process_gone, process_start
+from ..provenance import environment_versions, peak_memory
+from ..errors import OutputError, RunNotFoundError
+from ..files import atomic_write_json
+from ..processes import process_gone, process_start
 
 
 class RunRecord(TypedDict, total=False):
@@ -42,8 +42,10 @@ class RunRecord(TypedDict, total=False):
     memory_estimate: dict
     # added by the pipeline
     run_id: int
-    job: dict  # the PruneJob without its config
+    job: dict  # the RunSpec without its config (spec.RunSpec.as_record)
     masks: str  # path of the stored masks
+    saved: dict  # the saved folder: path, format, sizes, reload check (runs/saved.py)
+    push: dict  # the upload: repo, and url or error
     cloze: list[dict]
     zeroshot: dict
 
@@ -58,7 +60,7 @@ def _common(model_spec: str, model_info: dict, perplexities: list, timings: dict
 def run_record(model_spec: str, model_info: dict, calibration, result, perplexities: list, timings: dict,
                notes: list[str] | None = None) -> RunRecord:
     """A pruning run's report: config, versions, calibration fingerprint, sparsity, per-block stats, ppl."""
-    from .devices import resolve_device
+    from ..devices import resolve_device
 
     return RunRecord(
         **_common(model_spec, model_info, perplexities, timings, notes, resolve_device(result.config.device)),
@@ -145,7 +147,7 @@ class RunStore:
     file holds it), and starting a run there fails with an OutputError."""
 
     def __init__(self, path: str | os.PathLike | None = None):
-        from .paths import data_dir
+        from ..paths import data_dir
 
         self.path = Path(path) if path else data_dir() / "runs.sqlite"
         self.read_only_reason: str | None = None
@@ -228,6 +230,10 @@ class RunStore:
         self._write("UPDATE runs SET status = ?, updated = ?, record = ?, error = ? WHERE id = ?",
                     (status, time.strftime("%Y-%m-%dT%H:%M:%S"), json.dumps(record) if record else None, error,
                      run_id))
+
+    def mask_path(self, run_id: int) -> Path:
+        """Where a run's masks are kept (metrics/agreement.py reads them for mask agreement)."""
+        return self.path.parent / "masks" / f"run-{run_id}.npz"
 
     def finished_points(self, sweep: str) -> set[str]:
         """Keys of the sweep's points that already finished: a resumed sweep skips them."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .jobs import ENDED
+from . import ENDED
 
 PHASE_NAMES = {"outlier_scan": "OWL outlier scan", "prune": "Pruning"}
 

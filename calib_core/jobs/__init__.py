@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .files import atomic_write_bytes, atomic_write_json
-from .paths import data_dir
-from .processes import process_gone, process_start
+from ..files import atomic_write_bytes, atomic_write_json
+from ..paths import data_dir
+from ..processes import process_gone, process_start
 
 ENDED = ("finished", "failed", "cancelled")
 _FRAME = struct.Struct("<Q")
@@ -197,14 +197,14 @@ class JobManager:
         (it is pickled by name); it should pass job.emit as its event callback and job.cancel_event
         as its cancel token. `device` is the device the work computes on: its physical device
         (devices.device_key, checked here, before any work) is the queue the job waits in."""
-        from .devices import device_key
+        from ..devices import device_key
 
         device = device_key(device)
         with self._lock:
             folder = self._new_folder()
             (folder / "task.pkl").write_bytes(pickle.dumps((work, args)))
             with open(folder / "worker.log", "ab") as log:  # a new session: a server restart does not reach it
-                worker = subprocess.Popen([sys.executable, "-m", "calib_core.worker", str(folder)],
+                worker = subprocess.Popen([sys.executable, "-m", "calib_core.jobs.worker", str(folder)],
                                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                           start_new_session=True, env=_worker_environment())
             # Written once the pid is known (the worker waits for it), so no reader ever sees a job

@@ -15,7 +15,12 @@ from pathlib import Path
 
 import torch
 
-from .errors import CalibLabError
+from .. import assets
+from ..errors import CalibLabError
+from .card import calibration_excerpts, model_card
+from .events import PipelineEvent
+from .spec import RunSpec
+from .store import write_json
 
 REPORT_NAME = "calib_lab_report.json"
 CARD_NAME = "README.md"
@@ -90,7 +95,7 @@ def write_model_folder(target: str, overwrite: bool, model: torch.nn.Module, tok
                        tokens: torch.Tensor, trust_remote_code: bool = False, extra_files: tuple[Path, ...] = ()) -> dict:
     """The folder appears whole, reloading to the same model, or not at all; `extra_files` (a base
     model's licence terms) are copied in. Returns what the run record keeps about it."""
-    from .files import atomic_folder
+    from ..files import atomic_folder
 
     with atomic_folder(target, overwrite) as folder:
         model.save_pretrained(folder)
@@ -108,8 +113,6 @@ def complete_folder(folder: Path, saved: dict, record: dict, card: str, extra_fi
     saved folder; then `saved["bytes"]`, the folder's size (which the report inside cannot state)."""
     import shutil
 
-    from .runs import write_json
-
     (folder / CARD_NAME).write_text(card)
     for extra in extra_files:
         shutil.copy(extra, folder)
@@ -122,7 +125,7 @@ def check_push(repo: str) -> None:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from .hub import hub_reachable
+    from ..hub import hub_reachable
 
     if not repo or repo.count("/") != 1:
         raise HubPushError(f"'{repo}' is not a hub repository id: write it as OWNER/NAME.")
@@ -180,3 +183,58 @@ class ShardWriter:
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(self.folder)
         tokenizer.save_pretrained(self.folder)
+
+
+def license_files(spec: RunSpec) -> tuple[Path, ...]:
+    """The base model's licence terms, which travel with every model saved from it."""
+    return tuple(filter(None, [assets.license_file(spec.model)]))
+
+
+def write_outputs(spec: RunSpec, loaded, record: dict, calibration, emit, push_refused: str | None = None) -> None:
+    """The saved folder (model, tokenizer, report, model card) appears whole, checked to reload to the
+    same model, or not at all; then the upload and the report file. What was saved goes in the record."""
+    import time
+
+    if spec.save and not spec.stream:  # a streamed run wrote its folder block by block
+        # The logits compared on reload: calibration text, or fixed token ids when there is none.
+        tokens = (calibration.input_ids[0] if calibration is not None
+                  else torch.arange(RELOAD_TOKENS) % loaded.model.config.vocab_size)
+        card = model_card(record, spec, calibration_excerpts(calibration, loaded.tokenizer))
+        t = time.perf_counter()
+        record["saved"] = write_model_folder(spec.save, spec.overwrite, loaded.model, loaded.tokenizer, record, card,
+                                             tokens, spec.trust_remote_code, license_files(spec))
+        record["timings"]["save"] = time.perf_counter() - t  # with the reload check
+    if spec.save:
+        saved = record["saved"]
+        check = saved["reload_check"]
+        emit(PipelineEvent("saved", f"saved pruned model to {spec.save} ({saved['bytes'] / 2**20:.1f} MiB; "
+                                    + ("reloads with identical weights and logits" if check["checked"]
+                                       else f"reload check skipped: {check['reason']}") + ")", saved))
+        if spec.push_to_hub:
+            record["push"] = _push(spec, push_refused, emit)
+    if spec.report:
+        write_json(spec.report, record)
+        emit(PipelineEvent("saved", f"report written to {spec.report}", {"path": spec.report}))
+
+
+def push_refusal(spec: RunSpec) -> str | None:
+    """Why the run's upload cannot happen (offline, no token, a bad repo id), or None."""
+    if not spec.push_to_hub:
+        return None
+    try:
+        check_push(spec.push_to_hub)
+    except HubPushError as exc:
+        return str(exc)
+    return None
+
+
+def _push(spec: RunSpec, refused: str | None, emit) -> dict:
+    if refused:
+        return {"repo": spec.push_to_hub, "error": refused}
+    try:
+        url = push_folder(spec.save, spec.push_to_hub, f"Calibration Lab: {spec.config.method} pruned model")
+    except HubPushError as exc:
+        emit(PipelineEvent("push", f"error: {exc}", {"error": str(exc)}))
+        return {"repo": spec.push_to_hub, "error": str(exc)}
+    emit(PipelineEvent("push", f"uploaded to {url}", {"url": url}))
+    return {"repo": spec.push_to_hub, "url": url}
