@@ -56,11 +56,10 @@ def _add_method_args(parser):
     parser.add_argument("--sparsity", type=float, default=defaults.sparsity)
     parser.add_argument("--pattern", default=defaults.pattern, help="unstructured or N:M (2:4, 4:8, ...)")
     for option in all_options():
-        default = getattr(defaults, option.field)
-        kind = {"choices": list(option.choices)} if option.choices else {"type": type(default) if default is not None
-                                                                         else float}
-        parser.add_argument(option.flag, *_FLAG_ALIASES.get(option.field, ()), dest=option.field, default=default,
-                            help=option.help, **kind)
+        kind = {"choices": list(option.choices)} if option.choices else {"type": option.kind}
+        bounds = "" if option.choices else f" ({option.bounds()})"
+        parser.add_argument(option.flag, *_FLAG_ALIASES.get(option.field, ()), dest=option.field,
+                            default=option.default, help=option.help + bounds, **kind)
 
 
 def _method_config(args) -> PruneConfig:

@@ -185,6 +185,28 @@ def test_prune_page_reads_the_method_registry_and_keeps_every_setting():
     assert box("Base").disabled
 
 
+def test_the_prune_page_shows_the_chosen_methods_options_and_its_bases_from_the_registry():
+    from calib_core.prune.methods import ENGINE_OPTIONS, METHODS, options_of
+
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    app.switch_page("views/prune.py").run()
+    fixed = {"nsamples", "seqlen", "seed", "Eval windows per source"}
+    for method, base in [("wanda", None), ("dsnot", "sparsegpt"), ("owl", "sparsegpt"), ("sparsegpt", None)]:
+        next(s for s in app.selectbox if s.label == "Method").set_value(method).run()
+        if base:
+            next(s for s in app.selectbox if s.label == "Base").set_value(base).run()
+        shown = {w.label for w in app.number_input} | {s.label for s in app.selectbox}
+        expected = {o.title for o in options_of(method, base) + ENGINE_OPTIONS}
+        others = {o.title for m in METHODS.values() for o in m.options} - expected
+        assert expected <= shown and not others & shown, (method, base, others & shown)
+        assert fixed <= shown
+    blocksize = next(n for n in app.number_input if n.label == "SparseGPT blocksize")
+    blocksize.set_value(5000).run()  # above the registry's bound: said, and the button stays off
+    assert any("SparseGPT blocksize must be from 1 to 4096" in e.value for e in app.error)
+    assert next(b for b in app.button if b.label == "Start pruning").disabled
+
+
 def test_a_forgotten_job_is_explained_not_a_crash():
     app = AppTest.from_file(APP, default_timeout=60)
     app.session_state["prune_job"] = 10**9  # ended long ago and dropped from memory

@@ -10,7 +10,7 @@ from calib_core.runs.spec import EvalSpec, RunSpec, check_outputs
 from calib_core.devices import resolve_device
 from calib_core.prune import PruneConfig
 from calib_core.prune.memory import estimate_memory
-from calib_core.prune.methods import ENGINE_OPTIONS, METHODS, statistics_needed
+from calib_core.prune.methods import ENGINE_OPTIONS, METHODS, options_of, statistics_needed
 from ui_cache import access_policy, cached_model
 from ui_charts import show_chart
 from ui_forms import any_invalid, bounded_number
@@ -18,16 +18,7 @@ from ui_live import figures_of, live_view
 
 st.title("Prune")
 with st.expander("How the methods choose weights"):
-    st.markdown(r"""
-- **Magnitude**: drop the smallest $|W_{ij}|$ of each matrix. No data.
-- **Wanda**: score $S_{ij} = |W_{ij}| \cdot \|X_j\|_2$ and drop the lowest scores of each output row.
-- **SparseGPT**: with $H = \tfrac{2}{n} X^\top X$, choose weights by $w^2 / [H^{-1}]_{jj}^2$ and update the
-  remaining weights of the row to compensate ($\delta = -\tfrac{w_j}{[H^{-1}]_{jj}} H^{-1}_{j,:}$).
-- **DSnoT**: starting from a Wanda mask, swap pruned/kept weights in each row while that shrinks the expected
-  output shift $\sum_{j\,\text{pruned}} W_{rj}\,\mathbb{E}[x_j]$; row sparsity never changes.
-- **OWL**: layers whose Wanda scores have more outliers ($> M \times$ mean) get lower sparsity; the mean stays at
-  the target: $s_l = 1 - (r_l - \bar r + 1 - S)$.
-""")
+    st.markdown("\n".join(f"- **{m.name}**: {m.explain}" for m in METHODS.values()))
 
 # Streamlit forgets a page's widgets when the user leaves it: keep the last submitted settings.
 last = st.session_state.setdefault("prune_form", {})
@@ -45,13 +36,24 @@ def choice(column, label: str, options: list, key: str, default, **kwargs):
     return column.selectbox(label, options, options.index(value) if value in options else 0, **kwargs)
 
 
-def option_selectors(options, columns) -> dict:
-    """One selector per categorical registry option, labelled and explained by the registry."""
+def option_inputs(options) -> dict:
+    """One widget per registry option, four to a row, with the option's label, help, kind and bounds;
+    a number outside its bounds is INVALID (and said under its field)."""
     chosen = {}
-    for option, column in zip((o for o in options if o.choices), columns):
-        label = option.field.replace("_", " ").replace("dsnot", "DSnoT").replace("owl", "OWL").replace("nm", "N:M")
-        chosen[option.field] = choice(column, label, list(option.choices), option.field,
-                                      getattr(DEFAULTS, option.field), help=option.help)
+    for start in range(0, len(options), 4):
+        for option, column in zip(options[start:start + 4], st.columns(4)):
+            value = last.get(option.field, option.default)
+            if option.choices:
+                chosen[option.field] = choice(column, option.title, list(option.choices), option.field,
+                                              option.default, help=option.help)
+                continue
+            whole = option.kind is int
+            auto = f"auto: {option.auto[0]:g}, or {option.auto[1]:g} for N:M" if option.auto else None
+            chosen[option.field] = bounded_number(
+                column, option.title, int(option.low) if whole else option.low,
+                int(option.high) if whole else option.high, value, optional=option.auto is not None,
+                help=f"{option.help} ({option.bounds()})", placeholder=auto,
+                **({"step": 1} if whole else {"format": "%.3f"}))
     return chosen
 
 
@@ -71,24 +73,12 @@ with st.container(border=True):
     nsamples = bounded_number(c6, "nsamples", 1, 2048, last.get("nsamples", 8), step=1)
     seqlen = bounded_number(c7, "seqlen", 8, 8192, last.get("seqlen", 256), step=1)
     seed = bounded_number(c8, "seed", 0, 10**6, last.get("seed", 0), step=1)
-    c9, c10, c11, c12 = st.columns(4)
+    c9, c10 = st.columns(2)
     evals = c9.multiselect("Perplexity on", EVAL_SOURCES, last.get("evals", ["builtin:wiki"]))
     eval_windows = bounded_number(c10, "Eval windows per source", 1, 10000, last.get("eval_windows", 8), step=1)
-    owl_m = bounded_number(c11, "OWL M", 1.0, 20.0, last.get("owl_m"), optional=True,
-                           placeholder="auto: 5, or 6 for N:M")
-    owl_lambda = bounded_number(c12, "OWL lambda", 0.0, 4.0, last.get("owl_lambda"), optional=True, format="%.3f",
-                                placeholder="auto: 0.08, or 2 (in N) for N:M")
+    method_options = option_inputs(options_of(method, base))  # the chosen method's and its base's
     with st.expander("More settings"):
-        d1, d2, d3, d4 = st.columns(4)
-        blocksize = bounded_number(d1, "SparseGPT blocksize", 1, 4096,
-                                   last.get("blocksize", DEFAULTS.sparsegpt_blocksize), step=1)
-        damp = bounded_number(d2, "SparseGPT damping", 0.0, 1.0, last.get("damp", DEFAULTS.sparsegpt_damp), format="%.3f")
-        dsnot_cycles = bounded_number(d3, "DSnoT cycles", 1, 1000, last.get("dsnot_cycles", DEFAULTS.dsnot_cycles),
-                                      step=1)
-        dsnot_threshold = bounded_number(d4, "DSnoT threshold", 0.0, 100.0,
-                                         last.get("dsnot_threshold", DEFAULTS.dsnot_threshold), format="%.3f")
-        categorical = option_selectors(METHODS["dsnot"].options + METHODS["owl"].options + ENGINE_OPTIONS,
-                                       st.columns(4) + st.columns(4))
+        engine_options = option_inputs(ENGINE_OPTIONS)
         e1, e2, e3 = st.columns(3)
         mode = choice(e1, "Sampling mode", list(MODES), "mode", "document",
                       help="document: a window of one document longer than seqlen; concat: windows of all texts "
@@ -109,17 +99,13 @@ with st.container(border=True):
                              help="For a model larger than memory: each decoder block is read from its safetensors "
                                   "files for its turn and written out after it. Chosen by itself, and said, when "
                                   "the weights do not fit in free memory.")
-    numbers = dict(nsamples=nsamples, seqlen=seqlen, seed=seed, eval_windows=eval_windows, owl_m=owl_m,
-                   owl_lambda=owl_lambda, blocksize=blocksize, damp=damp, dsnot_cycles=dsnot_cycles,
-                   dsnot_threshold=dsnot_threshold)
+    options = method_options | engine_options
+    numbers = dict(nsamples=nsamples, seqlen=seqlen, seed=seed, eval_windows=eval_windows, **options)
     invalid = any_invalid(*numbers.values())
     kept = {key: value for key, value in numbers.items() if not any_invalid(value)}  # a bad entry is not remembered
     st.session_state.prune_form = last | dict(
         method=method, base=base, pattern=pattern, sparsity=sparsity, evals=evals, mode=mode, separator=separator,
-        ppl_protocol=ppl_protocol, save=save, stream=stream, **kept, **categorical)
-    if method == "owl" and ":" in pattern and base != "wanda":
-        st.caption(f"Mixed N:M on a {base} base is a Calibration Lab extension: the OWL authors mix N only for Wanda. "
-                   "The run record says so.")
+        ppl_protocol=ppl_protocol, save=save, stream=stream, **kept)
     if not invalid and (st.session_state.get("model_loaded") or st.toggle("Show the memory estimate (loads the model)")):
         try:
             loaded = cached_model(st.session_state.model_spec, **st.session_state.model_options)
@@ -133,11 +119,8 @@ with st.container(border=True):
 
 if submitted:
     try:
-        config = PruneConfig(
-            method=method, base=base, pattern=pattern, sparsity=sparsity, owl_m=owl_m, owl_lambda=owl_lambda,
-            sparsegpt_blocksize=int(blocksize), sparsegpt_damp=damp, dsnot_cycles=int(dsnot_cycles),
-            dsnot_threshold=dsnot_threshold, device=st.session_state.device, **categorical,
-        ).resolved()
+        config = PruneConfig(method=method, base=base, pattern=pattern, sparsity=sparsity,
+                             device=st.session_state.device, **options).resolved()
         spec = RunSpec(
             model=st.session_state.model_spec, dtype=st.session_state.model_options["dtype"],
             trust_remote_code=st.session_state.model_options["trust_remote_code"], calib=calib,
@@ -179,16 +162,9 @@ def draw_prune_charts(job):
 
 
 def show_outcome(result: dict) -> None:
-    details = result.get("method_details") or {}
-    if "owl" in details:
-        owl = details["owl"]
-        st.caption(f"OWL: target sparsity {owl['target_sparsity']:.4f}, planned mean {owl['planned_sparsity']:.4f}, "
-                   f"achieved {owl['achieved_sparsity']:.4f}" + (f". {owl['extension']}." if "extension" in owl else ""))
-    if "dsnot" in details:
-        dsnot = details["dsnot"]
-        st.caption(f"DSnoT ({dsnot['rule']} rule, threshold {dsnot['effective_threshold']:.4g} at seqlen "
-                   f"{dsnot['seqlen']}) refined {', '.join(dsnot['refined_modules']) or 'nothing'}; initial mask "
-                   f"only: {', '.join(dsnot['initial_mask_only']) or 'nothing'}.")
+    for details in (result.get("method_details") or {}).values():
+        if "summary" in details:  # what the method's own record says ran (older records: none)
+            st.caption(details["summary"])
     for p in result["perplexity"]:
         st.metric(f"Perplexity on {p['source']}", f"{p['ppl']:.2f}", help=p["protocol"])
     st.success(f"Recorded as run {result['run_id']}. Compare it on the Results page.")

@@ -38,9 +38,17 @@ from ..runs.events import PipelineEvent
 from ..runs.pipeline import run_prune
 from ..runs.spec import EvalSpec, RunSpec
 from ..prune import PruneConfig
+from ..prune.methods import all_options
 
 
 MAX_SWEEP_POINTS = 10_000
+# The config fields every point's key holds. Options added since (a new method's) enter a key only when
+# set away from their default, so the points of earlier sweeps keep their keys.
+KEYED_CONFIG_FIELDS = frozenset({
+    "method", "sparsity", "pattern", "base", "sparsegpt_blocksize", "sparsegpt_damp", "dsnot_threshold",
+    "dsnot_cycles", "dsnot_var_power", "dsnot_sublayers", "dsnot_rule", "dsnot_sparsegpt_init",
+    "dsnot_threshold_scale", "owl_nm_rule", "owl_m", "owl_lambda", "propagate", "batch_size", "recon_tokens",
+    "device"})
 
 
 @dataclass
@@ -181,13 +189,19 @@ class SweepPoint:
 
     @property
     def key(self) -> str:
-        described = json.dumps([self.calibration, self.config.as_dict(), self.nsamples, self.seed, self.context],
+        described = json.dumps([self.calibration, _keyed(self.config), self.nsamples, self.seed, self.context],
                                sort_keys=True)
         return hashlib.sha1(described.encode()).hexdigest()[:16]
 
     def label(self) -> str:
         setting = self.config.pattern if ":" in self.config.pattern else self.config.sparsity
         return f"{self.config.method} {setting} on {self.calibration} n={self.nsamples} seed={self.seed}"
+
+
+def _keyed(config: PruneConfig) -> dict:
+    """The part of a point's config its key holds (KEYED_CONFIG_FIELDS, and later options when changed)."""
+    later = {o.field: o.default for o in all_options() if o.field not in KEYED_CONFIG_FIELDS}
+    return {k: v for k, v in config.as_dict().items() if k in KEYED_CONFIG_FIELDS or v != later.get(k)}
 
 
 @dataclass

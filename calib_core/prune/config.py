@@ -1,42 +1,26 @@
-"""A pruning run's settings, validated before any work starts."""
+"""A pruning run's settings, validated before any work starts.
+
+`PruneConfig` is a frozen dataclass: the method, its sparsity, pattern and base, the device, and one
+field per registry option (prune/methods.py), in registry order, each with the option's default. So
+a method's settings are declared once, with their kinds and bounds, and a new method's options are
+config fields (and CLI flags, and Prune page widgets) without an edit here."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, field, make_dataclass, replace
 
 from ..devices import resolve_device
 from ..errors import ConfigError
 from .masks import Pattern, check_sparsity, parse_pattern
 from .methods import METHODS, all_options
 
-
 # Calibration samples per block forward on a GPU: one sample leaves a GPU mostly idle; the statistics
 # (sums over tokens) are the same up to rounding.
 GPU_BATCH_SIZE = 8
 
 
-@dataclass(frozen=True)
-class PruneConfig:
-    method: str = "wanda"
-    sparsity: float = 0.5  # ignored for N:M patterns, where sparsity is N/M
-    pattern: str = "unstructured"
-    base: str | None = None  # DSnoT's initial mask / OWL's per-layer method; default wanda
-    sparsegpt_blocksize: int = 128
-    sparsegpt_damp: float = 0.01
-    dsnot_threshold: float = 0.1
-    dsnot_cycles: int = 50
-    dsnot_var_power: float = 1.0
-    dsnot_sublayers: str = "skip-mlp"
-    dsnot_rule: str = "original"
-    dsnot_sparsegpt_init: str = "static"
-    dsnot_threshold_scale: str = "none"
-    owl_nm_rule: str = "original"
-    owl_m: float | None = None  # outlier threshold M; default 5 unstructured, 6 N:M
-    owl_lambda: float | None = None  # default 0.08 unstructured, 2 (in units of N) N:M
-    propagate: str = "pruned"  # feed the next block the pruned (standard) or the dense outputs
-    batch_size: int = 0  # calibration samples per block forward; 0: by device, 1 on the CPU (fastest there), 8 on CUDA
-    recon_tokens: int = 512  # calibration tokens per module on which reconstruction error is measured
-    device: str = "auto"
+class _Settings:
+    """PruneConfig's behaviour (its fields come from the registry, below)."""
 
     @property
     def parsed_pattern(self) -> Pattern:
@@ -51,8 +35,8 @@ class PruneConfig:
     def needs_calibration(self) -> bool:
         return METHODS[self.method].needs_calibration
 
-    def resolved(self) -> "PruneConfig":
-        """Validate and fill method-dependent defaults."""
+    def resolved(self) -> PruneConfig:
+        """Validated, with method-dependent defaults filled and the batch size chosen for the device."""
         if self.method not in METHODS:
             raise ConfigError(f"Unknown method '{self.method}'. Choose one of: {', '.join(METHODS)}.")
         pattern = self.parsed_pattern
@@ -69,24 +53,26 @@ class PruneConfig:
                               f"not {self.method}.")
         else:
             base = None
-        for option in all_options():
-            if option.choices and getattr(self, option.field) not in option.choices:
-                raise ConfigError(f"{option.field} must be one of {', '.join(option.choices)}, "
-                                  f"got '{getattr(self, option.field)}'.")
-        for name in ("sparsegpt_blocksize", "dsnot_cycles"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be a positive integer.")
-        if int(self.batch_size) < 0:
-            raise ConfigError("batch_size must be a positive integer (or 0: chosen by device).")
+        # Every option is checked and filled, whatever the method: records and sweep keys state them all.
+        values = {o.field: o.resolve(getattr(self, o.field), pattern.is_nm) for o in all_options()}
         device = resolve_device(self.device)  # a device this machine lacks is refused before any work
-        batch_size = int(self.batch_size) or (1 if device.type == "cpu" else GPU_BATCH_SIZE)
-        if self.recon_tokens < 0 or self.sparsegpt_damp < 0 or self.dsnot_threshold < 0:
-            raise ConfigError("recon_tokens, sparsegpt_damp and dsnot_threshold must not be negative.")
-        owl_m = self.owl_m if self.owl_m is not None else (6.0 if pattern.is_nm else 5.0)
-        owl_lambda = self.owl_lambda if self.owl_lambda is not None else (2.0 if pattern.is_nm else 0.08)
-        if owl_m <= 0 or owl_lambda < 0:
-            raise ConfigError("OWL needs M > 0 and lambda >= 0.")
-        return replace(self, base=base, owl_m=owl_m, owl_lambda=owl_lambda, pattern=str(pattern), batch_size=batch_size)
+        values["batch_size"] = int(values["batch_size"]) or (1 if device.type == "cpu" else GPU_BATCH_SIZE)
+        return replace(self, base=base, pattern=str(pattern), **values)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+PruneConfig = make_dataclass(
+    "PruneConfig",
+    [("method", str, field(default="wanda")),
+     ("sparsity", float, field(default=0.5)),  # ignored for N:M patterns, where sparsity is N/M
+     ("pattern", str, field(default="unstructured")),
+     ("base", "str | None", field(default=None)),  # a refiner's or allocator's base method; default its first
+     *((o.field, o.kind if o.default is not None else f"{o.kind.__name__} | None", field(default=o.default))
+       for o in all_options()),
+     ("device", str, field(default="auto"))],
+    bases=(_Settings,), frozen=True)
+PruneConfig.__module__ = __name__  # pickles (queued jobs, Ray tasks) find it here
+PruneConfig.__doc__ = ("What one pruning run does: method, sparsity or N:M pattern, base, device, and every "
+                       "registry option (prune/methods.py).")

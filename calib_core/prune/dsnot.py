@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import torch
 
-from .masks import Pattern
+from .masks import Pattern, mask_from_scores
+from .sparsegpt import sparsegpt_static_scores
 from .stats import InputStats
 from .wanda import wanda_scores
 
@@ -187,3 +188,61 @@ def _refine_improving(mask, contrib, regrow_key, wanda, pattern, threshold, max_
         err[rows] = new_err
         active[rows] = new_err.abs() > threshold
     return mask
+
+
+# ---------------------------------------------------------------- the engine's hooks (prune/methods.py)
+def dsnot_module(name: str, weight: torch.Tensor, stats: InputStats, sparsity: float, pattern: Pattern, config,
+                 memo: dict, base_prune) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One Linear under DSnoT: its base's initial mask (`base_prune`, the base method's prune), refined
+    where the sublayer rule applies. A module it does not refine on the "full" SparseGPT start is
+    pruned by SparseGPT itself, weight update included. `memo` keeps what the run's details report."""
+    refine = _dsnot_applies(config.dsnot_sublayers, name)
+    memo.setdefault("refined" if refine else "skipped", set()).add(name)
+    initial_metric = None
+    if config.base == "sparsegpt" and config.dsnot_sparsegpt_init == "static":
+        # The DSnoT authors' SparseGPT base: the static saliency per row, weights unchanged.
+        initial_metric = sparsegpt_static_scores(weight, stats.hessian(), config.sparsegpt_damp, overwrite_hessian=True)
+        mask = mask_from_scores(initial_metric, sparsity, pattern, per_row=True)
+    elif config.base == "sparsegpt" and not refine:
+        return base_prune(weight, stats, sparsity, pattern, config)
+    else:
+        # Wanda, or our "full" variant: DSnoT refines a whole SparseGPT pass's mask over the original weights.
+        mask = base_prune(weight, stats, sparsity, pattern, config)[0]
+    if refine:
+        mask = dsnot_refine(weight, mask, stats, pattern, effective_threshold(config, memo.get("seqlen")),
+                            config.dsnot_cycles, config.dsnot_var_power, config.dsnot_rule, initial_metric)
+    return mask, None
+
+
+def effective_threshold(config, seqlen: int | None) -> float:
+    """The swap threshold; scaled by seqlen/2048 on request (the authors tuned 0.1 at 2048 tokens)."""
+    if config.dsnot_threshold_scale == "seqlen" and seqlen:
+        return config.dsnot_threshold * seqlen / 2048
+    return config.dsnot_threshold
+
+
+def _dsnot_applies(which: str, name: str) -> bool:
+    if which == "skip-mlp":  # the authors' name test: the first name part is not "mlp"
+        return name.split(".")[0] != "mlp"
+    return which == "all" or (which == "attention") == _is_attention(name)
+
+
+def _is_attention(name: str) -> bool:
+    return "attn" in name or "attention" in name
+
+
+def dsnot_details(config, memo: dict, allocation, overall: float) -> dict:
+    """What a DSnoT run's record states: its rule, which modules it refined, the threshold it used."""
+    details = {
+        "rule": config.dsnot_rule, "sublayers": config.dsnot_sublayers,
+        "refined_modules": sorted(memo.get("refined", ())), "initial_mask_only": sorted(memo.get("skipped", ())),
+        "threshold": config.dsnot_threshold, "threshold_scale": config.dsnot_threshold_scale,
+        "effective_threshold": effective_threshold(config, memo.get("seqlen")), "seqlen": memo.get("seqlen"),
+        "variance": "within-sequence variance, pooled over sequences with token weights",
+    }
+    if config.base == "sparsegpt":
+        details["sparsegpt_init"] = config.dsnot_sparsegpt_init
+    details["summary"] = (f"DSnoT ({details['rule']} rule, threshold {details['effective_threshold']:.4g} at seqlen "
+                          f"{details['seqlen']}) refined {', '.join(details['refined_modules']) or 'nothing'}; "
+                          f"initial mask only: {', '.join(details['initial_mask_only']) or 'nothing'}.")
+    return {"dsnot": details}

@@ -14,7 +14,6 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable, Protocol
 
 import torch
@@ -25,14 +24,10 @@ from ..devices import resolve_device, synchronize
 from ..models import decoder_blocks, is_quantized, prunable_modules, set_weight_matrix, weight_matrix
 from .capture import BlockInputs, StatsHooks, block_forward, capture_block_inputs
 from .config import PruneConfig
-from .dsnot import dsnot_refine
 from .events import AllocationEvent, BlockRecord, ModuleRecord, StageEvent
-from .masks import mask_from_scores, row_chunks
+from .masks import row_chunks
 from .memory import check_memory, estimate_memory
-from .methods import HESSIAN, MEAN_VAR, mask_method, statistics_needed
-from .owl import outlier_ratio, owl_nm_allocation, owl_sparsities
-from .sparsegpt import sparsegpt_static_scores
-from .wanda import wanda_scores
+from .methods import HESSIAN, MEAN_VAR, METHODS, mask_method, statistics_needed
 
 
 class CancelToken(Protocol):
@@ -50,10 +45,6 @@ class PruneResult:
     method_details: dict | None = None  # which rule/variant ran, what DSnoT refined, OWL's achieved sparsity
 
 
-def _is_attention(name: str) -> bool:
-    return "attn" in name or "attention" in name
-
-
 class Pruner:
     """One run of one method over one model. Use `prune_model` unless you need the pieces."""
 
@@ -69,10 +60,8 @@ class Pruner:
         self.cancel = cancel
         self.device = resolve_device(self.cfg.device)
         self.blocks = decoder_blocks(model)
-        self._dsnot_refined: set[str] = set()
-        self._dsnot_skipped: set[str] = set()
-        self._seqlen: int | None = None
-        self._dsnot_threshold = self.cfg.dsnot_threshold
+        self.method = METHODS[self.cfg.method]
+        self.memo: dict = {}  # what the method's hooks keep over the run (and its details report)
         if is_quantized(model):
             raise ConfigError(
                 "This model is loaded quantized (8-/4-bit). Pruning needs floating-point weights: "
@@ -90,17 +79,15 @@ class Pruner:
         if calibration is not None:
             if calibration.dim() != 2 or calibration.numel() == 0:
                 raise ConfigError("Calibration must be a non-empty [nsamples, seqlen] tensor of token ids.")
-            self._seqlen = int(calibration.shape[1])
-            if cfg.dsnot_threshold_scale == "seqlen":  # the authors' 0.1 was set for 2048-token sequences
-                self._dsnot_threshold = cfg.dsnot_threshold * self._seqlen / 2048
+            self.memo["seqlen"] = int(calibration.shape[1])
             estimate = self.memory_estimate(*calibration.shape)
             check_memory(estimate, self.device)
         uniform = [(cfg.target_sparsity, cfg.parsed_pattern)] * len(self.blocks)
         targets, allocation = uniform, None
         with torch.inference_mode():
-            if cfg.method == "owl":
+            if self.method.allocate is not None:
                 t = time.perf_counter()
-                targets, allocation = self._owl_allocation(calibration)
+                targets, allocation = self.method.allocate(self._dense_scan(calibration), cfg)
                 seconds["outlier_scan"] = time.perf_counter() - t
                 self.emit(allocation)
             t = time.perf_counter()
@@ -120,33 +107,9 @@ class Pruner:
         overall = zeros / max(total, 1)
         return PruneResult(
             cfg, records, overall, seconds, allocation,
-            estimate.as_dict() if estimate else None, self._method_details(allocation, overall),
+            estimate.as_dict() if estimate else None,
+            self.method.details(cfg, self.memo, allocation, overall) if self.method.details else None,
         )
-
-    def _method_details(self, allocation, overall: float) -> dict | None:
-        cfg = self.cfg
-        if cfg.method == "dsnot":
-            details = {
-                "rule": cfg.dsnot_rule, "sublayers": cfg.dsnot_sublayers,
-                "refined_modules": sorted(self._dsnot_refined), "initial_mask_only": sorted(self._dsnot_skipped),
-                "threshold": cfg.dsnot_threshold, "threshold_scale": cfg.dsnot_threshold_scale,
-                "effective_threshold": self._dsnot_threshold, "seqlen": self._seqlen,
-                "variance": "within-sequence variance, pooled over sequences with token weights",
-            }
-            if cfg.base == "sparsegpt":
-                details["sparsegpt_init"] = cfg.dsnot_sparsegpt_init
-            return {"dsnot": details}
-        if cfg.method == "owl":
-            details = {"m": cfg.owl_m, "lambda": cfg.owl_lambda, "target_sparsity": cfg.target_sparsity,
-                       "planned_sparsity": allocation.planned_sparsity if allocation else None,
-                       "achieved_sparsity": overall}
-            if cfg.parsed_pattern.is_nm:
-                details["nm_rule"] = cfg.owl_nm_rule
-                if cfg.base != "wanda":
-                    details["extension"] = (f"mixed N:M on a {cfg.base} base is a Calibration Lab extension: "
-                                            "the OWL authors mix N only for Wanda")
-            return {"owl": details}
-        return None
 
     def memory_estimate(self, nsamples: int, seqlen: int):
         needs = statistics_needed(self.cfg.method, self.cfg.base)
@@ -242,10 +205,11 @@ class Pruner:
         if recon_x is not None:  # the dense outputs on the sample, not a copy of the weights: [tokens, out]
             x = recon_x.float()
             dense_out = _outputs(x, W)
-        if self.cfg.method == "dsnot":
-            mask, new_W = self._dsnot_prune(name, W, stats, sparsity, pattern)
+        prune = mask_method(self.cfg.method, self.cfg.base).prune
+        if self.method.refine is not None:
+            mask, new_W = self.method.refine(name, W, stats, sparsity, pattern, self.cfg, self.memo, prune)
         else:
-            mask, new_W = mask_method(self.cfg.method, self.cfg.base).prune(W, stats, sparsity, pattern, self.cfg)
+            mask, new_W = prune(W, stats, sparsity, pattern, self.cfg)
         if new_W is not None:
             set_weight_matrix(module, new_W)
         else:
@@ -260,40 +224,12 @@ class Pruner:
             sparsity=achieved, recon_error=error, rel_recon_error=rel, seconds=time.perf_counter() - t,
         )
 
-    def _dsnot_prune(self, name, W, stats, sparsity, pattern) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """DSnoT: its base's initial mask, refined where the sublayer rule applies. A module it does not
-        refine on the "full" SparseGPT start is pruned by SparseGPT itself, weight update included."""
-        cfg = self.cfg
-        refine = self._dsnot_applies(name)
-        (self._dsnot_refined if refine else self._dsnot_skipped).add(name)
-        initial_metric = None
-        if cfg.base == "sparsegpt" and cfg.dsnot_sparsegpt_init == "static":
-            # The DSnoT authors' SparseGPT base: the static saliency per row, weights unchanged.
-            initial_metric = sparsegpt_static_scores(W, stats.hessian(), cfg.sparsegpt_damp, overwrite_hessian=True)
-            mask = mask_from_scores(initial_metric, sparsity, pattern, per_row=True)
-        elif cfg.base == "sparsegpt" and not refine:
-            return mask_method("sparsegpt").prune(W, stats, sparsity, pattern, cfg)
-        else:
-            # Wanda, or our "full" variant: DSnoT refines a whole SparseGPT pass's mask over the original weights.
-            mask = mask_method("dsnot", cfg.base).prune(W, stats, sparsity, pattern, cfg)[0]
-        if refine:
-            mask = dsnot_refine(W, mask, stats, pattern, self._dsnot_threshold, cfg.dsnot_cycles,
-                                cfg.dsnot_var_power, cfg.dsnot_rule, initial_metric)
-        return mask, None
-
-    def _dsnot_applies(self, name: str) -> bool:
-        which = self.cfg.dsnot_sublayers
-        if which == "skip-mlp":  # the authors' name test: the first name part is not "mlp"
-            return name.split(".")[0] != "mlp"
-        return which == "all" or (which == "attention") == _is_attention(name)
-
-    def _owl_allocation(self, calibration: torch.Tensor):
-        """Pass 1 on the dense model: outlier ratio of each block's Wanda scores."""
-        cfg = self.cfg
+    def _dense_scan(self, calibration: torch.Tensor):
+        """An allocator's pass over the dense model: each block's prunable modules and their input
+        statistics (norms), in turn; the next block gets the dense outputs."""
         with self._embeddings():
-            inputs = capture_block_inputs(self.model, calibration, cfg.batch_size, self.device)
+            inputs = capture_block_inputs(self.model, calibration, self.cfg.batch_size, self.device)
         outputs = torch.empty_like(inputs.hidden)
-        ratios = []
         for index, block in enumerate(self.blocks):
             self._check_cancel()
             self._on_device(index, block)
@@ -303,28 +239,10 @@ class Pruner:
                 block_forward(block, inputs, index, outputs)
             finally:
                 hooks.remove()
-            ratios.append(outlier_ratio(partial(_wanda_score_pieces, modules, hooks.stats), cfg.owl_m))
+            yield modules, hooks.stats
             inputs.hidden, outputs = outputs, inputs.hidden
             self._off_device(index, block)
             self.emit(StageEvent("outlier_scan", index + 1, len(self.blocks), 0.0))
-        pattern = cfg.parsed_pattern
-        if pattern.is_nm:
-            patterns = owl_nm_allocation(ratios, pattern, cfg.owl_lambda, cfg.owl_nm_rule)
-            targets = [(p.sparsity, p) for p in patterns]
-        else:
-            targets = [(s, pattern) for s in owl_sparsities(ratios, cfg.sparsity, cfg.owl_lambda)]
-        sparsities = [s for s, _ in targets]
-        allocation = AllocationEvent(ratios, sparsities, [str(p) for _, p in targets],
-                                     sum(sparsities) / len(sparsities))
-        return targets, allocation
-
-
-def _wanda_score_pieces(modules: dict, stats: dict):
-    """A block's Wanda scores, a few rows of one Linear at a time."""
-    for name, module in modules.items():
-        weight = weight_matrix(module)
-        for rows in row_chunks(*weight.shape):
-            yield wanda_scores(weight[rows], stats[name])
 
 
 def _take_inputs(hooks: StatsHooks | None, name: str):

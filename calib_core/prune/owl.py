@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import torch
 
 from ..errors import ConfigError
-from .masks import Pattern
+from ..models import weight_matrix
+from .events import AllocationEvent
+from .masks import Pattern, row_chunks
+from .wanda import wanda_scores
 
 
 def outlier_ratio(scores: list[torch.Tensor] | Callable[[], Iterable[torch.Tensor]], threshold_m: float) -> float:
@@ -92,3 +96,42 @@ def _balanced_nm_allocation(ratios: list[float], pattern: Pattern, lam: float) -
             floors[i] -= 1
             remaining += 1
     return [Pattern(n, pattern.m) for n in floors]
+
+
+# ---------------------------------------------------------------- the engine's hooks (prune/methods.py)
+def owl_allocate(scan: Iterable[tuple[dict, dict]], config):
+    """Per-block targets from one pass over the dense model: `scan` yields each block's prunable
+    modules and their input statistics in turn; a block's outlier ratio is that of its Wanda scores.
+    Returns [(sparsity, pattern)] per block and the AllocationEvent the run records."""
+    ratios = [outlier_ratio(partial(_wanda_score_pieces, modules, stats), config.owl_m) for modules, stats in scan]
+    pattern = config.parsed_pattern
+    if pattern.is_nm:
+        targets = [(p.sparsity, p) for p in owl_nm_allocation(ratios, pattern, config.owl_lambda, config.owl_nm_rule)]
+    else:
+        targets = [(s, pattern) for s in owl_sparsities(ratios, config.sparsity, config.owl_lambda)]
+    sparsities = [s for s, _ in targets]
+    return targets, AllocationEvent(ratios, sparsities, [str(p) for _, p in targets], sum(sparsities) / len(sparsities))
+
+
+def _wanda_score_pieces(modules: dict, stats: dict):
+    """A block's Wanda scores, a few rows of one Linear at a time."""
+    for name, module in modules.items():
+        weight = weight_matrix(module)
+        for rows in row_chunks(*weight.shape):
+            yield wanda_scores(weight[rows], stats[name])
+
+
+def owl_details(config, memo: dict, allocation, overall: float) -> dict:
+    """What an OWL run's record states: M, lambda, the planned and the achieved sparsity."""
+    details = {"m": config.owl_m, "lambda": config.owl_lambda, "target_sparsity": config.target_sparsity,
+               "planned_sparsity": allocation.planned_sparsity if allocation else None, "achieved_sparsity": overall}
+    if config.parsed_pattern.is_nm:
+        details["nm_rule"] = config.owl_nm_rule
+        if config.base != "wanda":
+            details["extension"] = (f"mixed N:M on a {config.base} base is a Calibration Lab extension: the OWL "
+                                    "authors mix N only for Wanda")
+    planned = details["planned_sparsity"]
+    details["summary"] = (f"OWL: target sparsity {details['target_sparsity']:.4f}, planned mean "
+                          + (f"{planned:.4f}" if planned is not None else "-") + f", achieved {overall:.4f}"
+                          + (f". {details['extension']}." if "extension" in details else ""))
+    return {"owl": details}

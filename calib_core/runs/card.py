@@ -7,7 +7,7 @@ from __future__ import annotations
 from huggingface_hub import ModelCardData
 
 from .. import assets
-from ..prune.methods import ENGINE_OPTIONS, METHODS, mask_method
+from ..prune.methods import ENGINE_OPTIONS, options_of
 from .spec import RunSpec, reproduce_command
 
 SAMPLE_LINES = 3  # calibration excerpts shown in the card
@@ -23,9 +23,7 @@ def calibration_excerpts(calibration, tokenizer) -> list[str]:
 
 def _relevant_options(config: dict) -> list:
     """The options of the method, of its base (DSnoT, OWL) and of the engine."""
-    method = METHODS[config["method"]]
-    base = mask_method(config["method"], config.get("base"))
-    options = method.options + (base.options if base is not method else ()) + ENGINE_OPTIONS
+    options = options_of(config["method"], config.get("base")) + ENGINE_OPTIONS
     return [o for o in options if o.field in config]
 
 
