@@ -102,3 +102,13 @@ def test_sweep_grid_options_keep_old_point_keys_and_are_validated():
     assert job.concat_separator == " " and job.evaluation.protocol == "wikitext2"
     with pytest.raises(ConfigError, match="protocol"):
         SweepGrid.from_dict({"name": "g", "ppl_protocol": "ppl"})
+
+
+def test_point_keys_of_earlier_sweeps_survive_new_registry_options():
+    """Keys as afb559b computed them (before options came from the registry and RIA added its own):
+    a resumed sweep or reproduction reuses its finished points."""
+    def key(method):
+        return SweepGrid.from_dict(dict(name="k", methods=[method], sparsities=["2:4"])).points()[0].key
+
+    assert key("wanda") == "e1d2b043c5661ec3"
+    assert key({"method": "owl", "base": "sparsegpt"}) == "e49529e93396cf3e"
