@@ -90,6 +90,34 @@ def test_ties_still_prune_exact_counts():
     assert int(magnitude_mask(W, 0.3, UNSTRUCTURED).sum()) == 12
 
 
+def authors_wanda_selection(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Wanda's code: `torch.sort(W_metric, dim=-1, stable=True)` and the first int(in * s) indices of each row."""
+    k = int(scores.shape[1] * sparsity)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    for r in range(scores.shape[0]):
+        order = sorted(range(scores.shape[1]), key=lambda j: (float(scores[r, j]), j))  # ties: lower index first
+        mask[r, order[:k]] = True
+    return mask
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
+def test_ties_within_a_row_are_broken_as_wandas_stable_sort(monkeypatch, sparsity):
+    """Rows with many equal scores (a handful of values): the lower column is pruned first, on every
+    row, chunked or not; topk (the earlier fallback) picks otherwise on many of them."""
+    import calib_core.prune.masks as masks
+
+    torch.manual_seed(1)
+    scores = torch.randint(0, 4, (40, 96)).float()
+    scores[::3] = torch.randn(14, 96)  # rows without ties take the kthvalue path
+    expected = authors_wanda_selection(scores, sparsity)
+    assert torch.equal(lowest_per_row(scores, sparsity), expected)
+    monkeypatch.setattr(masks, "ROW_CHUNK_ELEMENTS", 7 * 96)
+    assert torch.equal(lowest_per_row(scores, sparsity), expected)
+    topk = torch.zeros_like(expected).scatter_(1, torch.topk(scores, int(96 * sparsity), dim=1, largest=False).indices,
+                                               True)
+    assert not torch.equal(topk, expected)  # the rows are built so that the rule matters
+
+
 @pytest.mark.parametrize("text", ["4:2", "2:2", "0:4", "a:b", "2-4", "2:4:8"])
 def test_bad_patterns_are_refused(text):
     with pytest.raises(ConfigError):
@@ -114,7 +142,7 @@ def test_selection_a_few_rows_at_a_time_equals_the_whole_matrix_at_once(monkeypa
 
     torch.manual_seed(0)
     W = torch.randn(37, 64)
-    W[3, :8] = 0.5  # ties at the threshold go through topk's exact count
+    W[3, :8] = 0.5  # ties at the threshold go through the stable sort's exact count
     X = torch.randn(128, 64)
     stats = _stats(X, 4)
     whole = wanda_mask(W, stats, 0.5, pattern)

@@ -75,15 +75,20 @@ def lowest_per_row(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 def _lowest_k_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
-    # kthvalue + compare is about twice as fast as topk; rows with ties at the threshold would
-    # prune too many, so those rows fall back to topk's exact count.
+    # kthvalue + compare is about twice as fast as a sort; rows with ties at the threshold would
+    # prune too many, so only those rows are sorted, to take an exact count.
     mask = scores <= torch.kthvalue(scores, k, dim=1, keepdim=True).values
     tied = mask.sum(1) != k
     if tied.any():
-        exact = torch.zeros_like(mask[tied])
-        exact.scatter_(1, torch.topk(scores[tied], k, dim=1, largest=False).indices, True)
-        mask[tied] = exact
+        mask[tied] = break_ties_by_index(scores[tied], k)
     return mask
+
+
+def break_ties_by_index(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k lowest scores of each row, equal scores taken in column order: the rule of Wanda's code
+    (`torch.sort(..., stable=True)`, the first k indices), and DSnoT's, which builds on it."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    return mask.scatter_(1, torch.sort(scores, dim=1, stable=True).indices[:, :k], True)
 
 
 def lowest_per_matrix(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
