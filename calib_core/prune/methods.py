@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from .dsnot import dsnot_details, dsnot_module
 from .magnitude import magnitude_mask
 from .owl import owl_allocate, owl_details
+from .ria import ria_details, ria_mask
 from .sparsegpt import sparsegpt_prune
 from .wanda import wanda_mask
 
@@ -110,6 +111,10 @@ def _sparsegpt(weight, stats, sparsity, pattern, config):
     return mask, new_weight
 
 
+def _ria(weight, stats, sparsity, pattern, config):
+    return ria_mask(weight, stats, sparsity, pattern, config.ria_a, config.ria_selection, config.ria_reallocation), None
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("magnitude", "drop the smallest |W| of each matrix; no data",
            r"drop the smallest $|W_{ij}|$ of each matrix. No data.", prune=_magnitude),
@@ -125,6 +130,19 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                Option("sparsegpt_damp", "SparseGPT dampening (fraction of mean diag H)", float, 0.01, low=0, high=1,
                       label="SparseGPT damping"),
            ), prune=_sparsegpt),
+    Method("ria", "score (|W_ij|/col sum + |W_ij|/row sum) * ||X_j||^a, one threshold per matrix",
+           r"relative importance in the weight's row and column times the input's norm: $S_{ij} = "
+           r"\big(\tfrac{|W_{ij}|}{\sum_{i'}|W_{i'j}|} + \tfrac{|W_{ij}|}{\sum_{j'}|W_{ij'}|}\big)\,\|X_j\|_2^{a}$; "
+           r"unstructured: one threshold for the whole matrix.",
+           frozenset({NORMS}), options=(
+               Option("ria_a", "exponent a of the activation norm (the authors' default 0.5)", float, 0.5, low=0,
+                      high=10, label="RIA exponent a"),
+               Option("ria_selection", "unstructured: matrix (the authors' default: prune every score <= the "
+                                       "(k+1)-th lowest of the matrix) or row (their --per_outneuron)", str, "matrix",
+                      ("matrix", "row"), label="RIA selection"),
+               Option("ria_reallocation", "N:M: heuristic channel reallocation (their --reallocation) or off (their "
+                                          "default)", str, "off", ("off", "heuristic"), label="RIA N:M reallocation"),
+           ), prune=_ria, details=ria_details),
     Method("dsnot", "swap pruned/kept weights of a base mask to cancel the expected output shift",
            r"starting from a Wanda mask, swap pruned/kept weights in each row while that shrinks the expected "
            r"output shift $\sum_{j\,\text{pruned}} W_{rj}\,\mathbb{E}[x_j]$; row sparsity never changes.",
