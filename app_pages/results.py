@@ -1,3 +1,5 @@
+"""Results: compare stored runs (perplexity, per-block charts, mask agreement) and remake or save one."""
+
 import json
 from dataclasses import replace
 
@@ -14,9 +16,11 @@ from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore, runs_table
 from calib_core.runs.pipeline import DENSE
 from calib_core.runs.spec import EvalSpec, RunSpec, check_outputs, reproduce_command, spec_of_record
-from ui_cache import access_policy
-from ui_charts import show_chart
-from ui_live import live_view
+from app_ui.cache import access_policy
+from app_ui.charts import show_chart
+from app_ui.live import LIVE_KINDS, live_view, page_kind
+
+KIND = page_kind(__file__)  # the jobs this page starts and follows
 
 st.title("Results")
 with st.expander("Reading these charts"):
@@ -76,8 +80,8 @@ if ppl_columns and not view.empty:
                                    config=PruneConfig(device=st.session_state.device),
                                    evaluation=EvalSpec.of_record(job))
                 st.session_state.dense_job = manager().submit("dense baseline", tasks.dense_baseline, baseline,
-                                                              device=baseline.config.device, kind="dense").id
-    live_view("dense_job", "dense", lambda j: st.error(j.error) if j.status in ("failed", "cancelled") else None)
+                                                              device=baseline.config.device, kind=KIND).id
+    live_view("dense_job", KIND, lambda j: st.error(j.error) if j.status in ("failed", "cancelled") else None)
     numeric = pruned[~pruned.sparsity.astype(str).str.contains(":")].dropna(subset=[metric]).copy()
     if not numeric.empty:
         numeric["sparsity"] = numeric.sparsity.astype(float)
@@ -176,7 +180,7 @@ def show_saved_model(run: dict) -> None:
                                                    report=None))
                 check_outputs(job)
                 st.session_state.prune_job = manager().submit(
-                    f"remake run {run['id']} and save", tasks.prune, job, kind="prune",
+                    f"remake run {run['id']} and save", tasks.prune, job, kind=LIVE_KINDS["prune"],
                     device=job.config.device).id
                 st.success("Started: follow it on the Prune page; the new run will show its saved folder here.")
             except CalibLabError as exc:

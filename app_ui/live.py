@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import streamlit as st
@@ -27,7 +28,39 @@ _VIEWERS_LOCK = threading.Lock()
 # The kind of job each page follows live (live_view). While such a job is pending that view refreshes
 # and reruns the page when the job ends, so the sidebar's list need not refresh as well: every
 # refresh costs each watching browser CPU time that the job would use.
-LIVE_KINDS = {"prune": "prune", "calibration": "selfgen", "similarity": "similarity", "sweeps": "sweep"}
+# A page's kind is written only here: the page reads it with page_kind(__file__).
+LIVE_KINDS = {"prune": "prune", "calibration": "selfgen", "similarity": "similarity", "sweeps": "sweep",
+              "results": "dense"}
+JOBS_REFRESH_SECONDS = 5.0  # the sidebar's list changes only when a job starts, ends or moves up the queue
+IDLE_WATCH_SECONDS = 5.0  # how soon an idle tab (a projector's) notices a job started elsewhere
+
+
+def page_kind(page_file: str) -> str:
+    """The kind of job the page in `page_file` starts and follows (LIVE_KINDS, by the page's file stem)."""
+    return LIVE_KINDS[Path(page_file).stem]
+
+
+def sidebar_jobs(url_path: str) -> None:
+    """The app's pending jobs in the sidebar, from every tab. While the page's own live view follows a
+    pending job, the list does not refresh as well (each refresh costs every watching browser)."""
+    active = manager().active()
+    followed = any(job.kind == LIVE_KINDS.get(url_path) for job in active)
+    every = None if followed else JOBS_REFRESH_SECONDS if active else IDLE_WATCH_SECONDS
+    st.fragment(_job_list, run_every=every)(bool(active))
+
+
+def _job_list(pending: bool) -> None:
+    """Refreshed every JOBS_REFRESH_SECONDS while a job is pending (reading it is a folder listing); an
+    idle tab only checks, every IDLE_WATCH_SECONDS, whether a job started (it redraws nothing until one
+    does). When a job starts or the last one ends, the page reruns once."""
+    active = manager().active()
+    for job in active:
+        where = f", {manager().position(job)} ahead on {job.device}" if job.status == "queued" else ""
+        st.markdown(f"**Job {job.id}** {job.label}: {job.status}{where}")
+    if not active:
+        st.caption("No job running.")
+    if bool(active) != pending:
+        st.rerun()
 
 
 def current_job(key: str, kind: str, show_last: bool = False) -> Job | None:

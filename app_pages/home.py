@@ -1,3 +1,5 @@
+"""Start: what the lab shows and where to begin."""
+
 import streamlit as st
 
 from calib_core import assets
@@ -18,4 +20,4 @@ with st.expander("Why calibration data matters"):
         "of input feature $j$ over all calibration tokens. Change the text and the norms change, so the weights "
         "that survive change too (the Results page measures by how much: mask agreement)."
     )
-st.page_link("views/prune.py", label="Go straight to a first prune", icon=":material/content_cut:")
+st.page_link("app_pages/prune.py", label="Go straight to a first prune", icon=":material/content_cut:")

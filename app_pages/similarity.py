@@ -1,3 +1,5 @@
+"""Similarity: how training-like each calibration set is to the model (Min-K%++ and friends)."""
+
 import plotly.express as px
 import streamlit as st
 
@@ -6,9 +8,11 @@ from calib_core.data.sources import BUILTIN_SOURCES, MODES
 from calib_core.jobs import manager, tasks
 from calib_core.errors import CalibLabError
 from calib_core.metrics.similarity import REFERENCE_CORPORA
-from ui_cache import access_policy
-from ui_forms import any_invalid, bounded_number
-from ui_live import live_view
+from app_ui.cache import access_policy
+from app_ui.forms import any_invalid, bounded_number
+from app_ui.live import live_view, page_kind
+
+KIND = page_kind(__file__)  # the jobs this page starts and follows
 
 st.title("Similarity to pretraining data")
 with st.expander("What Min-K%++ measures"):
@@ -36,8 +40,9 @@ max_tokens = bounded_number(c4, "Tokens per item", 16, 4096, 256, step=1,
 d1, d2, d3 = st.columns(3)
 scoring = d1.radio("Score", ["windows", "texts"], horizontal=True,
                    format_func={"windows": "calibration windows", "texts": "whole texts"}.get)
-mode = d2.selectbox("Sampling mode (windows)", MODES, MODES.index("concat"), disabled=scoring != "windows",
-                    help="concat works for short texts too; document needs texts longer than the window")
+mode = d2.selectbox("Sampling mode (windows)", list(MODES), list(MODES).index("concat"), disabled=scoring != "windows",
+                    help="concat works for short texts too; document needs texts longer than the window. "
+                         + "; ".join(f"{name}: {text}" for name, text in MODES.items()))
 seed = bounded_number(d3, "Seed", 0, 10**6, 0, step=1)
 if st.button("Score", type="primary", disabled=not chosen or any_invalid(samples, max_tokens, seed)):
     spec, options_, device = st.session_state.model_spec, dict(st.session_state.model_options), st.session_state.device
@@ -51,7 +56,7 @@ if st.button("Score", type="primary", disabled=not chosen or any_invalid(samples
             "similarity", tasks.similarity, spec, options_, device, chosen,
             dict(count=int(samples), seed=int(seed), scoring=scoring, seqlen=int(max_tokens), mode=mode,
                  reference=reference, k=k, max_tokens=int(max_tokens)),
-            device=device, kind="similarity").id
+            device=device, kind=KIND).id
 
 
 def show(job):
@@ -95,4 +100,4 @@ def show(job):
     st.dataframe(table, width="stretch", hide_index=True)
 
 
-live_view("sim_job", "similarity", show)
+live_view("sim_job", KIND, show)

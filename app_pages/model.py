@@ -1,9 +1,11 @@
+"""Model: pick the causal LM every page and job uses (a bundled model, a folder or a hub id)."""
+
 import streamlit as st
 import torch
 
 from calib_core import assets
 from calib_core.errors import CalibLabError
-from ui_cache import access_policy, cached_model
+from app_ui.cache import access_policy, cached_model, mark_model_loaded, model_loaded
 
 
 def show_license(alias: str) -> None:
@@ -60,6 +62,7 @@ if st.button("Load", type="primary", disabled=not spec):
     try:
         with st.spinner("Loading (the first use converts the bundled GGUF once)..."):
             cached_model(spec, dtype, quantization, trust)
+        mark_model_loaded()
         st.session_state.model_spec = spec
         st.session_state.model_options = {"dtype": dtype, "quantization": quantization, "trust_remote_code": trust}
         st.session_state.device = device
@@ -67,7 +70,7 @@ if st.button("Load", type="primary", disabled=not spec):
         st.error(str(exc))
 
 options = st.session_state.model_options
-if st.session_state.get("model_loaded"):
+if model_loaded():
     from calib_core.devices import resolve_device
     from calib_core.models import describe_model
     from calib_core.prune.memory import estimate_memory

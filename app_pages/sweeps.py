@@ -1,3 +1,5 @@
+"""Sweeps: a grid of runs (sources x methods x sparsities x seeds) with its spread and t-tests."""
+
 import time
 
 import streamlit as st
@@ -5,15 +7,17 @@ import yaml
 
 from calib_core.data import sets
 from calib_core.data.sources import BUILTIN_SOURCES, MODES
-from calib_core.errors import CalibLabError, ConfigError, MissingDependencyError, NotEnoughDataError
+from calib_core.errors import CalibLabError, NotEnoughDataError
 from calib_core.jobs import manager, tasks
 from calib_core.prune.methods import METHODS
 from calib_core.runs import RunStore
-from calib_core.experiments.figures import export, sweep_figures
+from calib_core.experiments.sweep_figures import export_sweep, sweep_figures
 from calib_core.experiments.stats import PPL, spread_by_setting, summarize, sweep_frame, welch_test
 from calib_core.experiments.sweeps import SweepGrid
-from ui_cache import access_policy
-from ui_live import live_view
+from app_ui.cache import access_policy
+from app_ui.live import live_view, page_kind
+
+KIND = page_kind(__file__)  # the jobs this page starts and follows
 
 BUILTIN = list(BUILTIN_SOURCES)
 
@@ -58,9 +62,8 @@ with grid_tab:
         seqlen = c2.number_input("Tokens per sample", 16, 4096, 256, step=16)
         evals = c1.multiselect("Evaluate on (held-out)", BUILTIN, ["builtin:wiki"])
         windows = c2.number_input("Eval windows per source", 1, 256, 4)
-        mode = c1.selectbox("Sampling mode", MODES, help="document | concat (texts joined with a blank line) | "
-                                                         "document_pad (whole texts padded with id 0, as the "
-                                                         "authors' OWL/DSnoT code)")
+        mode = c1.selectbox("Sampling mode", list(MODES),
+                            help="; ".join(f"{name}: {text}" for name, text in MODES.items()))
         submitted = st.form_submit_button("Start sweep", type="primary")
     if submitted:
         try:
@@ -80,7 +83,7 @@ with grid_tab:
         st.markdown(f"Grid **{grid.name}**: {len(points)} points, {sum(p.key in done for p in points)} already finished.")
         running = manager().get(st.session_state.get("sweep_job"))
         if st.button("Run this grid", disabled=bool(running and not running.done)):
-            job = manager().submit(f"sweep {grid.name}", tasks.sweep, grid, device=grid.device, kind="sweep")
+            job = manager().submit(f"sweep {grid.name}", tasks.sweep, grid, device=grid.device, kind=KIND)
             st.session_state.sweep_job = job.id
 
     def sweep_progress(job):
@@ -98,7 +101,7 @@ with grid_tab:
         elif job.status in ("failed", "cancelled"):
             st.error(f"{job.status}: {job.error}")
 
-    live_view("sweep_job", "sweep", sweep_progress)
+    live_view("sweep_job", KIND, sweep_progress)
 
 with results_tab:
     names = store.sweep_names()
@@ -153,10 +156,9 @@ with results_tab:
     kind = st.radio("Format", ["html", "png"], horizontal=True, help="PNG needs kaleido and a Chrome/Chromium.")
     if st.button("Prepare files"):
         folder = store.path.parent / "exports" / chosen
-        for key, fig in figures.items():
-            try:
-                path = export(fig, folder / f"{key}.{kind}")
-                st.download_button(f"Download {path.name}", path.read_bytes(), path.name, key=f"dl-{key}")
-            except (MissingDependencyError, ConfigError) as exc:
-                st.error(str(exc))
-                break
+        written, notes = export_sweep(frame, folder, [method], (kind,), metric, setting=setting, nsamples=n_bars,
+                                      relative=relative)  # the figures as shown, and the summary
+        for note in notes:
+            (st.error if note.startswith("PNG skipped") else st.caption)(note)
+        for path in written:
+            st.download_button(f"Download {path.name}", path.read_bytes(), path.name, key=f"dl-{path.name}")

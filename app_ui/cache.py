@@ -29,6 +29,14 @@ def cached_model(spec: str, dtype: str = "float32", quantization=None, trust_rem
     estimates. Never quantized: an 8-/4-bit load lands on a GPU, and the server's copy would hold GPU
     memory outside the job queue; the jobs that generate or score load it quantized themselves."""
     spec = access_policy().model(spec, trust_remote_code)
-    loaded = _load(spec, dtype, trust_remote_code)
+    return _load(spec, dtype, trust_remote_code)
+
+
+def mark_model_loaded() -> None:
+    """Say that this session's model is in the server's cache: pages then show what needs it (its
+    description, memory estimates, token counts) without asking to load it."""
     st.session_state.model_loaded = True
-    return loaded
+
+
+def model_loaded() -> bool:
+    return bool(st.session_state.get("model_loaded"))

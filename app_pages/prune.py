@@ -1,3 +1,5 @@
+"""Prune: prune the model with a method and sparsity in a background job, with live charts."""
+
 import streamlit as st
 
 from calib_core.data.sources import BUILTIN_SOURCES, MODES
@@ -11,10 +13,12 @@ from calib_core.devices import resolve_device
 from calib_core.prune import PruneConfig
 from calib_core.prune.memory import estimate_memory
 from calib_core.prune.methods import ENGINE_OPTIONS, METHODS, options_of, statistics_needed
-from ui_cache import access_policy, cached_model
-from ui_charts import show_chart
-from ui_forms import any_invalid, bounded_number
-from ui_live import figures_of, live_view
+from app_ui.cache import access_policy, cached_model, mark_model_loaded, model_loaded
+from app_ui.charts import show_chart
+from app_ui.forms import any_invalid, bounded_number
+from app_ui.live import figures_of, live_view, page_kind
+
+KIND = page_kind(__file__)  # the jobs this page starts and follows
 
 st.title("Prune")
 with st.expander("How the methods choose weights"):
@@ -81,15 +85,11 @@ with st.container(border=True):
         engine_options = option_inputs(ENGINE_OPTIONS)
         e1, e2, e3 = st.columns(3)
         mode = choice(e1, "Sampling mode", list(MODES), "mode", "document",
-                      help="document: a window of one document longer than seqlen; concat: windows of all texts "
-                           "joined; document_pad: a whole text with more than seqlen - 3 tokens, padded with token "
-                           "id 0 (the authors' OWL/DSnoT code for self-generated data)")
+                      help="; ".join(f"{name}: {text}" for name, text in MODES.items()))
         separator = choice(e2, "Concat separator", list(SEPARATORS), "separator", next(iter(SEPARATORS)),
                            disabled=mode != "concat")
         ppl_protocol = choice(e3, "Perplexity protocol", list(PROTOCOLS), "ppl_protocol", "heldout",
-                              help="heldout: eval texts without empty rows, no special tokens; wikitext2: "
-                                   "Wanda/SparseGPT's WikiText-2 stream (every row incl. empty ones, with the "
-                                   "tokenizer's special tokens)")
+                              help="; ".join(f"{name}: {text}" for name, text in PROTOCOLS.items()))
         f1, f2 = st.columns([3, 1])
         save = f1.text_input("Save the pruned model to folder (optional)", last.get("save", ""),
                              help=f"This app is shared: a folder inside {access_policy().workspace}."
@@ -106,9 +106,10 @@ with st.container(border=True):
     st.session_state.prune_form = last | dict(
         method=method, base=base, pattern=pattern, sparsity=sparsity, evals=evals, mode=mode, separator=separator,
         ppl_protocol=ppl_protocol, save=save, stream=stream, **kept)
-    if not invalid and (st.session_state.get("model_loaded") or st.toggle("Show the memory estimate (loads the model)")):
+    if not invalid and (model_loaded() or st.toggle("Show the memory estimate (loads the model)")):
         try:
             loaded = cached_model(st.session_state.model_spec, **st.session_state.model_options)
+            mark_model_loaded()
             estimate = estimate_memory(loaded.model, int(nsamples), int(seqlen), statistics_needed(method, base),
                                        resolve_device(st.session_state.device))
             st.caption(f"Memory estimate: {estimate.describe()}")
@@ -127,10 +128,10 @@ if submitted:
             nsamples=int(nsamples), seqlen=int(seqlen), seed=int(seed), mode=mode,
             concat_separator=SEPARATORS[separator], config=config, save=save or None, overwrite=overwrite,
             stream=stream, evaluation=EvalSpec(evals, windows=int(eval_windows), protocol=ppl_protocol))
-        job = access_policy().spec(spec)  # a shared app confines paths and sizes
-        check_outputs(job)  # a bad save folder fails now, not after the run
+        spec = access_policy().spec(spec)  # a shared app confines paths and sizes
+        check_outputs(spec)  # a bad save folder fails now, not after the run
         label = f"{method} {pattern if ':' in pattern else sparsity} on {calib}"
-        st.session_state.prune_job = manager().submit(label, tasks.prune, job, kind="prune",
+        st.session_state.prune_job = manager().submit(label, tasks.prune, spec, kind=KIND,
                                                       device=config.device).id
     except CalibLabError as exc:
         st.error(str(exc))
@@ -174,5 +175,5 @@ st.toggle("Live charts", value=True, key="live_charts",
           help="Redraw the charts while a run goes: about every 5 s with one tab open, less often in each tab when "
                "several watch. A redraw costs the browser CPU time; on a small machine running both the job and "
                "the browsers, turning this off leaves the job a little more.")
-live_view("prune_job", "prune", draw_prune, empty="Start a run above; it keeps going while you visit other pages.",
+live_view("prune_job", KIND, draw_prune, empty="Start a run above; it keeps going while you visit other pages.",
           charts=draw_prune_charts, live_charts=st.session_state.live_charts, show_last=True)

@@ -1,3 +1,5 @@
+"""Calibration data: build a set from a corpus, an upload or pasted text, or let the model write one."""
+
 import tempfile
 from pathlib import Path
 
@@ -13,9 +15,11 @@ from calib_core.data.tokens import token_lengths
 from calib_core.errors import CalibLabError, SourceError
 from calib_core.jobs import manager, tasks
 from calib_core.data.selfgen import GenerationConfig, filter_by_perplexity
-from ui_cache import access_policy, cached_model
-from ui_forms import any_invalid, bounded_number
-from ui_live import live_view
+from app_ui.cache import access_policy, cached_model, mark_model_loaded, model_loaded
+from app_ui.forms import any_invalid, bounded_number
+from app_ui.live import live_view, page_kind
+
+KIND = page_kind(__file__)  # the jobs this page starts and follows
 
 MAX_UPLOAD_MB = 50
 PREVIEW_TOKENIZE_CHARACTERS = 4_000_000
@@ -49,9 +53,9 @@ def sampling_choice(lengths: list[int], unit: str) -> None:
         st.info(f"No text is longer than seqlen = {seqlen} {unit}, so a run will join them (concat mode). Change it "
                 "below or on the Prune page (More settings).")
     form["mode"] = st.radio(
-        "Sampling mode for runs", MODES, MODES.index(form.get("mode", "document")), horizontal=True, key="calib_mode",
-        help=f"{long_enough} of {len(lengths)} texts are longer than seqlen = {seqlen} {unit}. document: a window "
-             "inside one long text; concat: windows of all texts joined; document_pad: whole texts padded.")
+        "Sampling mode for runs", list(MODES), list(MODES).index(form.get("mode", "document")), horizontal=True,
+        key="calib_mode", help=f"{long_enough} of {len(lengths)} texts are longer than seqlen = {seqlen} {unit}. "
+                               + "; ".join(f"{name}: {text}" for name, text in MODES.items()))
 st.title("Calibration data")
 with st.expander("From text to calibration samples"):
     st.markdown("A run draws `nsamples` windows of `seqlen` tokens with a seeded RNG: from one random document "
@@ -119,9 +123,9 @@ with build:
         if too_long:
             st.caption(f"Lengths in words: more than {PREVIEW_TOKENIZE_CHARACTERS:,} characters is too much to "
                        f"tokenize for a preview (a run reads the source as a stream).")
-        if not too_long and (st.session_state.get("model_loaded")
-                             or st.toggle("Count tokens with the model's tokenizer (loads it)")):
+        if not too_long and (model_loaded() or st.toggle("Count tokens with the model's tokenizer (loads it)")):
             tokenizer = cached_model(st.session_state.model_spec, **st.session_state.model_options).tokenizer
+            mark_model_loaded()
             lengths, unit = token_lengths(tokenizer, counted), "tokens"
         else:
             lengths, unit = [len(t.split()) for t in counted], "words"
@@ -177,7 +181,7 @@ with generate:
             st.session_state.gen_settings = {"name": set_name, "drop": drop}
             st.session_state.gen_job = manager().submit(
                 f"self-generate {set_name}", tasks.self_generate, spec, options, device, config, set_name,
-                device=device, kind="selfgen").id
+                device=device, kind=KIND).id
 
     def draw_generation(job):
         if not job.done and st.button("Cancel generation"):
@@ -211,4 +215,4 @@ with generate:
         elif job.status in ("failed", "cancelled"):
             st.error(job.error or job.status)
 
-    live_view("gen_job", "selfgen", draw_generation)
+    live_view("gen_job", KIND, draw_generation)
