@@ -26,7 +26,12 @@ from ..data.tokens import ReadLimits, read_pool
 from ..errors import ConfigError, SourceError
 from ..devices import resolve_device
 
-PROTOCOLS = ("heldout", "wikitext2")
+# How perplexity is measured, each with the help every front end shows.
+PROTOCOLS = {
+    "heldout": "the eval texts without empty rows, no special tokens",
+    "wikitext2": "Wanda/SparseGPT's WikiText-2 stream (every row incl. empty ones, with the tokenizer's special "
+                 "tokens), e.g. on hf:wikitext:wikitext-2-raw-v1:test (needs the hub)",
+}
 
 
 @dataclass
@@ -193,20 +198,15 @@ def _blockwise_nll(source, ids: torch.Tensor, target: torch.device) -> float:
     """Total NLL of `ids` with one block on `target` at a time: every window through block i, then
     block i + 1, then the head, LOGIT_CHUNK positions at a time (no [seqlen, vocab] logits). `source`
     is a StreamedModel or ResidentBlocks."""
-    from ..prune.capture import block_forward, capture_block_inputs
+    from ..prune.capture import block_forward, capture_block_inputs, walk_blocks
 
     total_nll = 0.0
     with torch.inference_mode():
         with source.embeddings():
             inputs = capture_block_inputs(source.model, ids, 1, target)
-        outputs = torch.empty_like(inputs.hidden)
-        for index in range(len(source.blocks)):
-            source.load_block(index, target)
-            try:
-                block_forward(source.blocks[index], inputs, index, outputs)
-            finally:
-                source.release_block(index)
-            inputs.hidden, outputs = outputs, inputs.hidden
+        for index, block, outputs in walk_blocks(source.blocks, inputs, lambda i, block: source.load_block(i, target),
+                                                 lambda i, block: source.release_block(i)):
+            block_forward(block, inputs, index, outputs)
         seqlen = ids.shape[1]
         try:
             for row in range(ids.shape[0]):

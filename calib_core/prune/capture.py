@@ -91,6 +91,23 @@ def capture_block_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int, d
     return BlockInputs(state["hidden"], chunks, extra)
 
 
+def walk_blocks(blocks, inputs: BlockInputs | None, load: Callable, release: Callable):
+    """The decoder blocks in turn, each fed the previous one's outputs: the pruning loop, an allocator's
+    dense scan and the block-by-block perplexity all walk this way. For each block: `load(index, block)`
+    (onto the compute device, or read from disk), then the caller's work while this generator waits at
+    `(index, block, outputs)` (typically `block_forward` into `outputs`), then the outputs become the next
+    block's inputs and `release(index, block)`. Without inputs (magnitude: no calibration) blocks are
+    only loaded and released. A caller that raises stops the walk there, its block not released: a
+    streamed run's release writes the block, which a failed block must not be."""
+    outputs = torch.empty_like(inputs.hidden) if inputs is not None else None
+    for index, block in enumerate(blocks):
+        load(index, block)
+        yield index, block, outputs
+        if inputs is not None:
+            inputs.hidden, outputs = outputs, inputs.hidden
+        release(index, block)
+
+
 class _StopBlock(Exception):
     """Raised by a statistics hook once the block's last prunable Linear has seen its input."""
 

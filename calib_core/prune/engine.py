@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import ConfigError, PruningCancelled
 from ..devices import resolve_device, synchronize
 from ..models import decoder_blocks, is_quantized, prunable_modules, set_weight_matrix, weight_matrix
-from .capture import BlockInputs, StatsHooks, block_forward, capture_block_inputs
+from .capture import BlockInputs, StatsHooks, block_forward, capture_block_inputs, walk_blocks
 from .config import PruneConfig
 from .events import AllocationEvent, BlockRecord, ModuleRecord, StageEvent
 from .masks import row_chunks
@@ -149,13 +149,30 @@ class Pruner:
         cfg = self.cfg
         needs = statistics_needed(cfg.method, cfg.base)
         need_mean, need_hessian = MEAN_VAR in needs, HESSIAN in needs
-        outputs = torch.empty_like(inputs.hidden) if inputs is not None else None
-        records = []
-        self.emit(StageEvent("prune", 0, len(self.blocks), 0.0))
-        for index, block in enumerate(self.blocks):
-            t_block = time.perf_counter()
+        records: list[BlockRecord] = []
+        done: dict = {}  # the block in hand: what its record needs once it is released
+
+        def release(index: int, block) -> None:  # written out (a streamed run) and timed with it
+            self._off_device(index, block, pruned=True)
+            synchronize(self.device)
+            t_block, sparsity, pattern, module_records = done.pop(index)
+            record = BlockRecord(
+                index=index, name=f"block {index}", target_sparsity=sparsity, pattern=str(pattern),
+                sparsity=_weighted_sparsity(module_records),
+                outlier_ratio=allocation.outlier_ratios[index] if allocation else None,
+                seconds=time.perf_counter() - t_block, modules=module_records,
+            )
+            records.append(record)
+            self.emit(record)
+            self.emit(StageEvent("prune", index + 1, len(self.blocks), record.seconds))
+
+        def load(index: int, block) -> None:
             self._check_cancel()
+            done[index] = (time.perf_counter(),)
             self._on_device(index, block)
+
+        self.emit(StageEvent("prune", 0, len(self.blocks), 0.0))
+        for index, block, outputs in walk_blocks(self.blocks, inputs, load, release):
             modules = prunable_modules(block)
             hooks = None
             if inputs is not None:
@@ -176,26 +193,10 @@ class Pruner:
                 del stats, recon_x  # the statistics are freed after their last module
                 self._return_freed_memory()
                 self.emit(module_records[-1])
-            if inputs is not None:
-                # The last block's outputs feed nothing we measure: skip its re-run.
-                if cfg.propagate == "pruned" and index < len(self.blocks) - 1:
-                    block_forward(block, inputs, index, outputs)
-                inputs.hidden, outputs = outputs, inputs.hidden
-            self._off_device(index, block, pruned=True)
-            synchronize(self.device)
-            record = BlockRecord(
-                index=index,
-                name=f"block {index}",
-                target_sparsity=sparsity,
-                pattern=str(pattern),
-                sparsity=_weighted_sparsity(module_records),
-                outlier_ratio=allocation.outlier_ratios[index] if allocation else None,
-                seconds=time.perf_counter() - t_block,
-                modules=module_records,
-            )
-            records.append(record)
-            self.emit(record)
-            self.emit(StageEvent("prune", index + 1, len(self.blocks), record.seconds))
+            # The last block's outputs feed nothing we measure: skip its re-run.
+            if inputs is not None and cfg.propagate == "pruned" and index < len(self.blocks) - 1:
+                block_forward(block, inputs, index, outputs)
+            done[index] += (sparsity, pattern, module_records)
         return records
 
     def _prune_module(self, index, name, module, stats, recon_x, sparsity, pattern) -> ModuleRecord:
@@ -229,10 +230,16 @@ class Pruner:
         statistics (norms), in turn; the next block gets the dense outputs."""
         with self._embeddings():
             inputs = capture_block_inputs(self.model, calibration, self.cfg.batch_size, self.device)
-        outputs = torch.empty_like(inputs.hidden)
-        for index, block in enumerate(self.blocks):
+
+        def load(index: int, block) -> None:
             self._check_cancel()
             self._on_device(index, block)
+
+        def release(index: int, block) -> None:
+            self._off_device(index, block)
+            self.emit(StageEvent("outlier_scan", index + 1, len(self.blocks), 0.0))
+
+        for index, block, outputs in walk_blocks(self.blocks, inputs, load, release):
             modules = prunable_modules(block)
             hooks = StatsHooks(modules, False, False, 0)
             try:
@@ -240,9 +247,6 @@ class Pruner:
             finally:
                 hooks.remove()
             yield modules, hooks.stats
-            inputs.hidden, outputs = outputs, inputs.hidden
-            self._off_device(index, block)
-            self.emit(StageEvent("outlier_scan", index + 1, len(self.blocks), 0.0))
 
 
 def _take_inputs(hooks: StatsHooks | None, name: str):
