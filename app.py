@@ -3,10 +3,9 @@
 import streamlit as st
 
 from calib_core import assets
-from calib_core.jobs import manager
 from calib_core.housekeeping import clean_stale_files
-from ui_cache import access_policy
-from ui_live import LIVE_KINDS
+from app_ui.cache import access_policy
+from app_ui.live import sidebar_jobs
 
 
 @st.cache_resource(show_spinner=False)
@@ -27,32 +26,14 @@ st.session_state.setdefault("calib_source", "builtin:wiki")
 st.session_state.setdefault("device", "auto")
 
 pages = st.navigation([
-    st.Page("views/home.py", title="Start", icon=":material/home:", default=True),
-    st.Page("views/model.py", title="Model", icon=":material/memory:"),
-    st.Page("views/calibration.py", title="Calibration data", icon=":material/dataset:"),
-    st.Page("views/similarity.py", title="Similarity", icon=":material/compare:"),
-    st.Page("views/prune.py", title="Prune", icon=":material/content_cut:"),
-    st.Page("views/results.py", title="Results", icon=":material/table_chart:"),
-    st.Page("views/sweeps.py", title="Sweeps", icon=":material/stacked_bar_chart:"),
+    st.Page("app_pages/home.py", title="Start", icon=":material/home:", default=True),
+    st.Page("app_pages/model.py", title="Model", icon=":material/memory:"),
+    st.Page("app_pages/calibration.py", title="Calibration data", icon=":material/dataset:"),
+    st.Page("app_pages/similarity.py", title="Similarity", icon=":material/compare:"),
+    st.Page("app_pages/prune.py", title="Prune", icon=":material/content_cut:"),
+    st.Page("app_pages/results.py", title="Results", icon=":material/table_chart:"),
+    st.Page("app_pages/sweeps.py", title="Sweeps", icon=":material/stacked_bar_chart:"),
 ])
-
-
-JOBS_REFRESH_SECONDS = 5.0  # the list changes only when a job starts, ends or moves up the queue
-IDLE_WATCH_SECONDS = 5.0  # how soon an idle tab (a projector's) notices a job started elsewhere
-
-
-def job_status(pending: bool):
-    """The app's pending jobs, from every tab: refreshed every JOBS_REFRESH_SECONDS while one is pending
-    (reading it is a folder listing). An idle tab only checks, every IDLE_WATCH_SECONDS, whether a job started
-    (it redraws nothing until one does). When a job starts or the last one ends, the page reruns once."""
-    active = manager().active()
-    for job in active:
-        where = f", {manager().position(job)} ahead on {job.device}" if job.status == "queued" else ""
-        st.markdown(f"**Job {job.id}** {job.label}: {job.status}{where}")
-    if not active:
-        st.caption("No job running.")
-    if bool(active) != pending:
-        st.rerun()
 
 
 with st.sidebar:
@@ -61,10 +42,6 @@ with st.sidebar:
                    "repository code never runs.", icon=":material/lock:")
     st.markdown(f"**Model:** `{st.session_state.model_spec}` on {st.session_state.device}")
     st.markdown(f"**Calibration:** `{st.session_state.calib_source}`")
-    active = manager().active()
-    pending = bool(active)
-    followed = any(job.kind == LIVE_KINDS.get(pages.url_path) for job in active)
-    st.fragment(job_status, run_every=None if followed else JOBS_REFRESH_SECONDS if pending else IDLE_WATCH_SECONDS)(
-        pending)
+    sidebar_jobs(pages.url_path)
 
 pages.run()

@@ -38,12 +38,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import ROOT  # first: it puts the repository on sys.path
+from calib_core.prune.methods import METHODS
 
 FAMILIES = ("llama", "gemma3_text", "gpt2", "opt")
-SETTINGS = (("magnitude", "0.5"), ("wanda", "0.5"), ("wanda", "2:4"), ("sparsegpt", "0.5"), ("owl", "0.5"),
-            ("dsnot", "0.5"))
+SETTINGS = tuple((method, "0.5") for method in METHODS) + (("wanda", "2:4"),)  # every registry method
 DTYPES = ("float32", "bfloat16")
 # Whole-model agreement needed, by dtype; SparseGPT's sequential updates propagate a rounding difference.
 NEEDED = {"float32": {"sparsegpt": 0.999, "default": 0.9999}, "bfloat16": {"sparsegpt": 0.99, "default": 0.999}}

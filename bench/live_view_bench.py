@@ -20,7 +20,6 @@ Target: the median wall time with 3 tabs at most 1.2x the median with none.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -31,8 +30,7 @@ from pathlib import Path
 import psutil
 from playwright.sync_api import expect
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, write_results  # first: it puts the repository on sys.path
 from tests.app_server import BROWSER_ARGS, CHROMIUM, app_server  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "live_view_bench"
@@ -138,15 +136,12 @@ def main() -> None:
     for row in summary:
         row["ratio_to_no_tab"] = row["median_wall_s"] / base
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.with_suffix(".json").write_text(json.dumps({"settings": PRUNE, "rounds": ROUNDS, "runs": rows,
-                                                    "summary": summary}, indent=2))
     lines = ["| tabs on the Prune page | live charts | median wall time (s) | ratio to no tab "
              "| server CPU during the run (s) | browsers' CPU during the run (s) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['tabs']} | {'on' if r['live_charts'] else 'off'} | {r['median_wall_s']:.1f} "
               f"| {r['ratio_to_no_tab']:.2f} | {r['median_server_cpu_s']:.1f} | {r['median_browser_cpu_s']:.1f} |"
               for r in summary]
-    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(OUT, {"settings": PRUNE, "rounds": ROUNDS, "runs": rows, "summary": summary}, lines)
 
 
 if __name__ == "__main__":

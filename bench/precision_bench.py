@@ -16,8 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, write_results  # first: it puts the repository on sys.path
 OUT = ROOT / "bench" / "results" / "precision_bench"
 METHODS = ("wanda", "sparsegpt")
 DTYPES = ("float32", "bfloat16")
@@ -46,13 +45,11 @@ def main() -> None:
                              "jaccard_with_fp32": jaccard if dtype != "float32" else 1.0})
                 print(rows[-1], flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.with_suffix(".json").write_text(json.dumps(rows, indent=2))
     lines = ["| method | dtype | ppl builtin:wiki | prune (s) | eval (s) | peak RSS (GB) | Jaccard of kept weights with fp32 |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['dtype']} | {r['ppl']:.2f} | {r['prune_s']:.1f} | {r['eval_s']:.1f} | "
               f"{r['peak_rss_gb']:.2f} | {r['jaccard_with_fp32']:.4f} |" for r in rows]
-    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(OUT, rows, lines)
 
 
 if __name__ == "__main__":

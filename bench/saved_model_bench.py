@@ -7,13 +7,11 @@ would take, the dense model's own folder for scale, and the time of the save wit
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, write_results  # first: it puts the repository on sys.path
 OUT = ROOT / "bench" / "results" / "saved_model_bench"
 SETTINGS = (("50%", dict(sparsity=0.5)), ("70%", dict(sparsity=0.7)), ("2:4", dict(pattern="2:4")))
 
@@ -46,7 +44,6 @@ def main() -> None:
                          "max_abs_logit_diff": saved["reload_check"]["max_abs_logit_diff"]})
             print(rows[-1], flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.with_suffix(".json").write_text(json.dumps({"dense_weights_bytes": dense_bytes, "rows": rows}, indent=2))
     mib = 2**20
     lines = [f"Dense model weights: {dense_bytes / mib:.1f} MiB (fp32 safetensors).", "",
              "| Wanda | overall sparsity | folder on disk (MiB) | weights (MiB) | bitmask encoding (MiB, estimate) "
@@ -55,8 +52,7 @@ def main() -> None:
               f"{r['weights_bytes'] / mib:.1f} | {r['bitmask_estimate_bytes'] / mib:.1f} | "
               f"{r['bitmask_estimate_bytes'] / dense_bytes:.2f} | {r['save_seconds']:.1f} | {r['max_abs_logit_diff']:g} |"
               for r in rows]
-    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(OUT, {"dense_weights_bytes": dense_bytes, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import ROOT  # first: it puts the repository on sys.path
 MODEL = "gemma3-270m"
 SETTINGS = [0.5, "2:4"]
 REFERENCE = ROOT / "docs" / "results" / "runs.csv"

@@ -9,7 +9,6 @@ with no server at all, in 3 interleaved rounds (medians). The venv must be insid
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -18,8 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, write_results  # first: it puts the repository on sys.path
 from tests.app_server import app_server, cpu_over, open_tab, wait_until_quiet  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "server_idle_bench"
@@ -63,16 +61,13 @@ def main() -> None:
                "idle_cpu_s_per_minute": statistics.median(r["idle_cpu_s_per_minute"] for r in served),
                "overflow_lines": max(r["overflow_lines"] for r in served)}
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.with_suffix(".json").write_text(json.dumps({"prune": PRUNE, "idle_window_s": IDLE_WINDOW_S, "rounds": ROUNDS,
-                                                    "no_server_prune_s": alone, "served": served,
-                                                    "summary": summary}, indent=2))
     lines = ["| server | server CPU, one idle tab (CPU s/min) | 'Inotify queue overflowed' lines | CLI prune (s) "
              "| ratio to no server |", "|---|---|---|---|---|",
              f"| none | - | - | {base:.1f} | 1.00 |",
              f"| as `make run` starts it, one idle tab | {summary['idle_cpu_s_per_minute']:.1f} | {summary['overflow_lines']} "
              f"| {summary['served_prune_s']:.1f} | {summary['served_prune_s'] / base:.2f} |"]
-    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(OUT, {"prune": PRUNE, "idle_window_s": IDLE_WINDOW_S, "rounds": ROUNDS, "no_server_prune_s": alone,
+                        "served": served, "summary": summary}, lines)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, write_results  # first: it puts the repository on sys.path
 OUT = ROOT / "bench" / "results" / "streaming_bench"
 RANDOM_MODELS = {  # Llama layouts; untied head
     "llama-0.5b": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=32, num_attention_heads=16,
@@ -98,7 +97,6 @@ def main() -> None:
                                  "rss_to_weights": point["peak_rss_bytes"] / weights})
                     print(rows[-1], flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.with_suffix(".json").write_text(json.dumps(rows, indent=2))
     gib = 2**30
     lines = ["| model | weights bf16 (GiB) | method | mode | prune (s) | eval (s) | peak RSS (GiB) | RSS / weights "
              "| streamed / in-memory time | ppl |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -110,8 +108,7 @@ def main() -> None:
         lines.append(f"| {r['model']} | {r['weights_bf16_bytes'] / gib:.2f} | {r['method']} | {r['mode']} | "
                      f"{r['prune_s']:.1f} | {r['eval_s']:.1f} | {r['peak_rss_bytes'] / gib:.2f} | "
                      f"{r['rss_to_weights']:.2f} | {ratio:.2f} | {r['ppl']:.1f} |")
-    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(OUT, rows, lines)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,12 @@ runs the job is what a viewer takes from it. The cases:
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, write_results  # first: it puts the repository on sys.path
 from live_view_bench import browser_cpu_s, cpu_since  # noqa: E402
 
 from tests.app_server import CHROMIUM, free_port  # noqa: E402
@@ -68,11 +64,9 @@ def main() -> None:
     rows = [{"case": case, "browser_cpu_s_per_20s": statistics.median(values), "runs": values}
             for case, values in seconds.items()]
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.with_suffix(".json").write_text(json.dumps({"window_s": WINDOW_S, "rounds": ROUNDS, "rows": rows}, indent=2))
     lines = ["| case (one tab, refresh every 2 s) | browser CPU in 20 s (s) |", "|---|---|"]
     lines += [f"| {r['case']} | {r['browser_cpu_s_per_20s']:.2f} |" for r in rows]
-    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(OUT, {"window_s": WINDOW_S, "rounds": ROUNDS, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

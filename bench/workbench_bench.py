@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import torch
 
+from _common import ROOT, write_results  # first: it puts the repository on sys.path
 from calib_core.data import sets
 from calib_core.data.sources import BUILTIN_SOURCES, build_calibration
 from calib_core.metrics.perplexity import perplexity
@@ -26,7 +26,6 @@ from calib_core.prune import PruneConfig, prune_model
 from calib_core.data.selfgen import GenerationConfig, generate_set, save_generated
 from calib_core.metrics.similarity import sample_texts, score_token_ids, similarity_table
 
-ROOT = Path(__file__).resolve().parent.parent
 
 OUT = ROOT / "bench" / "results" / "workbench_bench"
 SOURCES = list(BUILTIN_SOURCES)
@@ -122,7 +121,6 @@ def main():
             rows.append(row)
             print(json.dumps(row), flush=True)
     results["wanda"] = rows
-    OUT.with_suffix(".json").write_text(json.dumps(results, indent=2))
 
     lines = ["| set | mean Min-K%++ | std | mean Min-K% | mean ppl | tokens/text |", "|---|---|---|---|---|---|"]
     for s, v in results["similarity"].items():
@@ -138,8 +136,7 @@ def main():
     lines += ["", f"Generation: batch 8 {g['batch8_tokens_per_s']:.1f} tok/s vs batch 1 {g['batch1_tokens_per_s']:.1f} "
               f"tok/s = {g['ratio']:.2f}x. Scoring: {s['scoring_tokens_per_s']:.0f} tok/s vs plain forward "
               f"{s['forward_tokens_per_s']:.0f} tok/s = {s['ratio']:.2f}."]
-    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(OUT, results, lines)
 
 
 if __name__ == "__main__":

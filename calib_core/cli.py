@@ -1,4 +1,5 @@
-"""Command line: python -m calib_core {prune,eval} ... (see --help)."""
+"""Command line: python -m calib_core {prune,eval,calib,sets,similarity,runs,sweep,reproduce} ... (see --help): thin
+callers of the library, one subcommand per task."""
 
 from __future__ import annotations
 
@@ -22,12 +23,12 @@ def _unescape(text: str) -> str:
     return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
+def _described(options: dict[str, str]) -> str:
+    return "; ".join(f"{name}: {help}" for name, help in options.items())
+
+
 def _add_sampling_args(parser, default_mode: str):
-    parser.add_argument("--mode", default=default_mode, choices=MODES,
-                        help="document: a random window of a document longer than seqlen; concat: windows of all "
-                             "texts joined with --concat-separator; document_pad: a whole text with more than "
-                             "seqlen-3 tokens, right-padded with token id 0 (the authors' OWL/DSnoT code for "
-                             "self-generated data)")
+    parser.add_argument("--mode", default=default_mode, choices=list(MODES), help=_described(MODES))
     parser.add_argument("--concat-separator", type=_unescape, default=DEFAULT_CONCAT_SEPARATOR, metavar="TEXT",
                         help="concat mode: what joins the texts, backslash escapes allowed (default '\\n\\n'; "
                              "the authors' Wanda code joins self-generated texts with ' ')")
@@ -81,10 +82,7 @@ def _add_eval_args(parser, required=False):
     parser.add_argument("--eval-seqlen", type=int, default=None, help="perplexity window (default: --seqlen)")
     parser.add_argument("--eval-windows", type=int, default=None, help="at most this many windows per source")
     parser.add_argument("--no-eval", action="store_true", help="skip perplexity")
-    parser.add_argument("--ppl-protocol", default="heldout", choices=PROTOCOLS,
-                        help="heldout: eval texts without empty rows, no special tokens; wikitext2: Wanda/SparseGPT's "
-                             "WikiText-2 stream (every row incl. empty ones, special tokens), e.g. with "
-                             "--eval hf:wikitext:wikitext-2-raw-v1:test (needs the hub)")
+    parser.add_argument("--ppl-protocol", default="heldout", choices=list(PROTOCOLS), help=_described(PROTOCOLS))
 
 
 def _add_ray_args(parser):
@@ -499,32 +497,12 @@ def _print_plan(points, done: set, to_run: set | None = None) -> None:
 
 
 def _export_sweep(store, name: str, folder: str) -> None:
-    from pathlib import Path
+    from .experiments.stats import sweep_frame
+    from .experiments.sweep_figures import export_sweep
 
-    from .experiments.figures import export, sweep_figures
-    from .experiments.stats import summarize, sweep_frame
-
-    frame = sweep_frame(store, name)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    from .files import atomic_file
-
-    with atomic_file(folder / "summary.csv") as tmp:
-        summarize(frame, ["method", "setting", "calibration", "nsamples"]).to_csv(tmp, index=False)
-    png_error = None
-    for method in sorted(frame["method"].unique()):
-        figures, missing = sweep_figures(frame, method)
-        for reason in missing:
-            print(f"{method} {reason}", file=sys.stderr)
-        for view, fig in figures.items():
-            export(fig, folder / f"{method}-{view}.html")
-            if png_error is None:
-                try:
-                    export(fig, folder / f"{method}-{view}.png")
-                except CalibLabError as exc:
-                    png_error = str(exc)
-    if png_error:
-        print(f"note: HTML only: {png_error}", file=sys.stderr)
+    _written, notes = export_sweep(sweep_frame(store, name), folder)
+    for note in notes:
+        print(f"note: {note}" if note.startswith("PNG skipped") else note, file=sys.stderr)
     print(f"figures: {folder}")
 
 
@@ -532,6 +510,8 @@ def _reproduce_parser(sub) -> None:
     reproduce = sub.add_parser("reproduce", help="the paper's four questions on one model as a resumable sweep, "
                                                  "then a markdown report with figures")
     _add_model_args(reproduce)
+    reproduce.add_argument("--method", default="wanda", choices=[m for m in METHODS if m != "magnitude"],
+                           help="the method of Q1, Q2 and the evaluation check (the paper's: wanda)")
     reproduce.add_argument("--seeds", type=int, default=5)
     reproduce.add_argument("--nsamples", type=int, default=16, help="calibration samples per point (Q1, Q3, Q4)")
     reproduce.add_argument("--seqlen", type=int, default=512)
@@ -557,7 +537,7 @@ def _cmd_reproduce(args) -> int:
     from .runs import RunStore
 
     defaults = ReproSettings()
-    settings = ReproSettings(model=args.model, seeds=args.seeds, nsamples=args.nsamples, seqlen=args.seqlen,
+    settings = ReproSettings(model=args.model, method=args.method, seeds=args.seeds, nsamples=args.nsamples, seqlen=args.seqlen,
                              nsamples_curve=args.nsamples_curve, eval_windows=args.eval_windows, name=args.name,
                              selfgen=replace(defaults.selfgen, texts=args.selfgen_texts or defaults.selfgen.texts,
                                              max_new_tokens=args.selfgen_max_new_tokens or defaults.selfgen.max_new_tokens))

@@ -10,8 +10,8 @@ from calib_core.jobs import manager
 from tests.tiny import save_tiny_folder
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGES = ["views/home.py", "views/model.py", "views/calibration.py", "views/similarity.py", "views/prune.py",
-         "views/results.py", "views/sweeps.py"]
+PAGES = ["app_pages/home.py", "app_pages/model.py", "app_pages/calibration.py", "app_pages/similarity.py", "app_pages/prune.py",
+         "app_pages/results.py", "app_pages/sweeps.py"]
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -39,7 +39,7 @@ def _wait(job, seconds=60):
 
 
 def test_prune_flow_on_tiny_model(tmp_path):
-    app = _app_on_tiny_model(tmp_path, "views/prune.py")
+    app = _app_on_tiny_model(tmp_path, "app_pages/prune.py")
     app.text_input[0].set_value("builtin:wiki")
     app.number_input[0].set_value(2)
     app.number_input[1].set_value(16)
@@ -48,7 +48,7 @@ def test_prune_flow_on_tiny_model(tmp_path):
         next(b for b in app.button if b.label == "Start pruning").click().run()
         job = _wait(manager().get(app.session_state["prune_job"]))
         assert job.status == "finished", job.error
-    app.switch_page("views/results.py").run()
+    app.switch_page("app_pages/results.py").run()
     assert not app.exception
     table = app.dataframe[0].value
     assert table["status"].tolist() == ["finished", "finished"] and table["seed"].tolist() == [0, 1]
@@ -60,15 +60,15 @@ def test_prune_flow_on_tiny_model(tmp_path):
 def test_prune_page_keeps_settings_across_pages():
     app = AppTest.from_file(APP, default_timeout=60)
     app.run()
-    app.switch_page("views/prune.py").run()
+    app.switch_page("app_pages/prune.py").run()
     app.number_input[0].set_value(3).run()
-    app.switch_page("views/results.py").run()
-    app.switch_page("views/prune.py").run()
+    app.switch_page("app_pages/results.py").run()
+    app.switch_page("app_pages/prune.py").run()
     assert app.number_input[0].value == 3
 
 
 def test_similarity_page_scores_sets_on_tiny_model(tmp_path):
-    app = _app_on_tiny_model(tmp_path, "views/similarity.py")
+    app = _app_on_tiny_model(tmp_path, "app_pages/similarity.py")
     app.number_input[0].set_value(3)  # texts per set
     app.number_input[1].set_value(32)  # tokens per text
     next(b for b in app.button if b.label == "Score").click().run()
@@ -83,7 +83,7 @@ def test_similarity_page_scores_sets_on_tiny_model(tmp_path):
 
 
 def test_sweeps_page_runs_a_grid_and_tests_two_sources(tmp_path):
-    app = _app_on_tiny_model(tmp_path, "views/sweeps.py")
+    app = _app_on_tiny_model(tmp_path, "app_pages/sweeps.py")
     app.text_input[0].set_value("page-sweep")
     app.text_input[1].set_value("2")  # calibration samples
     app.number_input[0].set_value(3)  # seeds
@@ -122,7 +122,7 @@ def test_shared_app_does_not_read_files_outside_its_workspace(shared_app, tmp_pa
     secret.write_text("the server's secret " * 50)
     app = shared_app
     assert "Shared app" in " ".join(w.value for w in app.sidebar.warning)
-    app.switch_page("views/calibration.py").run()
+    app.switch_page("app_pages/calibration.py").run()
     app.radio[0].set_value("Hub dataset").run()
     app.text_input[0].set_value(f"file:{secret}").run()
     next(b for b in app.button if b.label == "Stream").click().run()
@@ -137,13 +137,13 @@ def test_shared_app_does_not_read_files_outside_its_workspace(shared_app, tmp_pa
 
 def test_shared_app_confines_saves_sizes_and_remote_code(shared_app, tmp_path):
     app = shared_app
-    app.switch_page("views/model.py").run()
+    app.switch_page("app_pages/model.py").run()
     assert not [c for c in app.checkbox if "trust_remote_code" in c.label]
-    app.switch_page("views/prune.py").run()
+    app.switch_page("app_pages/prune.py").run()
     next(t for t in app.text_input if t.label.startswith("Save the pruned model")).set_value(str(tmp_path / "out"))
     next(b for b in app.button if b.label == "Start pruning").click().run()
     assert "inside the workspace folder" in _errors(app) and "prune_job" not in app.session_state
-    app.switch_page("views/sweeps.py").run()
+    app.switch_page("app_pages/sweeps.py").run()
     app.text_input[1].set_value("100000")  # calibration samples
     next(b for b in app.button if b.label == "Start sweep").click().run()
     assert "nsamples 100000 is above this server's limit of 256" in _errors(app) and "sweep_grid" not in app.session_state
@@ -153,7 +153,7 @@ def test_local_app_prune_page_refuses_a_non_empty_save_folder_at_once(tmp_path):
     target = tmp_path / "taken"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    app = _app_on_tiny_model(tmp_path, "views/prune.py")
+    app = _app_on_tiny_model(tmp_path, "app_pages/prune.py")
     next(t for t in app.text_input if t.label.startswith("Save the pruned model")).set_value(str(target))
     next(b for b in app.button if b.label == "Start pruning").click().run()
     assert "is not empty" in _errors(app) and "prune_job" not in app.session_state
@@ -165,7 +165,7 @@ def test_prune_page_reads_the_method_registry_and_keeps_every_setting():
 
     app = AppTest.from_file(APP, default_timeout=60)
     app.run()
-    app.switch_page("views/prune.py").run()
+    app.switch_page("app_pages/prune.py").run()
 
     def box(label):
         return next(s for s in app.selectbox if s.label == label)
@@ -176,8 +176,8 @@ def test_prune_page_reads_the_method_registry_and_keeps_every_setting():
     box("DSnoT sublayers").set_value("all").run()
     box("propagate").set_value("dense").run()
     next(t for t in app.text_input if t.label.startswith("Save the pruned model")).set_value("kept-folder").run()
-    app.switch_page("views/results.py").run()
-    app.switch_page("views/prune.py").run()
+    app.switch_page("app_pages/results.py").run()
+    app.switch_page("app_pages/prune.py").run()
     assert box("Method").value == "dsnot" and box("DSnoT sublayers").value == "all"
     assert box("propagate").value == "dense"
     assert next(t for t in app.text_input if t.label.startswith("Save the pruned model")).value == "kept-folder"
@@ -190,7 +190,7 @@ def test_the_prune_page_shows_the_chosen_methods_options_and_its_bases_from_the_
 
     app = AppTest.from_file(APP, default_timeout=60)
     app.run()
-    app.switch_page("views/prune.py").run()
+    app.switch_page("app_pages/prune.py").run()
     fixed = {"nsamples", "seqlen", "seed", "Eval windows per source"}
     for method, base in [("wanda", None), ("dsnot", "sparsegpt"), ("owl", "sparsegpt"), ("sparsegpt", None)]:
         next(s for s in app.selectbox if s.label == "Method").set_value(method).run()
@@ -211,7 +211,7 @@ def test_a_forgotten_job_is_explained_not_a_crash():
     app = AppTest.from_file(APP, default_timeout=60)
     app.session_state["prune_job"] = 10**9  # ended long ago and dropped from memory
     app.run()
-    app.switch_page("views/prune.py").run()
+    app.switch_page("app_pages/prune.py").run()
     assert not app.exception
     assert any("ended a while ago" in c.value for c in app.caption)
 
@@ -219,7 +219,7 @@ def test_a_forgotten_job_is_explained_not_a_crash():
 def test_the_model_page_lists_both_bundled_models_with_their_terms():
     app = AppTest.from_file(APP, default_timeout=60)
     app.run()
-    app.switch_page("views/model.py").run()
+    app.switch_page("app_pages/model.py").run()
     choice = next(s for s in app.selectbox if s.label == "Bundled model")
     assert choice.options == ["SmolLM2-135M-Instruct (smollm2-135m)", "Gemma 3 270M (gemma3-270m)"]
     assert any("Licence: apache-2.0." in c.value for c in app.caption)
@@ -247,7 +247,7 @@ def test_the_results_page_lists_the_runs_of_a_store_on_a_full_disk(small_tmpfs, 
     app = AppTest.from_file(APP, default_timeout=60)
     app.run()
     fill_disk(small_tmpfs)
-    app.switch_page("views/results.py").run()
+    app.switch_page("app_pages/results.py").run()
     assert not app.exception, app.exception
     assert app.dataframe[0].value["status"].tolist() == ["finished"]
     assert any("read-only" in w.value for w in app.warning)

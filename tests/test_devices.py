@@ -143,7 +143,7 @@ def test_a_quantized_load_lands_on_the_chosen_device(fake_cuda, monkeypatch, tmp
 def test_the_servers_cached_model_is_never_quantized(monkeypatch):
     """The Streamlit server's copy describes the model; a quantized one would hold GPU memory outside
     the job queue."""
-    import ui_cache
+    from app_ui import cache as ui_cache
 
     calls = []
     monkeypatch.setattr(ui_cache, "load_model", lambda spec, **kwargs: calls.append(kwargs) or object())

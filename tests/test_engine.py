@@ -8,7 +8,7 @@ import torch
 from calib_core.errors import ConfigError, InsufficientMemoryError, PruningCancelled
 from calib_core.models import decoder_blocks, prunable_modules, weight_matrix
 from calib_core.prune import PruneConfig, prune_model
-from tests.tiny import FAMILY_CONFIGS, random_ids, tiny_model
+from tests.tiny import FAMILY_CONFIGS, naive_block_by_block, random_ids, tiny_model
 
 
 def zero_fractions(model):
@@ -48,31 +48,14 @@ def test_nm_pattern_end_to_end(family):
 
 
 def naive_wanda(model, ids, sparsity):
-    """Independent reference: for each block, full-model forwards (through the already pruned
-    earlier blocks) with hooks on that block, then sort each row and zero the lowest scores."""
-    for block in decoder_blocks(model):
-        modules = prunable_modules(block)
-        sums = {name: 0.0 for name in modules}
-        handles = [
-            m.register_forward_hook(
-                lambda mod, inp, out, name=name: sums.__setitem__(
-                    name, sums[name] + inp[0].reshape(-1, inp[0].shape[-1]).double().pow(2).sum(0)
-                )
-            )
-            for name, m in modules.items()
-        ]
-        with torch.inference_mode():
-            for row in ids:
-                model(input_ids=row[None], use_cache=False)
-        for h in handles:
-            h.remove()
+    """Independent reference: sort each row of |W| * sqrt(scaler) stably and zero the lowest scores."""
+    def prune_block(modules, scaler):
         for name, module in modules.items():
             W = weight_matrix(module)
-            scores = W.abs().double() * torch.sqrt(sums[name] / len(ids))
-            k = int(W.shape[1] * sparsity)
-            order = torch.argsort(scores, dim=1, stable=True)[:, :k]
-            with torch.inference_mode():
-                W.scatter_(1, order, 0.0)
+            scores = W.abs().double() * torch.sqrt(scaler[name])
+            W.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :int(W.shape[1] * sparsity)], 0.0)
+
+    naive_block_by_block(model, ids, prune_block)
     return model
 
 

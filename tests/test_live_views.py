@@ -99,7 +99,7 @@ def _texts(elements) -> str:
 
 
 def test_an_out_of_range_number_says_so_and_blocks_the_run():
-    app = _app("views/prune.py")
+    app = _app("app_pages/prune.py")
     box = next(n for n in app.number_input if n.label == "nsamples")
     box.set_value(0).run()
     assert "nsamples must be from 1 to 2048; 0 is outside" in _texts(app.error)
@@ -112,7 +112,7 @@ def test_an_out_of_range_number_says_so_and_blocks_the_run():
 
 def test_saving_a_set_under_an_existing_name_asks_first():
     sets.save_set("mine", [{"text": "kept text"}])
-    app = _app("views/calibration.py")
+    app = _app("app_pages/calibration.py")
     next(t for t in app.text_input if t.label == "Save as set").set_value("mine").run()
     assert "set:mine already exists" in _texts(app.warning)
     assert next(b for b in app.button if b.label == "Save set").disabled
@@ -122,14 +122,14 @@ def test_saving_a_set_under_an_existing_name_asks_first():
 
 
 def test_an_invalid_self_generation_set_name_is_refused_before_generating():
-    app = _app("views/calibration.py")
+    app = _app("app_pages/calibration.py")
     next(t for t in app.text_input if t.key == "gen_name").set_value("../bad").run()
     assert "Invalid set name '../bad'" in _texts(app.error)
     assert next(b for b in app.button if b.label == "Generate").disabled
 
 
 def test_pasted_short_paragraphs_prune_in_concat_mode(tmp_path):
-    app = _app("views/calibration.py", tmp_path)
+    app = _app("app_pages/calibration.py", tmp_path)
     next(r for r in app.radio if r.label == "From").set_value("Paste text").run()
     pasted = "\n\n".join(f"Paragraph {i} is a short text about topic {i}." for i in range(12))
     app.text_area[0].set_value(pasted).run()
@@ -138,7 +138,7 @@ def test_pasted_short_paragraphs_prune_in_concat_mode(tmp_path):
     next(t for t in app.text_input if t.label == "Save as set").set_value("pasted").run()
     next(b for b in app.button if b.label == "Save set").click().run()
     assert app.session_state["calib_source"] == "set:pasted"
-    app.switch_page("views/prune.py").run()
+    app.switch_page("app_pages/prune.py").run()
     next(n for n in app.number_input if n.label == "nsamples").set_value(2)
     next(n for n in app.number_input if n.label == "seqlen").set_value(16)
     next(n for n in app.number_input if n.label == "Eval windows per source").set_value(1).run()
@@ -154,7 +154,7 @@ def test_a_new_tab_shows_the_running_job_with_its_cancel(tmp_path):
     deadline = time.time() + 300
     while job.status != "running" and time.time() < deadline:
         time.sleep(0.1)
-    app = _app("views/prune.py")  # a fresh session: nothing in its state
+    app = _app("app_pages/prune.py")  # a fresh session: nothing in its state
     assert f"Job {job.id} (wanda 0.5 on builtin:wiki): **running**" in _texts(app.markdown)
     next(b for b in app.button if b.label == "Cancel run").click().run()
     (tmp_path / "gate").touch()
@@ -176,7 +176,7 @@ def test_live_charts_draw_without_exports_and_can_be_switched_off(tmp_path):
     while not job.events_of("block") and time.time() < deadline:
         time.sleep(0.1)
     try:
-        app = _app("views/prune.py")
+        app = _app("app_pages/prune.py")
         assert any("Per-block sparsity" in c.proto.spec for c in app.get("plotly_chart"))
         # a chart still filling up offers no export of its partial data
         assert not [b for b in app.get("download_button") if b.proto.label in ("HTML", "CSV")]
@@ -196,17 +196,17 @@ def one_block_then_result(job, result: dict):
 def test_a_fresh_prune_tab_shows_the_last_run_and_no_empty_charts_for_a_run_without_blocks():
     first = _wait(manager().submit("wanda 0.5 on builtin:wiki", one_block_then_result,
                                    {"perplexity": [], "run_id": 1}, kind="prune"))
-    app = _app("views/prune.py")  # a new session: it shows the last run, with the chart of its block
+    app = _app("app_pages/prune.py")  # a new session: it shows the last run, with the chart of its block
     assert f"Job {first.id} (wanda 0.5 on builtin:wiki): **finished**" in _texts(app.markdown)
     assert any("Per-block sparsity" in c.proto.spec for c in app.get("plotly_chart"))
     failed = _wait(manager().submit("wanda 0.5 on builtin:wiki", fails, RuntimeError("no model here"), kind="prune"))
-    app = _app("views/prune.py")
+    app = _app("app_pages/prune.py")
     assert f"Job {failed.id} (wanda 0.5 on builtin:wiki): **failed**" in _texts(app.markdown)
     assert "no model here" in _texts(app.error) and not app.get("plotly_chart")
 
 
 def test_results_label_runs_link_comparisons_and_draw_the_dense_baseline(tmp_path):
-    app = _app("views/prune.py", tmp_path)
+    app = _app("app_pages/prune.py", tmp_path)
     next(n for n in app.number_input if n.label == "nsamples").set_value(2)
     next(n for n in app.number_input if n.label == "seqlen").set_value(16)
     next(n for n in app.number_input if n.label == "Eval windows per source").set_value(1).run()
@@ -214,7 +214,7 @@ def test_results_label_runs_link_comparisons_and_draw_the_dense_baseline(tmp_pat
     first = _wait(manager().get(app.session_state["prune_job"]))
     assert first.status == "finished", first.error
     run_id = first.result["run_id"]
-    app.switch_page("views/results.py").run()
+    app.switch_page("app_pages/results.py").run()
     bars = next(c for c in app.get("plotly_chart") if "Perplexity per run" in c.proto.spec)
     assert f"#{run_id} wanda 0.5" in bars.proto.spec and "2x16 seed 0" in bars.proto.spec
     next(b for b in app.button if b.label == "Measure the dense model on this evaluation").click().run()
@@ -230,7 +230,7 @@ def test_results_label_runs_link_comparisons_and_draw_the_dense_baseline(tmp_pat
     linked = AppTest.from_file(APP, default_timeout=120)
     linked.query_params["runs"] = str(run_id)
     linked.run()
-    linked.switch_page("views/results.py").run()
+    linked.switch_page("app_pages/results.py").run()
     assert not linked.exception
     assert next(m for m in linked.multiselect if m.label == "Runs").value == [run_id]
     assert any("Per-block sparsity" in c.proto.spec for c in linked.get("plotly_chart"))
@@ -258,7 +258,7 @@ def test_the_dense_baseline_is_only_one_evaluated_the_same_way():
 
 
 class _Tab:
-    """A browser tab as ui_live sees it: its own session state."""
+    """A browser tab as app_ui.live sees it: its own session state."""
 
     def __init__(self):
         self.session_state = {}
@@ -274,7 +274,7 @@ class _RunningJob:
 
 
 def test_tabs_watching_one_job_share_the_chart_redraws(tmp_path, monkeypatch):
-    import ui_live
+    from app_ui import live as ui_live
 
     clock = [1000.0]
     monkeypatch.setattr(ui_live.time, "monotonic", lambda: clock[0])
@@ -334,7 +334,7 @@ def test_every_page_the_sidebar_trusts_to_follow_a_job_does_follow_it():
     live_view for that kind, whatever else it shows."""
     import re
 
-    from ui_live import LIVE_KINDS
+    from app_ui.live import LIVE_KINDS
 
     for page, kind in LIVE_KINDS.items():
         view = (Path(APP).parent / "views" / f"{page}.py").read_text()

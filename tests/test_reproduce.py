@@ -12,7 +12,7 @@ from calib_core.experiments.report import report_caveats, write_report
 from calib_core.runs import RunStore
 from calib_core.data.sets import save_set
 from calib_core.data.selfgen import GenerationConfig
-from calib_core.experiments.figures import export, nsamples_band, seed_violins, source_bars, spread_chart
+from calib_core.experiments.sweep_figures import export, nsamples_band, seed_violins, source_bars, spread_chart
 from calib_core.experiments.stats import runs_frame, spread_by_setting, summarize, welch_test
 from tests.tiny import save_tiny_folder
 from tests.conftest import PLOTLY_JS_MARKER
@@ -175,3 +175,14 @@ def test_cli_reproduce_dry_run(tmp_path, capsys):
     assert cli_main(["reproduce", "--dry-run", "--seeds", "2"]) == 0
     out = capsys.readouterr().out
     assert out.strip().endswith("points finished") and out.count("todo") > 50
+
+
+def test_the_reproduction_takes_another_method_for_q1_q2_and_the_evaluation_check(capsys):
+    settings = ReproSettings(method="ria")
+    questions = settings.questions()
+    for name in ("q1", "q2", "eval_check"):
+        assert {p.config.method for p in questions[name]} == {"ria"}, name
+    assert {p.config.method for p in questions["q4"]} == set(settings.selfgen_methods)  # the paper's own Q4 methods
+    assert ReproSettings().grid().points()[0].key != settings.grid().points()[0].key
+    assert cli_main(["reproduce", "--dry-run", "--seeds", "1", "--method", "ria"]) == 0
+    assert " ria 0.5 on builtin:" in capsys.readouterr().out

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from calib_core.cli import main as cli_main
-from calib_core.models import decoder_blocks, prunable_modules, weight_matrix
+from calib_core.models import weight_matrix
 from calib_core.prune import PruneConfig, prune_model
 from calib_core.prune.masks import UNSTRUCTURED, Pattern
 from calib_core.prune.ria import ria_mask
 from calib_core.prune.stats import InputStats
-from tests.tiny import random_ids, save_tiny_folder, tiny_model
+from tests.tiny import naive_block_by_block, random_ids, save_tiny_folder, tiny_model
 
 
 def _stats(X: torch.Tensor, samples: int = 4) -> InputStats:
@@ -116,28 +116,16 @@ def test_ria_nm_with_and_without_channel_reallocation(n, m):
 
 
 def naive_ria(model, ids, sparsity):
-    """Block by block: full-model forwards through the already pruned blocks, hooks summing each Linear's
-    squared inputs per sample, then the authors' score and matrix threshold."""
-    for block in decoder_blocks(model):
-        modules = prunable_modules(block)
-        sums = {name: 0.0 for name in modules}
-        handles = [m.register_forward_hook(lambda mod, inp, out, name=name: sums.__setitem__(
-            name, sums[name] + inp[0].double().reshape(-1, inp[0].shape[-1]).pow(2).sum(0)))
-            for name, m in modules.items()]
-        with torch.inference_mode():
-            for row in ids:
-                model(input_ids=row[None], use_cache=False)
-        for h in handles:
-            h.remove()
+    """The authors' score and matrix threshold in float64, block by block (tests/tiny.naive_block_by_block)."""
+    def prune_block(modules, scaler):
         for name, module in modules.items():
             W = weight_matrix(module)
             magnitude = W.abs().double()
             scores = (magnitude / magnitude.sum(0) + magnitude / magnitude.sum(1, keepdim=True)) \
-                * torch.sqrt(sums[name] / len(ids)) ** 0.5
-            thresh = torch.sort(scores.flatten())[0][int(W.numel() * sparsity)]
-            with torch.inference_mode():
-                W[scores <= thresh] = 0.0
-    return model
+                * torch.sqrt(scaler[name]) ** 0.5
+            W[scores <= torch.sort(scores.flatten())[0][int(W.numel() * sparsity)]] = 0.0
+
+    naive_block_by_block(model, ids, prune_block)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

@@ -183,7 +183,7 @@ def test_the_results_page_shows_a_saved_model_and_how_to_remake_an_unsaved_one(t
     app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120)
     app.query_params["run"] = str(saved_run["run_id"])
     app.run()
-    app.switch_page("views/results.py").run()
+    app.switch_page("app_pages/results.py").run()
     assert not app.exception
     shown = " ".join(m.value for m in app.markdown)
     assert f"`{tmp_path / 'saved'}`" in shown and "reloads with identical weights and logits" in shown

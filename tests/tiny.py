@@ -73,3 +73,25 @@ def save_tiny_folder(path, model_type: str = "llama"):
     tiny_model(model_type).save_pretrained(path)
     char_tokenizer().save_pretrained(path)
     return path
+
+
+def naive_block_by_block(model, ids, prune_block) -> None:
+    """An independent reference of the layer-wise loop: for each block, full-model forwards (through the
+    already pruned earlier blocks, one sample each) with hooks summing each Linear's squared inputs per
+    feature, then `prune_block(modules, scaler)` with scaler = that sum / number of samples (Wanda's and
+    RIA's `scaler_row`), in float64."""
+    from calib_core.models import decoder_blocks, prunable_modules
+
+    for block in decoder_blocks(model):
+        modules = prunable_modules(block)
+        sums = {name: 0.0 for name in modules}
+        handles = [module.register_forward_hook(lambda mod, inp, out, name=name: sums.__setitem__(
+            name, sums[name] + inp[0].reshape(-1, inp[0].shape[-1]).double().pow(2).sum(0)))
+            for name, module in modules.items()]
+        with torch.inference_mode():
+            for row in ids:
+                model(input_ids=row[None], use_cache=False)
+        for handle in handles:
+            handle.remove()
+        with torch.inference_mode():
+            prune_block(modules, {name: total / len(ids) for name, total in sums.items()})

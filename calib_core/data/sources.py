@@ -37,7 +37,14 @@ from .text_files import LazyText, detect_text_column, iter_file_documents, too_l
 from .tokens import Pool, ReadLimits, read_pool
 
 BUILTIN_SOURCES = tuple(f"builtin:{name}" for name in assets.BUILTIN_CORPORA)
-MODES = ("document", "concat", "document_pad")
+# How calibration windows are drawn (build_calibration), each with the help every front end shows.
+MODES = {
+    "document": "a random window of one document longer than seqlen",
+    "concat": "windows of all texts joined with the concat separator (a blank line by default; the authors' "
+              "Wanda code joins self-generated texts with ' ')",
+    "document_pad": "a whole text with more than seqlen - 3 tokens, right-padded with token id 0 (the authors' "
+                    "OWL/DSnoT code for self-generated data)",
+}
 DEFAULT_CONCAT_SEPARATOR = "\n\n"
 # document_pad copies the authors' OWL/DSnoT loader: texts need more than seqlen - 3 tokens, and short
 # ones are padded with id 0 whatever token that is (the pad tokens are fed to the model like any other).

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import figures as sweep_figures
+from . import sweep_figures
 from ..data.sources import eligibility_floor
 from ..errors import CalibLabError, MissingDependencyError, NotEnoughDataError
 from .reproduce import (
@@ -115,7 +115,7 @@ def write_report(settings: ReproSettings, store, out: str | Path = "docs/results
     report = _Report(out)
     findings: list[str] = []
     _header_section(report, settings, everything, command)
-    wanda = frame[frame["method"] == "wanda"]
+    wanda = frame[frame["method"] == settings.method]
     q1 = wanda[(wanda["nsamples"] == settings.nsamples) & wanda["calibration"].isin(settings.sources)]
     order = sorted(q1["setting"].unique(), key=setting_sort_key)
     _q1_section(report, settings, store, frame, q1, order, findings)
@@ -179,9 +179,9 @@ def _header_section(report: _Report, settings: ReproSettings, everything: pd.Dat
 
 def _q1_section(report: _Report, settings: ReproSettings, store, frame: pd.DataFrame, q1: pd.DataFrame,
                 order: list[str], findings: list[str]) -> None:
-    """Spread across calibration sources (Wanda), against magnitude pruning."""
+    """Spread across calibration sources (the reproduction's method, Wanda by default), against magnitude pruning."""
     magnitude = summarize(frame[frame["method"] == "magnitude"], ["setting"], PPL)
-    report.add("## Q1: spread across calibration sources (Wanda)", "",
+    report.add(f"## Q1: spread across calibration sources ({_title(settings.method)})", "",
                "Mean ± std (seeds) of `ppl`; magnitude pruning (no calibration data) as reference.", "")
     if not q1.empty:
         stats = summarize(q1, ["calibration", "setting"], PPL)
@@ -189,7 +189,7 @@ def _q1_section(report: _Report, settings: ReproSettings, store, frame: pd.DataF
         dense = ensure_dense_reference(settings, store)
         report.add(f"Dense (unpruned) model: {dense['ppl']:.2f}. Magnitude: "
                    + ", ".join(f"{r.setting} {r.mean:.1f}" for r in magnitude.itertuples()) + ".", "")
-        spread = spread_by_setting(q1, PPL, "wanda")
+        spread = spread_by_setting(q1, PPL, settings.method)
         report.add(spread.to_markdown(index=False, floatfmt=".3f"), "")
         tests = []
         for row in spread[spread["sources"] >= 2].itertuples():
@@ -200,8 +200,8 @@ def _q1_section(report: _Report, settings: ReproSettings, store, frame: pd.DataF
                 tests.append(f"- {row.setting}: {exc}")
         report.add("Best vs worst source, Welch t-test per setting:", "", *tests, "")
         report.figure("q1_sources", lambda: sweep_figures.source_bars(frame[frame["nsamples"].isin(
-            [0, settings.nsamples])], "wanda"), "Wanda ppl by calibration source per setting")
-        report.figure("q1_spread", lambda: sweep_figures.spread_chart(q1, "wanda"), "spread vs sparsity")
+            [0, settings.nsamples])], settings.method), f"{_title(settings.method)} ppl by calibration source per setting")
+        report.figure("q1_spread", lambda: sweep_figures.spread_chart(q1, settings.method), "spread vs sparsity")
         rel = dict(zip(spread["setting"], spread["relative spread"]))
         unstructured = [rel[s] for s in ("50%", "60%", "70%") if s in rel]
         if len(unstructured) == 3 and {"4:8", "2:4"} <= set(rel):
@@ -224,12 +224,12 @@ def _q1_section(report: _Report, settings: ReproSettings, store, frame: pd.DataF
 
 def _q2_section(report: _Report, settings: ReproSettings, wanda: pd.DataFrame, findings: list[str]) -> None:
     """Mean and std against the number of calibration samples."""
-    report.add("## Q2: mean and std against the number of calibration samples (Wanda 50%)", "")
+    report.add(f"## Q2: mean and std against the number of calibration samples ({_title(settings.method)} 50%)", "")
     curve = wanda[(wanda["setting"] == "50%") & wanda["calibration"].isin(settings.curve_sources)]
     if curve["nsamples"].nunique() >= 2:
         stats = summarize(curve, ["calibration", "nsamples"], PPL).sort_values(["calibration", "nsamples"])
         report.add(stats.to_markdown(index=False, floatfmt=".3f"), "")
-        report.figure("q2_nsamples", lambda: sweep_figures.nsamples_band(curve, "wanda", "50%"),
+        report.figure("q2_nsamples", lambda: sweep_figures.nsamples_band(curve, settings.method, "50%"),
                       "mean ± std vs calibration samples")
         for source, group in stats.groupby("calibration"):
             group = group[group["n"] >= 2]
@@ -272,7 +272,7 @@ def _q3_section(report: _Report, settings: ReproSettings, similarity: dict | Non
         report.add("Min-K%++ (K = 50%) of the dense model on up to "
                    f"{settings.similarity_texts} windows of {settings.seqlen} tokens per source, drawn as calibration draws them, "
                    "with the tokenizer's special tokens (higher = more training-like), and each source's "
-                   "rank by Wanda `ppl` per setting (1 = best):", "",
+                   f"rank by {_title(settings.method)} `ppl` per setting (1 = best):", "",
                    table.sort_values("Min-K%++ mean", ascending=False).to_markdown(floatfmt=".3f"), "")
         builtin = sim[sim["calibration"].isin(means.index)].set_index("calibration")["Min-K%++ mean"]
         rhos = {s: builtin.corr(means[s].loc[builtin.index], method="spearman") for s in order}
@@ -346,10 +346,10 @@ def _eval_check_section(report: _Report, settings: ReproSettings, everything: pd
     """Q1 at a few settings on the main eval and on more windows, side by side: ranks and verdicts."""
     small, big = settings.eval_windows, settings.eval_check_windows
     labels = [setting_label({"pattern": s} if isinstance(s, str) else {"sparsity": s}) for s in settings.eval_check_settings]
-    wanda = everything[(everything["method"] == "wanda") & (everything["nsamples"] == settings.nsamples)
+    wanda = everything[(everything["method"] == settings.method) & (everything["nsamples"] == settings.nsamples)
                        & everything["calibration"].isin(settings.sources) & everything["setting"].isin(labels)]
     report.add(f"## Evaluation size: Q1 on {small} vs {big} windows per domain", "",
-               f"The same Wanda points ({', '.join(labels)}; {len(settings.sources)} sources, {settings.seeds} seeds) "
+               f"The same {_title(settings.method)} points ({', '.join(labels)}; {len(settings.sources)} sources, {settings.seeds} seeds) "
                f"evaluated on {small} and on {big} held-out windows of {settings.seqlen} tokens per domain.", "")
     parts = {n: wanda[wanda["eval_windows"] == n] for n in (small, big)}
     if parts[big].empty or parts[small].empty:
@@ -365,7 +365,7 @@ def _eval_check_section(report: _Report, settings: ReproSettings, everything: pd
         for n, part in parts.items():
             data = part[part["setting"] == label]
             ranks = _source_ranks(data)[label] if not data.empty else None
-            spread = spread_by_setting(data, PPL, "wanda").iloc[0] if not data.empty else None
+            spread = spread_by_setting(data, PPL, settings.method).iloc[0] if not data.empty else None
             try:
                 test = welch_test(data, spread["best"], spread["worst"])
                 verdict = "beyond noise" if test.p < ALPHA else "within noise"
@@ -422,3 +422,8 @@ def _changes_section(report: _Report, settings: ReproSettings, previous: pd.Data
                          f"{builtin.idxmin()} {builtin.min():.2f}, {'lower' if beats else 'not lower'}")
         report.add(f"- Does self-generated data beat every builtin source for {method}? " + "; ".join(lines) + ".")
     report.add("")
+
+
+def _title(method: str) -> str:
+    """A method's name in prose: the paper's spelling for the paper's Wanda, the registry's otherwise."""
+    return "Wanda" if method == "wanda" else f"`{method}`"

@@ -64,6 +64,7 @@ PAPER_SELFGEN_SAMPLING = {"wanda": ["concat", " "], "dsnot": ["document_pad", DE
 @dataclass
 class ReproSettings:
     model: str = assets.DEFAULT_MODEL
+    method: str = "wanda"  # the method of Q1, Q2 and the evaluation check (the paper's: Wanda); any registry method
     seeds: int = 5
     nsamples: int = 16
     seqlen: int = 512
@@ -93,7 +94,7 @@ class ReproSettings:
         return f"set:{self.selfgen_name}"
 
     def grid(self, **overrides) -> SweepGrid:
-        base = dict(name=self.name, model=self.model, calibration=self.sources, methods=["wanda"],
+        base = dict(name=self.name, model=self.model, calibration=self.sources, methods=[self.method],
                     sparsities=self.settings, nsamples=[self.nsamples], seqlen=self.seqlen,
                     seeds=list(range(self.seeds)), eval=self.eval, eval_windows=self.eval_windows, mode=self.mode)
         base.update(overrides)

@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..errors import ConfigError, MissingDependencyError, NotEnoughDataError, OutputError
+from ..errors import ConfigError, MissingDependencyError, NotEnoughDataError
 from ..files import atomic_file
 from .stats import PPL, setting_sort_key, spread_by_setting, summarize
 
@@ -128,6 +128,9 @@ def sweep_figures(frame: pd.DataFrame, method: str, setting: str | None = None, 
     return figures, missing
 
 
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")  # looked up on PATH for PNG export
+
+
 def export(fig: go.Figure, path: str | os.PathLike, width: int = 1100, height: int | None = None) -> Path:
     """Write `fig` as .html (plotly.js embedded, readable offline) or .png (needs kaleido and a
     Chrome/Chromium; a system chromium is used when present)."""
@@ -140,19 +143,44 @@ def export(fig: go.Figure, path: str | os.PathLike, width: int = 1100, height: i
     if path.suffix != ".png":
         raise ConfigError(f"Export to .html or .png, not '{path.suffix}'.")
     try:
-        import kaleido  # noqa: F401
+        import kaleido
     except ImportError as exc:
         raise MissingDependencyError("PNG export needs kaleido: pip install kaleido (and a Chrome or Chromium).") from exc
-    if not os.environ.get("BROWSER_PATH"):
-        system = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-        if system:
-            os.environ["BROWSER_PATH"] = system
+    # A system chromium when the user named none; passed to this export only, not set process-wide.
+    browser = os.environ.get("BROWSER_PATH") or next(filter(None, map(shutil.which, BROWSERS)), None)
     try:
-        with atomic_file(path) as tmp:
-            fig.write_image(tmp, format="png", width=width, height=height or fig.layout.height or 420)
-    except OutputError:
-        raise
+        png = kaleido.calc_fig_sync(fig, opts={"format": "png", "width": width,
+                                               "height": height or fig.layout.height or 420},
+                                    kopts={"path": browser} if browser else None)
     except Exception as exc:  # kaleido reports a missing browser in several ways
         raise MissingDependencyError(f"PNG export failed ({exc}). Kaleido needs Chrome/Chromium: install chromium, or set "
-                          f"BROWSER_PATH to a Chrome binary; HTML export works without it.") from exc
+                                     f"BROWSER_PATH to a Chrome binary; HTML export works without it.") from exc
+    with atomic_file(path) as tmp:
+        Path(tmp).write_bytes(png)
     return path
+
+
+def export_sweep(frame: pd.DataFrame, folder: str | os.PathLike, methods: list[str] | None = None,
+                 formats: tuple[str, ...] = ("html", "png"), metric: str = PPL, **view) -> tuple[list[Path], list[str]]:
+    """A sweep's `summary.csv` and each method's figures (`sweep_figures`, with `metric` and `view`: its
+    setting, nsamples, relative) in `formats`, in `folder`; the CLI's `sweep --export` and the Sweeps
+    page both export this way. Returns the files written and notes: views a method lacks data for,
+    and why PNG was skipped (kaleido or no browser) after its first failure, the rest going on."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_file(folder / "summary.csv") as tmp:
+        summarize(frame, ["method", "setting", "calibration", "nsamples"], metric).to_csv(tmp, index=False)
+    written, notes, png_failed = [folder / "summary.csv"], [], False
+    for method in methods or sorted(frame["method"].unique()):
+        figures, missing = sweep_figures(frame, method, metric=metric, **view)
+        notes += [f"{method} {reason}" for reason in missing]
+        for view, fig in figures.items():
+            for suffix in formats:
+                if suffix == "png" and png_failed:
+                    continue
+                try:
+                    written.append(export(fig, folder / f"{method}-{view}.{suffix}"))
+                except MissingDependencyError as exc:
+                    png_failed = True
+                    notes.append(f"PNG skipped: {exc}")
+    return written, notes
