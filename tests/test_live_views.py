@@ -334,8 +334,10 @@ def test_every_page_the_sidebar_trusts_to_follow_a_job_does_follow_it():
     live_view for that kind, whatever else it shows."""
     import re
 
-    from app_ui.live import LIVE_KINDS
+    from app_ui.live import LIVE_KINDS, page_kind
 
     for page, kind in LIVE_KINDS.items():
-        view = (Path(APP).parent / "views" / f"{page}.py").read_text()
-        assert re.search(rf'live_view\("\w+", "{kind}"', view), page
+        path = Path(APP).parent / "app_pages" / f"{page}.py"
+        view = path.read_text()
+        assert page_kind(str(path)) == kind
+        assert "KIND = page_kind(__file__)" in view and re.search(r'live_view\("\w+", KIND', view), page
