@@ -1,4 +1,4 @@
-"""Moved in 0.x: the run is now `calib_core.runs` (spec, pipeline, evaluate). This shim keeps the old
+"""Moved after 0.1.0: the run is now `calib_core.runs` (spec, pipeline, evaluate). This shim keeps the old
 names for one release, for scripts and for jobs queued before an upgrade (their pickles name
 `calib_core.pipeline.PruneJob`): `PruneJob` -> `runs.spec.RunSpec` (evaluation fields now in its
 `EvalSpec`), `run_prune_job` -> `runs.pipeline.run_prune`, `job_of_record` -> `runs.spec.spec_of_record`.

@@ -86,6 +86,18 @@ def test_unstructured_ria_is_the_authors_matrix_threshold_ties_included(sparsity
     assert int(mask.sum()) >= int(W.numel() * sparsity) + 1  # k + 1 and the ties, as their `<=` does
 
 
+def test_ria_scores_made_a_few_rows_at_a_time_equal_the_whole_matrix(monkeypatch):
+    import calib_core.prune.masks as masks
+
+    torch.manual_seed(3)
+    W, X = torch.randn(37, 24), torch.randn(30, 24)
+    whole = ria_mask(W, _stats(X), 0.5, UNSTRUCTURED)
+    monkeypatch.setattr(masks, "ROW_CHUNK_ELEMENTS", 5 * 24)  # 8 chunks, the last one short
+    assert len(masks.row_chunks(37, 24)) == 8
+    assert torch.equal(ria_mask(W, _stats(X), 0.5, UNSTRUCTURED), whole)
+    assert torch.equal(whole, loop_threshold(loop_scores(W, X), 0.5))
+
+
 def test_ria_prunes_every_score_tied_at_the_threshold():
     W = torch.ones(4, 8)  # every score equal: `<=` prunes everything
     mask = ria_mask(W, _stats(torch.ones(8, 8)), 0.5, UNSTRUCTURED)

@@ -26,17 +26,24 @@ from __future__ import annotations
 
 import torch
 
-from .masks import Pattern, lowest_n_of_m, lowest_per_row
+from .masks import Pattern, lowest_n_of_m, lowest_per_row, row_chunks
 from .stats import InputStats
 
 DEFAULT_A = 0.5  # the authors' main.py default
 
 
 def ria_scores(weight: torch.Tensor, stats: InputStats, a: float = DEFAULT_A) -> torch.Tensor:
-    """RI_ij * sqrt(s_j) ** a for the whole matrix (its column sums need every row), in fp32."""
-    magnitude = weight.abs().float()
-    relative = magnitude / magnitude.sum(0, keepdim=True) + magnitude / magnitude.sum(1, keepdim=True)
-    return relative.mul_(stats.feature_norm().pow(a).unsqueeze(0))
+    """RI_ij * sqrt(s_j) ** a for the whole matrix, in fp32: the one full-size array a matrix-wide
+    threshold needs; the column sums and each row's terms are made a few rows at a time."""
+    columns = torch.zeros(weight.shape[1], dtype=torch.float32, device=weight.device)
+    for rows in row_chunks(*weight.shape):
+        columns += weight[rows].abs().float().sum(0)
+    activation = stats.feature_norm().pow(a)
+    scores = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
+    for rows in row_chunks(*weight.shape):
+        magnitude = weight[rows].abs().float()
+        scores[rows] = (magnitude / columns + magnitude / magnitude.sum(1, keepdim=True)) * activation
+    return scores
 
 
 def threshold_selection(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
