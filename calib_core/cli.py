@@ -63,6 +63,37 @@ def _add_method_args(parser):
                             default=option.default, help=option.help + bounds, **kind)
 
 
+def _add_strategy_args(parser):
+    """--strategy and every strategy setting as a flag (None: the strategy's default)."""
+    from .data.strategies import STRATEGIES
+
+    parser.add_argument("--strategy", default="random", choices=list(STRATEGIES),
+                        help="how the calibration windows are chosen; " + "; ".join(
+                            f"{s.name}: {s.summary}" for s in STRATEGIES.values()))
+    seen = {}
+    for strategy in STRATEGIES.values():
+        for setting in strategy.settings:
+            seen.setdefault(setting.name, (setting, []))[1].append(strategy.name)
+    for setting, owners in seen.values():
+        kind = {"choices": list(setting.choices)} if setting.choices else {"type": type(setting.default)}
+        parser.add_argument(setting.flag, dest=f"strategy_{setting.name}", default=None, **kind,
+                            help=f"{'/'.join(owners)}: {setting.help} (default {setting.default})")
+
+
+def _strategy_options(args) -> dict:
+    """The chosen --strategy's settings given on the command line that differ from its defaults (a flag of
+    another strategy: an error)."""
+    from .data.strategies import STRATEGIES, check_strategy, non_default
+    from .errors import ConfigError
+
+    own = {s.name for s in STRATEGIES[args.strategy].settings}
+    given = {k[len("strategy_"):]: v for k, v in vars(args).items() if k.startswith("strategy_") and v is not None}
+    foreign = sorted(set(given) - own)
+    if foreign:
+        raise ConfigError(f"--{foreign[0].replace('_', '-')} is not a setting of strategy {args.strategy}.")
+    return non_default(args.strategy, check_strategy(args.strategy, given, getattr(args, "nsamples", None)))
+
+
 def _method_config(args) -> PruneConfig:
     return PruneConfig(method=args.method, sparsity=args.sparsity, pattern=args.pattern, base=args.base,
                        device=args.device, **{o.field: getattr(args, o.field) for o in all_options()})
@@ -171,6 +202,7 @@ def _prune_parser(sub) -> None:
     prune.add_argument("--seqlen", type=int, default=2048)
     prune.add_argument("--seed", type=int, default=0)
     _add_sampling_args(prune, "document")
+    _add_strategy_args(prune)
     prune.add_argument("--text-column", default=None)
     _add_eval_args(prune)
     _add_lm_eval_args(prune)
@@ -206,7 +238,8 @@ def run_spec(args):
         model=args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
         calib=args.calib if config.needs_calibration or args.calib else None, nsamples=args.nsamples,
         seqlen=args.seqlen, seed=args.seed, mode=args.mode, concat_separator=args.concat_separator,
-        text_column=args.text_column, config=config, evaluation=_eval_spec(args, args.cloze), save=args.save,
+        text_column=args.text_column, strategy=args.strategy, strategy_options=_strategy_options(args),
+        config=config, evaluation=_eval_spec(args, args.cloze), save=args.save,
         overwrite=args.overwrite, push_to_hub=args.push_to_hub, stream=args.stream, report=args.report,
     )
 
@@ -290,6 +323,13 @@ def _calib_parser(sub) -> None:
     calib.add_argument("--text-column", default=None)
     calib.add_argument("--limit", type=int, default=None, help="at most this many documents (plain sets)")
     calib.add_argument("--generate", action="store_true", help="self-generate from prefixes of --source")
+    calib.add_argument("--windows", action="store_true",
+                       help="save --nsamples windows of --seqlen tokens chosen by --strategy (implied by a --strategy "
+                            "other than random); a run with the same tokenizer and seqlen uses them as they are")
+    calib.add_argument("--nsamples", type=int, default=128, help="windows (--windows)")
+    calib.add_argument("--seqlen", type=int, default=2048, help="tokens per window (--windows)")
+    _add_sampling_args(calib, "document")
+    _add_strategy_args(calib)
     calib.add_argument("--quantization", choices=["8bit", "4bit"], default=None,
                        help="load the generator through bitsandbytes")
     calib.add_argument("--texts", type=int, default=64)
@@ -310,6 +350,13 @@ def _cmd_calib(args) -> int:
     from .data import sets
     from .data.sources import load_documents
 
+    if args.generate and (args.windows or args.strategy != "random"):
+        from .errors import ConfigError
+
+        raise ConfigError("--generate (prefix self-generation) and --strategy/--windows are two ways to build a set; "
+                          "pick one (the self-calibration strategy generates from BOS).")
+    if args.windows or args.strategy != "random":
+        return _save_windows(args)
     if not args.generate:
         docs = load_documents(args.source, part="calib", limit=args.limit, text_column=args.text_column)
         path = sets.save_set(args.name, [{"text": d} for d in docs], {"kind": "source", "source": args.source})
@@ -341,6 +388,25 @@ def _cmd_calib(args) -> int:
           f"(ppl < {result.threshold if result.threshold is None else round(result.threshold, 2)})")
     longer = ", ".join(f"{n} > {length}" for length, n in result.metadata["kept_texts_longer_than"].items())
     print(f"kept texts longer than N tokens: {longer}")
+    return 0
+
+
+def _save_windows(args) -> int:
+    from .data import sets
+    from .data.strategies import STRATEGIES, build_strategy_calibration, describe_strategy
+
+    options = _strategy_options(args)
+    sets.check_name(args.name)
+    loaded, _ = _load(args, place=True)
+    calibration = build_strategy_calibration(
+        args.source, loaded.tokenizer, args.nsamples, args.seqlen, args.seed, args.mode, args.strategy, options,
+        loaded.model if STRATEGIES[args.strategy].needs_model else None, args.text_column, args.concat_separator)
+    path = sets.save_windows(args.name, calibration, loaded.tokenizer, args.model)
+    strategy = calibration.strategy or {}
+    took = f" in {strategy['seconds']:.1f} s" if strategy else ""
+    print(f"saved {calibration.nsamples} windows x {calibration.seqlen} tokens of {args.source} chosen by "
+          f"{describe_strategy(args.strategy, options)}{took} as set:{args.name} ({path}); fingerprint "
+          f"{calibration.fingerprint}")
     return 0
 
 

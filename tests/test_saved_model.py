@@ -108,7 +108,8 @@ def test_the_reload_check_says_when_a_second_copy_does_not_fit(tmp_path, monkeyp
 
 def test_the_reproduce_command_parses_back_to_the_same_job():
     job = RunSpec(model="some/model", dtype="bfloat16", calib="set:mine", nsamples=64, seqlen=512, seed=3,
-                  mode="concat", concat_separator="\n\n--\n", save="/tmp/out",
+                  mode="concat", concat_separator="\n\n--\n", save="/tmp/out", strategy="activation-kmeans",
+                  strategy_options={"kmeans_dim": 16, "pool_factor": 4},
                   config=PruneConfig(device="cpu", method="owl", base="sparsegpt", sparsity=0.7, owl_m=7.0,
                                      owl_lambda=0.1, sparsegpt_blocksize=64).resolved(),
                   evaluation=EvalSpec(["builtin:wiki", "builtin:news"], windows=8, protocol="wikitext2"))

@@ -57,6 +57,28 @@ def set_texts(name: str) -> list[str]:
     return [r["text"] for r in load_set(name)["records"] if r.get("kept", True)]
 
 
+def save_windows(name: str, calibration, tokenizer, model_name: str = "") -> Path:
+    """A set of calibration windows (a strategy's choice, or a seeded draw): each record holds the window's
+    text and its token ids, so a run with the same tokenizer and seqlen uses the ids as they are."""
+    records = [{"text": tokenizer.decode(row[:length]), "input_ids": row[:length]}
+               for row, length in zip(calibration.input_ids.tolist(), calibration.unpadded_lengths)]
+    metadata = {"kind": "windows", "model": model_name, "tokenizer": calibration.tokenizer,
+                "seqlen": calibration.seqlen, "calibration": calibration.describe()}
+    return save_set(name, records, metadata)
+
+
+def set_windows(name: str, tokenizer_name: str, seqlen: int):
+    """A windows set's token ids as rows of seqlen (padded rows right-padded with `pad_id` of its draw), or
+    None when the set holds texts, or windows of another tokenizer or length (then its texts are drawn)."""
+    data = load_set(name)
+    meta = data.get("metadata") or {}
+    if meta.get("kind") != "windows" or meta.get("tokenizer") != tokenizer_name or meta.get("seqlen") != seqlen:
+        return None
+    pad = (meta.get("calibration") or {}).get("pad_id") or 0
+    rows = [r["input_ids"] for r in data["records"]]
+    return [row + [pad] * (seqlen - len(row)) for row in rows], [len(row) for row in rows], meta["calibration"]
+
+
 def list_sets() -> list[str]:
     return sorted(p.stem for p in sets_dir().glob("*.json"))
 

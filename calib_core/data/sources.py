@@ -6,6 +6,7 @@ A source is a spec string:
   file:PATH                         .txt (one document), .jsonl, .json, .csv, .parquet (a text column)
   set:NAME                          a saved calibration set
   tokens:PATH                       a .pt/.npy [nsamples, seqlen] tensor of token ids, used as is
+  mix:SOURCE=W,SOURCE=W[,random=F]  several sources by weight, optionally random-token rows (see mix.py)
 
 Sampling modes (all seeded, so (source, nsamples, seqlen, seed, tokenizer) fixes the samples):
   document      a random document with more than seqlen tokens, a random seqlen window of it
@@ -33,6 +34,7 @@ import torch
 from .. import assets, hub
 from . import sets
 from ..errors import InsufficientMemoryError, SourceError
+from .mix import parse_mix, random_token_rows
 from .text_files import LazyText, detect_text_column, iter_file_documents, too_large_to_list
 from .tokens import Pool, ReadLimits, read_pool
 
@@ -85,6 +87,8 @@ class CalibrationSet:
     hub_scan: dict | None = None  # how far a streamed hub dataset was read, and why it stopped
     read_scan: dict | None = None  # a file or set cut at its read budget: how far it was read
     notes: list[str] = field(default_factory=list)
+    mix: dict | None = None  # mix: sources only: each source's weight, windows and fingerprint
+    strategy: dict | None = None  # a selection strategy's record (data/strategies.py); None: the seeded draw
     unpadded_lengths: list[int] = field(default_factory=list, repr=False)  # real tokens per sample
 
     @property
@@ -103,6 +107,8 @@ class CalibrationSet:
             "concat_separator": self.concat_separator, "pad_id": self.pad_id,
             "padded_samples": self.padded_samples, "special_tokens": self.special_tokens,
             "hub_scan": self.hub_scan, "read_scan": self.read_scan, "notes": self.notes,
+            **({"mix": self.mix} if self.mix is not None else {}),
+            **({"strategy": self.strategy} if self.strategy is not None else {}),
         }
 
 
@@ -116,11 +122,14 @@ def fingerprint_tokens(ids: torch.Tensor) -> str:
 
 def parse_source(spec: str) -> tuple[str, str]:
     kind, sep, rest = (spec or "").partition(":")
-    if not sep or kind not in ("builtin", "hf", "file", "set", "tokens") or not rest:
+    if not sep or kind not in ("builtin", "hf", "file", "set", "tokens", "mix") or not rest:
         raise SourceError(
             f"Bad source '{spec}'. Use builtin:wiki|news|books|code, hf:NAME[:CONFIG[:SPLIT]], "
-            f"file:PATH, set:NAME or tokens:PATH."
+            f"file:PATH, set:NAME, tokens:PATH or mix:SOURCE=WEIGHT,SOURCE=WEIGHT."
         )
+    if kind == "mix":
+        for component, _weight in parse_mix(rest).sources:
+            parse_source(component)  # a bad component is named now, before anything is read
     return kind, rest
 
 
@@ -139,6 +148,9 @@ def source_texts(spec: str, part: str = "calib", text_column: str | None = None)
         return iter_file_documents(Path(rest).expanduser(), text_column)
     if kind == "set":
         return iter(sets.set_texts(rest))
+    if kind == "mix":
+        raise SourceError(f"'{spec}' is drawn window by window from its sources by weight; it has no text of its own "
+                          f"(preview or score its sources one by one).")
     raise SourceError(f"'{spec}' is a token tensor, not text: it is used as calibration samples as is.")
 
 
@@ -291,6 +303,12 @@ def build_calibration(
         ids = load_token_tensor(Path(rest).expanduser(), len(tokenizer))
         return CalibrationSet(ids, spec, "tokens", seed, tok_name, fingerprint_tokens(ids),
                               unpadded_lengths=[ids.shape[1]] * ids.shape[0])
+    if kind == "set":
+        saved = sets.set_windows(rest, tok_name, seqlen)
+        if saved is not None:
+            return _saved_windows(spec, saved, nsamples, seed, tok_name)
+    if kind == "mix":
+        return _build_mix(spec, rest, tokenizer, nsamples, seqlen, seed, mode, text_column, limit, concat_separator)
     # The authors' OWL/DSnoT loader tokenizes each text with the tokenizer's defaults (a BOS first for
     # Llama tokenizers); the other modes keep this project's plain tokenization.
     special_tokens = mode == "document_pad"
@@ -318,6 +336,52 @@ def build_calibration(
         read_scan=scan if not streamed_hub and pool.stopped == "read budget" else None,
         notes=_pool_notes(spec, pool, limits, floor, streamed_hub), unpadded_lengths=windows.unpadded_lengths,
     )
+
+
+def _saved_windows(spec: str, saved, nsamples: int, seed: int, tok_name: str) -> CalibrationSet:
+    """The first nsamples windows of a windows set, as they were chosen (see sets.save_windows)."""
+    rows, lengths, made_by = saved
+    if len(rows) < nsamples:
+        raise SourceError(f"{spec} holds {len(rows)} windows, fewer than nsamples {nsamples}: lower nsamples or save "
+                          f"more windows.")
+    ids = torch.tensor(rows[:nsamples], dtype=torch.long)
+    return CalibrationSet(ids, spec, "windows", seed, tok_name, fingerprint_tokens(ids),
+                          padded_samples=sum(n < ids.shape[1] for n in lengths[:nsamples]),
+                          notes=[f"{spec}: the set's saved windows, used as they are (made from "
+                                 f"{made_by.get('source')} by {(made_by.get('strategy') or {}).get('name', 'random')})"],
+                          strategy=made_by.get("strategy"), unpadded_lengths=lengths[:nsamples])
+
+
+def _build_mix(spec: str, rest: str, tokenizer, nsamples: int, seqlen: int, seed: int, mode: str,
+               text_column, limit, concat_separator: str) -> CalibrationSet:
+    """Each source's share of the windows drawn as that source alone would draw them, stacked in spec
+    order, then the random-token rows (see mix.py)."""
+    mix = parse_mix(rest)
+    counts, random_rows = mix.counts(nsamples)
+    parts, lengths, documents, notes, components = [], [], 0, [], []
+    for (source, weight), count in zip(mix.sources, counts):
+        component = {"source": source, "weight": weight, "windows": count}
+        if count:
+            drawn = build_calibration(source, tokenizer, count, seqlen, seed, mode, text_column, limit,
+                                      concat_separator)
+            parts.append(drawn.input_ids)
+            lengths += drawn.unpadded_lengths
+            documents += drawn.documents
+            notes += drawn.notes
+            component["fingerprint"] = drawn.fingerprint
+        components.append(component)
+    if random_rows:
+        parts.append(random_token_rows(random_rows, seqlen, len(tokenizer), seed))
+        lengths += [seqlen] * random_rows
+    ids = torch.cat(parts)
+    tok_name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
+    return CalibrationSet(
+        ids, spec, mode, seed, tok_name, fingerprint_tokens(ids), documents,
+        concat_separator=concat_separator if mode == "concat" else None,
+        pad_id=DOCUMENT_PAD_ID if mode == "document_pad" else None,
+        padded_samples=sum(n < seqlen for n in lengths), special_tokens=mode == "document_pad", notes=notes,
+        mix={"sources": components, "random_fraction": mix.random_fraction, "random_rows": random_rows},
+        unpadded_lengths=lengths)
 
 
 def check_windows_fit(nsamples: int, seqlen: int) -> None:

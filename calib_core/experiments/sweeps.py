@@ -1,4 +1,4 @@
-"""Sweeps: a grid of calibration sources x methods x sparsities x nsamples x seeds for one model.
+"""Sweeps: a grid of calibration sources x strategies x methods x sparsities x nsamples x seeds for one model.
 
 Every point is an ordinary run in the run store, tagged with the sweep's name and a key derived
 from the point's settings, so a restarted sweep skips the points that already finished. The model
@@ -10,6 +10,7 @@ Grid file (YAML or JSON):
     name: wiki-vs-news
     model: smollm2-135m
     calibration: [builtin:wiki, builtin:news, set:selfgen]
+    strategies: [random, least-ppl, {strategy: unique-tokens, pool_factor: 20}]   # data/strategies.py
     methods: [wanda, {method: owl, base: wanda}]     # a name or PruneConfig fields
     sparsities: [0.5, 0.6, "2:4"]                     # a fraction (unstructured) or N:M
     nsamples: [32]
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from .. import assets
 from ..data.sources import DEFAULT_CONCAT_SEPARATOR, check_mode, check_windows_fit
+from ..data.strategies import RANDOM, check_strategy, describe_strategy, non_default
 from ..errors import CalibLabError, ConfigError, PruningCancelled
 from ..runs.events import PipelineEvent
 from ..runs.pipeline import run_prune
@@ -56,6 +58,7 @@ class SweepGrid:
     name: str
     model: str = assets.DEFAULT_MODEL
     calibration: list[str] = field(default_factory=lambda: ["builtin:wiki"])
+    strategies: list = field(default_factory=lambda: ["random"])  # a name or {strategy: NAME, SETTING: VALUE}
     methods: list = field(default_factory=lambda: ["wanda"])
     sparsities: list = field(default_factory=lambda: [0.5])
     nsamples: list[int] = field(default_factory=lambda: [32])
@@ -99,7 +102,7 @@ class SweepGrid:
         if unknown:
             raise ConfigError(f"Unknown sweep grid keys {sorted(unknown)}; known: {sorted(known)}.")
         grid = cls(**data)
-        for key in ("calibration", "methods", "sparsities", "nsamples", "seeds", "eval"):
+        for key in ("calibration", "strategies", "methods", "sparsities", "nsamples", "seeds", "eval"):
             if not isinstance(getattr(grid, key), list) or (key != "eval" and not getattr(grid, key)):
                 raise ConfigError(f"Sweep grid '{key}' must be a non-empty list.")
         grid.check_bounds()
@@ -114,8 +117,8 @@ class SweepGrid:
 
     def size(self) -> int:
         """Points before magnitude's duplicates are merged, counted without building them."""
-        return math.prod(len(getattr(self, key)) for key in ("calibration", "methods", "sparsities", "nsamples",
-                                                             "seeds"))
+        return math.prod(len(getattr(self, key)) for key in ("calibration", "strategies", "methods", "sparsities",
+                                                             "nsamples", "seeds"))
 
     def check_bounds(self, max_points: int = MAX_SWEEP_POINTS, max_nsamples: int | None = None,
                      max_seqlen: int | None = None) -> None:
@@ -157,14 +160,16 @@ class SweepGrid:
         """The run of one point (the local and the Ray runner run the same thing)."""
         return RunSpec(model=self.model, dtype=self.dtype, calib=point.calibration, nsamples=point.nsamples,
                        seqlen=self.seqlen, seed=point.seed, mode=self.mode, concat_separator=self.concat_separator,
+                       strategy=point.strategy, strategy_options=dict(point.strategy_options),
                        config=replace(point.config, device=self.device),
                        evaluation=EvalSpec(self.eval, windows=self.eval_windows, protocol=self.ppl_protocol),
                        keep_masks=self.keep_masks)
 
     def points(self) -> list[SweepPoint]:
         out = []
-        for calib, method, setting, nsamples, seed in itertools.product(
-            self.calibration, self.methods, self.sparsities, self.nsamples, self.seeds
+        strategies = [_strategy_entry(entry) for entry in self.strategies]
+        for calib, (strategy, settings), method, setting, nsamples, seed in itertools.product(
+            self.calibration, strategies, self.methods, self.sparsities, self.nsamples, self.seeds
         ):
             options = {"method": method} if isinstance(method, str) else dict(method)
             if isinstance(setting, str) and ":" in setting:
@@ -174,7 +179,8 @@ class SweepGrid:
             config = PruneConfig(**options).resolved()
             needs_data = config.needs_calibration
             out.append(SweepPoint(calib if needs_data else None, config, nsamples if needs_data else 0,
-                                  seed if needs_data else 0, self.context()))
+                                  seed if needs_data else 0, self.context(), strategy if needs_data else RANDOM,
+                                  settings if needs_data else {}))
         unique = {p.key: p for p in out}  # magnitude ignores source and seed: run it once per setting
         return list(unique.values())
 
@@ -186,16 +192,32 @@ class SweepPoint:
     nsamples: int
     seed: int
     context: dict = field(default_factory=dict)
+    strategy: str = RANDOM
+    strategy_options: dict = field(default_factory=dict)  # the strategy's non-default settings
 
     @property
     def key(self) -> str:
-        described = json.dumps([self.calibration, _keyed(self.config), self.nsamples, self.seed, self.context],
-                               sort_keys=True)
-        return hashlib.sha1(described.encode()).hexdigest()[:16]
+        described = [self.calibration, _keyed(self.config), self.nsamples, self.seed, self.context]
+        if self.strategy != RANDOM:  # random points keep the keys of sweeps made before strategies existed
+            described.append([self.strategy, self.strategy_options])
+        return hashlib.sha1(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
     def label(self) -> str:
         setting = self.config.pattern if ":" in self.config.pattern else self.config.sparsity
-        return f"{self.config.method} {setting} on {self.calibration} n={self.nsamples} seed={self.seed}"
+        chosen = "" if self.strategy == RANDOM else f" by {describe_strategy(self.strategy, self.strategy_options)}"
+        return f"{self.config.method} {setting} on {self.calibration}{chosen} n={self.nsamples} seed={self.seed}"
+
+
+def _strategy_entry(entry) -> tuple[str, dict]:
+    """(name, non-default settings) of a grid's strategies entry, checked now (before any point runs)."""
+    if isinstance(entry, str):
+        name, settings = entry, {}
+    elif isinstance(entry, dict) and isinstance(entry.get("strategy"), str):
+        name, settings = entry["strategy"], {k: v for k, v in entry.items() if k != "strategy"}
+    else:
+        raise ConfigError(f"A strategies entry is a name or a mapping with a 'strategy' key, got {entry!r}.")
+    resolved = check_strategy(name, settings)
+    return name, non_default(name, resolved)
 
 
 def _keyed(config: PruneConfig) -> dict:
@@ -242,13 +264,15 @@ def run_sweep(grid: SweepGrid, store=None, on_event=None, cancel=None, points=No
         return summary
     loaded = load_model(grid.model, dtype=grid.dtype)
     dense = {name: tensor.detach().clone() for name, tensor in loaded.model.state_dict().items()}
+    selections: dict = {}  # a strategy's windows, chosen once on the dense model for every point sharing them
     for number, point in enumerate(todo, 1):
         if cancel is not None and cancel.is_set():
             raise PruningCancelled(f"Sweep {grid.name} cancelled; {summary.ran} points ran, rerun to resume.")
         loaded.model.load_state_dict(dense)
         emit(PipelineEvent("sweep", f"point {number}/{len(todo)}: {point.label()}", {"key": point.key}))
         try:
-            record = run_prune(grid.spec(point), on_event, cancel, store, loaded=loaded, sweep=grid.name, point_key=point.key)
+            record = run_prune(grid.spec(point), on_event, cancel, store, loaded=loaded, sweep=grid.name,
+                               point_key=point.key, selections=selections)
         except PruningCancelled:
             raise
         except CalibLabError as exc:

@@ -12,21 +12,12 @@ to published zero-shot numbers.
 
 from __future__ import annotations
 
-import random
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..data.sources import load_documents
-from ..errors import SourceError
-
-
-@dataclass(frozen=True)
-class ClozeItem:
-    context: list[int]
-    candidates: list[list[int]]
-    answer: int  # index of the true continuation
+from ..data.cloze_items import ClozeItem, cloze_items  # noqa: F401  (ClozeItem: part of this module's API)
 
 
 @dataclass
@@ -43,30 +34,6 @@ class ClozeResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def cloze_items(spec: str, tokenizer, items: int = 100, context_tokens: int = 64, continuation_tokens: int = 16,
-                seed: int = 0) -> list[ClozeItem]:
-    """Seeded items from the held-out part of `spec` (one passage per document)."""
-    need = context_tokens + continuation_tokens
-    docs = [ids for ids in (tokenizer(d, add_special_tokens=False, verbose=False)["input_ids"]
-                            for d in load_documents(spec, part="eval")) if len(ids) >= need]
-    if len(docs) < 4:
-        raise SourceError(f"'{spec}' has {len(docs)} held-out documents of >= {need} tokens; a cloze item needs 4.")
-    rng = random.Random(seed)
-    out = []
-    for _ in range(items):
-        picked = rng.sample(range(len(docs)), 4)
-        spans = []
-        for d in picked:
-            start = rng.randrange(0, len(docs[d]) - need + 1)
-            spans.append(docs[d][start : start + need])
-        answer = rng.randrange(4)
-        true_span, others = spans[0], spans[1:]
-        candidates = [span[context_tokens:] for span in others]
-        candidates.insert(answer, true_span[context_tokens:])
-        out.append(ClozeItem(true_span[:context_tokens], candidates, answer))
-    return out
 
 
 @torch.inference_mode()

@@ -10,9 +10,10 @@ from dataclasses import replace
 
 import psutil
 
-from ..data.sources import build_calibration, check_mode
+from ..data.sources import check_mode, parse_source
+from ..data.strategies import RANDOM, STRATEGIES, build_strategy_calibration, check_strategy, describe_strategy
 from ..devices import reset_peak_memory, resolve_device
-from ..errors import PruningCancelled
+from ..errors import ConfigError, PruningCancelled
 from ..files import check_free_space
 from ..metrics.agreement import save_masks
 from ..metrics.perplexity import check_protocol
@@ -31,14 +32,15 @@ DENSE = "dense"  # the method name of a baseline run: the unpruned model, evalua
 
 
 def run_prune(spec: RunSpec, on_event=None, cancel=None, store=None, loaded=None, sweep: str | None = None,
-              point_key: str | None = None) -> RunRecord:
+              point_key: str | None = None, selections: dict | None = None) -> RunRecord:
     """Run `spec` and return its record; the run store records it as running, then finished (only once
     the saved folder and report are in place), failed or cancelled. `loaded` (a LoadedModel of
     spec.model holding dense weights) skips loading: sweeps load once and restore the dense weights
-    between points."""
+    between points, and keep `selections` (a strategy's windows, reused by points that share them)."""
     emit = on_event or (lambda event: None)
     config = spec.config.resolved()  # a bad config or destination fails before anything loads
     check_mode(spec.mode)
+    check_calibration_choice(spec)
     check_protocol(spec.evaluation.protocol)
     check_outputs(spec)
     store = store or RunStore()
@@ -52,7 +54,19 @@ def run_prune(spec: RunSpec, on_event=None, cancel=None, store=None, loaded=None
                            {"error": push_refused}))
     run_id = store.start(spec.model, config.as_dict(), spec.calib, sweep, point_key)
     emit(PipelineEvent("run", f"run {run_id} started", {"run_id": run_id}))
-    return _recorded(store, run_id, lambda: _run(spec, config, run_id, emit, cancel, store, loaded, push_refused))
+    return _recorded(store, run_id, lambda: _run(spec, config, run_id, emit, cancel, store, loaded, push_refused,
+                                                 selections))
+
+
+def check_calibration_choice(spec: RunSpec) -> None:
+    """The calibration source and strategy, checked before any model loads."""
+    if not spec.calib or not spec.config.needs_calibration:
+        return
+    parse_source(spec.calib)
+    check_strategy(spec.strategy, spec.strategy_options, spec.nsamples)
+    if spec.stream and STRATEGIES[spec.strategy].needs_model:
+        raise ConfigError(f"Strategy {spec.strategy} scores or generates with the whole dense model in memory; "
+                          "it cannot run on a streamed model (--stream). Use random or unique-tokens.")
 
 
 def _too_big_for_memory(spec: RunSpec, emit) -> str | None:
@@ -87,7 +101,7 @@ def _recorded(store, run_id: int, work) -> RunRecord:
 
 
 def _run(spec: RunSpec, config: PruneConfig, run_id: int, emit, cancel, store, loaded,
-         push_refused: str | None = None) -> RunRecord:
+         push_refused: str | None = None, selections: dict | None = None) -> RunRecord:
     reset_peak_memory(resolve_device(config.device))  # each run (a sweep's point too) reports its own peak
     t = time.perf_counter()
     streamed = None
@@ -107,7 +121,7 @@ def _run(spec: RunSpec, config: PruneConfig, run_id: int, emit, cancel, store, l
         sink = BlockSink(out, streamed, add_masks) if streamed is not None else None
         pruner = Pruner(loaded.model, config, emit, cancel, streamed=streamed, on_block_pruned=sink)
         t = time.perf_counter()
-        calibration = _calibrate(spec, pruner, loaded.tokenizer, emit)
+        calibration = _calibrate(spec, pruner, loaded.tokenizer, emit, selections)
         timings["calibration"] = time.perf_counter() - t
         result = pruner.run(calibration.input_ids if calibration is not None else None)
         timings.update({f"prune_{k}": v for k, v in result.seconds.items()})
@@ -129,14 +143,18 @@ def _run(spec: RunSpec, config: PruneConfig, run_id: int, emit, cancel, store, l
     return record
 
 
-def _calibrate(spec: RunSpec, pruner: Pruner, tokenizer, emit):
+def _calibrate(spec: RunSpec, pruner: Pruner, tokenizer, emit, selections: dict | None = None):
     """The run's calibration samples (None for a method that needs none), refused before any text is
-    read when the estimate cannot fit (the engine checks again with the real shape)."""
+    read when the estimate cannot fit (the engine checks again with the real shape). A model-based
+    strategy scores or generates on the dense model here, before the pruner touches it."""
     if not spec.calib:
         return None
     check_memory(pruner.memory_estimate(spec.nsamples, spec.seqlen), pruner.device)
-    calibration = build_calibration(spec.calib, tokenizer, spec.nsamples, spec.seqlen, spec.seed, spec.mode,
-                                    spec.text_column, concat_separator=spec.concat_separator)
+    if spec.strategy != RANDOM:
+        emit(PipelineEvent("calibration", f"choosing calibration windows by {describe_strategy(spec.strategy, spec.strategy_options)}"))
+    calibration = build_strategy_calibration(
+        spec.calib, tokenizer, spec.nsamples, spec.seqlen, spec.seed, spec.mode, spec.strategy, spec.strategy_options,
+        pruner.model if not spec.stream else None, spec.text_column, spec.concat_separator, selections)
     emit(PipelineEvent("calibration", f"calibration {calibration.fingerprint}", calibration.describe()))
     for note in calibration.notes:
         emit(PipelineEvent("calibration", f"note: {note}"))

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .. import assets
 from ..data.sources import DEFAULT_CONCAT_SEPARATOR
+from ..data.strategies import non_default
 from ..prune import PruneConfig
 from ..prune.methods import all_options
 
@@ -52,6 +53,8 @@ class RunSpec:
     mode: str = "document"  # document | concat | document_pad (data/sources.py)
     concat_separator: str = DEFAULT_CONCAT_SEPARATOR  # concat mode: what joins the documents
     text_column: str | None = None
+    strategy: str = "random"  # how the windows are chosen (data/strategies.py)
+    strategy_options: dict = field(default_factory=dict)  # the strategy's settings that differ from its defaults
     config: PruneConfig = field(default_factory=PruneConfig)
     evaluation: EvalSpec = field(default_factory=EvalSpec)
     save: str | None = None  # a folder for the pruned model, its tokenizer and the report
@@ -134,6 +137,10 @@ def reproduce_command(spec: RunSpec) -> str:
             parts += ["--concat-separator", spec.concat_separator.encode("unicode_escape").decode()]
         if spec.text_column:
             parts += ["--text-column", spec.text_column]
+        if spec.strategy != "random":
+            parts += ["--strategy", spec.strategy]
+            for name, value in sorted(non_default(spec.strategy, spec.strategy_options).items()):
+                parts += ["--" + name.replace("_", "-"), str(value)]
     if evaluation.sources:
         for source in evaluation.sources:
             parts += ["--eval", source]

@@ -81,6 +81,17 @@ def eval_record(model_spec: str, model_info: dict, perplexities: list, timings: 
     return RunRecord(**_common(model_spec, model_info, perplexities, timings, notes, device))
 
 
+def strategy_label(record: dict) -> str | None:
+    """How a finished run's windows were chosen: its strategy and changed settings ('random' for runs made
+    before strategies existed); None for a run without calibration data."""
+    from ..data.strategies import describe_strategy
+
+    if not (record.get("calibration") or record.get("job", {}).get("calib")):
+        return None
+    job = record.get("job") or {}
+    return describe_strategy(job.get("strategy", "random"), job.get("strategy_options"))
+
+
 def runs_table(runs: list[dict]):
     """One row per stored run, whatever its status: what it was, how it ended, its perplexities."""
     import pandas as pd
@@ -91,7 +102,8 @@ def runs_table(runs: list[dict]):
         calib = record.get("calibration") or {}
         row = {"id": run["id"], "status": run["status"], "created": run["created"], "model": run["model"],
                "method": run["method"], "base": (run["config"] or {}).get("base"), "sparsity": run["sparsity"],
-               "calibration": run["calibration"], "nsamples": calib.get("nsamples"), "seqlen": calib.get("seqlen"),
+               "calibration": run["calibration"], "strategy": strategy_label(record),
+               "nsamples": calib.get("nsamples"), "seqlen": calib.get("seqlen"),
                "seed": calib.get("seed"), "overall_sparsity": record.get("overall_sparsity"),
                "prune_s": (record.get("timings") or {}).get("prune_total")}
         for p in record.get("perplexity", []):

@@ -1,0 +1,283 @@
+"""Calibration strategies (data/strategies.py) and mixes (data/mix.py), each checked against an
+independent reference written from its description, plus the CLI, sweeps and bad input."""
+
+import json
+import shlex
+
+import numpy as np
+import pytest
+import torch
+
+from calib_core.cli import build_parser, main as cli_main, run_spec
+from calib_core.data import sets
+from calib_core.data.mix import parse_mix
+from calib_core.data.sources import build_calibration, parse_source
+from calib_core.data.strategies import (STRATEGIES, ScheduledTemperature, build_strategy_calibration, check_strategy,
+                                        greedy_coverage, layer_features, nearest_distinct, normalised_tokens,
+                                        temperature_schedule, window_cross_entropy)
+from calib_core.errors import ConfigError, SourceError
+from calib_core.experiments.sweeps import SweepGrid, run_sweep
+from calib_core.runs import RunStore
+from calib_core.runs.pipeline import run_prune
+from calib_core.runs.spec import RunSpec, reproduce_command
+from tests.tiny import CharTokenizer, char_tokenizer, random_ids, save_tiny_folder, tiny_model
+
+TOK = CharTokenizer()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def test_least_ppl_keeps_the_lowest_perplexity_windows_of_the_pool(model):
+    calibration = build_strategy_calibration("builtin:wiki", TOK, 4, 24, seed=1, mode="concat", strategy="least-ppl",
+                                             options={"pool_factor": 5, "score_batch_size": 3}, model=model)
+    pool = build_calibration("builtin:wiki", TOK, 20, 24, seed=1, mode="concat")
+    with torch.inference_mode():  # the reference: the model's own loss, one window at a time
+        losses = [float(model(input_ids=row[None], labels=row[None]).loss) for row in pool.input_ids]
+    brute_force = sorted(range(20), key=lambda i: losses[i])[:4]
+    record = calibration.strategy
+    assert record["chosen"] == brute_force
+    assert torch.equal(calibration.input_ids, pool.input_ids[brute_force])
+    assert record["pool"]["size"] == 20 and record["pool"]["fingerprint"] == pool.fingerprint
+    assert record["scores"] == pytest.approx([losses[i] for i in brute_force], rel=1e-4)
+    assert record["seconds"] >= record["pool_seconds"] >= 0
+
+
+def test_cross_entropy_counts_only_real_tokens(model):
+    ids = random_ids(2, 12)
+    short = window_cross_entropy(model, ids, [6, 12])
+    with torch.inference_mode():
+        alone = float(model(input_ids=ids[:1, :6], labels=ids[:1, :6]).loss)
+    assert short[0] == pytest.approx(alone, rel=1e-4)
+
+
+def test_greedy_coverage_never_adds_fewer_new_tokens_than_another_candidate_would():
+    rng = np.random.default_rng(0)
+    token_sets = [set(rng.choice(60, size=rng.integers(3, 20), replace=False).tolist()) for _ in range(30)]
+    chosen, gains = greedy_coverage(token_sets, 8, subsample=10**6, seed=0)
+    seen = set()
+    for step, pick in enumerate(chosen):
+        others = [len(token_sets[i] - seen) for i in range(30) if i not in chosen[:step]]
+        assert gains[step] == len(token_sets[pick] - seen) == max(others)
+        seen |= token_sets[pick]
+    assert len(set(chosen)) == 8
+
+
+def test_coverage_subsample_looks_at_only_that_many_candidates():
+    token_sets = [set(range(i + 1)) for i in range(50)]  # candidate 49 covers the most
+    chosen, _ = greedy_coverage(token_sets, 1, subsample=5, seed=3)
+    assert chosen != [49]  # a subsample of 5 rarely holds the best one ...
+    assert greedy_coverage(token_sets, 1, subsample=5, seed=3) == (chosen, _)  # ... and is seeded
+
+
+def test_unique_tokens_normalises_case_and_whitespace():
+    tokenizer = char_tokenizer()
+    ids = torch.tensor([tokenizer("aA b")["input_ids"]])
+    assert normalised_tokens(tokenizer, ids, [4]) == [{"a", "b"}]
+
+
+def test_activation_kmeans_returns_nsamples_distinct_candidates_nearest_their_centroids(model):
+    calibration = build_strategy_calibration("builtin:wiki", TOK, 5, 16, seed=2, mode="concat",
+                                             strategy="activation-kmeans", options={"pool_factor": 4, "kmeans_dim": 8},
+                                             model=model)
+    chosen = calibration.strategy["chosen"]
+    assert len(chosen) == len(set(chosen)) == 5 and all(0 <= i < 20 for i in chosen)
+    assert sum(calibration.strategy["details"]["cluster_sizes"]) == 20
+    # The whole pool kept when the pool is nsamples windows.
+    whole = build_strategy_calibration("builtin:wiki", TOK, 5, 16, seed=2, mode="concat",
+                                       strategy="activation-kmeans", options={"pool_factor": 1}, model=model)
+    assert sorted(whole.strategy["chosen"]) == list(range(5))
+
+
+def test_nearest_distinct_skips_points_taken_by_earlier_centroids():
+    points = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]])
+    centroids = np.array([[0.1, 0.0], [0.2, 0.0]])
+    chosen, gaps = nearest_distinct(points, centroids)
+    assert chosen == [0, 1] and gaps == pytest.approx([0.1, 0.8])
+
+
+def test_layer_features_are_normalised_mean_pooled_layer_outputs(model):
+    ids = random_ids(3, 10)
+    features = layer_features(model, ids, [10, 7, 10], batch_size=2)
+    with torch.inference_mode():
+        hidden = model(input_ids=ids[1:2, :7], output_hidden_states=True).hidden_states[1:]
+    reference = torch.cat([torch.nn.functional.normalize(h[0].mean(0), dim=0) for h in hidden])
+    assert features.shape == (3, len(hidden) * 64)
+    assert torch.allclose(features[1], reference, atol=1e-5)
+
+
+def test_self_calibration_starts_at_bos_and_follows_the_recorded_schedule(model, monkeypatch):
+    applied = []
+    original = ScheduledTemperature.__call__
+
+    def watched(self, input_ids, scores):
+        out = original(self, input_ids, scores)
+        applied.append(self.applied[-1])
+        return out
+
+    monkeypatch.setattr(ScheduledTemperature, "__call__", watched)
+    tokenizer = char_tokenizer(add_bos=True)
+    options = {"temperature_start": 2.0, "temperature_end": 0.5, "temperature_shape": "cosine",
+               "generation_batch_size": 4}
+    first = build_strategy_calibration("builtin:wiki", tokenizer, 3, 12, seed=5, strategy="self-calibration",
+                                       options=options, model=model)
+    assert first.input_ids.shape == (3, 12) and (first.input_ids[:, 0] == tokenizer.bos_token_id).all()
+    settings = first.strategy["settings"]
+    assert applied == temperature_schedule(11, settings["temperature_start"], settings["temperature_end"],
+                                           settings["temperature_shape"])
+    assert applied[0] == 2.0 and applied[-1] == pytest.approx(0.5) and first.strategy["pool"] is None
+    again = build_strategy_calibration("builtin:wiki", tokenizer, 3, 12, seed=5, strategy="self-calibration",
+                                       options=options, model=model)
+    assert torch.equal(first.input_ids, again.input_ids)
+
+
+def test_self_calibration_at_a_tiny_temperature_is_greedy_decoding(model):
+    tokenizer = char_tokenizer(add_bos=True)
+    made = build_strategy_calibration("builtin:wiki", tokenizer, 1, 10, strategy="self-calibration", model=model,
+                                      options={"temperature_start": 0.01, "temperature_shape": "constant"})
+    ids = torch.tensor([[tokenizer.bos_token_id]])
+    with torch.inference_mode():
+        for _ in range(9):
+            ids = torch.cat([ids, model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(made.input_ids, ids)
+
+
+def test_temperature_shapes():
+    assert temperature_schedule(3, 1.0, 0.0, "linear") == [1.0, 0.5, 0.0]
+    cosine = temperature_schedule(5, 1.0, 0.0, "cosine")
+    assert cosine[0] == 1.0 and cosine[2] == pytest.approx(0.5) and cosine[-1] == pytest.approx(0.0)
+    assert cosine[1] > 0.75  # slow at the start
+    assert temperature_schedule(4, 0.7, 0.1, "constant") == [0.7] * 4
+
+
+def test_icl_format_windows_are_k_shot_prompts_of_the_calibration_part():
+    tokenizer = char_tokenizer()
+    made = build_strategy_calibration("builtin:wiki", tokenizer, 4, 200, seed=0, strategy="icl-format",
+                                      options={"shots": 2})
+    text = "".join(tokenizer.convert_ids_to_tokens(made.input_ids.flatten().tolist()))
+    assert made.input_ids.shape == (4, 200)
+    assert "Passage: " in text and "Answer: " in text and "B. " in text
+    assert made.strategy["details"]["items"] == 2 * made.strategy["details"]["prompts"]
+
+
+def test_random_strategy_is_todays_draw():
+    draw = build_calibration("builtin:news", TOK, 4, 32, seed=3, mode="document")
+    same = build_strategy_calibration("builtin:news", TOK, 4, 32, seed=3, mode="document")
+    assert same.fingerprint == draw.fingerprint and same.strategy is None
+
+
+def test_mix_shares_windows_by_weight_and_draws_each_source_as_itself():
+    mix = parse_mix("builtin:wiki=2,builtin:code=1,random=0.25")
+    assert mix.counts(8) == ([4, 2], 2)
+    assert parse_mix("builtin:wiki,builtin:code,builtin:news").counts(4) == ([2, 1, 1], 0)  # remainder: earlier
+    drawn = build_calibration("mix:builtin:wiki=2,builtin:code=1,random=0.25", TOK, 8, 32, seed=1, mode="concat")
+    wiki = build_calibration("builtin:wiki", TOK, 4, 32, seed=1, mode="concat")
+    code = build_calibration("builtin:code", TOK, 2, 32, seed=1, mode="concat")
+    assert torch.equal(drawn.input_ids[:4], wiki.input_ids) and torch.equal(drawn.input_ids[4:6], code.input_ids)
+    assert drawn.input_ids[6:].max() < len(TOK) and drawn.mix["random_rows"] == 2
+    assert [c["windows"] for c in drawn.describe()["mix"]["sources"]] == [4, 2]
+    alone = build_calibration("mix:builtin:wiki", TOK, 4, 32, seed=1, mode="concat")
+    assert alone.fingerprint == wiki.fingerprint
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("mix:builtin:wiki=x", "is not a number"),
+    ("mix:builtin:wiki=0,builtin:code=0", "weight > 0"),
+    ("mix:builtin:wiki=1,random=1", "random-token fraction"),
+    ("mix:builtin:wiki=-1", ">= 0"),
+    ("mix:builtin:wiki=1,,builtin:code=1", "empty entry"),
+    ("mix:builtin:wiki=1,nope:x=1", "Bad source 'nope:x'"),
+    ("mix:mix:builtin:wiki=1", "another mix"),
+])
+def test_bad_mixes_are_refused_with_what_is_wrong(spec, message):
+    with pytest.raises(SourceError, match=message):
+        parse_source(spec)
+
+
+def test_bad_strategy_input_is_refused():
+    with pytest.raises(ConfigError, match="Unknown calibration strategy 'best'"):
+        check_strategy("best")
+    with pytest.raises(ConfigError, match="has no setting shots"):
+        check_strategy("least-ppl", {"shots": 3})
+    with pytest.raises(ConfigError, match="pool_factor must be in"):
+        check_strategy("least-ppl", {"pool_factor": 0})
+    with pytest.raises(ConfigError, match="temperature_shape must be one of"):
+        check_strategy("self-calibration", {"temperature_shape": "zigzag"})
+
+
+def test_a_token_pool_smaller_than_nsamples_is_refused(tmp_path):
+    path = tmp_path / "ids.pt"
+    torch.save(random_ids(3, 16), path)
+    with pytest.raises(SourceError, match="has 3 windows, fewer than nsamples 4"):
+        build_strategy_calibration(f"tokens:{path}", TOK, 4, 16, strategy="unique-tokens")
+
+
+def test_bad_strategy_fails_before_any_model_loads(tmp_path):
+    spec = RunSpec(model=str(tmp_path / "no-such-model"), strategy="least-ppl", strategy_options={"kmeans_dim": 3},
+                   nsamples=2, seqlen=16)
+    with pytest.raises(ConfigError, match="has no setting kmeans_dim"):
+        run_prune(spec, store=RunStore(tmp_path / "runs.sqlite"))
+    with pytest.raises(ConfigError, match="cannot run on a streamed model"):
+        run_prune(RunSpec(model=str(tmp_path / "none"), strategy="least-ppl", stream=True),
+                  store=RunStore(tmp_path / "runs.sqlite"))
+    with pytest.raises(SourceError, match="is not a number"):
+        run_prune(RunSpec(model=str(tmp_path / "none"), calib="mix:builtin:wiki=a"),
+                  store=RunStore(tmp_path / "runs.sqlite"))
+
+
+def test_cli_saves_a_strategy_set_that_a_run_uses_as_is(tmp_path, capsys):
+    folder = save_tiny_folder(tmp_path / "tiny")
+    assert cli_main(["calib", "--model", str(folder), "--name", "covered", "--strategy", "unique-tokens",
+                     "--nsamples", "3", "--seqlen", "16", "--mode", "concat", "--pool-factor", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "saved 3 windows x 16 tokens of builtin:wiki chosen by unique-tokens (pool_factor=4)" in out
+    meta = sets.load_set("covered")["metadata"]
+    assert meta["kind"] == "windows" and meta["calibration"]["strategy"]["name"] == "unique-tokens"
+    fingerprint = meta["calibration"]["fingerprint"]
+    assert cli_main(["prune", "--model", str(folder), "--calib", "set:covered", "--nsamples", "3", "--seqlen", "16",
+                     "--eval-windows", "1", "--report", str(tmp_path / "r.json")]) == 0
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["calibration"]["fingerprint"] == fingerprint
+    assert record["calibration"]["strategy"]["chosen"] == meta["calibration"]["strategy"]["chosen"]
+
+
+def test_cli_prune_records_the_strategy_and_its_reproduce_command(tmp_path):
+    folder = save_tiny_folder(tmp_path / "tiny")
+    assert cli_main(["prune", "--model", str(folder), "--nsamples", "2", "--seqlen", "16", "--eval-windows", "1",
+                     "--strategy", "least-ppl", "--pool-factor", "3", "--report", str(tmp_path / "r.json")]) == 0
+    record = json.loads((tmp_path / "r.json").read_text())
+    strategy = record["calibration"]["strategy"]
+    assert strategy["name"] == "least-ppl" and strategy["settings"]["pool_factor"] == 3
+    assert len(strategy["pool_scores"]) == 6 and len(strategy["chosen"]) == 2
+    assert record["job"]["strategy"] == "least-ppl" and record["job"]["strategy_options"] == {"pool_factor": 3}
+    command = reproduce_command(RunSpec(model="m", strategy="least-ppl", strategy_options={"pool_factor": 3}))
+    assert "--strategy least-ppl --pool-factor 3" in command
+    assert run_spec(build_parser().parse_args(shlex.split(command)[3:])).strategy_options == {"pool_factor": 3}
+    assert cli_main(["prune", "--model", str(folder), "--strategy", "least-ppl", "--shots", "2"]) == 2
+
+
+def test_sweep_strategies_axis_shares_each_selection_across_points(tmp_path):
+    folder = save_tiny_folder(tmp_path / "tiny")
+    grid = SweepGrid.from_dict(dict(name="s", model=str(folder), strategies=["random", "least-ppl"],
+                                    methods=["wanda", "magnitude"], sparsities=[0.5, 0.6], nsamples=[2], seqlen=16,
+                                    seeds=[0], eval_windows=1))
+    assert len(grid.points()) == 2 * 2 + 2  # magnitude once per setting, whatever the strategy
+    store = RunStore(tmp_path / "runs.sqlite")
+    summary = run_sweep(grid, store)
+    assert summary.ran == 6 and not summary.failed
+    records = [r["record"] for r in store.list() if r["record"]["config"]["method"] == "wanda"]
+    chosen = [r["calibration"]["strategy"] for r in records if r["calibration"].get("strategy")]
+    assert sorted(s["reused"] for s in chosen) == [False, True]  # chosen once on the dense model
+    assert chosen[0]["chosen"] == chosen[1]["chosen"]
+    with pytest.raises(ConfigError, match="Unknown calibration strategy"):
+        SweepGrid.from_dict(dict(name="s", strategies=["nope"]))
+    with pytest.raises(ConfigError, match="a name or a mapping"):
+        SweepGrid.from_dict(dict(name="s", strategies=[3]))
+
+
+def test_every_strategy_has_an_explanation_and_checked_defaults():
+    for strategy in STRATEGIES.values():
+        assert strategy.summary and len(strategy.explain) > 40
+        check_strategy(strategy.name)
