@@ -9,7 +9,8 @@ import streamlit as st
 from calib_core.data import sets
 from calib_core.assets import BUILTIN_CORPORA
 from calib_core.data.sources import (BUILTIN_SOURCES, LIST_MAX_CHARACTERS, MODES, eligibility_floor, load_documents,
-                                     read_text_file)
+                                     parse_source, read_text_file)
+from calib_core.data.strategies import STRATEGIES
 from calib_core.data.text_files import FILE_TYPES
 from calib_core.data.tokens import token_lengths
 from calib_core.errors import CalibLabError, SourceError
@@ -18,6 +19,7 @@ from calib_core.data.selfgen import GenerationConfig, filter_by_perplexity
 from app_ui.cache import access_policy, cached_model, mark_model_loaded, model_loaded
 from app_ui.forms import any_invalid, bounded_number
 from app_ui.live import live_view, page_kind
+from app_ui.strategy import strategy_inputs
 
 KIND = page_kind(__file__)  # the jobs this page starts and follows
 
@@ -70,7 +72,7 @@ with st.expander("From text to calibration samples"):
                 "texts above the $(1 - \\text{drop})$ percentile are dropped: the set keeps what the model "
                 "itself finds most likely, which is close to its pretraining distribution.")
 
-build, generate = st.tabs(["Build a set", "Self-generate"])
+build, choose, generate = st.tabs(["Build a set", "Choose windows (strategies)", "Self-generate"])
 with build:
     how = st.radio("From", ["Builtin corpus", "Saved set", "Upload a file", "Paste text", "Hub dataset"], horizontal=True)
     texts, origin = None, None
@@ -153,6 +155,35 @@ with build:
         with tempfile.TemporaryDirectory() as folder:
             out = sets.export_set(name, Path(folder) / f"{name}.jsonl")
             c3.download_button("Export", out.read_bytes(), file_name=f"{name}.jsonl", key=f"exp-{name}")
+
+with choose:
+    st.markdown("A run's `nsamples` windows are drawn at random from its source unless a strategy chooses them. "
+                "The pool strategies draw a candidate pool (pool factor x nsamples windows) from the source and keep "
+                "the nsamples that score best; self-calibration and icl-format make their windows. The strategy and "
+                "its settings go with every run started on the Prune page, and every run records what it chose.")
+    with st.expander("The strategies"):
+        st.markdown("\n".join(f"- **{s.name}**: {s.explain}" for s in STRATEGIES.values()))
+    strategy_inputs(st, "calib", explain=True)
+    st.subheader("A mix of sources")
+    st.caption("Windows from several sources by weight (a uniform mix beat every single source for SparseGPT in IGSP), "
+               "optionally with rows of random token ids that exercise the whole vocabulary (ExLlamaV3's default "
+               "calibration).")
+    columns = st.columns(len(BUILTIN_SOURCES) + 1)
+    weights = {source: bounded_number(column, source, 0.0, 1000.0, 1.0, key=f"mix-{source}", format="%.1f")
+               for source, column in zip(BUILTIN_SOURCES, columns)}
+    random_rows = bounded_number(columns[-1], "random rows", 0.0, 0.95, 0.0, key="mix-random", format="%.2f",
+                                 help="Fraction of the windows made of uniform random token ids.")
+    if not any_invalid(random_rows, *weights.values()):
+        parts = [f"{source}={weight:g}" for source, weight in weights.items() if weight > 0]
+        spec = "mix:" + ",".join(parts + ([f"random={random_rows:g}"] if random_rows else []))
+        try:
+            parse_source(spec)
+            st.code(spec, language=None)
+            if st.button("Use this mix as the calibration source"):
+                st.session_state.calib_source = spec
+                st.success(f"Runs started on the Prune page now draw from {spec}.")
+        except CalibLabError as exc:
+            st.error(str(exc))
 
 with generate:
     st.markdown("The model continues short prefixes of real texts; the highest-perplexity fraction is dropped.")

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from calib_core.data.sources import BUILTIN_SOURCES, MODES
+from calib_core.data.strategies import describe_strategy
 from calib_core.errors import CalibLabError
 from calib_core.metrics.perplexity import PROTOCOLS
 from calib_core.experiments.run_figures import live_prune_charts
@@ -17,6 +18,7 @@ from app_ui.cache import access_policy, cached_model, mark_model_loaded, model_l
 from app_ui.charts import show_chart
 from app_ui.forms import any_invalid, bounded_number
 from app_ui.live import figures_of, live_view, page_kind
+from app_ui.strategy import strategy_inputs
 
 KIND = page_kind(__file__)  # the jobs this page starts and follows
 
@@ -73,10 +75,12 @@ with st.container(border=True):
     sparsity = c4.slider("Sparsity (unstructured)", 0.0, 0.95, last.get("sparsity", DEFAULTS.sparsity), 0.05)
     c5, c6, c7, c8 = st.columns(4)
     calib = c5.text_input("Calibration source", st.session_state.calib_source,
-                          help="builtin:NAME, set:NAME, file:PATH, tokens:PATH or hf:NAME[:CONFIG[:SPLIT]]")
+                          help="builtin:NAME, set:NAME, file:PATH, tokens:PATH, hf:NAME[:CONFIG[:SPLIT]] or "
+                               "mix:SOURCE=WEIGHT,SOURCE=WEIGHT[,random=FRACTION]")
     nsamples = bounded_number(c6, "nsamples", 1, 2048, last.get("nsamples", 8), step=1)
     seqlen = bounded_number(c7, "seqlen", 8, 8192, last.get("seqlen", 256), step=1)
     seed = bounded_number(c8, "seed", 0, 10**6, last.get("seed", 0), step=1)
+    strategy, strategy_options = strategy_inputs(st, "prune")
     c9, c10 = st.columns(2)
     evals = c9.multiselect("Perplexity on", EVAL_SOURCES, last.get("evals", ["builtin:wiki"]))
     eval_windows = bounded_number(c10, "Eval windows per source", 1, 10000, last.get("eval_windows", 8), step=1)
@@ -101,7 +105,7 @@ with st.container(border=True):
                                   "the weights do not fit in free memory.")
     options = method_options | engine_options
     numbers = dict(nsamples=nsamples, seqlen=seqlen, seed=seed, eval_windows=eval_windows, **options)
-    invalid = any_invalid(*numbers.values())
+    invalid = any_invalid(*numbers.values(), strategy_options)
     kept = {key: value for key, value in numbers.items() if not any_invalid(value)}  # a bad entry is not remembered
     st.session_state.prune_form = last | dict(
         method=method, base=base, pattern=pattern, sparsity=sparsity, evals=evals, mode=mode, separator=separator,
@@ -126,11 +130,12 @@ if submitted:
             model=st.session_state.model_spec, dtype=st.session_state.model_options["dtype"],
             trust_remote_code=st.session_state.model_options["trust_remote_code"], calib=calib,
             nsamples=int(nsamples), seqlen=int(seqlen), seed=int(seed), mode=mode,
-            concat_separator=SEPARATORS[separator], config=config, save=save or None, overwrite=overwrite,
+            concat_separator=SEPARATORS[separator], strategy=strategy, strategy_options=strategy_options, config=config, save=save or None, overwrite=overwrite,
             stream=stream, evaluation=EvalSpec(evals, windows=int(eval_windows), protocol=ppl_protocol))
         spec = access_policy().spec(spec)  # a shared app confines paths and sizes
         check_outputs(spec)  # a bad save folder fails now, not after the run
-        label = f"{method} {pattern if ':' in pattern else sparsity} on {calib}"
+        chosen_by = "" if strategy == "random" else f" by {describe_strategy(strategy, strategy_options)}"
+        label = f"{method} {pattern if ':' in pattern else sparsity} on {calib}{chosen_by}"
         st.session_state.prune_job = manager().submit(label, tasks.prune, spec, kind=KIND,
                                                       device=config.device).id
     except CalibLabError as exc:

@@ -1,4 +1,4 @@
-"""Sweeps: a grid of runs (sources x methods x sparsities x seeds) with its spread and t-tests."""
+"""Sweeps: a grid of runs (sources x strategies x methods x sparsities x seeds) with its spread and t-tests."""
 
 import time
 
@@ -7,6 +7,7 @@ import yaml
 
 from calib_core.data import sets
 from calib_core.data.sources import BUILTIN_SOURCES, MODES
+from calib_core.data.strategies import STRATEGIES
 from calib_core.errors import CalibLabError, NotEnoughDataError
 from calib_core.jobs import manager, tasks
 from calib_core.prune.methods import METHODS
@@ -56,6 +57,9 @@ with grid_tab:
         sources = c1.multiselect("Calibration sources", BUILTIN + [f"set:{s}" for s in sets.list_sets()],
                                  ["builtin:wiki", "builtin:news"])
         methods = c2.multiselect("Methods", list(METHODS), ["magnitude", "wanda"])
+        strategies = c1.multiselect("Calibration strategies", list(STRATEGIES), ["random"],
+                                    help="How each point's windows are chosen (default settings; a grid file can set "
+                                         "them). " + "; ".join(f"{s.name}: {s.summary}" for s in STRATEGIES.values()))
         settings = c1.multiselect("Sparsities / patterns", ["0.5", "0.6", "0.7", "0.8", "4:8", "2:4"], ["0.5", "0.6"])
         nsamples = c2.text_input("Calibration samples (comma-separated)", "8")
         seeds = c1.number_input("Seeds", 1, 50, 3)
@@ -68,7 +72,8 @@ with grid_tab:
     if submitted:
         try:
             grid = SweepGrid.from_dict(dict(
-                name=name, model=st.session_state.model_spec, calibration=sources, methods=methods,
+                name=name, model=st.session_state.model_spec, calibration=sources, strategies=strategies or ["random"],
+                methods=methods,
                 sparsities=[s if ":" in s else float(s) for s in settings], seqlen=int(seqlen),
                 nsamples=[int(n) for n in nsamples.split(",") if n.strip()], seeds=list(range(int(seeds))),
                 eval=evals, eval_windows=int(windows), mode=mode, dtype=st.session_state.model_options["dtype"],

@@ -1,4 +1,4 @@
-"""Command line: python -m calib_core {prune,eval,calib,sets,similarity,runs,sweep,reproduce} ... (see --help): thin
+"""Command line: python -m calib_core {prune,eval,calib,sets,similarity,runs,sweep,reproduce,tournament} ... (see --help): thin
 callers of the library, one subcommand per task."""
 
 from __future__ import annotations
@@ -644,6 +644,63 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 
+def _tournament_parser(sub) -> None:
+    tournament = sub.add_parser("tournament", help="every calibration strategy x methods x settings x seeds on the "
+                                                   "bundled models, per capability, as a resumable sweep; then "
+                                                   "strategies.md with verdicts, costs and figures")
+    tournament.add_argument("--quick", action="store_true",
+                            help="a demo-sized tournament (one model, Wanda 50%%, 2 seeds, 4 x 128 tokens: minutes)")
+    tournament.add_argument("--models", nargs="+", default=None, help="models (default: both bundled models)")
+    tournament.add_argument("--seeds", type=int, default=None)
+    tournament.add_argument("--nsamples", type=int, default=None)
+    tournament.add_argument("--seqlen", type=int, default=None)
+    tournament.add_argument("--name", default=None, help="sweep name in the run store")
+    tournament.add_argument("--out", default=None, metavar="DIR",
+                            help="report folder (default docs/results; --quick: docs/results/quick)")
+    tournament.add_argument("--report-only", action="store_true", help="write the report from finished runs only")
+    tournament.add_argument("--dry-run", action="store_true", help="list the points and which already finished")
+
+
+def _cmd_tournament(args) -> int:
+    from dataclasses import fields
+
+    from .experiments.tournament import QUICK, TournamentSettings, run_tournament
+    from .runs import RunStore
+
+    chosen = dict(QUICK) if args.quick else {}
+    for name in ("models", "seeds", "nsamples", "seqlen", "name"):
+        if getattr(args, name) is not None:
+            chosen[name] = getattr(args, name)
+    settings = TournamentSettings(**{k: v for k, v in chosen.items() if k in {f.name for f in fields(TournamentSettings)}})
+    out = args.out or ("docs/results/quick" if args.quick else "docs/results")
+    store = RunStore()
+    if args.dry_run:
+        done = store.finished_points(settings.name)
+        points = [p for model in settings.models for p in settings.points(model)]
+        _print_plan(points, done)
+        print(f"{sum(p.key in done for p in points)}/{len(points)} points finished")
+        return 0
+    from .files import check_output_folder
+
+    check_output_folder(out, overwrite=True)  # the report replaces its own files
+    if not args.report_only:
+        def on_event(event):
+            if getattr(event, "kind", "") == "pipeline" and event.stage in ("sweep", "calibration") and (
+                    event.stage == "sweep" or event.message.startswith("choosing")):
+                print(f"{time.strftime('%H:%M:%S')} {event.message}", flush=True)
+
+        summary = run_tournament(settings, store, on_event)
+        print(f"tournament: {summary.ran} ran, {summary.skipped} skipped, {len(summary.failed)} failed")
+        for failure in summary.failed:
+            print(f"failed: {failure}", file=sys.stderr)
+    from .experiments.tournament_report import write_tournament_report
+
+    argv = [a for a in sys.argv[1:] if a != "--report-only"]
+    command = "python -m calib_core " + " ".join(argv) if argv and argv[0] == "tournament" else None
+    print(f"report: {write_tournament_report(settings, store, out, command)}")
+    return 0
+
+
 def block_table(blocks) -> str:
     """Per-block summary: target vs achieved sparsity, OWL outlier ratio, worst module error, time."""
     from .prune.events import blocks_frame
@@ -663,5 +720,6 @@ def _commands() -> dict:
     return {"prune": (_prune_parser, _cmd_prune), "calib": (_calib_parser, _cmd_calib),
             "sets": (_sets_parser, _cmd_sets), "similarity": (_similarity_parser, _cmd_similarity),
             "runs": (_runs_parser, _cmd_runs), "sweep": (_sweep_parser, _cmd_sweep),
-            "reproduce": (_reproduce_parser, _cmd_reproduce), "eval": (_eval_parser, _cmd_eval)}
+            "reproduce": (_reproduce_parser, _cmd_reproduce), "eval": (_eval_parser, _cmd_eval),
+            "tournament": (_tournament_parser, _cmd_tournament)}
 

@@ -24,9 +24,10 @@ def test_items_are_seeded_and_hold_the_true_continuation():
         assert any(passage in doc for doc in held_out)
 
 
-def test_loglik_equals_one_forward_per_candidate():
-    model = tiny_model("llama")
-    context, candidates = [5, 9, 3, 7, 2], [[4, 4, 1], [8, 2, 6], [1, 1, 1], [3, 9, 5]]
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt2", "opt"])
+def test_loglik_equals_one_forward_per_candidate(family):
+    model = tiny_model(family)  # gemma3_text: a context longer than its sliding window of 8
+    context, candidates = [5, 9, 3, 7, 2, 11, 12, 13, 14, 15, 16], [[4, 4, 1], [8, 2, 6], [1, 1, 1], [3, 9, 5]]
     batched = continuation_loglik(model, context, candidates)
     for cand, value in zip(candidates, batched):
         ids = torch.tensor([context + cand])

@@ -11,6 +11,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 
 from ..prune.events import blocks_frame, modules_frame
+from ..runs.store import strategy_label
 
 BLOCK_AXIS = "block (decoder layer index)"
 SPARSITY_AXIS = "sparsity (fraction of weights zeroed)"
@@ -81,12 +82,16 @@ BLOCK_METRICS = {"sparsity": SPARSITY_AXIS, "max_rel_error": "worst module's rel
 
 
 def run_label(run: dict) -> str:
-    """A run named by what distinguishes it: id, method, sparsity or pattern, calibration source, and
-    the calibration draw (nsamples x seqlen, seed)."""
-    job = ((run.get("record") or {}).get("job") or {})
+    """A run named by what distinguishes it: id, method, sparsity or pattern, calibration source, the
+    strategy that chose its windows (when not the random draw), and the draw (nsamples x seqlen, seed)."""
+    record = run.get("record") or {}
+    job = record.get("job") or {}
     draw = (f" · {job['nsamples']}x{job['seqlen']} seed {job['seed']}"
             if job.get("calib") and job.get("nsamples") is not None else "")
-    return f"#{run['id']} {run.get('method')} {run.get('sparsity')} · {run.get('calibration') or 'no data'}{draw}"
+    strategy = strategy_label(record)
+    chosen = f" by {strategy}" if strategy and strategy != "random" else ""
+    return (f"#{run['id']} {run.get('method')} {run.get('sparsity')} · {run.get('calibration') or 'no data'}{chosen}"
+            f"{draw}")
 
 
 def blocks_of_runs(runs: list[dict]) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from ..errors import NotEnoughDataError
+from ..runs.store import strategy_label
 
 # The sweep's headline metric: the geometric mean of the held-out perplexities of every eval source,
 # so no single domain (and no source's in-domain advantage) dominates.
@@ -39,9 +40,14 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
             continue
         config = record.get("config") or run.get("config") or {}
         calibration = record.get("calibration") or {}
+        strategy = strategy_label(record) or "none"
+        # A strategy other than the random draw is part of what the calibration data is, so every view that
+        # groups runs by calibration keeps them apart.
+        chosen_by = f" by {strategy}" if strategy not in ("random", "none") else ""
         row = {
             "run_id": run["id"], "sweep": run.get("sweep"), "method": config.get("method"),
-            "setting": setting_label(config), "calibration": run.get("calibration") or "none",
+            "setting": setting_label(config), "calibration": (run.get("calibration") or "none") + chosen_by,
+            "strategy": strategy,
             "nsamples": calibration.get("nsamples", 0), "seed": calibration.get("seed", 0),
             "overall_sparsity": record.get("overall_sparsity"),
         }

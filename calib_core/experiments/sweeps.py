@@ -21,6 +21,7 @@ Grid file (YAML or JSON):
     mode: document                                    # document | concat | document_pad
     concat_separator: "\\n\\n"                        # concat mode only
     ppl_protocol: heldout                             # heldout | wikitext2
+    cloze_items: 0                                    # 4-way cloze items per eval source (0: none)
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class SweepGrid:
     mode: str = "document"
     concat_separator: str = DEFAULT_CONCAT_SEPARATOR
     ppl_protocol: str = "heldout"
+    cloze_items: int = 0  # 4-way cloze items per eval source (metrics/cloze.py); 0: perplexity only
     dtype: str = "float32"
     keep_masks: bool = False  # 13 MB per point for SmolLM2: opt in for mask agreement
     device: str = "auto"  # where every point computes; not part of a point's key (same results, rounding aside)
@@ -130,7 +132,7 @@ class SweepGrid:
                        for v in values):
                 raise ConfigError(f"Sweep grid '{key}' must hold whole numbers >= {1 if key == 'nsamples' else 0}, "
                                   f"got {values}.")
-        for key, low in (("seqlen", 2), ("eval_windows", 1)):
+        for key, low in (("seqlen", 2), ("eval_windows", 1), ("cloze_items", 0)):
             value = getattr(self, key)
             if not (value is None and key == "eval_windows") and (
                     not isinstance(value, int) or isinstance(value, bool) or value < low):
@@ -154,6 +156,8 @@ class SweepGrid:
             context["concat_separator"] = self.concat_separator
         if self.ppl_protocol != "heldout":
             context["ppl_protocol"] = self.ppl_protocol
+        if self.cloze_items:
+            context["cloze_items"] = self.cloze_items
         return context
 
     def spec(self, point: SweepPoint) -> RunSpec:
@@ -162,7 +166,8 @@ class SweepGrid:
                        seqlen=self.seqlen, seed=point.seed, mode=self.mode, concat_separator=self.concat_separator,
                        strategy=point.strategy, strategy_options=dict(point.strategy_options),
                        config=replace(point.config, device=self.device),
-                       evaluation=EvalSpec(self.eval, windows=self.eval_windows, protocol=self.ppl_protocol),
+                       evaluation=EvalSpec(self.eval, windows=self.eval_windows, protocol=self.ppl_protocol,
+                                           cloze_items=self.cloze_items),
                        keep_masks=self.keep_masks)
 
     def points(self) -> list[SweepPoint]:

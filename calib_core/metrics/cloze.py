@@ -38,14 +38,19 @@ class ClozeResult:
 
 @torch.inference_mode()
 def continuation_loglik(model, context: list[int], candidates: list[list[int]]) -> list[float]:
-    """Sum of log p(candidate tokens | context) for each candidate, in one batch (equal lengths)."""
+    """Sum of log p(candidate tokens | context) for each candidate (equal lengths). The context runs once
+    and its key/value cache is shared by the candidates' batch: the same log-likelihoods as scoring each
+    context + candidate whole (tested), at about half the tokens."""
     device = next(model.parameters()).device
-    ids = torch.tensor([context + c for c in candidates], device=device)
-    logits = model(input_ids=ids, use_cache=False).logits.float()
-    start = len(context)
-    logprobs = F.log_softmax(logits[:, start - 1 : -1], dim=-1)
-    target = ids[:, start:]
-    return logprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(dim=1).tolist()
+    prompt = model(input_ids=torch.tensor([context], device=device), use_cache=True)
+    cache = prompt.past_key_values
+    cache.batch_repeat_interleave(len(candidates))
+    ids = torch.tensor(candidates, device=device)
+    mask = torch.ones((len(candidates), len(context) + ids.shape[1]), dtype=torch.long, device=device)
+    logits = model(input_ids=ids, past_key_values=cache, attention_mask=mask, use_cache=True).logits.float()
+    first = F.log_softmax(prompt.logits[0, -1].float(), dim=-1)[ids[:, 0]]
+    rest = F.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1).sum(dim=1)
+    return (first + rest).tolist()
 
 
 def cloze_accuracy(model, tokenizer, spec: str = "builtin:wiki", items: int = 100, context_tokens: int = 64,

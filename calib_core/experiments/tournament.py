@@ -1,0 +1,174 @@
+"""The strategy tournament: every calibration strategy at the same nsamples x seqlen, pruned with each
+method at each setting over several seeds, on each model, and measured per capability (held-out
+perplexity on each builtin domain, and the 4-way cloze proxy), never as one number.
+
+Entries: the strategies of data/strategies.py on one pool source (default builtin:wiki), plus `mix`: the
+random draw from a uniform mix of the four builtin sources (mix: sources, data/mix.py). Every point is an
+ordinary run under one sweep name, so an interrupted tournament resumes where it stopped; the first
+`early_seeds` seeds of every entry run before the rest, so a cut-short run still compares every entry.
+
+The verdict rules were fixed before any result was seen (VERDICT_RULES); the report states them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+from .. import assets
+from ..data.sources import BUILTIN_SOURCES
+from ..data.strategies import RANDOM
+from ..runs.events import PipelineEvent
+from .sweeps import SweepGrid, SweepPoint, SweepSummary, run_sweep
+
+MIX = "mix"
+UNIFORM_MIX = "mix:" + ",".join(f"{source}=1" for source in BUILTIN_SOURCES)
+ALPHA = 0.05
+VERDICT_RULES = (
+    f"Per model, method, setting and capability, each entry's per-seed values are compared with random's by "
+    f"Welch's t-test; the p-values of the entries compared in one such family are Holm-adjusted. An entry is "
+    f"'better' (lower perplexity, higher cloze accuracy) or 'worse' when its adjusted p < {ALPHA}, otherwise "
+    f"'within seed noise'. Fixed before any tournament result was seen."
+)
+
+
+@dataclass
+class TournamentSettings:
+    models: list[str] = field(default_factory=lambda: [assets.DEFAULT_MODEL, "gemma3-270m"])
+    source: str = "builtin:wiki"  # the pool every strategy draws from (mix: the four builtin sources)
+    strategies: list[str] = field(default_factory=lambda: [
+        RANDOM, "least-ppl", "unique-tokens", "activation-kmeans", "self-calibration", "icl-format"])
+    mix: str | None = UNIFORM_MIX  # an entry drawn at random from this mix (None: no mix entry)
+    methods: list[str] = field(default_factory=lambda: ["wanda", "sparsegpt"])
+    settings: list = field(default_factory=lambda: [0.5, 0.6, "2:4"])
+    seeds: int = 5
+    nsamples: int = 16
+    seqlen: int = 256
+    mode: str = "concat"
+    eval: list[str] = field(default_factory=lambda: list(BUILTIN_SOURCES))
+    eval_windows: int = 2
+    cloze_items: int = 25
+    early_seeds: int = 3
+    name: str = "tournament"
+
+    def grids(self, model: str) -> list[SweepGrid]:
+        """The source x strategies grid and the mix grid of one model (they share sampling and eval)."""
+        base = dict(name=self.name, model=model, methods=self.methods, sparsities=self.settings,
+                    nsamples=[self.nsamples], seqlen=self.seqlen, seeds=list(range(self.seeds)), eval=self.eval,
+                    eval_windows=self.eval_windows, mode=self.mode, cloze_items=self.cloze_items)
+        grids = [SweepGrid.from_dict({**base, "calibration": [self.source], "strategies": self.strategies})]
+        if self.mix:
+            grids.append(SweepGrid.from_dict({**base, "calibration": [self.mix], "strategies": [RANDOM]}))
+        return grids
+
+    def points(self, model: str) -> list[SweepPoint]:
+        """Every entry's early seeds first (each seed's selection is made once and shared), then the rest."""
+        every = [p for grid in self.grids(model) for p in grid.points()]
+        return [p for p in every if p.seed < self.early_seeds] + [p for p in every if p.seed >= self.early_seeds]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+QUICK = dict(models=[assets.DEFAULT_MODEL], methods=["wanda"], settings=[0.5], seeds=2, nsamples=4, seqlen=128,
+             eval_windows=1, cloze_items=10, early_seeds=2, name="tournament-quick")
+
+
+def entry_of(calibration: str, strategy: str) -> str:
+    """A run's tournament entry: its strategy, or `mix` for the random draw from a mix."""
+    return MIX if str(calibration).startswith("mix:") and strategy == RANDOM else strategy
+
+
+def run_tournament(settings: TournamentSettings, store=None, on_event=None, cancel=None) -> SweepSummary:
+    """Every model's points not yet finished, then each model's dense reference (its perplexities on the
+    same windows and the cost of one dense forward over a pool), measured once."""
+    from ..runs import RunStore
+
+    store = store or RunStore()
+    emit = on_event or (lambda event: None)
+    summary = SweepSummary()
+    for model in settings.models:
+        emit(PipelineEvent("sweep", f"tournament on {model}"))
+        grid = settings.grids(model)[0]
+        part = run_sweep(grid, store, on_event, cancel, points=settings.points(model))
+        summary.ran += part.ran
+        summary.skipped += part.skipped
+        summary.failed += part.failed
+        summary.run_ids += part.run_ids
+        ensure_reference(settings, model, store)
+    return summary
+
+
+def reference_path(settings: TournamentSettings, store):
+    return store.path.parent / f"{settings.name}-reference.json"
+
+
+def ensure_reference(settings: TournamentSettings, model: str, store) -> dict:
+    """Per model, measured once and kept beside the run store: the dense model's perplexities and cloze
+    accuracy on the tournament's eval, and the seconds of one dense forward (logits included) over a pool
+    of 10 x nsamples windows, the unit the selection costs are stated in."""
+    path = reference_path(settings, store)
+    known = json.loads(path.read_text()) if path.exists() else {}
+    if model in known:
+        return known[model]
+    from ..data.sources import build_calibration
+    from ..data.strategies import POOL_FACTOR, window_cross_entropy
+    from ..metrics.cloze import cloze_accuracy
+    from ..metrics.perplexity import perplexity
+    from ..models import load_model
+
+    loaded = load_model(model)
+    pool = build_calibration(settings.source, loaded.tokenizer, POOL_FACTOR.default * settings.nsamples,
+                             settings.seqlen, 0, settings.mode)
+    started = time.perf_counter()
+    window_cross_entropy(loaded.model, pool.input_ids, pool.unpadded_lengths)
+    forward = time.perf_counter() - started
+    capabilities = {f"ppl {spec}": perplexity(loaded.model, loaded.tokenizer, spec, seqlen=settings.seqlen,
+                                              max_windows=settings.eval_windows).ppl for spec in settings.eval}
+    if settings.cloze_items:
+        accuracies = [cloze_accuracy(loaded.model, loaded.tokenizer, spec, items=settings.cloze_items).acc
+                      for spec in settings.eval]
+        capabilities[CLOZE] = sum(accuracies) / len(accuracies)
+    known[model] = {"pool_forward_seconds": forward, "pool_windows": pool.nsamples, "dense": capabilities}
+    path.write_text(json.dumps(known, indent=2))
+    return known[model]
+
+
+CLOZE = "cloze acc (mean of domains)"
+
+
+def tournament_frame(settings: TournamentSettings, store):
+    """The finished runs of the tournament's points: one row per run with its model, entry, every
+    capability and the seconds its selection took (None when a sweep reused an earlier selection)."""
+    import pandas as pd
+
+    from .stats import runs_frame
+
+    by_key = {p.key: (model, p) for model in settings.models for p in settings.points(model)}
+    runs = [r for r in store.sweep_runs(settings.name) if r.get("point_key") in by_key]
+    frame = runs_frame(runs)
+    if frame.empty:
+        return frame
+    records = {r["id"]: r["record"] for r in runs}
+    keys = {r["id"]: r["point_key"] for r in runs}
+    frame["model"] = [by_key[keys[i]][0] for i in frame["run_id"]]
+    frame["entry"] = [entry_of(by_key[keys[i]][1].calibration, by_key[keys[i]][1].strategy) for i in frame["run_id"]]
+    cloze = [c for c in frame.columns if c.startswith("cloze acc builtin:")]
+    if cloze:
+        frame[CLOZE] = frame[cloze].mean(axis=1)
+    frame["selection_seconds"] = [_selection_seconds(records[i]) for i in frame["run_id"]]
+    return pd.DataFrame(frame)
+
+
+def _selection_seconds(record: dict) -> float | None:
+    """The seconds this run's windows took to choose (a random draw: its calibration time); None when the
+    selection was reused from an earlier point."""
+    strategy = (record.get("calibration") or {}).get("strategy")
+    if strategy:
+        return None if strategy.get("reused") else strategy.get("seconds")
+    return (record.get("timings") or {}).get("calibration")
+
+
+def capabilities(settings: TournamentSettings) -> list[str]:
+    return [f"ppl {spec}" for spec in settings.eval] + ([CLOZE] if settings.cloze_items else [])
