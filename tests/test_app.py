@@ -103,6 +103,61 @@ def test_sweeps_page_runs_a_grid_and_tests_two_sources(tmp_path):
     assert "builtin:news" in verdict and "builtin:wiki" in verdict and "p = " in verdict
 
 
+def test_a_strategy_chosen_on_the_calibration_page_runs_from_the_prune_page(tmp_path):
+    from calib_core.data.strategies import STRATEGIES
+
+    app = _app_on_tiny_model(tmp_path, "app_pages/calibration.py")
+    picker = next(s for s in app.selectbox if s.label == "Calibration strategy")
+    assert picker.options[0].startswith("random: ") and len(picker.options) == len(STRATEGIES)
+    picker.set_value("least-ppl").run()
+    pool = next(n for n in app.number_input if n.label == "pool factor")
+    pool.set_value(0).run()  # out of range: said under the field
+    assert any("pool factor must be from 1 to 1000" in e.value for e in app.error)
+    pool.set_value(3).run()
+    assert app.session_state["prune_form"]["strategy_options"] == {"pool_factor": 3}
+    app.switch_page("app_pages/prune.py").run()
+    assert next(s for s in app.selectbox if s.label == "Calibration strategy").value == "least-ppl"
+    assert next(n for n in app.number_input if n.label == "pool factor").value == 3
+    app.number_input[0].set_value(2)
+    app.number_input[1].set_value(16)
+    next(b for b in app.button if b.label == "Start pruning").click().run()
+    job = _wait(manager().get(app.session_state["prune_job"]), 300)
+    assert job.status == "finished", job.error
+    strategy = job.result["calibration"]["strategy"]
+    assert strategy["name"] == "least-ppl" and strategy["pool"]["size"] == 6 and len(strategy["chosen"]) == 2
+    app.switch_page("app_pages/results.py").run()
+    assert not app.exception
+    assert app.dataframe[0].value["strategy"].tolist() == ["least-ppl (pool_factor=3)"]
+
+
+def test_the_mix_builder_makes_a_checked_mix_source():
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    app.switch_page("app_pages/calibration.py").run()
+    next(n for n in app.number_input if n.label == "builtin:books").set_value(0.0).run()
+    next(n for n in app.number_input if n.label == "random rows").set_value(0.1).run()
+    spec = "mix:builtin:wiki=1,builtin:news=1,builtin:code=1,random=0.1"
+    assert spec in [c.value for c in app.code]
+    next(b for b in app.button if b.label == "Use this mix as the calibration source").click().run()
+    assert app.session_state["calib_source"] == spec
+    for source in ("builtin:wiki", "builtin:news", "builtin:code"):
+        next(n for n in app.number_input if n.label == source).set_value(0.0).run()
+    assert any("needs at least one source with a weight > 0" in e.value for e in app.error)
+
+
+def test_the_sweeps_page_sweeps_strategies():
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    app.switch_page("app_pages/sweeps.py").run()
+    next(m for m in app.multiselect if m.label == "Calibration strategies").set_value(["random", "unique-tokens"])
+    next(m for m in app.multiselect if m.label == "Calibration sources").set_value(["builtin:wiki"])
+    next(b for b in app.button if b.label == "Start sweep").click().run()
+    grid = app.session_state["sweep_grid"]
+    assert grid.strategies == ["random", "unique-tokens"]
+    chosen = [p.strategy for p in grid.points() if p.config.method == "wanda"]
+    assert chosen.count("random") == chosen.count("unique-tokens") == len(chosen) // 2 > 0
+
+
 @pytest.fixture
 def shared_app(tmp_path, monkeypatch):
     """The app as served on a network address: visitors are confined to a workspace folder."""

@@ -281,3 +281,54 @@ def test_every_strategy_has_an_explanation_and_checked_defaults():
     for strategy in STRATEGIES.values():
         assert strategy.summary and len(strategy.explain) > 40
         check_strategy(strategy.name)
+
+
+def test_holm_adjustment():
+    from calib_core.experiments.tournament_report import holm
+
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5]
+
+
+def test_verdicts_follow_the_fixed_rules_per_capability():
+    import pandas as pd
+
+    from calib_core.experiments.tournament import CLOZE
+    from calib_core.experiments.tournament_report import comparisons
+
+    rows = []
+    for seed in range(5):
+        jitter = 0.01 * seed
+        for entry, ppl, acc in (("random", 10 + jitter, 0.5 + jitter), ("least-ppl", 5 + jitter, 0.5 + jitter),
+                                ("unique-tokens", 10.02 - jitter, 0.9 + jitter)):
+            rows.append(dict(model="m", method="wanda", setting="50%", entry=entry, seed=seed, **{"ppl x": ppl, CLOZE: acc}))
+    found = comparisons(pd.DataFrame(rows), ["ppl x", CLOZE]).set_index(["capability", "entry"])["verdict"]
+    assert found[("ppl x", "least-ppl")] == "better"  # lower perplexity
+    assert found[("ppl x", "unique-tokens")] == "within seed noise"
+    assert found[(CLOZE, "unique-tokens")] == "better"  # higher accuracy
+    assert found[("ppl x", "random")] == "baseline"
+
+
+def test_tournament_runs_resumes_and_reports(tmp_path):
+    from calib_core.experiments.tournament import TournamentSettings, run_tournament, tournament_frame
+    from calib_core.experiments.tournament_report import write_tournament_report
+
+    folder = str(save_tiny_folder(tmp_path / "tiny"))
+    settings = TournamentSettings(models=[folder], strategies=["random", "unique-tokens"], methods=["wanda"],
+                                  settings=[0.5], seeds=2, nsamples=2, seqlen=16, eval=["builtin:wiki", "builtin:code"],
+                                  eval_windows=1, cloze_items=2, early_seeds=1, name="t")
+    points = settings.points(folder)
+    assert len(points) == 3 * 2 and [p.seed for p in points] == [0, 0, 0, 1, 1, 1]  # early seeds first
+    store = RunStore(tmp_path / "runs.sqlite")
+    assert run_tournament(settings, store).ran == 6
+    assert run_tournament(settings, store).ran == 0  # resumes: nothing left
+    frame = tournament_frame(settings, store)
+    assert sorted(frame["entry"].unique()) == ["mix", "random", "unique-tokens"]
+    assert frame["cloze acc (mean of domains)"].between(0, 1).all()
+    report = write_tournament_report(settings, store, tmp_path / "out").read_text()
+    assert "Fixed before any tournament result was seen" in report and "## Selection cost" in report
+    assert "unique-tokens" in report and ("(+" in report or "(-" in report)
+    assert "6 of 6 points finished" in report
+    assert (tmp_path / "out" / "strategies-runs.csv").exists()
+    reference = json.loads((tmp_path / "runs.sqlite").parent.joinpath("t-reference.json").read_text())
+    assert reference[folder]["pool_forward_seconds"] > 0 and "ppl builtin:code" in reference[folder]["dense"]

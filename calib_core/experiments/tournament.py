@@ -43,12 +43,12 @@ class TournamentSettings:
     methods: list[str] = field(default_factory=lambda: ["wanda", "sparsegpt"])
     settings: list = field(default_factory=lambda: [0.5, 0.6, "2:4"])
     seeds: int = 5
-    nsamples: int = 16
+    nsamples: int = 8  # the Prune page's default; a pool of 80 windows for the pool strategies
     seqlen: int = 256
     mode: str = "concat"
     eval: list[str] = field(default_factory=lambda: list(BUILTIN_SOURCES))
     eval_windows: int = 2
-    cloze_items: int = 25
+    cloze_items: int = 10  # per domain: 40 items, the same for every run
     early_seeds: int = 3
     name: str = "tournament"
 
