@@ -91,7 +91,7 @@ def _strategy_options(args) -> dict:
     foreign = sorted(set(given) - own)
     if foreign:
         raise ConfigError(f"--{foreign[0].replace('_', '-')} is not a setting of strategy {args.strategy}.")
-    return non_default(args.strategy, check_strategy(args.strategy, given, getattr(args, "nsamples", None)))
+    return non_default(args.strategy, check_strategy(args.strategy, given))
 
 
 def _method_config(args) -> PruneConfig:

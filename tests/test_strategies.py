@@ -332,3 +332,23 @@ def test_tournament_runs_resumes_and_reports(tmp_path):
     assert (tmp_path / "out" / "strategies-runs.csv").exists()
     reference = json.loads((tmp_path / "runs.sqlite").parent.joinpath("t-reference.json").read_text())
     assert reference[folder]["pool_forward_seconds"] > 0 and "ppl builtin:code" in reference[folder]["dense"]
+
+
+def test_a_model_based_selection_runs_with_the_model_on_the_jobs_device(tmp_path, monkeypatch):
+    import contextlib
+
+    from calib_core.runs import pipeline
+
+    placed = []
+
+    @contextlib.contextmanager
+    def recorded(model, device, stage, what, emit):
+        placed.append((device, what))
+        yield device
+
+    monkeypatch.setattr(pipeline, "on_job_device", recorded)
+    folder = str(save_tiny_folder(tmp_path / "tiny"))
+    store = RunStore(tmp_path / "runs.sqlite")
+    for strategy in ("unique-tokens", "activation-kmeans"):
+        run_prune(RunSpec(model=folder, strategy=strategy, nsamples=2, seqlen=16), store=store)
+    assert placed == [("auto", "the activation-kmeans selection")]  # model-free: nothing to place

@@ -405,9 +405,9 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
 )}
 
 
-def check_strategy(name: str, options: dict | None = None, nsamples: int | None = None) -> dict:
+def check_strategy(name: str, options: dict | None = None) -> dict:
     """The strategy's settings with defaults filled in, or a ConfigError (unknown strategy or setting, a
-    value out of range, a pool smaller than nsamples)."""
+    value out of range: a pool factor below 1 would make the pool smaller than nsamples)."""
     if name not in STRATEGIES:
         raise ConfigError(f"Unknown calibration strategy '{name}'; known: {', '.join(STRATEGIES)}.")
     strategy = STRATEGIES[name]
@@ -416,10 +416,7 @@ def check_strategy(name: str, options: dict | None = None, nsamples: int | None 
     if unknown:
         raise ConfigError(f"Strategy {name} has no setting {', '.join(sorted(unknown))}; "
                           f"its settings: {', '.join(known) or 'none'}.")
-    resolved = {s.name: s.check((options or {}).get(s.name, s.default)) for s in strategy.settings}
-    if nsamples is not None and "pool_factor" in resolved and resolved["pool_factor"] * nsamples < nsamples:
-        raise ConfigError(f"The pool ({resolved['pool_factor']} x {nsamples}) is smaller than nsamples {nsamples}.")
-    return resolved
+    return {s.name: s.check((options or {}).get(s.name, s.default)) for s in strategy.settings}
 
 
 def non_default(name: str, options: dict | None) -> dict:
@@ -442,7 +439,7 @@ def build_strategy_calibration(source: str, tokenizer, nsamples: int, seqlen: in
     """The run's calibration windows chosen by `strategy` (random: build_calibration's draw, unchanged).
     A model-based strategy runs its forwards on `model` as it is: call it before pruning. `cache` (a dict a
     sweep keeps) reuses a selection made for the same inputs on the same dense model."""
-    resolved = check_strategy(strategy, options, nsamples)
+    resolved = check_strategy(strategy, options)
     chosen_by = STRATEGIES[strategy]
     if chosen_by.select is None:
         return build_calibration(source, tokenizer, nsamples, seqlen, seed, mode, text_column,

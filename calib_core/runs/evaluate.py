@@ -51,7 +51,7 @@ def evaluate_model(loaded, spec: EvalSpec, seqlen: int, device: str = "auto", on
     if spec.cloze_items:
         t = time.perf_counter()
         extras["cloze"] = []
-        with _on_job_device(loaded.model, device, "cloze", "the cloze proxy", emit):
+        with on_job_device(loaded.model, device, "cloze", "the cloze proxy", emit):
             for source in sources:
                 accuracy = cloze_accuracy(loaded.model, loaded.tokenizer, source, items=spec.cloze_items)
                 extras["cloze"].append(accuracy.as_dict())
@@ -60,7 +60,7 @@ def evaluate_model(loaded, spec: EvalSpec, seqlen: int, device: str = "auto", on
         timings["cloze"] = time.perf_counter() - t
     if spec.lm_eval_tasks is not None:
         t = time.perf_counter()
-        with _on_job_device(loaded.model, device, "zeroshot", "lm-eval", emit):  # HFLM runs where the model is
+        with on_job_device(loaded.model, device, "zeroshot", "lm-eval", emit):  # HFLM runs where the model is
             zeroshot = lm_eval_accuracy(loaded.model, loaded.tokenizer, spec.lm_eval_tasks, spec.lm_eval_limit,
                                         include_path=spec.lm_eval_include)
         timings["lm_eval"] = time.perf_counter() - t
@@ -72,7 +72,7 @@ def evaluate_model(loaded, spec: EvalSpec, seqlen: int, device: str = "auto", on
 
 
 @contextlib.contextmanager
-def _on_job_device(model, device: str, stage: str, what: str, emit):
+def on_job_device(model, device: str, stage: str, what: str, emit):
     """The whole model on the job's device while `what` runs (then back on the CPU); where it does
     not fit, `what` runs where the model is, and the run's events say so."""
     target = resolve_device(device)

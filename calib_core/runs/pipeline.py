@@ -4,6 +4,7 @@ run means the same thing everywhere."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import replace
@@ -21,7 +22,7 @@ from ..models import DTYPES, describe_model, load_model
 from ..prune import PruneConfig
 from ..prune.engine import Pruner
 from ..prune.memory import check_memory
-from .evaluate import evaluate_model
+from .evaluate import evaluate_model, on_job_device
 from .events import PipelineEvent
 from .saved import push_refusal, write_outputs
 from .spec import RunSpec, check_outputs
@@ -40,7 +41,6 @@ def run_prune(spec: RunSpec, on_event=None, cancel=None, store=None, loaded=None
     emit = on_event or (lambda event: None)
     config = spec.config.resolved()  # a bad config or destination fails before anything loads
     check_mode(spec.mode)
-    check_calibration_choice(spec)
     check_protocol(spec.evaluation.protocol)
     check_outputs(spec)
     store = store or RunStore()
@@ -48,6 +48,7 @@ def run_prune(spec: RunSpec, on_event=None, cancel=None, store=None, loaded=None
     if too_big:  # said at once, and recorded: the run's spec says --stream
         spec = replace(spec, stream=True)
         emit(PipelineEvent("load", f"note: {too_big}: streaming its blocks from disk"))
+    check_calibration_choice(spec)  # after the streaming decision: a model-based strategy cannot stream
     push_refused = push_refusal(spec)
     if push_refused:  # said at once; the run goes on and saves locally
         emit(PipelineEvent("push", f"error: {push_refused} The model will be saved to {spec.save} only.",
@@ -63,7 +64,7 @@ def check_calibration_choice(spec: RunSpec) -> None:
     if not spec.calib or not spec.config.needs_calibration:
         return
     parse_source(spec.calib)
-    check_strategy(spec.strategy, spec.strategy_options, spec.nsamples)
+    check_strategy(spec.strategy, spec.strategy_options)
     if spec.stream and STRATEGIES[spec.strategy].needs_model:
         raise ConfigError(f"Strategy {spec.strategy} scores or generates with the whole dense model in memory; "
                           "it cannot run on a streamed model (--stream). Use random or unique-tokens.")
@@ -152,9 +153,15 @@ def _calibrate(spec: RunSpec, pruner: Pruner, tokenizer, emit, selections: dict 
     check_memory(pruner.memory_estimate(spec.nsamples, spec.seqlen), pruner.device)
     if spec.strategy != RANDOM:
         emit(PipelineEvent("calibration", f"choosing calibration windows by {describe_strategy(spec.strategy, spec.strategy_options)}"))
-    calibration = build_strategy_calibration(
-        spec.calib, tokenizer, spec.nsamples, spec.seqlen, spec.seed, spec.mode, spec.strategy, spec.strategy_options,
-        pruner.model if not spec.stream else None, spec.text_column, spec.concat_separator, selections)
+    needs_model = STRATEGIES[spec.strategy].needs_model
+    # A model-based strategy scores or generates with the whole dense model on the run's device when it fits.
+    placed = (on_job_device(pruner.model, spec.config.device, "calibration", f"the {spec.strategy} selection", emit)
+              if needs_model else contextlib.nullcontext())
+    with placed:
+        calibration = build_strategy_calibration(
+            spec.calib, tokenizer, spec.nsamples, spec.seqlen, spec.seed, spec.mode, spec.strategy,
+            spec.strategy_options, pruner.model if needs_model else None, spec.text_column, spec.concat_separator,
+            selections)
     emit(PipelineEvent("calibration", f"calibration {calibration.fingerprint}", calibration.describe()))
     for note in calibration.notes:
         emit(PipelineEvent("calibration", f"note: {note}"))
