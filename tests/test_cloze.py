@@ -25,16 +25,24 @@ def test_items_are_seeded_and_hold_the_true_continuation():
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt2", "opt"])
-def test_loglik_equals_one_forward_per_candidate(family):
+@pytest.mark.parametrize("budget", [None, 1])  # 1: one item per batch
+def test_loglik_equals_one_forward_per_candidate(family, budget, monkeypatch):
+    from calib_core.metrics import cloze
+
+    if budget:
+        monkeypatch.setattr(cloze, "LOGITS_BUDGET", budget)
     model = tiny_model(family)  # gemma3_text: a context longer than its sliding window of 8
-    context, candidates = [5, 9, 3, 7, 2, 11, 12, 13, 14, 15, 16], [[4, 4, 1], [8, 2, 6], [1, 1, 1], [3, 9, 5]]
-    batched = continuation_loglik(model, context, candidates)
-    for cand, value in zip(candidates, batched):
-        ids = torch.tensor([context + cand])
-        with torch.no_grad():
-            logp = F.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
-        brute = sum(float(logp[len(context) + i - 1, tok]) for i, tok in enumerate(cand))
-        assert value == pytest.approx(brute, abs=1e-4)
+    contexts = [[5, 9, 3, 7, 2, 11, 12, 13, 14, 15, 16], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]
+    candidates = [[[4, 4, 1], [8, 2, 6], [1, 1, 1], [3, 9, 5]], [[2, 2, 2], [7, 1, 3], [9, 9, 4], [6, 5, 4]]]
+    batched = cloze.continuation_logliks(model, contexts, candidates)
+    assert batched[0] == pytest.approx(continuation_loglik(model, contexts[0], candidates[0]), abs=1e-5)
+    for context, item, values in zip(contexts, candidates, batched):
+        for cand, value in zip(item, values):
+            ids = torch.tensor([context + cand])
+            with torch.no_grad():
+                logp = F.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+            brute = sum(float(logp[len(context) + i - 1, tok]) for i, tok in enumerate(cand))
+            assert value == pytest.approx(brute, abs=1e-4)
 
 
 def test_too_short_source_is_refused():

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from calib_core.devices import device_key, free_bytes, resolve_device
+from calib_core.devices import device_key, free_bytes, native_dtype, resolve_device
 from calib_core.errors import DeviceError, InsufficientMemoryError
 from calib_core.prune import PruneConfig
 from tests.tiny import char_tokenizer, random_ids, tiny_model
@@ -30,6 +30,20 @@ def test_a_device_this_machine_lacks_is_refused_with_what_it_has(fake_cuda, name
     with pytest.raises(DeviceError, match=message) as refused:
         resolve_device(name)
     assert "cpu, cuda:0" in str(refused.value) or "lower case" in str(refused.value) or "1 CUDA" in str(refused.value)
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [
+    (False, False, "float32"), (False, True, "bfloat16"), (True, False, "bfloat16")])
+def test_the_native_dtype_follows_the_cpus_bf16_arithmetic(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert native_dtype() == expected == native_dtype("cpu")
+
+
+def test_the_native_dtype_on_cuda_is_float16_as_the_authors_run(fake_cuda, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert native_dtype() == "float16" and native_dtype("cpu") == "bfloat16"
 
 
 def test_cuda_on_a_machine_without_it_is_refused(monkeypatch):

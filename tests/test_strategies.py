@@ -322,6 +322,7 @@ def test_tournament_runs_resumes_and_reports(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
     assert run_tournament(settings, store).ran == 6
     assert run_tournament(settings, store).ran == 0  # resumes: nothing left
+    assert {r["record"]["job"]["dtype"] for r in store.sweep_runs("t")} == {settings.resolved_dtype()}
     frame = tournament_frame(settings, store)
     assert sorted(frame["entry"].unique()) == ["mix", "random", "unique-tokens"]
     assert frame["cloze acc (mean of domains)"].between(0, 1).all()

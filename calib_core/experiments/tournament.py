@@ -51,12 +51,19 @@ class TournamentSettings:
     cloze_items: int = 10  # per domain: 40 items, the same for every run
     early_seeds: int = 3
     name: str = "tournament"
+    dtype: str = "auto"  # the device's native dtype (devices.native_dtype), resolved when the grid is made
+
+    def resolved_dtype(self) -> str:
+        from ..devices import native_dtype
+
+        return native_dtype() if self.dtype == "auto" else self.dtype
 
     def grids(self, model: str) -> list[SweepGrid]:
         """The source x strategies grid and the mix grid of one model (they share sampling and eval)."""
         base = dict(name=self.name, model=model, methods=self.methods, sparsities=self.settings,
                     nsamples=[self.nsamples], seqlen=self.seqlen, seeds=list(range(self.seeds)), eval=self.eval,
-                    eval_windows=self.eval_windows, mode=self.mode, cloze_items=self.cloze_items)
+                    eval_windows=self.eval_windows, mode=self.mode, cloze_items=self.cloze_items,
+                    dtype=self.resolved_dtype())
         grids = [SweepGrid.from_dict({**base, "calibration": [self.source], "strategies": self.strategies})]
         if self.mix:
             grids.append(SweepGrid.from_dict({**base, "calibration": [self.mix], "strategies": [RANDOM]}))
@@ -118,7 +125,7 @@ def ensure_reference(settings: TournamentSettings, model: str, store) -> dict:
     from ..metrics.perplexity import perplexity
     from ..models import load_model
 
-    loaded = load_model(model)
+    loaded = load_model(model, dtype=settings.resolved_dtype())
     pool = build_calibration(settings.source, loaded.tokenizer, POOL_FACTOR.default * settings.nsamples,
                              settings.seqlen, 0, settings.mode)
     started = time.perf_counter()

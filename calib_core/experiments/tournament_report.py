@@ -194,7 +194,8 @@ def write_tournament_report(settings: TournamentSettings, store, out: str | Path
         f"- Entries: the strategies {', '.join(settings.strategies)} choosing from `{settings.source}`"
         + (f", and `mix`: the random draw from `{settings.mix}`" if settings.mix else "") + ". Every entry's windows "
         f"are {settings.nsamples} x {settings.seqlen} tokens ({settings.mode} sampling for the pool and random draws).",
-        f"- Methods {', '.join(settings.methods)} at {', '.join(str(s) for s in settings.settings)}; seeds "
+        f"- Methods {', '.join(settings.methods)} at {', '.join(str(s) for s in settings.settings)}, in "
+        f"{settings.resolved_dtype()} (this machine's native dtype unless set); seeds "
         f"0-{settings.seeds - 1} (a seed fixes the pool, the draw and a strategy's own randomness).",
         f"- Capabilities, each its own column, never averaged: held-out perplexity on "
         f"{', '.join(settings.eval)} ({settings.eval_windows} x {settings.seqlen}-token windows each, the same for every "
