@@ -174,6 +174,9 @@ def show_outcome(result: dict) -> None:
     for p in result["perplexity"]:
         st.metric(f"Perplexity on {p['source']}", f"{p['ppl']:.2f}", help=p["protocol"])
     st.success(f"Recorded as run {result['run_id']}. Compare it on the Results page.")
+    if result.get("masks"):
+        st.page_link("app_pages/inside.py", label="Inside a layer: what this calibration data changed",
+                     icon=":material/biotech:", query_params={"a": str(result["run_id"])})
 
 
 st.toggle("Live charts", value=True, key="live_charts",

@@ -136,6 +136,8 @@ else:
             per_module = mask_agreement(masks[run_a], masks[run_b])
             per_block = block_agreement(per_module)
             st.metric("Jaccard of kept weights, whole model", f"{overall_jaccard(per_module):.3f}")
+            st.page_link("app_pages/inside.py", label="Inside a layer: why these two masks differ",
+                         icon=":material/biotech:", query_params={"a": str(run_a), "b": str(run_b)})
             c1, c2 = st.columns(2)
             bars = px.bar(per_block, x="block", y="jaccard", title="Per-block Jaccard",
                           labels={"jaccard": "Jaccard of kept weights (1 = identical masks)"})

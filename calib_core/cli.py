@@ -1,4 +1,4 @@
-"""Command line: python -m calib_core {prune,eval,calib,sets,similarity,runs,sweep,reproduce,tournament} ... (see --help): thin
+"""Command line: python -m calib_core {prune,eval,calib,sets,similarity,runs,sweep,reproduce,tournament,inspect} ... (see --help): thin
 callers of the library, one subcommand per task."""
 
 from __future__ import annotations
@@ -701,6 +701,43 @@ def _cmd_tournament(args) -> int:
     return 0
 
 
+def _inspect_parser(sub) -> None:
+    inspect = sub.add_parser("inspect", help="inside a layer: why calibration data changed what was pruned (channel "
+                                             "norms, scores, the mask, across the model) for one run or two")
+    inspect.add_argument("runs", nargs="+", type=int, metavar="RUN", help="one run id, or two to compare")
+    inspect.add_argument("--block", type=int, default=None, help="decoder block (default: where two runs' masks "
+                                                                 "differ most; for one run, the module with most outliers)")
+    inspect.add_argument("--module", default=None, help="prunable module of the block, e.g. mlp.down_proj")
+    inspect.add_argument("--top-k", type=int, default=None, help="channels the mask difference is attributed to "
+                                                                 "(default: the outlier channels of either run)")
+    inspect.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG, HTML and CSV of each view")
+
+
+def _cmd_inspect(args) -> int:
+    from .errors import ConfigError
+    from .experiments.inside_figures import export_views, module_views
+    from .metrics import inside
+    from .runs import RunStore
+
+    if len(args.runs) > 2:
+        raise ConfigError("inspect takes one run, or two to compare.")
+    store = RunStore()
+    runs = [inside.open_run(store, run_id) for run_id in args.runs]
+    a, b = runs[0], runs[1] if len(runs) == 2 else None
+    block, module = args.block, args.module
+    if block is None or module is None:
+        default = inside.most_different_module(a, b) if b is not None else inside.most_outlying_module(a)
+        block = default[0] if block is None else block
+        module = default[1] if module is None else module
+    views, notes = module_views(a, block, module, b, args.top_k)
+    written, export_notes = export_views(views, args.out)
+    print(f"block {block} {module}: " + "; ".join(f"{v.name}: {v.figure.layout.title.text.split('<br>')[0]}" for v in views))
+    for note in notes + export_notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
 def block_table(blocks) -> str:
     """Per-block summary: target vs achieved sparsity, OWL outlier ratio, worst module error, time."""
     from .prune.events import blocks_frame
@@ -721,5 +758,5 @@ def _commands() -> dict:
             "sets": (_sets_parser, _cmd_sets), "similarity": (_similarity_parser, _cmd_similarity),
             "runs": (_runs_parser, _cmd_runs), "sweep": (_sweep_parser, _cmd_sweep),
             "reproduce": (_reproduce_parser, _cmd_reproduce), "eval": (_eval_parser, _cmd_eval),
-            "tournament": (_tournament_parser, _cmd_tournament)}
+            "tournament": (_tournament_parser, _cmd_tournament), "inspect": (_inspect_parser, _cmd_inspect)}
 

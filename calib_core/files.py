@@ -106,6 +106,24 @@ def atomic_file(path: str | os.PathLike):
             os.unlink(tmp)
 
 
+@contextmanager
+def npz_archive(path: str | os.PathLike):
+    """Yield `add(arrays)`, which writes arrays into an .npz at `path` as they come (the format of
+    np.savez, which np.load reads, and reads lazily): only the arrays being added are in memory, and the
+    file appears whole when the block ends without error."""
+    import zipfile
+
+    import numpy as np
+
+    with atomic_file(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        def add(arrays: dict) -> None:
+            for key, array in arrays.items():
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as entry:
+                    np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
+
+        yield add
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)

@@ -1,7 +1,11 @@
+import os
+
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# Our machines have 2 cores; fewer when a long run shares them (two processes of 2 threads each on 2 cores
+# slow both many times over).
+torch.set_num_threads(int(os.environ.get("CALIB_LAB_TEST_THREADS", "2")))
 
 
 @pytest.fixture(autouse=True)

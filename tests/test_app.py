@@ -11,7 +11,7 @@ from tests.tiny import save_tiny_folder
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ["app_pages/home.py", "app_pages/model.py", "app_pages/calibration.py", "app_pages/similarity.py", "app_pages/prune.py",
-         "app_pages/results.py", "app_pages/sweeps.py"]
+         "app_pages/results.py", "app_pages/inside.py", "app_pages/sweeps.py"]
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -306,3 +306,29 @@ def test_the_results_page_lists_the_runs_of_a_store_on_a_full_disk(small_tmpfs, 
     assert not app.exception, app.exception
     assert app.dataframe[0].value["status"].tolist() == ["finished"]
     assert any("read-only" in w.value for w in app.warning)
+
+
+def test_the_inside_page_shows_why_two_calibration_sets_pruned_differently(tmp_path):
+    from calib_core.metrics import inside
+    from calib_core.prune import PruneConfig
+    from calib_core.runs import RunStore
+    from calib_core.runs.pipeline import run_prune
+    from calib_core.runs.spec import EvalSpec, RunSpec
+
+    folder = str(save_tiny_folder(tmp_path / "tiny"))
+    ids = [run_prune(RunSpec(model=folder, calib=calib, nsamples=2, seqlen=16, config=PruneConfig(method="wanda"),
+                             evaluation=EvalSpec(sources=["builtin:wiki"], windows=1)))["run_id"]
+           for calib in ("builtin:wiki", "builtin:code")]
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    app.switch_page("app_pages/inside.py")
+    app.query_params["a"], app.query_params["b"] = str(ids[0]), str(ids[1])
+    app.run()
+    assert not app.exception, app.exception
+    block, module = inside.most_different_module(*(inside.open_run(RunStore(), i) for i in ids))
+    assert [s.value for s in app.selectbox] == [ids[0], ids[1], block, module]  # where the masks differ most
+    assert [h.value for h in app.subheader] == ["1. Channels", "2. Scores", "3. The mask", "4. Across the model"]
+    assert any("activation norm" in m.value for m in app.markdown)
+    other = 1 - block
+    app.selectbox[2].set_value(other).run()  # another block: the same module there, and the link follows
+    assert not app.exception and app.query_params["block"] == str(other) and app.selectbox[3].value == module

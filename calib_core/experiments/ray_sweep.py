@@ -29,7 +29,7 @@ def ray_available() -> bool:
 
 
 def _run_point(grid: SweepGrid, point: SweepPoint, threads: int) -> dict:
-    """Runs inside a Ray worker: the record of one point, masks included as bytes."""
+    """Runs inside a Ray worker: the record of one point, its masks and channel statistics included as bytes."""
     import torch
 
     from ..models import load_model
@@ -47,6 +47,8 @@ def _run_point(grid: SweepGrid, point: SweepPoint, threads: int) -> dict:
         record = run_prune(grid.spec(point), store=RunStore(Path(scratch) / "runs.sqlite"), loaded=loaded)
         if record.get("masks"):
             record["mask_bytes"] = Path(record.pop("masks")).read_bytes()
+        if record.get("channel_stats"):
+            record["channel_bytes"] = Path(record["channel_stats"]["path"]).read_bytes()
     return record
 
 
@@ -114,6 +116,9 @@ def run_sweep_on_ray(grid: SweepGrid, address: str = "auto", store=None, on_even
                 path = store.mask_path(run_id)
                 atomic_write_bytes(path, masks)
                 record["masks"] = str(path)
+            channels = record.pop("channel_bytes", None)
+            if channels is not None:
+                record["channel_stats"]["path"] = str(atomic_write_bytes(store.channel_path(run_id), channels))
             store.finish(run_id, "finished", record)
             summary.ran += 1
             summary.run_ids.append(run_id)

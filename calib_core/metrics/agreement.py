@@ -9,8 +9,6 @@ Jaccard index of the kept weights, |A and B| / |A or B|.
 from __future__ import annotations
 
 import os
-import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from ..errors import ConfigError, NotEnoughDataError
-from ..files import atomic_file
+from ..files import npz_archive
 from ..models import decoder_blocks, prunable_modules, weight_matrix
 
 if TYPE_CHECKING:  # pandas only where a table is made: a run writing masks need not hold it in memory
@@ -27,7 +25,7 @@ if TYPE_CHECKING:  # pandas only where a table is made: a run writing masks need
 
 def save_masks(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the kept-weight masks of every prunable module (atomically) and return the path."""
-    with mask_archive(path) as add:
+    with npz_archive(path) as add:
         for b, block in enumerate(decoder_blocks(model)):
             add(block_masks(b, block))
     return Path(path)
@@ -41,20 +39,6 @@ def block_masks(index: int, block: nn.Module) -> dict[str, np.ndarray]:
         arrays[f"{index}/{name}"] = np.packbits(kept, axis=None)
         arrays[f"{index}/{name}#shape"] = np.asarray(kept.shape)
     return arrays
-
-
-@contextmanager
-def mask_archive(path: str | os.PathLike):
-    """Yield `add(arrays)`, which writes arrays into an .npz at `path` as they come (the format of
-    np.savez, which np.load reads): only the arrays being added are in memory, and the file appears
-    whole when the block ends without error."""
-    with atomic_file(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-        def add(arrays: dict[str, np.ndarray]) -> None:
-            for key, array in arrays.items():
-                with archive.open(f"{key}.npy", "w", force_zip64=True) as entry:
-                    np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
-
-        yield add
 
 
 def _load(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, tuple[int, ...]]]:

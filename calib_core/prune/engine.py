@@ -49,12 +49,13 @@ class Pruner:
     """One run of one method over one model. Use `prune_model` unless you need the pieces."""
 
     def __init__(self, model, config: PruneConfig, on_event=None, cancel: CancelToken | None = None,
-                 streamed=None, on_block_pruned: Callable | None = None):
+                 streamed=None, on_block_pruned: Callable | None = None, on_channels: Callable | None = None):
         """`streamed` (prune/streaming.StreamedModel of `model`): each block is read from disk for its
         turn and released after it; `on_block_pruned(index, tensors)` receives each pruned block's
-        tensors first (to write them)."""
+        tensors first (to write them); `on_channels(index, arrays)` receives each block's per-channel input
+        statistics ("{block}/{module}/{kind}" -> float32 array, kinds of prune/stats.CHANNEL_KINDS)."""
         self.model = model
-        self.streamed, self.on_block_pruned = streamed, on_block_pruned
+        self.streamed, self.on_block_pruned, self.on_channels = streamed, on_block_pruned, on_channels
         self.cfg = config.resolved()
         self.emit = on_event or (lambda event: None)
         self.cancel = cancel
@@ -186,13 +187,19 @@ class Pruner:
                 self._return_freed_memory()  # the forward's activations
             sparsity, pattern = targets[index]
             module_records = []
+            channels = {}
             for name, module in modules.items():
                 self._check_cancel()
                 stats, recon_x = _take_inputs(hooks, name)
+                if stats is not None and self.on_channels is not None:  # before a method consumes them
+                    channels.update({f"{index}/{name}/{kind}": values.numpy()
+                                     for kind, values in stats.channel_summary().items()})
                 module_records.append(self._prune_module(index, name, module, stats, recon_x, sparsity, pattern))
                 del stats, recon_x  # the statistics are freed after their last module
                 self._return_freed_memory()
                 self.emit(module_records[-1])
+            if channels:
+                self.on_channels(index, channels)
             # The last block's outputs feed nothing we measure: skip its re-run.
             if inputs is not None and cfg.propagate == "pruned" and index < len(self.blocks) - 1:
                 block_forward(block, inputs, index, outputs)

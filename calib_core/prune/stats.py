@@ -5,6 +5,15 @@ from __future__ import annotations
 import torch
 
 
+CHANNEL_KINDS = {
+    "norm": "||X_j||: sqrt(sum over tokens of x_j^2 / nsamples), the activation norm Wanda's score multiplies "
+            "(also OWL's outlier scores, RIA's ||X_j||^a and DSnoT's Wanda base)",
+    "hessian_diag": "diag(H) = (2 / nsamples) sum x_j^2, SparseGPT's Hessian diagonal before dampening",
+    "mean": "DSnoT's per-channel mean (token sums averaged over samples)",
+    "variance": "DSnoT's per-channel variance (within-sequence, token-weighted)",
+}
+
+
 class InputStats:
     """Running statistics of a Linear's input X [tokens, in].
 
@@ -41,6 +50,17 @@ class InputStats:
     def feature_norm(self) -> torch.Tensor:
         """Wanda's s_j = sqrt(mean over samples of sum over tokens x_j^2)."""
         return (self.sum_sq / max(self.samples, 1)).sqrt()
+
+    def channel_summary(self) -> dict[str, torch.Tensor]:
+        """One value per input channel of what the methods' scores use (CHANNEL_KINDS), computed from these
+        statistics before a method consumes them (SparseGPT factorizes the Gram matrix in place)."""
+        summary = {"norm": self.feature_norm()}
+        if self.gram is not None:
+            summary["hessian_diag"] = torch.diagonal(self.gram) * (2.0 / max(self.samples, 1))
+        if self.sum is not None:
+            summary["mean"] = self.token_sum_mean()
+            summary["variance"] = self.variance()
+        return {kind: values.detach().float().cpu() for kind, values in summary.items()}
 
     def hessian(self) -> torch.Tensor:
         """SparseGPT's H = (2 / n) sum X^T X, n = number of calibration samples: a new tensor the caller

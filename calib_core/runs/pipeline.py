@@ -8,6 +8,7 @@ import contextlib
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import psutil
 
@@ -15,13 +16,14 @@ from ..data.sources import check_mode, parse_source
 from ..data.strategies import RANDOM, STRATEGIES, build_strategy_calibration, check_strategy, describe_strategy
 from ..devices import reset_peak_memory, resolve_device
 from ..errors import ConfigError, PruningCancelled
-from ..files import check_free_space
+from ..files import check_free_space, npz_archive
 from ..metrics.agreement import save_masks
 from ..metrics.perplexity import check_protocol
 from ..models import DTYPES, describe_model, load_model
 from ..prune import PruneConfig
 from ..prune.engine import Pruner
 from ..prune.memory import check_memory
+from ..prune.stats import CHANNEL_KINDS
 from .evaluate import evaluate_model, on_job_device
 from .events import PipelineEvent
 from .saved import push_refusal, write_outputs
@@ -117,10 +119,11 @@ def _run(spec: RunSpec, config: PruneConfig, run_id: int, emit, cancel, store, l
     if spec.save:
         check_free_space(spec.save, sum(p.numel() * p.element_size() for p in loaded.model.parameters()))
     info = describe_model(loaded.model)
-    masks_path = store.mask_path(run_id)
-    with streamed_output(spec) as out, streamed_masks(spec, masks_path) as add_masks:
+    masks_path, channels = store.mask_path(run_id), ChannelSink(store.channel_path(run_id), config)
+    with streamed_output(spec) as out, streamed_masks(spec, masks_path) as add_masks, channels:
         sink = BlockSink(out, streamed, add_masks) if streamed is not None else None
-        pruner = Pruner(loaded.model, config, emit, cancel, streamed=streamed, on_block_pruned=sink)
+        pruner = Pruner(loaded.model, config, emit, cancel, streamed=streamed, on_block_pruned=sink,
+                        on_channels=channels.add if channels.active else None)
         t = time.perf_counter()
         calibration = _calibrate(spec, pruner, loaded.tokenizer, emit, selections)
         timings["calibration"] = time.perf_counter() - t
@@ -138,10 +141,38 @@ def _run(spec: RunSpec, config: PruneConfig, run_id: int, emit, cancel, store, l
         record["job"] = spec.as_record()
         if spec.keep_masks:
             record["masks"] = str(masks_path if sink is not None else save_masks(loaded.model, masks_path))
+        if channels.kinds:
+            record["channel_stats"] = channels.describe()
         if sink is not None and spec.save:
             record["saved"] = sink.describe(spec, record, calibration, loaded.tokenizer)
     write_outputs(spec, loaded, record, calibration, emit, push_refused)
     return record
+
+
+class ChannelSink:
+    """Where a calibrated run's per-channel input statistics go, block by block (prune/stats.CHANNEL_KINDS):
+    one small .npz per run beside the masks; nothing for a method that reads no data."""
+
+    def __init__(self, path: Path, config: PruneConfig):
+        self.path, self.active, self.kinds = path, config.needs_calibration, set()
+        self._archive = self._add = None
+
+    def __enter__(self):
+        if self.active:
+            self._archive = npz_archive(self.path)
+            self._add = self._archive.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._archive.__exit__(*exc) if self._archive is not None else False
+
+    def add(self, index: int, arrays: dict) -> None:
+        self.kinds.update(key.rsplit("/", 1)[1] for key in arrays)
+        self._add(arrays)
+
+    def describe(self) -> dict:
+        kinds = [k for k in CHANNEL_KINDS if k in self.kinds]
+        return {"path": str(self.path), "kinds": kinds, "definitions": {k: CHANNEL_KINDS[k] for k in kinds}}
 
 
 def _calibrate(spec: RunSpec, pruner: Pruner, tokenizer, emit, selections: dict | None = None):

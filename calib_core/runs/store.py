@@ -247,6 +247,10 @@ class RunStore:
         """Where a run's masks are kept (metrics/agreement.py reads them for mask agreement)."""
         return self.path.parent / "masks" / f"run-{run_id}.npz"
 
+    def channel_path(self, run_id: int) -> Path:
+        """Where a run's per-channel input statistics are kept (metrics/inside.py reads them)."""
+        return self.path.parent / "channels" / f"run-{run_id}.npz"
+
     def finished_points(self, sweep: str) -> set[str]:
         """Keys of the sweep's points that already finished: a resumed sweep skips them."""
         rows = self._read("SELECT point_key FROM runs WHERE sweep = ? AND status = 'finished'", (sweep,))

@@ -10,8 +10,8 @@ from transformers import AutoTokenizer
 
 from .. import assets
 from ..errors import ConfigError, ModelLoadError
-from ..files import atomic_folder, scratch_folder
-from ..metrics.agreement import block_masks, mask_archive
+from ..files import atomic_folder, npz_archive, scratch_folder
+from ..metrics.agreement import block_masks
 from ..models import DTYPES, LoadedModel, family_of
 from ..paths import streamed_scratch_dir
 from ..prune.streaming import STREAMABLE_LAYERS, StreamedModel
@@ -59,7 +59,7 @@ def streamed_output(spec: RunSpec):
 def streamed_masks(spec: RunSpec, path: Path):
     """Where a streamed run writes its masks block by block (the whole model's never in memory at once):
     `add(arrays)` into the run's mask file, which appears when the run ends; None otherwise."""
-    return mask_archive(path) if spec.stream and spec.keep_masks else contextlib.nullcontext()
+    return npz_archive(path) if spec.stream and spec.keep_masks else contextlib.nullcontext()
 
 
 class BlockSink:

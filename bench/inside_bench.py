@@ -1,0 +1,64 @@
+"""How fast the Inside a layer page opens a module on the bundled model: two Wanda 50% runs of SmolLM2-135M
+(calibrated on wiki and on code, 8 x 128 tokens), then, for the module where their masks differ most and
+for the largest module (an MLP down projection), the time from nothing open to all four views built
+(figures and tables: channels, scores, mask difference, across the model), each time with fresh run
+objects, so that masks, statistics and dense weights are read from disk again. Median of 5.
+
+    .venv/bin/python bench/inside_bench.py          # about 2 min on 2 CPUs
+
+Target: under 2 s per module.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common  # noqa: F401  (puts the repository on sys.path)
+
+from calib_core import assets
+from calib_core.experiments.inside_figures import module_views
+from calib_core.metrics import inside
+from calib_core.prune import PruneConfig
+from calib_core.runs import RunStore
+from calib_core.runs.pipeline import run_prune
+from calib_core.runs.spec import EvalSpec, RunSpec
+
+OUT = Path(__file__).resolve().parent / "results" / "inside_bench"
+ROUNDS = 5
+TARGET_S = 2.0
+
+
+def main() -> int:
+    store = RunStore(Path(tempfile.mkdtemp()) / "runs.sqlite")
+    ids = [run_prune(RunSpec(model=assets.DEFAULT_MODEL, calib=calib, nsamples=8, seqlen=128,
+                             config=PruneConfig(method="wanda", sparsity=0.5),
+                             evaluation=EvalSpec(sources=["builtin:wiki"], windows=1)), store=store)["run_id"]
+           for calib in ("builtin:wiki", "builtin:code")]
+    a, b = (inside.open_run(store, i) for i in ids)
+    cases = {"most different": inside.most_different_module(a, b), "largest": (15, "mlp.down_proj")}
+    rows, lines = [], ["| module | views | median (s) | max (s) | target |", "|---|---|---|---|---|"]
+    for label, (block, module) in cases.items():
+        for pair in (False, True):
+            seconds = []
+            for _ in range(ROUNDS):
+                started = time.perf_counter()
+                fresh_a = inside.open_run(store, ids[0])
+                fresh_b = inside.open_run(store, ids[1]) if pair else None
+                views, notes = module_views(fresh_a, block, module, fresh_b)
+                seconds.append(time.perf_counter() - started)
+                assert len(views) == 4 and not notes, notes
+            median = statistics.median(seconds)
+            rows.append({"case": label, "block": block, "module": module, "two_runs": pair, "seconds": seconds,
+                         "median_s": median})
+            lines.append(f"| {label}: block {block} {module} | {'two runs' if pair else 'one run'} | {median:.2f} | "
+                         f"{max(seconds):.2f} | {'met' if median < TARGET_S else 'missed'} (< {TARGET_S:g} s) |")
+    _common.write_results(OUT, {"runs": ids, "rounds": ROUNDS, "cases": rows}, lines)
+    return 0 if all(r["median_s"] < TARGET_S for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
