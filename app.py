@@ -3,6 +3,7 @@
 import streamlit as st
 
 from calib_core import assets
+from calib_core.models import AUTO_DTYPE
 from calib_core.housekeeping import clean_stale_files
 from app_ui.cache import access_policy
 from app_ui.live import sidebar_jobs
@@ -21,7 +22,7 @@ st.set_page_config(page_title="Calibration Lab", layout="wide")
 # has the browser draw some 30 frames, which doubled what a watching tab costs the job's CPUs.
 st.html("<style>[data-testid='stProgressBarTrack'] > div { transition: none !important; }</style>")
 st.session_state.setdefault("model_spec", assets.DEFAULT_MODEL)
-st.session_state.setdefault("model_options", {"dtype": "float32", "quantization": None, "trust_remote_code": False})
+st.session_state.setdefault("model_options", {"dtype": AUTO_DTYPE, "quantization": None, "trust_remote_code": False})
 st.session_state.setdefault("calib_source", "builtin:wiki")
 st.session_state.setdefault("device", "auto")
 

@@ -7,7 +7,8 @@ from calib_core.errors import CalibLabError
 from calib_core.experiments.inside_figures import module_views
 from calib_core.experiments.run_figures import Chart, run_label
 from calib_core.metrics import inside
-from calib_core.runs import RunStore
+from calib_core.runs import RunStore, continuations
+from app_ui.cache import cached_model
 from app_ui.charts import show_chart
 
 st.title("Inside a layer")
@@ -72,3 +73,34 @@ for view in views:
     st.subheader(titles[view.name])
     st.markdown(view.explain)
     show_chart(st, Chart(view.figure, view.table), f"inside-{view.name}", key_prefix=f"{run_a}-{run_b}-{block}-{module}-")
+
+st.subheader("5. Dense and pruned side by side")
+st.markdown("One prompt, continued by the dense model and by each run's pruned model (greedy, the same number of "
+            "new tokens, the same seed): a perplexity gap, as text.")
+chosen_runs = [r.record for r in (a, b) if r is not None]
+for record in chosen_runs:
+    how = continuations.how_made(record)
+    if how == "remade":
+        st.caption(f"Run {record['run_id']} has no saved folder and its method changes kept weights: it is remade from "
+                   f"its record first, about {continuations.remake_seconds(record):.0f} s (what its own prune took).")
+    else:
+        st.caption(f"Run {record['run_id']}: from its {how}.")
+with st.form("side_by_side"):
+    prompt = st.text_area("Prompt", "The history of the city begins", height=80)
+    new_tokens = st.number_input("New tokens", 1, 400, 40)
+    go = st.form_submit_button("Continue the prompt", type="primary")
+if go:
+    job = chosen_runs[0].get("job") or {}
+    with st.spinner("Loading the models and writing..."):
+        try:
+            dense = cached_model(chosen_runs[0]["model"]["spec"], job.get("dtype", "float32"))
+            st.session_state.inside_written = ((run_a, run_b), continuations.side_by_side(
+                chosen_runs, prompt, int(new_tokens), dense=dense))
+        except CalibLabError as exc:
+            st.error(str(exc))
+written_for, written = st.session_state.get("inside_written") or (None, [])
+if written_for != (run_a, run_b):  # written for other runs
+    written = []
+for column, found in zip(st.columns(len(written) or 1), written):
+    column.markdown(f"**{found.label}** ({found.source}, {found.seconds:.1f} s)")
+    column.text(found.text)

@@ -10,6 +10,7 @@ from calib_core.data.sources import BUILTIN_SOURCES, MODES
 from calib_core.data.strategies import STRATEGIES
 from calib_core.errors import CalibLabError, NotEnoughDataError
 from calib_core.jobs import manager, tasks
+from calib_core.models import resolve_dtype
 from calib_core.prune.methods import METHODS
 from calib_core.runs import RunStore
 from calib_core.experiments.sweep_figures import export_sweep, sweep_figures
@@ -76,7 +77,8 @@ with grid_tab:
                 methods=methods,
                 sparsities=[s if ":" in s else float(s) for s in settings], seqlen=int(seqlen),
                 nsamples=[int(n) for n in nsamples.split(",") if n.strip()], seeds=list(range(int(seeds))),
-                eval=evals, eval_windows=int(windows), mode=mode, dtype=st.session_state.model_options["dtype"],
+                eval=evals, eval_windows=int(windows), mode=mode,
+                dtype=resolve_dtype(st.session_state.model_options["dtype"], st.session_state.device),
                 device=st.session_state.device))
             st.session_state.sweep_grid = access_policy().grid(grid)
         except (CalibLabError, ValueError) as exc:

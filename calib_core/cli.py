@@ -12,6 +12,7 @@ from .data.sources import DEFAULT_CONCAT_SEPARATOR, MODES
 from .errors import CalibLabError
 from .housekeeping import clean_stale_files
 from .metrics.perplexity import PROTOCOLS
+from .models import AUTO_DTYPE, DTYPE_CHOICES, resolve_dtype
 from .prune.config import PruneConfig
 from .prune.methods import METHODS, all_options
 
@@ -36,7 +37,9 @@ def _add_sampling_args(parser, default_mode: str):
 
 def _add_model_args(parser):
     parser.add_argument("--model", default=assets.DEFAULT_MODEL, help="hub id, local folder or bundled alias")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default=AUTO_DTYPE, choices=DTYPE_CHOICES,
+                        help="auto (default): bfloat16 on CPUs with native bf16 arithmetic (AMX or AVX-512 BF16), "
+                             "float16 on CUDA, float32 otherwise; the record states the dtype that ran")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda (the current GPU) or "
                                                          "cuda:N; checked before anything loads")
     parser.add_argument("--trust-remote-code", action="store_true",
@@ -151,6 +154,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         clean_stale_files()
+        if getattr(args, "dtype", None) == AUTO_DTYPE:  # resolved once: what runs is what records say
+            args.dtype = resolve_dtype(AUTO_DTYPE, getattr(args, "device", "auto"))
         return _commands()[args.command][1](args)
     except CalibLabError as exc:
         print(f"error: {exc}", file=sys.stderr)

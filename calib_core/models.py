@@ -46,6 +46,20 @@ FAMILIES: dict[str, Family] = {
 }
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+AUTO_DTYPE = "auto"  # the device's native dtype (devices.native_dtype): the app's and the CLI's default
+DTYPE_CHOICES = (AUTO_DTYPE, *DTYPES)
+
+
+def resolve_dtype(dtype: str, device: str = "auto") -> str:
+    """The dtype a run computes in: `auto` resolved for `device` (bfloat16 on CPUs with native bf16
+    arithmetic, float16 on CUDA, float32 otherwise), any other name checked. Records state the result."""
+    if dtype == AUTO_DTYPE:
+        from .devices import native_dtype
+
+        return native_dtype(device)
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"Unknown dtype '{dtype}'. Choose one of {', '.join(DTYPE_CHOICES)}.")
+    return dtype
 
 
 def family_of(model: nn.Module) -> Family:
@@ -159,8 +173,7 @@ def load_model(
     Remote model code runs only when `trust_remote_code` is explicitly True. `on_message` hears about
     slow first steps (a bundled model's one-time conversion).
     """
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"Unknown dtype '{dtype}'. Choose one of {sorted(DTYPES)}.")
+    dtype = resolve_dtype(dtype, device)
     notes = []
     if spec in assets.BUNDLED:
         source, local = str(assets.bundled_model_dir(spec, on_message)), True

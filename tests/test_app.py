@@ -327,8 +327,15 @@ def test_the_inside_page_shows_why_two_calibration_sets_pruned_differently(tmp_p
     assert not app.exception, app.exception
     block, module = inside.most_different_module(*(inside.open_run(RunStore(), i) for i in ids))
     assert [s.value for s in app.selectbox] == [ids[0], ids[1], block, module]  # where the masks differ most
-    assert [h.value for h in app.subheader] == ["1. Channels", "2. Scores", "3. The mask", "4. Across the model"]
+    assert [h.value for h in app.subheader] == ["1. Channels", "2. Scores", "3. The mask", "4. Across the model",
+                                              "5. Dense and pruned side by side"]
     assert any("activation norm" in m.value for m in app.markdown)
+    next(b for b in app.button if b.label == "Continue the prompt").click().run()
+    assert not app.exception, app.exception
+    written = [t.value for t in app.text]
+    assert len(written) == 3 and all(written)  # dense, run A, run B
+    assert [m.value.split(" (")[0] for m in app.markdown if m.value.startswith("**") and " (" in m.value] == [
+        "**dense**", f"**run {ids[0]}**", f"**run {ids[1]}**"]
     other = 1 - block
     app.selectbox[2].set_value(other).run()  # another block: the same module there, and the link follows
     assert not app.exception and app.query_params["block"] == str(other) and app.selectbox[3].value == module

@@ -184,3 +184,35 @@ def test_the_inspect_command_writes_every_view(tmp_path, capsys):
     assert {p.name for p in out.iterdir()} >= {"channels.csv", "scores.html", "mask.csv", "model.html"}
     assert main(["inspect", str(ids[0]), "--block", "0", "--module", "nope", "--out", str(out)]) == 2
     assert "has no module nope in block 0" in capsys.readouterr().err
+
+
+def test_dense_and_pruned_side_by_side_from_a_saved_folder_stored_masks_or_a_remake(tmp_path):
+    from calib_core.models import load_model
+    from calib_core.runs import continuations
+
+    folder = str(save_tiny_folder(tmp_path / "tiny"))
+    store = RunStore(tmp_path / "runs.sqlite")
+    made = {}
+    for label, method, save in (("wanda saved", "wanda", True), ("wanda", "wanda", False),
+                                ("sparsegpt saved", "sparsegpt", True), ("sparsegpt", "sparsegpt", False)):
+        made[label] = run_prune(RunSpec(model=folder, calib="builtin:code", nsamples=2, seqlen=16,
+                                        config=PruneConfig(method=method, sparsity=0.5),
+                                        save=str(tmp_path / label.replace(" ", "-")) if save else None,
+                                        evaluation=EvalSpec(sources=["builtin:wiki"], windows=1)), store=store)
+    assert [continuations.how_made(made[k]) for k in made] == ["saved folder", "stored masks", "saved folder", "remade"]
+    assert continuations.remake_seconds(made["sparsegpt"]) > 0
+    prompt = "The history of the"
+    found = continuations.side_by_side(list(made.values()), prompt, new_tokens=12)
+    texts = {c.label: c.text for c in found}
+    assert [c.source for c in found] == ["dense", "saved folder", "stored masks", "saved folder", "remade"]
+    # the same run made two ways continues the same: masks on the dense model, and a remake from the record
+    assert texts[f"run {made['wanda']['run_id']}"] == texts[f"run {made['wanda saved']['run_id']}"]
+    assert texts[f"run {made['sparsegpt']['run_id']}"] == texts[f"run {made['sparsegpt saved']['run_id']}"]
+    dense = continuations.continue_text(load_model(folder), prompt, new_tokens=12)
+    assert texts["dense"] == dense and len(set(texts.values())) > 1  # pruning changed what the model writes
+    remade, _ = continuations.pruned_model(made["sparsegpt"])
+    saved = load_model(str(tmp_path / "sparsegpt-saved"))
+    for (name, a), (_, b) in zip(remade.model.state_dict().items(), saved.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(NotEnoughDataError, match="Write a prompt"):
+        continuations.side_by_side([made["wanda"]], "  ")

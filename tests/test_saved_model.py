@@ -3,6 +3,7 @@ was pruned (checked before the folder is put in place), carries a model card say
 and the command that remakes it, states its size, and uploads to the hub only when it can."""
 
 import json
+from dataclasses import replace
 import time
 
 import numpy as np
@@ -118,6 +119,9 @@ def test_the_reproduce_command_parses_back_to_the_same_job():
 
     args = build_parser().parse_args(shlex.split(command)[3:])
     assert run_spec(args) == job
+    float32 = replace(job, dtype="float32")  # said even where it was once the CLI's default: auto is now
+    assert "--dtype float32" in reproduce_command(float32)
+    assert run_spec(build_parser().parse_args(shlex.split(reproduce_command(float32))[3:])) == float32
 
 
 def test_push_to_hub_offline_says_so_before_the_run_and_saves_locally(tmp_path, tiny_folder, capsys, monkeypatch):

@@ -46,6 +46,10 @@ def test_a_streamed_tiny_prune_matches_the_in_memory_one_and_saves_a_loadable_fo
     assert _agreement(_masks(memory["masks"]), _masks(streamed["masks"])) == 1.0
     assert round(streamed["perplexity"][0]["ppl"], 4) == round(memory["perplexity"][0]["ppl"], 4)
     assert streamed["overall_sparsity"] == memory["overall_sparsity"]
+    with np.load(memory["channel_stats"]["path"]) as a, np.load(streamed["channel_stats"]["path"]) as b:
+        assert a.files == b.files and len(a.files) > 0  # written block by block as it streamed, the same values
+        for key in a.files:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-6, err_msg=key)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved-True")
     in_memory_save = AutoModelForCausalLM.from_pretrained(tmp_path / "saved-False")
     for (name, a), (_, b) in zip(reloaded.state_dict().items(), in_memory_save.state_dict().items()):

@@ -19,7 +19,7 @@ from ..errors import ConfigError, PruningCancelled
 from ..files import check_free_space, npz_archive
 from ..metrics.agreement import save_masks
 from ..metrics.perplexity import check_protocol
-from ..models import DTYPES, describe_model, load_model
+from ..models import DTYPES, describe_model, load_model, resolve_dtype
 from ..prune import PruneConfig
 from ..prune.engine import Pruner
 from ..prune.memory import check_memory
@@ -42,6 +42,7 @@ def run_prune(spec: RunSpec, on_event=None, cancel=None, store=None, loaded=None
     between points, and keep `selections` (a strategy's windows, reused by points that share them)."""
     emit = on_event or (lambda event: None)
     config = spec.config.resolved()  # a bad config or destination fails before anything loads
+    spec = replace(spec, dtype=resolve_dtype(spec.dtype, config.device))  # the record states what ran
     check_mode(spec.mode)
     check_protocol(spec.evaluation.protocol)
     check_outputs(spec)
@@ -207,6 +208,7 @@ def run_dense_baseline(spec: RunSpec, on_event=None, cancel=None, store=None) ->
     Results page draws next to the pruned runs."""
     emit = on_event or (lambda event: None)
     check_protocol(spec.evaluation.protocol)
+    spec = replace(spec, dtype=resolve_dtype(spec.dtype, spec.config.device))
     store = store or RunStore()
     run_id = store.start(spec.model, {"method": DENSE, "sparsity": 0.0, "pattern": "unstructured"}, None)
     emit(PipelineEvent("run", f"run {run_id} started (dense baseline)", {"run_id": run_id}))

@@ -108,9 +108,8 @@ def reproduce_command(spec: RunSpec) -> str:
     """`python -m calib_core prune ...` with every setting of `spec` that differs from the CLI's defaults
     (the inverse of cli.run_spec, kept in step by a round-trip test)."""
     config, defaults, evaluation = spec.config, PruneConfig(), spec.evaluation
-    parts = ["python", "-m", "calib_core", "prune", "--model", spec.model]
-    if spec.dtype != "float32":
-        parts += ["--dtype", spec.dtype]
+    # the dtype always: the CLI's default (auto) depends on the machine
+    parts = ["python", "-m", "calib_core", "prune", "--model", spec.model, "--dtype", spec.dtype]
     if spec.stream:
         parts.append("--stream")
     if spec.trust_remote_code:
