@@ -339,3 +339,27 @@ def test_the_inside_page_shows_why_two_calibration_sets_pruned_differently(tmp_p
     other = 1 - block
     app.selectbox[2].set_value(other).run()  # another block: the same module there, and the link follows
     assert not app.exception and app.query_params["block"] == str(other) and app.selectbox[3].value == module
+
+
+def test_the_start_pages_demo_runs_and_links_to_the_comparison_and_the_layer(tmp_path, monkeypatch):
+    from calib_core.experiments import demo
+    from calib_core.runs import RunStore
+
+    folder = str(save_tiny_folder(tmp_path / "tiny"))
+    real = demo.demo_grid
+    monkeypatch.setattr(demo, "demo_grid", lambda model=None, device="auto": real(folder, device))  # tiny, not bundled
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    assert not app.exception and not [p for p in app.get("page_link") if "Inside block" in p.proto.label]
+    next(b for b in app.button if b.label == "Run the two-minute demo").click().run()
+    job = _wait(manager().get(app.session_state["demo_job"]), 240)
+    assert job.status == "finished", job.error
+    app.run()
+    assert not app.exception, app.exception
+    links = {p.proto.label: p.proto.query_string for p in app.get("page_link")}
+    roles = demo.demo_runs(demo.demo_grid(), RunStore())
+    assert set(roles) == {"wiki", "code", "magnitude"}
+    results = next(q for label, q in links.items() if label.startswith("1. Perplexity"))
+    assert results == f"runs={roles['wiki']}%2C{roles['code']}%2C{roles['magnitude']}"
+    layer = next(q for label, q in links.items() if label.startswith("2. Inside block"))
+    assert layer.startswith(f"a={roles['wiki']}&b={roles['code']}&block=")

@@ -103,8 +103,10 @@ def test_a_full_disk_during_the_save_leaves_nothing_and_fails_the_run(tmp_path, 
     with pytest.raises(OutputError, match="the disk is full"):
         run_prune(RunSpec(model=str(tiny_folder), nsamples=2, seqlen=16, save=str(target), keep_masks=False,
                   evaluation=EvalSpec(windows=1)), store=store)
-    assert sorted(os.listdir(tmp_path)) == ["runs.sqlite", "tiny"]  # no partial folder, no journal left
+    # no partial folder, no journal left; nor the run's channel statistics (written before the save failed)
+    assert sorted(set(os.listdir(tmp_path)) - {"channels"}) == ["runs.sqlite", "tiny"]
     (run,) = store.list()
+    assert not any((tmp_path / "channels").iterdir()) and not store.channel_path(run["id"]).exists()
     assert run["status"] == "failed" and "disk is full" in run["error"]
 
 

@@ -43,3 +43,9 @@ def similarity(job, model_spec: str, model_options: dict, device: str, specs: li
 
 def sweep(job, grid: SweepGrid):
     return run_sweep(grid, None, job.emit, job.cancel_event)
+
+
+def demo(job, grid: SweepGrid):
+    from ..experiments.demo import run_demo
+
+    return run_demo(grid, None, job.emit, job.cancel_event)

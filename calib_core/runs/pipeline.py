@@ -96,9 +96,11 @@ def _recorded(store, run_id: int, work) -> RunRecord:
         record = work()
     except (PruningCancelled, KeyboardInterrupt) as exc:
         store.finish(run_id, "cancelled", error=str(exc) or "interrupted")
+        store.discard_files(run_id)
         raise
     except Exception as exc:
         store.finish(run_id, "failed", error=str(exc))
+        store.discard_files(run_id)
         raise
     store.finish(run_id, "finished", record)
     return record

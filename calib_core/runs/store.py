@@ -251,6 +251,11 @@ class RunStore:
         """Where a run's per-channel input statistics are kept (metrics/inside.py reads them)."""
         return self.path.parent / "channels" / f"run-{run_id}.npz"
 
+    def discard_files(self, run_id: int) -> None:
+        """Remove what a run that did not finish wrote beside the store (its record names none of it)."""
+        for path in (self.mask_path(run_id), self.channel_path(run_id)):
+            path.unlink(missing_ok=True)
+
     def finished_points(self, sweep: str) -> set[str]:
         """Keys of the sweep's points that already finished: a resumed sweep skips them."""
         rows = self._read("SELECT point_key FROM runs WHERE sweep = ? AND status = 'finished'", (sweep,))
