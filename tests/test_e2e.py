@@ -2,7 +2,7 @@
 
 Flow: open the app, build and save a small calibration set, start a small prune of the bundled
 model, wait for the per-block chart and the perplexity, switch page and back while it runs, and
-find the run on the Results page. A screenshot of every page and the measured timings are kept in
+find the run on the Results page, then open it Inside a layer. A screenshot of every page and the measured timings are kept in
 tests/output/e2e/ (override with CALIB_LAB_E2E_OUT). CI sets CALIB_LAB_E2E=required so that a
 missing browser fails instead of skipping.
 """
@@ -134,6 +134,12 @@ def test_browser_flow_set_prune_results(app_url):
         grid = page.get_by_test_id("stDataFrame").first
         grid.wait_for(timeout=30_000)
         page.screenshot(path=OUT / "7-results.png", full_page=True)
+
+        _open(page, "Inside a layer")  # the run's channels, scores, mask and blocks, from its stored data
+        page.get_by_text("4. Across the model").wait_for(timeout=SLOW_MS)
+        page.get_by_text("5. Dense and pruned side by side").wait_for(timeout=60_000)
+        assert page.get_by_test_id("stException").count() == 0, "the Inside a layer page shows a traceback"
+        page.screenshot(path=OUT / "8-inside.png", full_page=True)
         browser.close()
 
     (OUT / "timings.json").write_text(json.dumps(timings, indent=2))
@@ -142,7 +148,8 @@ def test_browser_flow_set_prune_results(app_url):
 
 
 PAGE_URLS = {"": "Calibration Lab", "model": "Model", "calibration": "Calibration data",
-             "similarity": "Similarity to pretraining data", "prune": "Prune", "results": "Results", "sweeps": "Sweeps"}
+             "similarity": "Similarity to pretraining data", "prune": "Prune", "results": "Results", "inside": "Inside a layer",
+             "sweeps": "Sweeps"}
 
 
 def test_every_page_opens_from_its_own_url(app_url):
@@ -160,6 +167,6 @@ def test_every_page_opens_from_its_own_url(app_url):
             page.get_by_text("No job running.").wait_for(timeout=60_000)  # the whole script ran
             assert page.get_by_test_id("stException").count() == 0, f"/{path} shows a traceback"
             links = page.get_by_test_id("stSidebarNav").get_by_role("link")
-            assert links.count() == 7, f"/{path}: {links.all_inner_texts()}"
+            assert links.count() == len(PAGE_URLS), f"/{path}: {links.all_inner_texts()}"
             page.close()
         browser.close()
