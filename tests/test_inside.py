@@ -146,10 +146,13 @@ def test_across_the_model_per_block(runs):
     owl = inside.model_table(runs["owl"])
     blocks = runs["owl"].record["blocks"]
     assert list(owl["allocated_a"]) == [b["target_sparsity"] for b in blocks]
-    assert owl["outlier_ratio_a"].notna().all() and owl["allocated_a"].nunique() > 1  # OWL allocates per block
+    assert owl["outlier_percent_a"].notna().all() and owl["allocated_a"].nunique() > 1  # OWL allocates per block
     both = inside.model_table(runs["wiki"], runs["code"])
     assert both["jaccard"].between(0, 1).all() and (both["norm_divergence"] > 0).all()
     a, b = runs["wiki"], runs["code"]
+    from calib_core.experiments.inside_figures import model_view
+
+    assert any("outlier ratio" in t.name for t in model_view(runs["owl"]).figure.data)
     expected = np.mean([np.abs(np.log2(a.channel(0, m) / b.channel(0, m))).mean() for bl, m in a.modules() if bl == 0])
     assert both.loc[both.block == 0, "norm_divergence"].item() == pytest.approx(expected)
 
@@ -160,7 +163,7 @@ def test_figures_for_one_run_and_for_two(runs, tmp_path):
     views, notes = module_views(runs["wiki"], 1, "mlp.down_proj", runs["code"])
     assert [v.name for v in views] == ["channels", "scores", "mask", "model"] and not notes
     assert all(v.explain == EXPLAIN[v.name] and v.explain.count(". ") >= 1 for v in views)
-    assert "Jaccard" in views[2].figure.layout.title.text and len(views[0].figure.data) == 3  # A, B, ratio
+    assert "Jaccard" in views[2].figure.layout.title.text and len(views[0].figure.data) == 5  # A, threshold, B, ratio, 1
     written, export_notes = export_views(views, tmp_path / "out", formats=("html", "csv"))
     assert sorted(p.name for p in written) == sorted(f"{v}.{s}" for v in ("channels", "scores", "mask", "model")
                                                      for s in ("html", "csv"))

@@ -60,16 +60,18 @@ def channels_view(a, block: int, module: str, b=None, m: float = inside.OWL_M) -
     fig.add_trace(go.Bar(x=table["rank"], y=table["norm_a"], marker_color=colours, name=a.label(),
                          customdata=table[["channel"]], hovertemplate="channel %{customdata[0]}<br>norm %{y:.4g}"
                                                                       "<extra></extra>"), row=1, col=1)
-    mean = float(table["norm_a"].mean())
-    fig.add_hline(y=m * mean, line_dash="dash", line_color=PRUNED, row=1, col=1,
-                  annotation_text=f"outlier: > {m:g} x mean", annotation_position="top right")
+    # a line trace, not a shape: a shape's annotation on a log axis takes log10 coordinates
+    threshold = m * float(table["norm_a"].mean())
+    fig.add_trace(go.Scatter(x=[1, len(table)], y=[threshold, threshold], mode="lines", name=f"outlier: > {m:g} x mean",
+                             line=dict(dash="dash", color=PRUNED)), row=1, col=1)
     if b is not None:
         fig.add_trace(go.Scatter(x=table["rank"], y=table["norm_b"], mode="markers", marker=dict(size=4, color="#54a24b"),
                                  name=b.label()), row=1, col=1)
         fig.add_trace(go.Bar(x=table["rank"], y=table["ratio_a_to_b"], marker_color="#72b7b2", showlegend=False,
                              customdata=table[["channel"]],
                              hovertemplate="channel %{customdata[0]}<br>A / B %{y:.3g}<extra></extra>"), row=2, col=1)
-        fig.add_hline(y=1, line_color="#888", row=2, col=1)
+        fig.add_trace(go.Scatter(x=[1, len(table)], y=[1, 1], mode="lines", line=dict(color="#888"), showlegend=False),
+                      row=2, col=1)
         fig.update_yaxes(type="log", title_text="A / B", row=2, col=1)
     fig.update_yaxes(type="log", title_text="||X_j||", row=1, col=1)
     fig.update_xaxes(title_text="channel rank", row=rows, col=1)
@@ -105,9 +107,9 @@ def mask_view(a, block: int, module: str, b=None, top_k: int | None = None) -> V
     else:
         diff = inside.mask_difference(a, b, block, module, top_k)
         fig = go.Figure(go.Heatmap(z=diff.differ_tiles, colorscale="Reds", zmin=0, colorbar=dict(title="differ")))
-        title = (f"Masks apart: block {block} {module}: Jaccard {diff.jaccard:.3f}; {diff.top_k_share:.1%} of the "
-                 f"{diff.differ:,} differing weights sit on the top {diff.top_k} channel(s) "
-                 f"({diff.top_k_expected:.1%} if at random)")
+        title = (f"Masks apart: block {block} {module}: Jaccard {diff.jaccard:.3f}<br><sub>{diff.top_k_share:.1%} of the "
+                 f"{diff.differ:,} differing weights sit on the top {diff.top_k} channel(s) by norm "
+                 f"({diff.top_k_expected:.1%} if they fell at random)</sub>")
         table = diff.per_channel
     fig.update_xaxes(title_text="input channels (tiles)")
     fig.update_yaxes(title_text="output features (tiles)", autorange="reversed")
@@ -118,18 +120,23 @@ def model_view(a, b=None) -> View:
     table = inside.model_table(a, b)
     rows = 2 if b is not None else 1
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.12,
+                        specs=[[{"secondary_y": True}]] + ([[{}]] if b is not None else []),
                         subplot_titles=["sparsity per block (run A)"] + (["run A vs run B"] if b is not None else []))
-    for column, name, dash in (("allocated_a", "allocated sparsity", "dash"), ("achieved_a", "achieved sparsity", None),
-                               ("outlier_ratio_a", "OWL outlier ratio", "dot")):
-        if column in table and table[column].notna().any():
-            fig.add_trace(go.Scatter(x=table["block"], y=table[column], mode="lines+markers", name=name,
-                                     line=dict(dash=dash)), row=1, col=1)
+    for column, name, dash in (("allocated_a", "allocated sparsity", "dash"), ("achieved_a", "achieved sparsity", None)):
+        fig.add_trace(go.Scatter(x=table["block"], y=table[column], mode="lines+markers", name=name,
+                                 line=dict(dash=dash)), row=1, col=1)
+    if table["outlier_percent_a"].notna().any():  # OWL runs
+        fig.add_trace(go.Scatter(x=table["block"], y=table["outlier_percent_a"], mode="lines+markers", line=dict(dash="dot"),
+                                 name="OWL outlier ratio (% of scores > M x mean, right axis)"), row=1, col=1, secondary_y=True)
+        fig.update_yaxes(title_text="outliers (%)", rangemode="tozero", row=1, col=1, secondary_y=True)
     if b is not None:
         fig.add_trace(go.Scatter(x=table["block"], y=table["jaccard"], mode="lines+markers", name="Jaccard of kept weights"),
                       row=2, col=1)
         if "norm_divergence" in table:
             fig.add_trace(go.Scatter(x=table["block"], y=table["norm_divergence"], mode="lines+markers",
                                      name="norm divergence (mean |log2 A/B|)"), row=2, col=1)
+    fig.update_yaxes(range=[0, 1], title_text="sparsity", row=1, col=1, secondary_y=False)  # not +-0.5 around a constant
+    fig.update_xaxes(range=[-0.5, len(table) - 0.5])
     fig.update_xaxes(title_text="block", dtick=1 if len(table) <= 32 else None, row=rows, col=1)
     return View("model", _layout(fig, "Across the model", 420 + 240 * (rows - 1)), table, EXPLAIN["model"])
 

@@ -291,7 +291,8 @@ def mask_difference(a: RunInside, b: RunInside, block: int, module: str, top_k: 
 
 # ------------------------------------------------------------------ 4. across the model
 def model_table(a: RunInside, b: RunInside | None = None):
-    """One row per block: run A's outlier ratio (OWL runs), allocated and achieved sparsity; with run B its
+    """One row per block: run A's outlier ratio (OWL runs: the percent of the block's scores above M x their
+    mean), allocated and achieved sparsity; with run B its
     own, the per-block Jaccard of kept weights and the norm divergence: the mean over the block's modules
     and channels of |log2(norm_a / norm_b)| (1 = the runs' norms differ 2x on a typical channel)."""
     import pandas as pd
@@ -317,7 +318,7 @@ def model_table(a: RunInside, b: RunInside | None = None):
 def _blocks_frame(run: RunInside, suffix: str):
     import pandas as pd
 
-    rows = [{"block": r["index"], f"outlier_ratio_{suffix}": r.get("outlier_ratio"),
+    rows = [{"block": r["index"], f"outlier_percent_{suffix}": r.get("outlier_ratio"),
              f"allocated_{suffix}": r.get("target_sparsity"), f"achieved_{suffix}": r.get("sparsity")}
             for r in run.record.get("blocks") or []]
     return pd.DataFrame(rows)
