@@ -3,12 +3,6 @@
 import streamlit as st
 
 from calib_core import assets
-from calib_core.experiments.demo import demo_grid, demo_links
-from calib_core.jobs import manager, tasks
-from calib_core.runs import RunStore
-from app_ui.live import live_view, page_kind
-
-KIND = page_kind(__file__)
 
 st.title("Calibration Lab")
 st.write(
@@ -28,6 +22,14 @@ with st.expander("Why calibration data matters"):
     )
 st.page_link("app_pages/prune.py", label="Go straight to a first prune", icon=":material/content_cut:")
 
+# The demo needs torch and the job machinery (seconds to import on a first visit): imported once the page's
+# text is on screen, so the first page a newcomer sees appears at once.
+from calib_core.experiments.demo import demo_grid, demo_links  # noqa: E402
+from calib_core.jobs import manager, tasks  # noqa: E402
+from calib_core.runs import RunStore  # noqa: E402
+from app_ui.live import live_view, page_kind  # noqa: E402
+
+KIND = page_kind(__file__)
 st.subheader("The two-minute demo")
 st.markdown("Prune the bundled model with Wanda at 50% twice: once calibrated on Wikipedia text, once on code, with "
             "magnitude pruning (no data) as the reference. Then compare their perplexities on wiki and code, and look "
