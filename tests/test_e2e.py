@@ -75,6 +75,7 @@ def test_browser_flow_set_prune_results(app_url):
         page.goto(url)
         page.get_by_role("heading", name="Calibration Lab").wait_for(timeout=60_000)
         timings["launch_to_first_render_s"] = time.perf_counter() - launched
+        page.get_by_role("button", name="Run the two-minute demo").wait_for(timeout=60_000)
         page.screenshot(path=OUT / "1-start.png", full_page=True)
 
         _open(page, "Model")
