@@ -41,6 +41,12 @@ def block_masks(index: int, block: nn.Module) -> dict[str, np.ndarray]:
     return arrays
 
 
+def stored_kept(masks, key: str) -> np.ndarray:
+    """One module's kept-weight mask [out, in] (True: kept) from an opened mask archive (np.load)."""
+    shape = tuple(masks[key + "#shape"])
+    return np.unpackbits(masks[key], count=int(np.prod(shape))).astype(bool).reshape(shape)
+
+
 def _load(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, tuple[int, ...]]]:
     if not Path(path).is_file():
         raise NotEnoughDataError(f"No stored masks at {path}.")

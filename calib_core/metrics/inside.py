@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import ConfigError, NotEnoughDataError
 from ..prune.masks import mask_from_scores, parse_pattern
+from .agreement import block_agreement, mask_agreement, stored_kept
 
 OWL_M = 5.0  # OWL's outlier threshold for unstructured sparsity (M x the mean)
 TILES = 32  # tiles per side of the mask heatmap (fewer where the matrix is smaller)
@@ -40,6 +41,7 @@ class RunInside:
     _masks: object = field(default=None, repr=False)
     _channels: object = field(default=None, repr=False)
     _weights: dict = field(default_factory=dict, repr=False)
+    _agreements: dict = field(default_factory=dict, repr=False)
 
     @property
     def run_id(self):
@@ -79,8 +81,15 @@ class RunInside:
         if key not in masks.files:
             known = sorted({m for _, m in self.modules()})
             raise ConfigError(f"Run {self.run_id} has no module {module} in block {block}; modules: {', '.join(known)}.")
-        shape = tuple(masks[key + "#shape"])
-        return np.unpackbits(masks[key], count=int(np.prod(shape))).astype(bool).reshape(shape)
+        return stored_kept(masks, key)
+
+    def agreement_with(self, other: RunInside):
+        """Per-module Jaccard with `other`'s masks (metrics/agreement.mask_agreement), read once per pair: the
+        default module and the per-block view both need it."""
+        key = other.record["masks"]
+        if key not in self._agreements:
+            self._agreements[key] = mask_agreement(self.record["masks"], other.record["masks"])
+        return self._agreements[key]
 
     def channel(self, block: int, module: str, kind: str = "norm") -> np.ndarray:
         if not self.has_channels:
@@ -300,10 +309,8 @@ def model_table(a: RunInside, b: RunInside | None = None):
     frame = _blocks_frame(a, "a")
     if b is None:
         return frame
-    from .agreement import block_agreement, mask_agreement
-
     frame = frame.merge(_blocks_frame(b, "b"), on="block", how="outer")
-    agreement = block_agreement(mask_agreement(a.record["masks"], b.record["masks"]))
+    agreement = block_agreement(a.agreement_with(b))
     frame = frame.merge(agreement, on="block", how="left")
     if a.has_channels and b.has_channels:
         divergence = {}
@@ -333,8 +340,6 @@ def most_outlying_module(run: RunInside) -> tuple[int, str]:
 
 def most_different_module(a: RunInside, b: RunInside) -> tuple[int, str]:
     """The module where two runs' masks agree least (lowest Jaccard): where the classroom story starts."""
-    from .agreement import mask_agreement
-
-    per_module = mask_agreement(a.record["masks"], b.record["masks"])
+    per_module = a.agreement_with(b)
     row = per_module.sort_values("jaccard", kind="stable").iloc[0]
     return int(row["block"]), str(row["module"])

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import NotEnoughDataError
+from ..metrics.agreement import stored_kept
 from ..models import decoder_blocks, load_model, prunable_modules, weight_matrix
 from ..prune.methods import mask_method
 
@@ -83,11 +84,11 @@ def apply_masks(model, path) -> None:
                 key = f"{index}/{name}"
                 if key not in masks.files:
                     raise NotEnoughDataError(f"The stored masks at {path} have no {key}: not a run of this model.")
-                shape = tuple(masks[key + "#shape"])
-                kept = np.unpackbits(masks[key], count=int(np.prod(shape))).astype(bool).reshape(shape)
+                kept = stored_kept(masks, key)
                 weight = weight_matrix(module)
-                if tuple(weight.shape) != shape:
-                    raise NotEnoughDataError(f"The stored mask of {key} is {shape}, the model's weight {tuple(weight.shape)}.")
+                if tuple(weight.shape) != kept.shape:
+                    raise NotEnoughDataError(f"The stored mask of {key} is {kept.shape}, the model's weight "
+                                             f"{tuple(weight.shape)}.")
                 with torch.no_grad():
                     weight.masked_fill_(torch.from_numpy(~kept), 0)
 
