@@ -664,6 +664,9 @@ def _tournament_parser(sub) -> None:
                             help="report folder (default docs/results; --quick: docs/results/quick)")
     tournament.add_argument("--report-only", action="store_true", help="write the report from finished runs only")
     tournament.add_argument("--dry-run", action="store_true", help="list the points and which already finished")
+    tournament.add_argument("--previous", default=None, metavar="CSV",
+                            help="runs of this tournament finished earlier, e.g. on another machine (a report's "
+                                 "strategies-runs.csv): their points are skipped and their rows join the report")
 
 
 def _cmd_tournament(args) -> int:
@@ -673,7 +676,7 @@ def _cmd_tournament(args) -> int:
     from .runs import RunStore
 
     chosen = dict(QUICK) if args.quick else {}
-    for name in ("models", "seeds", "nsamples", "seqlen", "name"):
+    for name in ("models", "seeds", "nsamples", "seqlen", "name", "previous"):
         if getattr(args, name) is not None:
             chosen[name] = getattr(args, name)
     settings = TournamentSettings(**{k: v for k, v in chosen.items() if k in {f.name for f in fields(TournamentSettings)}})
@@ -681,6 +684,10 @@ def _cmd_tournament(args) -> int:
     store = RunStore()
     if args.dry_run:
         done = store.finished_points(settings.name)
+        if settings.previous:
+            from .experiments.tournament import previous_frame
+
+            done = set(done) | set(previous_frame(settings)["point_key"])
         points = [p for model in settings.models for p in settings.points(model)]
         _print_plan(points, done)
         print(f"{sum(p.key in done for p in points)}/{len(points)} points finished")

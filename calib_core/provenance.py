@@ -23,6 +23,8 @@ def environment_versions() -> dict:
         "platform": platform.platform(),
         "cpu": cpu_kind(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        # CPU results depend on it in the last bits (summation order), so a run names it.
+        "torch_threads": torch.get_num_threads(),
     }
     return versions
 

@@ -1,10 +1,12 @@
 """Calibration strategies (data/strategies.py) and mixes (data/mix.py), each checked against an
 independent reference written from its description, plus the CLI, sweeps and bad input."""
 
+import dataclasses
 import json
 import shlex
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -333,6 +335,29 @@ def test_tournament_runs_resumes_and_reports(tmp_path):
     assert (tmp_path / "out" / "strategies-runs.csv").exists()
     reference = json.loads((tmp_path / "runs.sqlite").parent.joinpath("t-reference.json").read_text())
     assert reference[folder]["pool_forward_seconds"] > 0 and "ppl builtin:code" in reference[folder]["dense"]
+
+    # Another machine carries the finished points over from the report's runs CSV, minus one it must rerun.
+    runs_csv = tmp_path / "out" / "strategies-runs.csv"
+    written = pd.read_csv(runs_csv)
+    assert set(written["origin"]) == {"this run store"} and written["point_key"].is_unique
+    rerun = written["point_key"].iloc[-1]
+    written.iloc[:-1].to_csv(tmp_path / "earlier.csv", index=False)
+    carried = dataclasses.replace(settings, previous=str(tmp_path / "earlier.csv"))
+    (tmp_path / "elsewhere").mkdir()
+    elsewhere = RunStore(tmp_path / "elsewhere" / "runs.sqlite")
+    summary = run_tournament(carried, elsewhere)
+    assert (summary.ran, summary.skipped) == (1, 5)
+    assert [r["point_key"] for r in elsewhere.sweep_runs("t")] == [rerun]
+    merged = tournament_frame(carried, elsewhere)
+    assert len(merged) == 6 and merged["point_key"].is_unique
+    assert merged.groupby("origin").size().to_dict() == {"earlier.csv": 5, "this run store": 1}
+    carried_report = write_tournament_report(carried, elsewhere, tmp_path / "out2").read_text()
+    assert "6 of 6 points finished" in carried_report and "5 of them were read from" in carried_report
+    # A CSV of other settings carries nothing (the point key names seqlen, eval, dtype ...), one without keys fails.
+    assert tournament_frame(dataclasses.replace(carried, seqlen=32), RunStore(tmp_path / "x.sqlite")).empty
+    written.drop(columns=["point_key"]).to_csv(tmp_path / "keyless.csv", index=False)
+    with pytest.raises(ConfigError, match="no point_key column"):
+        run_tournament(dataclasses.replace(settings, previous=str(tmp_path / "keyless.csv")), elsewhere)
 
 
 def test_a_model_based_selection_runs_with_the_model_on_the_jobs_device(tmp_path, monkeypatch):

@@ -4,8 +4,9 @@ perplexity on each builtin domain, and the 4-way cloze proxy), never as one numb
 
 Entries: the strategies of data/strategies.py on one pool source (default builtin:wiki), plus `mix`: the
 random draw from a uniform mix of the four builtin sources (mix: sources, data/mix.py). Every point is an
-ordinary run under one sweep name, so an interrupted tournament resumes where it stopped; the first
-`early_seeds` seeds of every entry run before the rest, so a cut-short run still compares every entry.
+ordinary run under one sweep name, so an interrupted tournament resumes where it stopped (and a runs CSV
+of an earlier report, `previous`, carries its points over to another machine); the first `early_seeds`
+seeds of every entry on every model run before the rest, so a cut-short run still compares every entry.
 
 The verdict rules were fixed before any result was seen (VERDICT_RULES); the report states them.
 """
@@ -15,10 +16,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from .. import assets
 from ..data.sources import BUILTIN_SOURCES
 from ..data.strategies import RANDOM
+from ..errors import ConfigError
 from ..runs.events import PipelineEvent
 from .sweeps import SweepGrid, SweepPoint, SweepSummary, run_sweep
 
@@ -52,6 +55,9 @@ class TournamentSettings:
     early_seeds: int = 3
     name: str = "tournament"
     dtype: str = "auto"  # the device's native dtype (devices.native_dtype), resolved when the grid is made
+    # A runs CSV of this tournament written earlier (e.g. the committed strategies-runs.csv, measured on another
+    # machine): its rows whose point key is one of these points count as finished and join the report.
+    previous: str | None = None
 
     def resolved_dtype(self) -> str:
         from ..devices import native_dtype
@@ -95,14 +101,20 @@ def run_tournament(settings: TournamentSettings, store=None, on_event=None, canc
     store = store or RunStore()
     emit = on_event or (lambda event: None)
     summary = SweepSummary()
+    earlier = set(previous_frame(settings)["point_key"]) if settings.previous else set()
+    for early in (True, False):  # every model's early seeds before any model's later ones
+        for model in settings.models:
+            phase = [p for p in settings.points(model) if (p.seed < settings.early_seeds) == early]
+            points = [p for p in phase if p.key not in earlier]
+            seeds = f"seeds < {settings.early_seeds}" if early else f"seeds >= {settings.early_seeds}"
+            carried = f", {len(phase) - len(points)} finished in {settings.previous}" if earlier else ""
+            emit(PipelineEvent("sweep", f"tournament on {model}, {seeds}{carried}"))
+            part = run_sweep(settings.grids(model)[0], store, on_event, cancel, points=points)
+            summary.ran += part.ran
+            summary.skipped += part.skipped + len(phase) - len(points)
+            summary.failed += part.failed
+            summary.run_ids += part.run_ids
     for model in settings.models:
-        emit(PipelineEvent("sweep", f"tournament on {model}"))
-        grid = settings.grids(model)[0]
-        part = run_sweep(grid, store, on_event, cancel, points=settings.points(model))
-        summary.ran += part.ran
-        summary.skipped += part.skipped
-        summary.failed += part.failed
-        summary.run_ids += part.run_ids
         ensure_reference(settings, model, store)
     return summary
 
@@ -145,9 +157,44 @@ def ensure_reference(settings: TournamentSettings, model: str, store) -> dict:
 CLOZE = "cloze acc (mean of domains)"
 
 
+THIS_STORE = "this run store"
+
+
+def previous_frame(settings: TournamentSettings):
+    """The rows of `settings.previous` that are points of this tournament (matched by point key, which names
+    the model, dtype, eval and every grid setting, so a CSV of other settings contributes nothing)."""
+    import pandas as pd
+
+    path = Path(settings.previous)
+    if not path.is_file():
+        raise ConfigError(f"No earlier tournament runs at {path} (expected a strategies-runs.csv).")
+    frame = pd.read_csv(path)
+    if "point_key" not in frame.columns:
+        raise ConfigError(f"{path} has no point_key column: it was not written by this tournament's report.")
+    keys = {p.key for model in settings.models for p in settings.points(model)}
+    frame = frame[frame["point_key"].isin(keys)].copy()
+    # Rows that report's own store made are, seen from here, rows of that CSV.
+    origin = frame["origin"] if "origin" in frame else pd.Series(None, index=frame.index, dtype=object)
+    frame["origin"] = origin.where(origin.notna() & (origin != THIS_STORE), path.name)
+    return frame
+
+
 def tournament_frame(settings: TournamentSettings, store):
     """The finished runs of the tournament's points: one row per run with its model, entry, every
-    capability and the seconds its selection took (None when a sweep reused an earlier selection)."""
+    capability and the seconds its selection took (None when a sweep reused an earlier selection), and
+    `origin`: this run store, or the earlier CSV a row came from (a point run here replaces it)."""
+    import pandas as pd
+
+    frame = _store_frame(settings, store)
+    if settings.previous:
+        earlier = previous_frame(settings)
+        if not frame.empty:
+            earlier = earlier[~earlier["point_key"].isin(set(frame["point_key"]))]
+        frame = pd.concat([earlier, frame], ignore_index=True) if not frame.empty else earlier.reset_index(drop=True)
+    return frame
+
+
+def _store_frame(settings: TournamentSettings, store):
     import pandas as pd
 
     from .stats import runs_frame
@@ -165,6 +212,9 @@ def tournament_frame(settings: TournamentSettings, store):
     if cloze:
         frame[CLOZE] = frame[cloze].mean(axis=1)
     frame["selection_seconds"] = [_selection_seconds(records[i]) for i in frame["run_id"]]
+    frame["point_key"] = [keys[i] for i in frame["run_id"]]
+    frame["torch_threads"] = [(records[i].get("versions") or {}).get("torch_threads") for i in frame["run_id"]]
+    frame["origin"] = THIS_STORE
     return pd.DataFrame(frame)
 
 

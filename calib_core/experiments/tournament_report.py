@@ -15,7 +15,7 @@ from ..provenance import environment_versions
 from . import sweep_figures
 from .stats import higher_is_better, setting_sort_key
 from .tournament import (ALPHA, CLOZE, MIX, VERDICT_RULES, TournamentSettings, capabilities, ensure_reference,
-                         reference_path, tournament_frame)
+                         reference_path, tournament_frame, THIS_STORE)
 from ..data.strategies import RANDOM, STRATEGIES
 
 # What the papers report, as directions our runs can confirm or not: (entry, capabilities, the direction
@@ -189,7 +189,7 @@ def write_tournament_report(settings: TournamentSettings, store, out: str | Path
         "# Calibration strategies: a tournament per capability", "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the runs of "
         f"`{command or 'python -m calib_core tournament'}` ({len(frame)} of {planned} points finished; the command "
-        "resumes, skipping finished points).", "",
+        "resumes, skipping finished points)." + _origins(frame, settings), "",
         "What is measured:",
         f"- Entries: the strategies {', '.join(settings.strategies)} choosing from `{settings.source}`"
         + (f", and `mix`: the random draw from `{settings.mix}`" if settings.mix else "") + ". Every entry's windows "
@@ -247,6 +247,16 @@ def write_tournament_report(settings: TournamentSettings, store, out: str | Path
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     frame.to_csv(out / "strategies-runs.csv", index=False)
     return report
+
+
+def _origins(frame: pd.DataFrame, settings: TournamentSettings) -> str:
+    """Where the rows came from, when some were read from an earlier runs CSV."""
+    earlier = frame[frame["origin"] != THIS_STORE]
+    if earlier.empty:
+        return ""
+    return (f" {len(earlier)} of them were read from `{settings.previous}` (runs of the same points, matched by point "
+            f"key, made earlier: {', '.join(sorted(earlier['origin'].unique()))}); the other {len(frame) - len(earlier)}"
+            " ran in this run store. The selection-cost unit (one dense forward) is measured on this machine.")
 
 
 def refresh_references(settings: TournamentSettings, store) -> None:
