@@ -14,10 +14,12 @@ from calib_core.jobs import manager, tasks
 from calib_core.metrics.agreement import block_agreement, mask_agreement, overall_jaccard
 from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore, runs_table
+from calib_core.runs.diff import settings_diff
 from calib_core.runs.pipeline import DENSE
 from calib_core.runs.spec import EvalSpec, RunSpec, check_outputs, reproduce_command, spec_of_record
 from app_ui.cache import access_policy
 from app_ui.charts import show_chart
+from app_ui.linked import linked_choice, linked_choices
 from app_ui.live import LIVE_KINDS, live_view, page_kind
 
 KIND = page_kind(__file__)  # the jobs this page starts and follows
@@ -49,18 +51,60 @@ def ids_from_link(name: str) -> list[int]:
 by_id = {r["id"]: r for r in runs}
 table = runs_table(runs)
 table["label"] = table.id.map(lambda i: run_label(by_id[i]))
-c1, c2 = st.columns(2)
+table["hidden"] = table.id.map(lambda i: by_id[i]["hidden"])
+c1, c2, c3 = st.columns([2, 2, 1])
 all_methods = sorted(table.method.dropna().unique())
-methods = c1.multiselect("Methods", all_methods, all_methods)
-statuses = c2.multiselect("Status", sorted(table.status.unique()), ["finished"] if "finished" in set(table.status) else [])
-view = table[table.method.isin(methods) & table.status.isin(statuses)]
-st.dataframe(view, width="stretch", hide_index=True)
+methods = linked_choices(c1, "Methods", all_methods, "methods", all_methods)
+statuses = linked_choices(c2, "Status", sorted(table.status.unique()), "status",
+                          ["finished"] if "finished" in set(table.status) else [])
+show_hidden = c3.toggle("Show hidden runs", key="show_hidden", help="Runs you hid stay in the store.")
+view = table[table.method.isin(methods) & table.status.isin(statuses) & (show_hidden | ~table.hidden)]
+ppl_first = [c for c in view.columns if c.startswith("ppl ")]
+st.dataframe(view, width="stretch", hide_index=True,  # what a run measured next to what it was
+             column_order=["id", "method", "sparsity", "calibration", "strategy", *ppl_first, "tags", "origin",
+                           "status", "nsamples", "seqlen", "seed", "overall_sparsity", "prune_s", "model", "base",
+                           "created"] + (["hidden"] if show_hidden else []))
 st.download_button("Download table (CSV)", view.to_csv(index=False), "runs.csv")
+
+
+def manage_runs() -> None:
+    """Tag, hide or delete runs: a deletion is confirmed first and says what it removed."""
+    with st.expander("Tag, hide or delete runs"):
+        chosen = st.multiselect("Runs to change", list(view.id), format_func=lambda i: run_label(by_id[i]),
+                                key="manage_runs")
+        tags = st.text_input("Tags (comma-separated; replaces the runs' tags)", key="manage_tags")
+        b1, b2, b3 = st.columns(3)
+        message = None
+        try:
+            if b1.button("Set tags", disabled=not chosen):
+                for run_id in chosen:
+                    store.set_tags(run_id, tags.split(","))
+                message = f"Tagged {len(chosen)} run(s): {tags.strip() or '(no tags)'}."
+            hide = not all(by_id[i]["hidden"] for i in chosen) if chosen else True
+            if b2.button("Hide" if hide else "Show again", disabled=not chosen):
+                store.set_hidden(chosen, hide)
+                message = f"{'Hid' if hide else 'Showing again'} {len(chosen)} run(s)."
+            confirm = b3.checkbox(f"Yes, delete {', '.join(f'#{i}' for i in chosen) or 'them'}", disabled=not chosen,
+                                  help="A deleted run's record, masks and channel statistics are removed from the "
+                                       "store; a model folder it saved stays.")
+            if b3.button("Delete", disabled=not (chosen and confirm), type="primary"):
+                store.delete(chosen)
+                message = f"Deleted run(s) {', '.join(f'#{i}' for i in chosen)} and their masks and statistics."
+        except CalibLabError as exc:
+            st.error(str(exc))
+        if message:
+            st.session_state.results_message = message
+            st.rerun()
+
+
+if st.session_state.get("results_message"):
+    st.success(st.session_state.pop("results_message"))
+manage_runs()
 
 # --- perplexity, with the dense baseline ------------------------------------------------------------
 ppl_columns = [c for c in view.columns if c.startswith("ppl ")]
 if ppl_columns and not view.empty:
-    metric = st.selectbox("Perplexity", ppl_columns)
+    metric = linked_choice(st, "Perplexity", ppl_columns, "ppl")
     pruned = view[view.method != DENSE]
     measured = pruned.dropna(subset=[metric])
     reference = by_id[int(measured.id.iloc[-1])] if not measured.empty else None
@@ -115,39 +159,48 @@ if selected:
 elif "runs" in st.query_params:
     del st.query_params["runs"]
 
-# --- mask agreement ---------------------------------------------------------------------------------
-st.subheader("Mask agreement")
+# --- two runs: what differs in their settings and in their masks -----------------------------------
+st.subheader("Two runs: settings and mask agreement")
 with st.expander("What this measures"):
-    st.markdown(r"""For two runs of the same model, the Jaccard index of the weights each kept,
-$J = |K_A \cap K_B| \,/\, |K_A \cup K_B|$, per module and pooled per block. At 50% sparsity two independent
-random masks give $J \approx 1/3$; identical masks give 1. Two calibration sets that give a low $J$ prune the
-model differently, whatever their perplexities say.""")
-with_masks = [r for r in runs if r["status"] == "finished" and (r["record"] or {}).get("masks")]
-if len(with_masks) < 2:
-    st.caption("Needs two finished runs with stored masks (runs started from the app or the CLI keep them).")
+    st.markdown(r"""The settings table lists every setting the two run records state differently (the job, the
+method's config, the environment). Mask agreement, for two runs of the same model with stored masks: the Jaccard
+index of the weights each kept, $J = |K_A \cap K_B| \,/\, |K_A \cup K_B|$, per module and pooled per block. At
+50% sparsity two independent random masks give $J \approx 1/3$; identical masks give 1. Two calibration sets
+that give a low $J$ prune the model differently, whatever their perplexities say.""")
+finished = [i for i in view.id if by_id[i]["status"] == "finished" and by_id[i]["method"] != DENSE]
+if len(finished) < 2:
+    st.caption("Needs two finished runs (pruned, in the table above).")
 else:
-    names = {r["id"]: run_label(r) for r in with_masks}
     c1, c2 = st.columns(2)
-    run_a = c1.selectbox("Run A", list(names), format_func=names.get)
-    run_b = c2.selectbox("Run B", list(names), index=1, format_func=names.get)
-    masks = {r["id"]: r["record"]["masks"] for r in with_masks}
-    if run_a != run_b:
-        try:
-            per_module = mask_agreement(masks[run_a], masks[run_b])
-            per_block = block_agreement(per_module)
-            st.metric("Jaccard of kept weights, whole model", f"{overall_jaccard(per_module):.3f}")
-            st.page_link("app_pages/inside.py", label="Inside a layer: why these two masks differ",
-                         icon=":material/biotech:", query_params={"a": str(run_a), "b": str(run_b)})
-            c1, c2 = st.columns(2)
-            bars = px.bar(per_block, x="block", y="jaccard", title="Per-block Jaccard",
-                          labels={"jaccard": "Jaccard of kept weights (1 = identical masks)"})
-            show_chart(c1, Chart(whole_blocks(bars, len(per_block)), per_block), "jaccard_per_block")
-            pivot = per_module.pivot(index="module", columns="block", values="jaccard")
-            heat = px.imshow(pivot, aspect="auto", title="Jaccard per module (colour: the range of these values)",
-                             labels={"color": "Jaccard"})
-            show_chart(c2, Chart(whole_blocks(heat, pivot.shape[1]), per_module), "jaccard_per_module")
-        except CalibLabError as exc:
-            st.error(str(exc))
+    run_a = linked_choice(c1, "Run A", finished, "a", 0, format_func=lambda i: run_label(by_id[i]))
+    run_b = linked_choice(c2, "Run B", finished, "b", 1, format_func=lambda i: run_label(by_id[i]))
+    differences, shared = settings_diff(by_id[run_a], by_id[run_b])
+    if run_a == run_b:
+        st.caption("Choose two different runs.")
+    else:
+        st.markdown(f"**Settings that differ** ({len(differences)}; {shared} others are the same)")
+        if differences:
+            st.dataframe(differences, width="stretch", hide_index=True)
+        masks = {i: (by_id[i]["record"] or {}).get("masks") for i in (run_a, run_b)}
+        if not all(masks.values()):
+            st.caption("Mask agreement needs both runs' stored masks (runs from the app and the CLI keep them).")
+        else:
+            try:
+                per_module = mask_agreement(masks[run_a], masks[run_b])
+                per_block = block_agreement(per_module)
+                st.metric("Jaccard of kept weights, whole model", f"{overall_jaccard(per_module):.3f}")
+                st.page_link("app_pages/inside.py", label="Inside a layer: why these two masks differ",
+                             icon=":material/biotech:", query_params={"a": str(run_a), "b": str(run_b)})
+                c1, c2 = st.columns(2)
+                bars = px.bar(per_block, x="block", y="jaccard", title="Per-block Jaccard",
+                              labels={"jaccard": "Jaccard of kept weights (1 = identical masks)"})
+                show_chart(c1, Chart(whole_blocks(bars, len(per_block)), per_block), "jaccard_per_block")
+                pivot = per_module.pivot(index="module", columns="block", values="jaccard")
+                heat = px.imshow(pivot, aspect="auto", title="Jaccard per module (colour: the range of these values)",
+                                 labels={"color": "Jaccard"})
+                show_chart(c2, Chart(whole_blocks(heat, pivot.shape[1]), per_module), "jaccard_per_module")
+            except CalibLabError as exc:
+                st.error(str(exc))
 
 # --- one run's report -------------------------------------------------------------------------------
 def show_saved_model(run: dict) -> None:

@@ -278,7 +278,7 @@ def _cmd_prune(args) -> int:
             bar.close()
             print(block_table(blocks))
 
-    record = run_prune(spec, on_event)
+    record = run_prune(spec, on_event, origin="cli")
     print(f"overall sparsity {record['overall_sparsity']:.4f}; prune {record['timings']['prune_total']:.1f} s; "
           f"recorded as run {record['run_id']}")
     if "saved" in record:

@@ -145,3 +145,47 @@ def test_opening_an_old_wal_store_leaves_wal_mode_and_a_current_store_opens_with
     before = path.stat().st_mtime_ns, path.read_bytes()
     assert [r["status"] for r in RunStore(path).list()] == ["finished"]
     assert (path.stat().st_mtime_ns, path.read_bytes()) == before
+
+
+def test_runs_keep_their_origin_tags_and_hidden_flag_and_delete_with_their_files(tmp_path):
+    from calib_core.errors import ConfigError
+    from calib_core.runs.store import runs_table
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    config = {"method": "wanda", "sparsity": 0.5, "pattern": "unstructured"}
+    app_run = store.start("m", config, "builtin:wiki", origin="app")
+    cli_run = store.start("m", config, "builtin:wiki", origin="cli")
+    sweep_run = store.start("m", config, "builtin:wiki", sweep="grid", point_key="k")
+    with pytest.raises(ValueError, match="Unknown run origin"):
+        store.start("m", config, None, origin="browser")
+    for run in (app_run, cli_run, sweep_run):
+        store.finish(run, "finished", {"perplexity": []})
+    assert runs_table(store.list())["origin"].tolist() == ["app", "cli", "sweep grid"]
+    store.set_tags(app_run, [" wiki", "baseline ", "", "wiki"])
+    assert store.get(app_run)["tags"] == ["baseline", "wiki"] and store.get(cli_run)["tags"] == []
+    store.set_hidden([cli_run], True)
+    assert [r["hidden"] for r in store.list()] == [False, True, False]
+    store.mask_path(cli_run).parent.mkdir(parents=True)
+    store.mask_path(cli_run).write_bytes(b"masks")
+    store.delete([cli_run])
+    assert [r["id"] for r in store.list()] == [app_run, sweep_run] and not store.mask_path(cli_run).exists()
+    running = store.start("m", config, None)
+    with pytest.raises(ConfigError, match="still running"):
+        store.delete([running])
+    with pytest.raises(RunNotFoundError):
+        store.delete([cli_run])
+
+
+def test_an_older_store_gains_the_new_columns_and_its_runs_say_their_origin_is_unknown(tmp_path):
+    import sqlite3
+
+    from calib_core.runs.store import _SCHEMA, runs_table
+
+    path = tmp_path / "runs.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(_SCHEMA)
+        db.execute("INSERT INTO runs (created, updated, status, model, method, sparsity, calibration, config) VALUES "
+                   "('2026', '2026', 'finished', 'm', 'wanda', '0.5', 'builtin:wiki', '{}')")
+    store = RunStore(path)
+    (run,) = store.list()
+    assert (run["tags"], run["hidden"]) == ([], False) and runs_table([run])["origin"].tolist() == ["-"]

@@ -116,10 +116,12 @@ def overlay_chart(runs: list[dict], metric: str) -> Chart:
 
 
 def perplexity_chart(table: pd.DataFrame, metric: str, dense: float | None) -> Chart:
-    """Perplexity per run, labelled by run, with the dense model's perplexity as a line when known."""
+    """Perplexity per run, labelled by run, coloured by calibration source (what the lab varies; the
+    method is the bars' pattern), with the dense model's perplexity as a line when known."""
     data = table.dropna(subset=[metric])[["label", "id", "method", "sparsity", "calibration", metric]]
-    fig = px.bar(data, x="label", y=metric, color="method", title="Perplexity per run",
-                 labels={"label": "run", metric: f"{metric} (lower is better)"})
+    data = data.assign(calibration=data["calibration"].fillna("no data"))
+    fig = px.bar(data, x="label", y=metric, color="calibration", pattern_shape="method", title="Perplexity per run",
+                 labels={"label": "run", metric: f"{metric} (lower is better)", "calibration": "calibration source"})
     if dense is not None:
         fig.add_hline(y=dense, line_dash="dash", annotation_text=f"dense model {dense:.2f}")
     fig.update_xaxes(tickangle=-30)

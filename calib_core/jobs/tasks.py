@@ -14,11 +14,11 @@ from ..runs.store import RunStore
 
 
 def prune(job, spec: RunSpec):
-    return run_prune(spec, job.emit, job.cancel_event)
+    return run_prune(spec, job.emit, job.cancel_event, origin="app")
 
 
 def dense_baseline(job, spec: RunSpec):
-    return run_dense_baseline(spec, job.emit, job.cancel_event)
+    return run_dense_baseline(spec, job.emit, job.cancel_event, origin="app")
 
 
 def self_generate(job, model_spec: str, model_options: dict, device: str, config: GenerationConfig, set_name: str):

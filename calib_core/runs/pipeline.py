@@ -35,8 +35,8 @@ DENSE = "dense"  # the method name of a baseline run: the unpruned model, evalua
 
 
 def run_prune(spec: RunSpec, on_event=None, cancel=None, store=None, loaded=None, sweep: str | None = None,
-              point_key: str | None = None, selections: dict | None = None) -> RunRecord:
-    """Run `spec` and return its record; the run store records it as running, then finished (only once
+              point_key: str | None = None, selections: dict | None = None, origin: str = "library") -> RunRecord:
+    """Run `spec` and return its record (`origin`: who started it, store.ORIGINS); the run store records it as running, then finished (only once
     the saved folder and report are in place), failed or cancelled. `loaded` (a LoadedModel of
     spec.model holding dense weights) skips loading: sweeps load once and restore the dense weights
     between points, and keep `selections` (a strategy's windows, reused by points that share them)."""
@@ -56,7 +56,7 @@ def run_prune(spec: RunSpec, on_event=None, cancel=None, store=None, loaded=None
     if push_refused:  # said at once; the run goes on and saves locally
         emit(PipelineEvent("push", f"error: {push_refused} The model will be saved to {spec.save} only.",
                            {"error": push_refused}))
-    run_id = store.start(spec.model, config.as_dict(), spec.calib, sweep, point_key)
+    run_id = store.start(spec.model, config.as_dict(), spec.calib, sweep, point_key, origin)
     emit(PipelineEvent("run", f"run {run_id} started", {"run_id": run_id}))
     return _recorded(store, run_id, lambda: _run(spec, config, run_id, emit, cancel, store, loaded, push_refused,
                                                  selections))
@@ -204,7 +204,7 @@ def _calibrate(spec: RunSpec, pruner: Pruner, tokenizer, emit, selections: dict 
     return calibration
 
 
-def run_dense_baseline(spec: RunSpec, on_event=None, cancel=None, store=None) -> RunRecord:
+def run_dense_baseline(spec: RunSpec, on_event=None, cancel=None, store=None, origin: str = "library") -> RunRecord:
     """Evaluate the unpruned model exactly as `spec` evaluates its pruned one (sources, protocol,
     seqlen, windows), recorded as a finished run of method 'dense' at sparsity 0: the baseline the
     Results page draws next to the pruned runs."""
@@ -212,7 +212,8 @@ def run_dense_baseline(spec: RunSpec, on_event=None, cancel=None, store=None) ->
     check_protocol(spec.evaluation.protocol)
     spec = replace(spec, dtype=resolve_dtype(spec.dtype, spec.config.device))
     store = store or RunStore()
-    run_id = store.start(spec.model, {"method": DENSE, "sparsity": 0.0, "pattern": "unstructured"}, None)
+    run_id = store.start(spec.model, {"method": DENSE, "sparsity": 0.0, "pattern": "unstructured"}, None,
+                         origin=origin)
     emit(PipelineEvent("run", f"run {run_id} started (dense baseline)", {"run_id": run_id}))
 
     def evaluate() -> RunRecord:

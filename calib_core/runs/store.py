@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 from ..provenance import environment_versions, peak_memory
-from ..errors import OutputError, RunNotFoundError
+from ..errors import ConfigError, OutputError, RunNotFoundError
 from ..files import atomic_write_json
 from ..processes import process_gone, process_start
 
@@ -100,7 +100,8 @@ def runs_table(runs: list[dict]):
     for run in runs:
         record = run["record"] or {}
         calib = record.get("calibration") or {}
-        row = {"id": run["id"], "status": run["status"], "created": run["created"], "model": run["model"],
+        row = {"id": run["id"], "status": run["status"], "origin": origin_of(run), "tags": ", ".join(run.get("tags") or []),
+               "created": run["created"], "model": run["model"],
                "method": run["method"], "base": (run["config"] or {}).get("base"), "sparsity": run["sparsity"],
                "calibration": run["calibration"], "strategy": strategy_label(record),
                "nsamples": calib.get("nsamples"), "seqlen": calib.get("seqlen"),
@@ -110,6 +111,14 @@ def runs_table(runs: list[dict]):
             row[f"ppl {p['source']}"] = p["ppl"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def origin_of(run: dict) -> str:
+    """Who made a run: the app, the CLI, a library call, or a sweep (by name); '-' for runs recorded before
+    the store kept it."""
+    if run.get("sweep"):
+        return f"sweep {run['sweep']}"
+    return run.get("origin") or "-"
 
 
 def write_json(path: str | os.PathLike, record: dict) -> None:
@@ -147,7 +156,9 @@ CREATE TABLE IF NOT EXISTS similarity (
 # Below this, recording a run (a row, its journal, a record of a few hundred KiB) would fail.
 MIN_FREE_BYTES = 1 << 20
 # Columns added after the first release of the store: (name, type), added to older files on open.
-_ADDED_COLUMNS = [("sweep", "TEXT"), ("point_key", "TEXT"), ("pid_started", "REAL")]
+_ADDED_COLUMNS = [("sweep", "TEXT"), ("point_key", "TEXT"), ("pid_started", "REAL"), ("origin", "TEXT"),
+                  ("tags", "TEXT"), ("hidden", "INTEGER NOT NULL DEFAULT 0")]
+ORIGINS = ("app", "cli", "library")  # who started a run; a sweep's runs say "sweep"
 
 
 class RunStore:
@@ -225,16 +236,41 @@ class RunStore:
                               f"file's permissions) and retry.") from exc
 
     def start(self, model: str, config: dict, calibration: str | None, sweep: str | None = None,
-              point_key: str | None = None) -> int:
+              point_key: str | None = None, origin: str = "library") -> int:
+        if origin not in ORIGINS:
+            raise ValueError(f"Unknown run origin '{origin}' (one of {', '.join(ORIGINS)}).")
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
         sparsity = config.get("pattern") if ":" in str(config.get("pattern")) else str(config.get("sparsity"))
         cursor = self._write(
             "INSERT INTO runs (created, updated, status, pid, pid_started, model, method, sparsity, calibration, "
-            "config, sweep, point_key) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "config, sweep, point_key, origin) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (now, now, os.getpid(), process_start(), model, config.get("method"), sparsity, calibration,
-             json.dumps(config), sweep, point_key),
+             json.dumps(config), sweep, point_key, origin),
         )
         return int(cursor.lastrowid)
+
+    def set_tags(self, run_id: int, tags: list[str]) -> None:
+        """A run's tags (free words the user groups runs by), replacing its earlier ones."""
+        self.get(run_id)
+        cleaned = sorted({t.strip() for t in tags if t.strip()})
+        self._write("UPDATE runs SET tags = ? WHERE id = ?", (json.dumps(cleaned) if cleaned else None, run_id))
+
+    def set_hidden(self, run_ids: list[int], hidden: bool) -> None:
+        """Hide runs from the Results page's views (kept in the store, listed when asked for)."""
+        for run_id in run_ids:
+            self.get(run_id)
+        self._write("UPDATE runs SET hidden = ? WHERE id = ?", [(int(hidden), r) for r in run_ids], many=True)
+
+    def delete(self, run_ids: list[int]) -> None:
+        """Remove runs from the store with their masks and channel statistics (a saved model folder stays:
+        it is the user's). A running run cannot be deleted: cancel it first."""
+        runs = [self.get(r) for r in run_ids]
+        running = [r["id"] for r in runs if r["status"] == "running"]
+        if running:
+            raise ConfigError(f"Run {running[0]} is still running: cancel it before deleting it.")
+        self._write("DELETE FROM runs WHERE id = ?", [(r,) for r in run_ids], many=True)
+        for run_id in run_ids:
+            self.discard_files(run_id)
 
     def finish(self, run_id: int, status: str, record: dict | None = None, error: str | None = None) -> None:
         if status not in ("finished", "failed", "cancelled"):
@@ -311,8 +347,10 @@ class RunStore:
         out = []
         for row in rows:
             item = dict(row)
-            for key in ("config", "record"):
-                item[key] = json.loads(item[key]) if item[key] else None
+            for key in ("config", "record", "tags"):
+                item[key] = json.loads(item[key]) if item.get(key) else None
+            item["tags"] = item["tags"] or []
+            item["hidden"] = bool(item.get("hidden"))
             if item["status"] == "running" and process_gone(item["pid"], item.get("pid_started")):
                 item["status"] = "interrupted"  # a store that cannot be written shows it all the same
             out.append(item)
