@@ -42,8 +42,12 @@ with st.sidebar:
     if access_policy().shared:
         st.warning(f"Shared app: visitors reach files only in `{access_policy().workspace}`, sizes are capped and "
                    "repository code never runs.", icon=":material/lock:")
-    st.markdown(f"**Model:** `{st.session_state.model_spec}` on {st.session_state.device}")
-    st.markdown(f"**Calibration:** `{st.session_state.calib_source}`")
+    choices = st.empty()  # filled after the page ran: it shows what the page just chose, not the previous choice
     sidebar_jobs(pages.url_path)
 
-pages.run()
+try:
+    pages.run()
+finally:  # also when a page stops early (st.stop)
+    with choices.container():
+        st.markdown(f"**Model:** `{st.session_state.model_spec}` on {st.session_state.device}")
+        st.markdown(f"**Calibration:** `{st.session_state.calib_source}`")

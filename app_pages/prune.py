@@ -16,7 +16,8 @@ from calib_core.prune.memory import estimate_memory
 from calib_core.prune.methods import ENGINE_OPTIONS, METHODS, options_of, statistics_needed
 from app_ui.cache import access_policy, cached_model, mark_model_loaded, model_loaded
 from app_ui.charts import show_chart
-from app_ui.forms import any_invalid, bounded_number
+from app_ui.forms import INVALID, any_invalid, bounded_number, calibration_source
+from app_ui.linked import form_from_address, form_to_address
 from app_ui.live import figures_of, live_view, page_kind
 from app_ui.strategy import strategy_inputs
 
@@ -26,8 +27,14 @@ st.title("Prune")
 with st.expander("How the methods choose weights"):
     st.markdown("\n".join(f"- **{m.name}**: {m.explain}" for m in METHODS.values()))
 
-# Streamlit forgets a page's widgets when the user leaves it: keep the last submitted settings.
-last = st.session_state.setdefault("prune_form", {})
+# Streamlit forgets a page's widgets when the user leaves it (kept in the session) and a session ends with a
+# reload or a server restart (kept in the page's address, which also makes the form shareable).
+TEXT_SETTINGS = {"method", "base", "pattern", "mode", "separator", "ppl_protocol", "save", "strategy", "calib"}
+if "prune_form" not in st.session_state:
+    st.session_state.prune_form = form_from_address(TEXT_SETTINGS)
+    if "calib" in st.session_state.prune_form:
+        st.session_state.calib_source = st.session_state.prune_form["calib"]
+last = st.session_state.prune_form
 DEFAULTS = PruneConfig()
 PATTERNS = ["unstructured", "2:4", "4:8"]
 EVAL_SOURCES = BUILTIN_SOURCES
@@ -72,11 +79,16 @@ with st.container(border=True):
                   help=f"What {method} builds on" if bases else f"{method} is a mask method itself")
     base = base if bases else None
     pattern = choice(c3, "Pattern", PATTERNS, "pattern", DEFAULTS.pattern)
-    sparsity = c4.slider("Sparsity (unstructured)", 0.0, 0.95, last.get("sparsity", DEFAULTS.sparsity), 0.05)
+    structured = ":" in pattern
+    sparsity = bounded_number(c4, "Sparsity (fraction of weights zeroed)", 0.0, 0.99,
+                              0.5 if structured else last.get("sparsity", DEFAULTS.sparsity), step=0.05,
+                              format="%.2f", disabled=structured,
+                              help=f"{pattern} keeps {pattern.split(':')[0]} of every {pattern.split(':')[1]} weights: "
+                                   "50% by its pattern." if structured else "Type a value or step by 0.05.")
     c5, c6, c7, c8 = st.columns(4)
-    calib = c5.text_input("Calibration source", st.session_state.calib_source,
-                          help="builtin:NAME, set:NAME, file:PATH, tokens:PATH, hf:NAME[:CONFIG[:SPLIT]] or "
-                               "mix:SOURCE=WEIGHT,SOURCE=WEIGHT[,random=FRACTION]")
+    calib = calibration_source(c5, st.session_state.calib_source, "prune")
+    if calib is not INVALID:
+        st.session_state.calib_source = calib  # the sidebar follows the form
     nsamples = bounded_number(c6, "nsamples", 1, 2048, last.get("nsamples", 8), step=1)
     seqlen = bounded_number(c7, "seqlen", 8, 8192, last.get("seqlen", 256), step=1)
     seed = bounded_number(c8, "seed", 0, 10**6, last.get("seed", 0), step=1)
@@ -105,11 +117,14 @@ with st.container(border=True):
                                   "the weights do not fit in free memory.")
     options = method_options | engine_options
     numbers = dict(nsamples=nsamples, seqlen=seqlen, seed=seed, eval_windows=eval_windows, **options)
-    invalid = any_invalid(*numbers.values(), strategy_options)
+    if not structured:
+        numbers["sparsity"] = sparsity
+    invalid = any_invalid(*numbers.values(), strategy_options, calib)
     kept = {key: value for key, value in numbers.items() if not any_invalid(value)}  # a bad entry is not remembered
     st.session_state.prune_form = last | dict(
-        method=method, base=base, pattern=pattern, sparsity=sparsity, evals=evals, mode=mode, separator=separator,
-        ppl_protocol=ppl_protocol, save=save, stream=stream, **kept)
+        method=method, base=base, pattern=pattern, evals=evals, mode=mode, separator=separator,
+        ppl_protocol=ppl_protocol, save=save, stream=stream, **kept, **({} if calib is INVALID else {"calib": calib}))
+    form_to_address(st.session_state.prune_form, TEXT_SETTINGS)
     if not invalid and (model_loaded() or st.toggle("Show the memory estimate (loads the model)")):
         try:
             loaded = cached_model(st.session_state.model_spec, **st.session_state.model_options)
@@ -124,7 +139,7 @@ with st.container(border=True):
 
 if submitted:
     try:
-        config = PruneConfig(method=method, base=base, pattern=pattern, sparsity=sparsity,
+        config = PruneConfig(method=method, base=base, pattern=pattern, sparsity=0.5 if structured else sparsity,
                              device=st.session_state.device, **options).resolved()
         spec = RunSpec(
             model=st.session_state.model_spec, dtype=st.session_state.model_options["dtype"],

@@ -25,3 +25,33 @@ def bounded_number(column, label: str, low, high, value, optional: bool = False,
 
 def any_invalid(*values) -> bool:
     return any(v is INVALID for v in values)
+
+
+OTHER_SOURCE = "another source (type it)"
+
+
+def calibration_source(container, current: str, key: str = "calib") -> str | object:
+    """The calibration source: a builtin corpus or saved set from a list, or any other spec typed in and
+    checked as it is typed (data.sources.check_source, and a shared app's file confinement), before any
+    job starts. The spec, or INVALID with the reason under the field."""
+    from calib_core.data import sets
+    from calib_core.data.sources import BUILTIN_SOURCES, check_source
+    from calib_core.errors import CalibLabError
+
+    from app_ui.cache import access_policy
+
+    listed = list(BUILTIN_SOURCES) + [f"set:{name}" for name in sets.list_sets()]
+    options = listed + [OTHER_SOURCE]
+    picked = container.selectbox("Calibration source", options,
+                                 options.index(current) if current in listed else len(listed), key=f"{key}-pick",
+                                 help="A builtin corpus, a saved set, or another source: file:PATH, tokens:PATH, "
+                                      "hf:NAME[:CONFIG[:SPLIT]] or mix:SOURCE=WEIGHT,SOURCE=WEIGHT[,random=FRACTION]")
+    if picked != OTHER_SOURCE:
+        return picked
+    typed = container.text_input("Source spec", "" if current in listed else current, key=f"{key}-typed",
+                                 placeholder="file:PATH, hf:NAME, mix:builtin:wiki=1,builtin:code=1, ...").strip()
+    try:
+        return check_source(access_policy().source(typed))
+    except CalibLabError as exc:
+        container.error(str(exc) if typed else "Type a source spec, or pick one from the list.")
+        return INVALID

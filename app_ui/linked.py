@@ -4,6 +4,8 @@ address, which survives reruns, reloads and server restarts, and makes the view 
 
 from __future__ import annotations
 
+import json
+
 import streamlit as st
 
 
@@ -33,3 +35,25 @@ def linked_choices(container, label: str, options: list, param: str, default: li
     else:
         st.query_params[param] = ",".join(map(str, chosen))
     return chosen
+
+
+def form_to_address(values: dict, text_keys: set) -> None:
+    """A form's settings as the page's address (?name=value; numbers, lists and flags as JSON), so a reload,
+    a server restart or a shared link opens the form as it was."""
+    for name, value in values.items():
+        if value is None or value == "":
+            st.query_params.pop(name, None)
+        else:
+            st.query_params[name] = value if name in text_keys else json.dumps(value, separators=(",", ":"))
+
+
+def form_from_address(text_keys: set) -> dict:
+    """The settings `form_to_address` wrote (a value that is not valid JSON is read as text)."""
+    values = {}
+    for name in st.query_params:
+        raw = st.query_params[name]
+        try:
+            values[name] = raw if name in text_keys else json.loads(raw)
+        except ValueError:
+            values[name] = raw
+    return values

@@ -31,6 +31,10 @@ def _app_on_tiny_model(tmp_path, page: str) -> AppTest:
     return app
 
 
+def _number(app, label: str):
+    return next(n for n in app.number_input if n.label == label)
+
+
 def _wait(job, seconds=60):
     deadline = time.time() + seconds
     while not job.done and time.time() < deadline:
@@ -40,11 +44,11 @@ def _wait(job, seconds=60):
 
 def test_prune_flow_on_tiny_model(tmp_path):
     app = _app_on_tiny_model(tmp_path, "app_pages/prune.py")
-    app.text_input[0].set_value("builtin:wiki")
-    app.number_input[0].set_value(2)
-    app.number_input[1].set_value(16)
+    assert next(s for s in app.selectbox if s.label == "Calibration source").value == "builtin:wiki"
+    _number(app, "nsamples").set_value(2)
+    _number(app, "seqlen").set_value(16)
     for seed in (0, 1):  # two calibration draws of the same source
-        app.number_input[2].set_value(seed)
+        _number(app, "seed").set_value(seed)
         next(b for b in app.button if b.label == "Start pruning").click().run()
         job = _wait(manager().get(app.session_state["prune_job"]))
         assert job.status == "finished", job.error
@@ -61,10 +65,10 @@ def test_prune_page_keeps_settings_across_pages():
     app = AppTest.from_file(APP, default_timeout=60)
     app.run()
     app.switch_page("app_pages/prune.py").run()
-    app.number_input[0].set_value(3).run()
+    _number(app, "nsamples").set_value(3).run()
     app.switch_page("app_pages/results.py").run()
     app.switch_page("app_pages/prune.py").run()
-    assert app.number_input[0].value == 3
+    assert _number(app, "nsamples").value == 3
 
 
 def test_similarity_page_scores_sets_on_tiny_model(tmp_path):
@@ -118,8 +122,8 @@ def test_a_strategy_chosen_on_the_calibration_page_runs_from_the_prune_page(tmp_
     app.switch_page("app_pages/prune.py").run()
     assert next(s for s in app.selectbox if s.label == "Calibration strategy").value == "least-ppl"
     assert next(n for n in app.number_input if n.label == "pool factor").value == 3
-    app.number_input[0].set_value(2)
-    app.number_input[1].set_value(16)
+    _number(app, "nsamples").set_value(2)
+    _number(app, "seqlen").set_value(16)
     next(b for b in app.button if b.label == "Start pruning").click().run()
     job = _wait(manager().get(app.session_state["prune_job"]), 300)
     assert job.status == "finished", job.error

@@ -100,3 +100,69 @@ def test_results_shows_what_two_runs_did_differently(three_runs):
     assert differing["setting"].tolist() == ["calib"]
     assert differing[f"run {ids[0]}"].tolist() == ["builtin:wiki"]
     assert differing[f"run {ids[1]}"].tolist() == ["builtin:code"]
+
+
+def _prune_page(tmp_path=None, **params) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=60)
+    if tmp_path is not None:
+        app.session_state["model_spec"] = str(save_tiny_folder(tmp_path / "tiny"))
+    app.run()
+    app.switch_page("app_pages/prune.py")
+    for name, value in params.items():
+        app.query_params[name] = value
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def _number(app, label: str):
+    return next(n for n in app.number_input if n.label.startswith(label))
+
+
+def _start(app):
+    return next(b for b in app.button if b.label == "Start pruning")
+
+
+def test_the_prune_form_comes_back_after_a_reload_or_a_server_restart():
+    app = _prune_page()
+    _select(app, "Method").set_value("sparsegpt").run()
+    _number(app, "Sparsity").set_value(0.73).run()  # typed, not only stepped
+    _number(app, "nsamples").set_value(4).run()
+    _select(app, "Calibration source").set_value("builtin:code").run()
+    address = {name: app.query_params[name] for name in app.query_params}
+    assert address["method"] == "sparsegpt" and address["calib"] == "builtin:code"
+    fresh = _prune_page(**address)  # a new session (reload, restart) opened on the same address
+    assert _select(fresh, "Method").value == "sparsegpt"
+    assert _number(fresh, "Sparsity").value == pytest.approx(0.73)
+    assert _number(fresh, "nsamples").value == 4
+    assert _select(fresh, "Calibration source").value == "builtin:code"
+
+
+def test_the_sparsity_is_shown_for_what_runs_and_an_n_m_pattern_says_its_own():
+    app = _prune_page()
+    _number(app, "Sparsity").set_value(0.6).run()
+    _select(app, "Method").set_value("magnitude").run()
+    assert _number(app, "Sparsity").value == pytest.approx(0.6) and not _number(app, "Sparsity").disabled
+    _select(app, "Pattern").set_value("2:4").run()
+    assert _number(app, "Sparsity").value == 0.5 and _number(app, "Sparsity").disabled
+
+
+def test_the_calibration_source_is_picked_or_typed_and_checked_before_any_job(tmp_path):
+    from calib_core.data import sets
+
+    sets.save_set("mine", [{"text": "a saved text " * 40}])
+    app = _prune_page(tmp_path)
+    picker = _select(app, "Calibration source")
+    assert picker.options[:4] == ["builtin:wiki", "builtin:news", "builtin:books", "builtin:code"]
+    assert "set:mine" in picker.options
+    picker.set_value("another source (type it)").run()
+    typed = next(t for t in app.text_input if t.label == "Source spec")
+    for spec, said in [("builtin:wikii", "No builtin corpus 'wikii'"), ("set:nope", "No saved set 'nope'"),
+                       (f"file:{tmp_path}/missing.txt", "does not exist"),
+                       ("mix:builtin:wiki=1,builtin:cod=1", "No builtin corpus 'cod'"), ("wiki", "Bad source 'wiki'")]:
+        typed.set_value(spec).run()
+        assert any(said in e.value for e in app.error), (spec, [e.value for e in app.error])
+        assert _start(app).disabled and "prune_job" not in app.session_state
+    typed.set_value("mix:builtin:wiki=1,builtin:code=1").run()
+    assert not app.error and not _start(app).disabled
+    assert "**Calibration:** `mix:builtin:wiki=1,builtin:code=1`" in [m.value for m in app.sidebar.markdown]

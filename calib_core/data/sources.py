@@ -35,7 +35,7 @@ from .. import assets, hub
 from . import sets
 from ..errors import InsufficientMemoryError, SourceError
 from .mix import parse_mix, random_token_rows
-from .text_files import LazyText, detect_text_column, iter_file_documents, too_large_to_list
+from .text_files import LazyText, check_text_file, detect_text_column, iter_file_documents, too_large_to_list
 from .tokens import Pool, ReadLimits, read_pool
 
 BUILTIN_SOURCES = tuple(f"builtin:{name}" for name in assets.BUILTIN_CORPORA)
@@ -131,6 +131,29 @@ def parse_source(spec: str) -> tuple[str, str]:
         for component, _weight in parse_mix(rest).sources:
             parse_source(component)  # a bad component is named now, before anything is read
     return kind, rest
+
+
+def check_source(spec: str) -> str:
+    """`spec` checked without reading it (cheap enough to run as a user types): the syntax, a builtin
+    corpus or saved set that exists, a file or token tensor that is a file, each component of a mix. A hub
+    dataset is checked for its syntax only (reading it needs the network). Returns the spec; a SourceError
+    names what is wrong."""
+    kind, rest = parse_source(spec)
+    if kind == "builtin" and rest not in assets.BUILTIN_CORPORA:
+        raise SourceError(f"No builtin corpus '{rest}': the builtin corpora are "
+                          f"{', '.join(assets.BUILTIN_CORPORA)}.")
+    if kind == "set" and rest not in sets.list_sets():
+        saved = sets.list_sets()
+        raise SourceError(f"No saved set '{rest}' " + (f"(saved sets: {', '.join(saved)})." if saved else
+                                                       "(no set is saved yet: build one on the Calibration data page)."))
+    if kind == "file":
+        check_text_file(Path(rest).expanduser())
+    if kind == "tokens" and not Path(rest).expanduser().is_file():
+        raise SourceError(f"Token file '{rest}' does not exist (a token tensor: .pt or .npy).")
+    if kind == "mix":
+        for component, _weight in parse_mix(rest).sources:
+            check_source(component)
+    return spec
 
 
 def source_texts(spec: str, part: str = "calib", text_column: str | None = None) -> Iterator:

@@ -96,9 +96,8 @@ def column_texts(columns: dict[str, list], where: str, text_column: str | None) 
     return values
 
 
-def iter_file_documents(path: Path, text_column: str | None = None) -> Iterator[str | LazyText]:
-    """Documents of a local file, checked for every way the file can be wrong; a .txt file gives one
-    LazyText and a .jsonl file is read line by line, so neither is held in memory whole."""
+def check_text_file(path: Path) -> str:
+    """A file that can be read as texts (it exists, is a file, has a known type): its suffix."""
     if not path.exists():
         raise SourceError(f"File '{path}' does not exist.")
     if path.is_dir():
@@ -106,6 +105,13 @@ def iter_file_documents(path: Path, text_column: str | None = None) -> Iterator[
     suffix = path.suffix.lower()
     if suffix not in FILE_TYPES:
         raise SourceError(f"'{path.name}': unsupported file type '{suffix}'. Use one of {', '.join(FILE_TYPES)}.")
+    return suffix
+
+
+def iter_file_documents(path: Path, text_column: str | None = None) -> Iterator[str | LazyText]:
+    """Documents of a local file, checked for every way the file can be wrong; a .txt file gives one
+    LazyText and a .jsonl file is read line by line, so neither is held in memory whole."""
+    suffix = check_text_file(path)
     size = path.stat().st_size
     if size == 0:
         raise SourceError(f"'{path.name}' is empty.")
