@@ -9,15 +9,18 @@ import streamlit as st
 from calib_core.data import sets
 from calib_core.assets import BUILTIN_CORPORA
 from calib_core.data.sources import (BUILTIN_SOURCES, LIST_MAX_CHARACTERS, MODES, eligibility_floor, load_documents,
-                                     parse_source, read_text_file)
+                                     parse_source, read_upload)
 from calib_core.data.strategies import STRATEGIES
-from calib_core.data.text_files import FILE_TYPES
+from calib_core.data.text_files import FILE_TYPES, HOW_TEXTS_SPLIT, split_at_blank_lines
 from calib_core.data.tokens import token_lengths
 from calib_core.errors import CalibLabError, SourceError
 from calib_core.jobs import manager, tasks
+from calib_core.jobs.progress import generation_line
+from calib_core.runs import RunStore
 from calib_core.data.selfgen import GenerationConfig, filter_by_perplexity
+from calib_core.experiments.run_figures import whole_counts
 from app_ui.cache import access_policy, cached_model, mark_model_loaded, model_loaded
-from app_ui.forms import any_invalid, bounded_number
+from app_ui.forms import any_invalid, bounded_number, preview
 from app_ui.live import live_view, page_kind
 from app_ui.strategy import strategy_inputs
 
@@ -90,7 +93,8 @@ with build:
                 st.caption("No saved sets yet.")
         elif how == "Upload a file":
             upload = st.file_uploader(f"{', '.join(FILE_TYPES)} (at most {MAX_UPLOAD_MB} MB)",
-                                      type=[t.lstrip(".") for t in FILE_TYPES])
+                                      type=[t.lstrip(".") for t in FILE_TYPES],
+                                      help=f".txt: {HOW_TEXTS_SPLIT} Other types: one text per row or line.")
             column = st.text_input("Text column (empty: detect)") or None
             if upload is not None:
                 if upload.size > MAX_UPLOAD_MB * 1024**2:
@@ -100,13 +104,14 @@ with build:
                     with tempfile.TemporaryDirectory(dir=scratch) as folder:
                         path = Path(folder) / Path(upload.name).name
                         path.write_bytes(upload.getvalue())
-                        texts = read_text_file(path, column)
+                        texts = read_upload(path, column)
                     origin = f"upload:{upload.name}"
         elif how == "Paste text":
-            pasted = st.text_area("Texts, separated by blank lines", max_chars=LIST_MAX_CHARACTERS)
+            pasted = st.text_area("Texts, separated by blank lines", max_chars=LIST_MAX_CHARACTERS,
+                                  help=HOW_TEXTS_SPLIT + " An uploaded .txt file is split the same way.")
             if len(pasted) > LIST_MAX_CHARACTERS:  # the widget's limit is the browser's; check it here too
                 raise SourceError(f"Pasted text is longer than {LIST_MAX_CHARACTERS:,} characters: upload a file.")
-            texts = [t.strip() for t in pasted.split("\n\n") if t.strip()] or None
+            texts = split_at_blank_lines(pasted) or None
             origin = "pasted"
         else:
             spec = st.text_input("hf:NAME[:CONFIG[:SPLIT]]", "hf:wikitext:wikitext-2-raw-v1:train")
@@ -119,7 +124,7 @@ with build:
     if texts:
         st.write(f"{len(texts)} texts from `{origin}`")
         shown = st.number_input("Preview text number", 1, len(texts), 1) - 1
-        st.text_area("Preview", texts[shown][:2000], height=150, disabled=True)
+        preview(st, "Preview", texts[shown][:2000], 150)
         counted = texts[:2000]  # enough for the shape of the distribution
         too_long = sum(map(len, counted)) > PREVIEW_TOKENIZE_CHARACTERS  # tokenizing would take minutes
         if too_long:
@@ -131,8 +136,9 @@ with build:
             lengths, unit = token_lengths(tokenizer, counted), "tokens"
         else:
             lengths, unit = [len(t.split()) for t in counted], "words"
-        st.plotly_chart(px.histogram(x=lengths, nbins=40, labels={"x": f"{unit} per text"},
-                                     title=f"Length of {len(counted)} texts"), width="stretch")
+        lengths_chart = px.histogram(x=lengths, nbins=40, labels={"x": f"{unit} per text"},
+                                     title=f"Length of {len(counted)} texts")
+        st.plotly_chart(whole_counts(lengths_chart, len(counted)).update_yaxes(title="texts"), width="stretch")
         sampling_choice(lengths, unit)
         if origin.startswith(("builtin:", "set:")) and st.button("Use as calibration source"):
             st.session_state.calib_source = origin
@@ -146,12 +152,24 @@ with build:
                 st.error(str(exc))
 
     st.subheader("Saved sets")
+    if st.session_state.get("set_deleted"):
+        st.success(st.session_state.pop("set_deleted"))
+    runs = RunStore().list()
     for name in sets.list_sets():
         c1, c2, c3 = st.columns([3, 1, 1])
         c1.write(f"`set:{name}`")
-        if c2.button("Delete", key=f"del-{name}"):
-            sets.delete_set(name)
-            st.rerun()
+        used_by = sets.runs_using(name, runs)
+        with c2.popover("Delete", icon=":material/delete:"):
+            st.markdown(f"Delete `set:{name}`? Its texts are removed from this machine. "
+                        + (f"{len(used_by)} run(s) used it ({', '.join(f'#{i}' for i in used_by)}): they keep their "
+                           "records, and show the set as deleted." if used_by else "No run used it."))
+            if st.button(f"Yes, delete set:{name}", key=f"del-{name}", type="primary"):
+                sets.delete_set(name)
+                if st.session_state.calib_source == f"set:{name}":
+                    st.session_state.calib_source = "builtin:wiki"
+                st.session_state.set_deleted = (f"Deleted set:{name}." + (
+                    f" Runs {', '.join(f'#{i}' for i in used_by)} now show it as deleted." if used_by else ""))
+                st.rerun()
         with tempfile.TemporaryDirectory() as folder:
             out = sets.export_set(name, Path(folder) / f"{name}.jsonl")
             c3.download_button("Export", out.read_bytes(), file_name=f"{name}.jsonl", key=f"exp-{name}")
@@ -222,17 +240,15 @@ with generate:
             st.progress(0.0, "Loading the model and the prefixes" if job.status == "running" else job.status)
         else:
             last = progress[-1]
-            text = f"{last.texts_done}/{last.texts_total} texts done, {last.tokens_per_second:.1f} tokens/s"
-            if last.batch_tokens is not None:
-                text += f"; batch in progress: {last.batch_tokens}/{last.max_new_tokens} new tokens"
-            st.progress(last.texts_done / last.texts_total, text)
+            st.progress(last.texts_done / last.texts_total, generation_line(last))
             latest = next((e.latest_text for e in reversed(progress) if e.latest_text), "")
             if latest:
-                st.text_area("Latest text", latest[:1500], height=120, disabled=True)
+                preview(st, "Latest text", latest[:1500], 120)
             if last.ppls:  # the running distribution, with the threshold the filter would use now
                 drop_now = st.session_state.get("gen_settings", {}).get("drop", 0.2)
                 _, threshold = filter_by_perplexity(last.ppls, drop_now)
-                fig = px.histogram(x=last.ppls, nbins=30, labels={"x": "perplexity under the generating model"})
+                fig = whole_counts(px.histogram(x=last.ppls, nbins=30, labels={"x": "perplexity under the generating model"}),
+                                   len(last.ppls)).update_yaxes(title="texts")
                 if threshold:
                     fig.add_vline(x=threshold, line_dash="dash", annotation_text=f"drop above {threshold:.1f}")
                 st.plotly_chart(fig, width="stretch", key="gen_ppl_hist")

@@ -26,6 +26,7 @@ st.page_link("app_pages/prune.py", label="Go straight to a first prune", icon=":
 # text is on screen, so the first page a newcomer sees appears at once.
 from calib_core.experiments.demo import demo_grid, demo_links  # noqa: E402
 from calib_core.jobs import manager, tasks  # noqa: E402
+from calib_core.jobs.progress import sweep_progress  # noqa: E402
 from calib_core.runs import RunStore  # noqa: E402
 from app_ui.live import live_view, page_kind  # noqa: E402
 
@@ -43,11 +44,9 @@ if st.button("Run the two-minute demo", type="primary", icon=":material/school:"
 
 
 def demo_progress(job):
-    marks = [e for e in job.events_of("pipeline") if e.stage == "sweep"]
-    todo = marks[0].data.get("todo", 0) if marks else 0
-    started = max(len(marks) - 1, 0)
     if not job.done:
-        st.progress(min(started / todo, 1.0) if todo else 0.0, marks[-1].message if marks else "starting")
+        progress = sweep_progress(job.events, job.status)
+        st.progress(progress.fraction, progress.text)
     elif job.status != "finished":
         st.error(f"{job.status}: {job.error}")
 

@@ -167,8 +167,15 @@ def draw_prune(job):
             st.caption(e.message)
     if job.status == "finished":
         show_outcome(job.result)
-    elif job.status in ("failed", "cancelled"):
-        st.error(f"{job.status}: {job.error}")
+    elif job.status == "cancelled":
+        st.warning(CANCELLED)
+    elif job.status == "failed":
+        st.error(f"failed: {job.error}")
+
+
+# Each job loads the model in its own process, which ends with it: nothing partial is kept.
+CANCELLED = ("Cancelled. The run is listed as cancelled on the Results page; nothing was saved and its masks were "
+             "discarded. The model on disk is untouched: the next run loads it afresh.")
 
 
 def draw_prune_charts(job):

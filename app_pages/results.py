@@ -8,7 +8,7 @@ import streamlit as st
 
 from calib_core.errors import CalibLabError
 from calib_core.experiments.run_figures import (BLOCK_METRICS, Chart, overlay_chart, perplexity_chart, run_label,
-                                                similarity_vs_perplexity_chart, whole_blocks)
+                                                similarity_vs_perplexity_chart, ticks_at, whole_blocks)
 from calib_core.experiments.stats import dense_baseline, evaluation_of, similarity_vs_perplexity
 from calib_core.jobs import manager, tasks
 from calib_core.metrics.agreement import block_agreement, mask_agreement, overall_jaccard
@@ -135,6 +135,7 @@ if ppl_columns and not view.empty:
                       labels={"sparsity": "sparsity (fraction of weights zeroed)", metric: f"{metric} (log scale)"})
         if dense is not None:
             fig.add_hline(y=dense, line_dash="dash", annotation_text="dense")
+        ticks_at(fig, numeric.sparsity)
         show_chart(st, Chart(fig, numeric[["label", "method", "calibration", "sparsity", metric]]), "perplexity_vs_sparsity")
 
     # --- the paper's central claim, on this machine's runs ------------------------------------------

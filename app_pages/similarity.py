@@ -7,9 +7,9 @@ from calib_core.data import sets
 from calib_core.data.sources import BUILTIN_SOURCES, MODES
 from calib_core.jobs import manager, tasks
 from calib_core.errors import CalibLabError
-from calib_core.metrics.similarity import REFERENCE_CORPORA
+from calib_core.metrics.similarity import METRIC_LABELS, REFERENCE_CORPORA
 from app_ui.cache import access_policy
-from app_ui.forms import any_invalid, bounded_number
+from app_ui.forms import any_invalid, bounded_number, preview
 from app_ui.live import live_view, page_kind
 
 KIND = page_kind(__file__)  # the jobs this page starts and follows
@@ -76,10 +76,12 @@ def show(job):
         return
     table, summary = job.result
     c1, c2 = st.columns([3, 1])
-    metric = c1.selectbox("Metric", [c for c in table.columns if c not in ("set", "sample", "tokens", "text")])
+    metric = c1.selectbox("Metric", [c for c in table.columns if c not in ("set", "sample", "tokens", "text")],
+                          format_func=lambda m: METRIC_LABELS.get(m, m))
     shape = c2.radio("Plot", ["violin", "box"], horizontal=True)
     plot = px.violin if shape == "violin" else px.box
     fig = plot(table, x="set", y=metric, points="all", custom_data=["set", "sample"], hover_data=["sample"],
+               labels={metric: METRIC_LABELS.get(metric, metric), "set": "calibration set"},
                **({"box": True} if shape == "violin" else {}))
     picked = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode="points",
                              key="similarity_chart")
@@ -87,8 +89,7 @@ def show(job):
     if points:  # click a point to read its text
         chosen_set, sample = points[0]["customdata"][:2]
         row = table[(table.set == chosen_set) & (table["sample"] == sample)].iloc[0]
-        st.text_area(f"{chosen_set} sample {sample} ({metric} = {row[metric]:.3f})", row.text[:4000], height=160,
-                     disabled=True)
+        preview(st, f"{chosen_set} sample {sample} ({metric} = {row[metric]:.3f})", row.text[:4000], 160)
     else:
         st.caption("Click a point to read its text.")
     lengths = table.groupby("set", sort=False)["tokens"].agg(["min", "max"])

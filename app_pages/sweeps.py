@@ -10,6 +10,7 @@ from calib_core.data.sources import BUILTIN_SOURCES, MODES
 from calib_core.data.strategies import STRATEGIES
 from calib_core.errors import CalibLabError, NotEnoughDataError
 from calib_core.jobs import manager, tasks
+from calib_core.jobs.progress import sweep_progress
 from calib_core.models import resolve_dtype
 from calib_core.prune.methods import METHODS
 from calib_core.runs import RunStore
@@ -17,6 +18,7 @@ from calib_core.experiments.sweep_figures import export_sweep, sweep_figures
 from calib_core.experiments.stats import PPL, spread_by_setting, summarize, sweep_frame, welch_test
 from calib_core.experiments.sweeps import SweepGrid
 from app_ui.cache import access_policy
+from app_ui.forms import whole_numbers
 from app_ui.live import live_view, page_kind
 
 KIND = page_kind(__file__)  # the jobs this page starts and follows
@@ -76,7 +78,7 @@ with grid_tab:
                 name=name, model=st.session_state.model_spec, calibration=sources, strategies=strategies or ["random"],
                 methods=methods,
                 sparsities=[s if ":" in s else float(s) for s in settings], seqlen=int(seqlen),
-                nsamples=[int(n) for n in nsamples.split(",") if n.strip()], seeds=list(range(int(seeds))),
+                nsamples=whole_numbers("Calibration samples", nsamples), seeds=list(range(int(seeds))),
                 eval=evals, eval_windows=int(windows), mode=mode,
                 dtype=resolve_dtype(st.session_state.model_options["dtype"], st.session_state.device),
                 device=st.session_state.device))
@@ -93,11 +95,9 @@ with grid_tab:
             job = manager().submit(f"sweep {grid.name}", tasks.sweep, grid, device=grid.device, kind=KIND)
             st.session_state.sweep_job = job.id
 
-    def sweep_progress(job):
-        marks = [e for e in job.events_of("pipeline") if e.stage == "sweep"]
-        todo = marks[0].data.get("todo", 0) if marks else 0
-        started = len(marks) - 1 if marks else 0
-        st.progress(min(started / todo, 1.0) if todo else 1.0, marks[-1].message if marks else job.status)
+    def draw_sweep(job):
+        progress = sweep_progress(job.events, job.status)
+        st.progress(progress.fraction, progress.text)
         if not job.done and st.button("Cancel sweep"):
             job.cancel()
         if job.status == "finished":
@@ -108,7 +108,7 @@ with grid_tab:
         elif job.status in ("failed", "cancelled"):
             st.error(f"{job.status}: {job.error}")
 
-    live_view("sweep_job", KIND, sweep_progress)
+    live_view("sweep_job", KIND, draw_sweep)
 
 with results_tab:
     names = store.sweep_names()

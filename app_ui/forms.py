@@ -55,3 +55,23 @@ def calibration_source(container, current: str, key: str = "calib") -> str | obj
     except CalibLabError as exc:
         container.error(str(exc) if typed else "Type a source spec, or pick one from the list.")
         return INVALID
+
+
+def preview(container, label: str, text: str, height: int) -> None:
+    """A text to read (not to edit): wrapped, in a scrolling box of `height` pixels, in full contrast."""
+    container.caption(label)
+    container.code(text, language=None, wrap_lines=True, height=height)
+
+
+def whole_numbers(label: str, text: str) -> list[int]:
+    """The whole numbers of a comma-separated field, or a ValueError that names the entry and the field."""
+    numbers = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        if not entry.isdigit() or int(entry) < 1:
+            raise ValueError(f"{label}: '{entry}' is not a whole number of 1 or more; write e.g. 8, 32, 128.")
+        numbers.append(int(entry))
+    if not numbers:
+        raise ValueError(f"{label}: give at least one number, e.g. 8.")
+    return numbers

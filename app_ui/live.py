@@ -55,8 +55,7 @@ def _job_list(pending: bool) -> None:
     does). When a job starts or the last one ends, the page reruns once."""
     active = manager().active()
     for job in active:
-        where = f", {manager().position(job)} ahead on {job.device}" if job.status == "queued" else ""
-        st.markdown(f"**Job {job.id}** {job.label}: {job.status}{where}")
+        st.markdown(f"**Job {job.id}** {job.label}: {job_state(job)}")
     if not active:
         st.caption("No job running.")
     if bool(active) != pending:
@@ -81,11 +80,17 @@ def current_job(key: str, kind: str, show_last: bool = False) -> Job | None:
     return job
 
 
+def job_state(job: Job) -> str:
+    """A job's state in words: a queued job says how many jobs run before it on its device, or that it is
+    starting when none does (it is handed to a worker within a second)."""
+    if job.status != "queued":
+        return job.status
+    ahead = manager().position(job)
+    return f"queued behind {ahead} job(s) on {job.device}" if ahead else f"starting on {job.device}"
+
+
 def job_header(job: Job) -> None:
-    head = f"Job {job.id} ({job.label}): **{job.status}**"
-    if job.status == "queued":
-        head += f", waiting for {manager().position(job)} job(s) on {job.device}"
-    st.markdown(head)
+    st.markdown(f"Job {job.id} ({job.label}): **{job_state(job)}**")
 
 
 def live_view(key: str, kind: str, draw: Callable[[Job], None], empty: str | None = None,

@@ -186,12 +186,12 @@ def test_shared_app_does_not_read_files_outside_its_workspace(shared_app, tmp_pa
     app.text_input[0].set_value(f"file:{secret}").run()
     next(b for b in app.button if b.label == "Stream").click().run()
     assert "inside the workspace folder" in _errors(app)
-    assert not any("secret" in t.value for t in app.text_area)  # nothing previewed
+    assert not any("secret" in t.value for t in app.code)  # nothing previewed
     inside = tmp_path / "workspace" / "mine.txt"
     inside.write_text("a text that the visitor put in the workspace " * 20)
     app.text_input[0].set_value("file:mine.txt").run()
     next(b for b in app.button if b.label == "Stream").click().run()
-    assert not app.error and any("visitor put" in t.value for t in app.text_area)
+    assert not app.error and any("visitor put" in t.value for t in app.code)
 
 
 def test_shared_app_confines_saves_sizes_and_remote_code(shared_app, tmp_path):

@@ -237,9 +237,14 @@ def test_results_label_runs_link_comparisons_and_draw_the_dense_baseline(tmp_pat
 
 
 def test_run_labels_say_source_and_draw():
+    from calib_core.data import sets
+
     run = {"id": 7, "method": "wanda", "sparsity": "2:4", "calibration": "set:mine",
            "record": {"job": {"calib": "set:mine", "nsamples": 8, "seqlen": 128, "seed": 3}}}
+    sets.save_set("mine", [{"text": "a text"}])
     assert run_label(run) == "#7 wanda 2:4 · set:mine · 8x128 seed 3"
+    sets.delete_set("mine")
+    assert run_label(run) == "#7 wanda 2:4 · set:mine (deleted) · 8x128 seed 3"
     dense = {"id": 1, "method": "dense", "sparsity": "0.0", "calibration": None, "record": None}
     assert run_label(dense) == "#1 dense 0.0 · no data"
 

@@ -166,3 +166,120 @@ def test_the_calibration_source_is_picked_or_typed_and_checked_before_any_job(tm
     typed.set_value("mix:builtin:wiki=1,builtin:code=1").run()
     assert not app.error and not _start(app).disabled
     assert "**Calibration:** `mix:builtin:wiki=1,builtin:code=1`" in [m.value for m in app.sidebar.markdown]
+
+
+def test_an_uploaded_txt_is_split_into_texts_as_the_same_text_pasted_is(tmp_path):
+    from calib_core.data.sources import read_upload
+    from calib_core.data.text_files import split_at_blank_lines
+
+    paragraph = "A paragraph of calibration text that runs on for a while. " * 8
+    for count in (1, 3, 60_000):  # one text, a few, and a file of about 28 MB
+        content = "\r\n\r\n".join(f"{i}: {paragraph}" for i in range(count)) + "\n  \n"
+        path = tmp_path / f"upload-{count}.txt"
+        path.write_text(content, encoding="utf-8")
+        uploaded = read_upload(path)
+        assert uploaded == split_at_blank_lines(content) and len(uploaded) == count
+        assert uploaded[-1].startswith(f"{count - 1}: ")
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    app.switch_page("app_pages/calibration.py").run()
+    next(r for r in app.radio if r.label == "From").set_value("Paste text").run()
+    next(t for t in app.text_area if t.label.startswith("Texts")).set_value("one\n\ntwo\n \nthree").run()
+    assert any("3 texts from `pasted`" in m.value for m in app.markdown)
+
+
+def test_deleting_a_saved_set_asks_first_says_what_it_removed_and_its_runs_show_it_deleted(tmp_path):
+    from calib_core.data import sets
+
+    folder = str(save_tiny_folder(tmp_path / "tiny"))
+    sets.save_set("mine", [{"text": "a saved text that is long enough to calibrate on " * 10}])
+    used = _prune(folder, "set:mine")
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    app.switch_page("app_pages/calibration.py").run()
+    assert any(f"1 run(s) used it (#{used})" in m.value for m in app.markdown)
+    assert sets.list_sets() == ["mine"]  # opening the confirmation deletes nothing
+    next(b for b in app.button if b.label == "Yes, delete set:mine").click().run()
+    assert not app.exception, app.exception
+    assert sets.list_sets() == []
+    assert any(f"Deleted set:mine. Runs #{used} now show it as deleted." in s.value for s in app.success)
+    app.switch_page("app_pages/results.py").run()
+    assert app.dataframe[0].value["calibration"].tolist() == ["set:mine (deleted)"]
+
+
+def test_a_queued_job_says_what_it_waits_for_and_empty_charts_say_what_they_wait_for(monkeypatch):
+    from types import SimpleNamespace
+
+    from app_ui import live
+    from calib_core.experiments.run_figures import live_prune_charts
+    from calib_core.prune.events import StageEvent
+
+    ahead = {"count": 0}
+    monkeypatch.setattr(live, "manager", lambda: SimpleNamespace(position=lambda job: ahead["count"]))
+    job = SimpleNamespace(status="queued", device="cpu")
+    assert live.job_state(job) == "starting on cpu"  # nothing ahead: not "waiting for 0 job(s)"
+    ahead["count"] = 2
+    assert live.job_state(job) == "queued behind 2 job(s) on cpu"
+    assert live.job_state(SimpleNamespace(status="running", device="cpu")) == "running"
+
+    loading = live_prune_charts([])["sparsity"].figure
+    assert [a.text for a in loading.layout.annotations] == ["loading the model and the data"]
+    charts = live_prune_charts([StageEvent("prune", 0, 30, 0.0)])
+    for name in ("sparsity", "seconds", "recon_error"):
+        figure = charts[name].figure
+        assert tuple(figure.layout.xaxis.range) == (-0.5, 29.5), name  # the model's 30 blocks, not -1 .. 5
+        assert [a.text for a in figure.layout.annotations] == ["waiting for the first block"]
+    assert tuple(charts["sparsity"].figure.layout.yaxis.range) == (0, 1)
+
+
+def test_progress_lines_have_no_zero_rate_and_sweeps_have_an_eta():
+    from calib_core.data.selfgen import GenerationProgress
+    from calib_core.jobs.progress import generation_line, sweep_progress
+    from calib_core.runs.events import PipelineEvent
+
+    first = GenerationProgress(0, 8, 0.0, "", batch_tokens=12, max_new_tokens=64)
+    assert generation_line(first) == "0/8 texts done; first batch in progress: 12/64 new tokens"
+    later = GenerationProgress(4, 8, 31.25, "a text", max_new_tokens=64)
+    assert generation_line(later) == "4/8 texts done, 31.2 tokens/s"
+
+    plan = PipelineEvent("sweep", "sweep s: 6 points, 2 already finished", {"points": 6, "todo": 4}, at=100.0)
+    points = [PipelineEvent("sweep", f"point {i}/4: wanda 0.5 on builtin:wiki", {"key": str(i)}, at=100.0 + 30 * i)
+              for i in (1, 2, 3)]
+    assert sweep_progress([plan], "running", now=101.0).text == "4 points to run: loading the model"
+    progress = sweep_progress([plan, *points], "running", now=200.0)
+    # two points finished in the 70 s since the first began: 35 s each, two left
+    assert progress.fraction == 0.5
+    assert progress.text == "point 3/4: wanda 0.5 on builtin:wiki · 2 of 4 finished, 70 s, about 70 s left"
+    assert sweep_progress([plan, *points], "finished").text == "Finished: 4 of 4 points"
+
+
+def test_the_sweeps_form_names_a_bad_sample_count_and_the_app_has_no_deploy_button():
+    import tomllib
+
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    app.switch_page("app_pages/sweeps.py").run()
+    next(t for t in app.text_input if t.label.startswith("Calibration samples")).set_value("4, abc")
+    next(b for b in app.button if b.label == "Start sweep").click().run()
+    errors = " ".join(e.value for e in app.error)
+    assert "Calibration samples: 'abc' is not a whole number" in errors and "int()" not in errors
+    config = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["toolbarMode"] == "viewer"  # Streamlit's Deploy button is a developer option
+
+
+def test_a_cancelled_run_says_nothing_was_kept_and_asks_for_no_reload(tmp_path):
+    from calib_core.jobs import manager, tasks
+    from tests.test_app import _wait
+
+    folder = str(save_tiny_folder(tmp_path / "tiny"))
+    spec = RunSpec(model=folder, nsamples=2, seqlen=16, evaluation=EvalSpec(sources=["builtin:wiki"], windows=1))
+    job = manager().submit("to cancel", tasks.prune, spec, kind="prune")
+    job.cancel()
+    assert _wait(job, 120).status == "cancelled"
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.session_state["prune_job"] = job.id
+    app.run()
+    app.switch_page("app_pages/prune.py").run()
+    said = " ".join(w.value for w in app.warning)
+    assert "nothing was saved" in said and "loads it afresh" in said
+    assert "reload" not in " ".join(e.value for e in app.error).lower()

@@ -90,6 +90,24 @@ def delete_set(name: str) -> None:
     path.unlink()
 
 
+SET_IN_SPEC = re.compile(r"(?<!\w)set:([^,=\s]+)")
+DELETED = " (deleted)"
+
+
+def mark_deleted(spec: str | None, saved: set[str] | None = None) -> str | None:
+    """`spec` with "(deleted)" after each set:NAME in it (alone or in a mix) that is no longer saved: what a
+    run that used a deleted set shows."""
+    if not spec or "set:" not in spec:
+        return spec
+    saved = set(list_sets()) if saved is None else saved
+    return SET_IN_SPEC.sub(lambda m: m.group(0) + ("" if m.group(1) in saved else DELETED), spec)
+
+
+def runs_using(name: str, runs: list[dict]) -> list[int]:
+    """The ids of the runs whose calibration names set:NAME (alone or in a mix)."""
+    return [r["id"] for r in runs if name in SET_IN_SPEC.findall(r.get("calibration") or "")]
+
+
 def export_set(name: str, path: str | os.PathLike) -> Path:
     """Write a set's records to .jsonl or .parquet (metadata goes into a .meta.json beside it)."""
     data = load_set(name)

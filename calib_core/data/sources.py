@@ -35,7 +35,8 @@ from .. import assets, hub
 from . import sets
 from ..errors import InsufficientMemoryError, SourceError
 from .mix import parse_mix, random_token_rows
-from .text_files import LazyText, check_text_file, detect_text_column, iter_file_documents, too_large_to_list
+from .text_files import (LazyText, check_text_file, detect_text_column, iter_file_documents, split_at_blank_lines,
+                         too_large_to_list)
 from .tokens import Pool, ReadLimits, read_pool
 
 BUILTIN_SOURCES = tuple(f"builtin:{name}" for name in assets.BUILTIN_CORPORA)
@@ -224,6 +225,16 @@ def _hf_rows(rest: str, text_column: str | None):
 def read_text_file(path: Path, text_column: str | None = None, max_characters: int = LIST_MAX_CHARACTERS) -> list[str]:
     """All documents of a local file (see text_files), refused above `max_characters`."""
     return load_documents(f"file:{path}", text_column=text_column, max_characters=max_characters)
+
+
+def read_upload(path: Path, text_column: str | None = None) -> list[str]:
+    """The texts of an uploaded file as the app shows and saves them: a .txt split at blank lines as pasted
+    text is (text_files.HOW_TEXTS_SPLIT), whatever its size; other types one text per row or line. (A `file:`
+    source reads a .txt as one document, which a run samples windows from.)"""
+    texts = read_text_file(path, text_column)
+    if path.suffix.lower() == ".txt":
+        texts = [part for text in texts for part in split_at_blank_lines(text)]
+    return texts
 
 
 # ---------------------------------------------------------------- documents -> samples

@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,17 @@ TEXT_COLUMNS = ("text", "content", "document", "body", "article", "sentence")
 WHOLE_FILE_MAX_BYTES = 64 * 1024**2
 READ_CHUNK_BYTES = 1 << 20
 _DETECT_ROWS = 50  # rows a JSONL file's text column is detected from
+
+
+BLANK_LINES = re.compile(r"\n[ \t\f\v]*\n\s*")
+HOW_TEXTS_SPLIT = ("Split into texts at blank lines (a line holding only spaces or tabs counts as blank; Windows line "
+                   "ends are read as line ends); each part, stripped, is one text.")
+
+
+def split_at_blank_lines(text: str) -> list[str]:
+    """The texts of pasted text or an uploaded .txt file (HOW_TEXTS_SPLIT), in order."""
+    parts = BLANK_LINES.split(text.replace("\r\n", "\n").replace("\r", "\n"))
+    return [part.strip() for part in parts if part.strip()]
 
 
 class LazyText:

@@ -11,6 +11,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 
 from ..prune.events import blocks_frame, modules_frame
+from ..data.sets import mark_deleted
 from ..runs.store import strategy_label
 
 BLOCK_AXIS = "block (decoder layer index)"
@@ -30,6 +31,19 @@ def whole_blocks(fig: go.Figure, blocks: int, axis: str = "x") -> go.Figure:
     return fig
 
 
+def whole_counts(fig: go.Figure, most: int, axis: str = "y") -> go.Figure:
+    """Whole-number ticks on a count axis whose counts are at most `most` (a few would show 0.2 steps)."""
+    if most <= 10:
+        getattr(fig, f"update_{axis}axes")(tickmode="linear", tick0=0, dtick=1, tickformat="d", rangemode="tozero")
+    return fig
+
+
+def ticks_at(fig: go.Figure, values, axis: str = "x") -> go.Figure:
+    """Ticks at exactly the values a chart has (one sparsity would otherwise show 0.45 .. 0.55 in steps)."""
+    getattr(fig, f"update_{axis}axes")(tickmode="array", tickvals=sorted(set(values)))
+    return fig
+
+
 def live_prune_charts(events: list) -> dict[str, Chart]:
     """What a running prune shows, from its events: per-block sparsity (with OWL's plan), seconds per
     block, the relative reconstruction error of every module, and OWL's outlier ratios. The first three
@@ -38,7 +52,8 @@ def live_prune_charts(events: list) -> dict[str, Chart]:
     blocks = [e for e in events if getattr(e, "kind", "") == "block"]
     modules = [e for e in events if getattr(e, "kind", "") == "module" and e.rel_recon_error is not None]
     allocation = next((e for e in events if getattr(e, "kind", "") == "allocation"), None)
-    planned_blocks = len(allocation.target_sparsities) if allocation else len(blocks)
+    announced = [e.total for e in events if getattr(e, "kind", "") == "stage" and e.stage == "prune"]
+    planned_blocks = len(allocation.target_sparsities) if allocation else max(announced + [len(blocks)])
     frame = blocks_frame(blocks)
     charts = {"sparsity": Chart(_sparsity_figure(frame, allocation, planned_blocks), frame)}
     fig = px.bar(frame, x="block", y="seconds", title="Seconds per block", height=300, labels={"seconds": "time (s)"})
@@ -59,7 +74,19 @@ def live_prune_charts(events: list) -> dict[str, Chart]:
         fig = px.line(plan, x="block", y="outlier_ratio", markers=True, height=250, title="OWL outlier ratio",
                       labels={"outlier_ratio": "outlier ratio D_l (% of scores > M x mean)"})
         charts["owl_outliers"] = Chart(whole_blocks(fig, len(plan)), plan)
+    if not blocks:
+        for name in ("sparsity", "seconds", "recon_error"):
+            _waiting(charts[name].figure, planned_blocks, unit_range=name == "sparsity")
     return charts
+
+
+def _waiting(fig: go.Figure, planned_blocks: int, unit_range: bool) -> None:
+    """An empty live chart before its first block: the model's blocks on x (when known), and what it waits for."""
+    if planned_blocks:
+        fig.update_xaxes(range=[-0.5, planned_blocks - 0.5])
+    fig.update_yaxes(range=[0, 1] if unit_range else None, showticklabels=unit_range)
+    fig.add_annotation(text="waiting for the first block" if planned_blocks else "loading the model and the data",
+                       xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False, font_size=16)
 
 
 def _sparsity_figure(frame: pd.DataFrame, allocation, planned_blocks: int) -> go.Figure:
@@ -90,7 +117,8 @@ def run_label(run: dict) -> str:
             if job.get("calib") and job.get("nsamples") is not None else "")
     strategy = strategy_label(record)
     chosen = f" by {strategy}" if strategy and strategy != "random" else ""
-    return (f"#{run['id']} {run.get('method')} {run.get('sparsity')} · {run.get('calibration') or 'no data'}{chosen}"
+    calibration = mark_deleted(run.get("calibration")) or "no data"
+    return (f"#{run['id']} {run.get('method')} {run.get('sparsity')} · {calibration}{chosen}"
             f"{draw}")
 
 

@@ -102,6 +102,7 @@ def spread_chart(frame: pd.DataFrame, method: str = "wanda", metric: str = PPL, 
                                          "<extra></extra>"))
     fig.update_layout(title=f"{method}: spread across calibration sources ({'% of best ' if relative else ''}{metric})",
                       yaxis_title="(worst - best) / best, %" if relative else f"worst - best {metric}", height=380)
+    fig.update_xaxes(type="category", title="setting")  # settings are labels, never a numeric range
     return fig
 
 

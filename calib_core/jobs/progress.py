@@ -70,3 +70,43 @@ def _phase_start(events: list, first: int) -> float:
         return events[first].at
     timed = [e.at for e in events[:first] if hasattr(e, "at")]
     return timed[-1] if timed else events[first].at
+
+
+def sweep_progress(events: list, status: str, now: float | None = None) -> RunProgress:
+    """The progress line of a sweep job (a sweep, the demo): which point runs, how many finished, and an ETA
+    from the finished points' own pace (each sweep's first point also loads the model: the ETA is an
+    upper bound at first and settles as points finish)."""
+    now = now or time.time()
+    marks = [e for e in events if getattr(e, "kind", "") == "pipeline" and e.stage == "sweep"]
+    plans = [e for e in marks if "todo" in e.data]
+    points = [e for e in marks if "key" in e.data]
+    todo = sum(e.data["todo"] for e in plans)
+    if status == "queued":
+        return RunProgress("Queued", 0.0, "Queued: waiting for the device")
+    if status in ENDED:
+        return RunProgress(status.capitalize(), 1.0 if status == "finished" else len(points) / max(todo, 1),
+                           f"{status.capitalize()}: {len(points) if status != 'finished' else todo} of {todo} points")
+    if not plans:
+        return RunProgress("Planning", 0.0, "Planning the sweep: which points already finished")
+    if not todo:
+        return RunProgress("Finishing", 1.0, "Every point already finished")
+    if not points:
+        return RunProgress("Loading", 0.0, f"{todo} points to run: loading the model")
+    finished = len(points) - 1
+    elapsed = max(now - points[0].at, 0.0)
+    text = f"{points[-1].message} · {finished} of {todo} finished, {elapsed:.0f} s"
+    if finished:
+        text += f", about {elapsed / finished * (todo - finished):.0f} s left"
+    return RunProgress("Sweeping", finished / todo, text)
+
+
+def generation_line(progress) -> str:
+    """A self-generation job's progress line from its latest GenerationProgress: the rate is measured when a
+    batch ends, so before the first batch ends there is none to show (not 0.0 tokens/s)."""
+    text = f"{progress.texts_done}/{progress.texts_total} texts done"
+    if progress.texts_done and progress.tokens_per_second:
+        text += f", {progress.tokens_per_second:.1f} tokens/s"
+    if progress.batch_tokens is not None:
+        batch = "first batch" if not progress.texts_done else "batch"
+        text += f"; {batch} in progress: {progress.batch_tokens}/{progress.max_new_tokens} new tokens"
+    return text

@@ -204,6 +204,17 @@ def similarity_table(model, tokenizer, named_texts: dict[str, list], reference: 
     return table, summary
 
 
+# Each score's axis label: what it is and which way is more like the pretraining data (the reference).
+METRIC_LABELS = {
+    "min_k_pp": "Min-K%++ (higher = more training-like)",
+    "min_k": "Min-K% log-probability (higher = more training-like)",
+    "ppl": "perplexity under the model (lower = more training-like)",
+    "ngram_overlap": "n-gram overlap with the reference (higher = more like it)",
+    "js_divergence": "JS divergence from the reference (lower = more like it)",
+    "embedding_cosine": "embedding cosine to the reference (higher = more like it)",
+}
+
+
 def compare_sources(model, tokenizer, specs: list[str], count: int, seed: int = 0, scoring: str = "windows",
                     seqlen: int = 512, mode: str = "concat", concat_separator: str = DEFAULT_CONCAT_SEPARATOR,
                     reference: str | None = None, ngram: int = 3, k: float = 0.5, max_tokens: int = 512,

@@ -96,6 +96,9 @@ def runs_table(runs: list[dict]):
     """One row per stored run, whatever its status: what it was, how it ended, its perplexities."""
     import pandas as pd
 
+    from ..data.sets import list_sets, mark_deleted
+
+    saved = set(list_sets())
     rows = []
     for run in runs:
         record = run["record"] or {}
@@ -103,7 +106,7 @@ def runs_table(runs: list[dict]):
         row = {"id": run["id"], "status": run["status"], "origin": origin_of(run), "tags": ", ".join(run.get("tags") or []),
                "created": run["created"], "model": run["model"],
                "method": run["method"], "base": (run["config"] or {}).get("base"), "sparsity": run["sparsity"],
-               "calibration": run["calibration"], "strategy": strategy_label(record),
+               "calibration": mark_deleted(run["calibration"], saved), "strategy": strategy_label(record),
                "nsamples": calib.get("nsamples"), "seqlen": calib.get("seqlen"),
                "seed": calib.get("seed"), "overall_sparsity": record.get("overall_sparsity"),
                "prune_s": (record.get("timings") or {}).get("prune_total")}
