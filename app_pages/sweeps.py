@@ -144,6 +144,8 @@ with results_tab:
             column.plotly_chart(figures[key], width="stretch")
     if "nsamples" in figures:
         st.plotly_chart(figures["nsamples"], width="stretch")
+    if "transfer" in figures:
+        st.plotly_chart(figures["transfer"], width="stretch")
 
     st.subheader("Is the difference beyond seed noise?")
     here = data[(data["setting"] == setting) & (data["nsamples"] == n_bars)]

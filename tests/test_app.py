@@ -102,7 +102,9 @@ def test_sweeps_page_runs_a_grid_and_tests_two_sources(tmp_path):
     assert job.result.ran == 7 and not job.result.failed
     app.run()
     assert not app.exception
-    assert len(app.get("plotly_chart")) >= 3  # bars, spread, violins
+    charts = [c.proto.spec for c in app.get("plotly_chart")]
+    assert len(charts) >= 4  # bars, spread, violins, calibrate-on-A x evaluate-on-B
+    assert any("calibrate on a row, evaluate on a column" in spec for spec in charts)
     verdict = " ".join(m.value for m in app.markdown if "Welch t" in m.value)
     assert "builtin:news" in verdict and "builtin:wiki" in verdict and "p = " in verdict
 

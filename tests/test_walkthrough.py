@@ -283,3 +283,34 @@ def test_a_cancelled_run_says_nothing_was_kept_and_asks_for_no_reload(tmp_path):
     said = " ".join(w.value for w in app.warning)
     assert "nothing was saved" in said and "loads it afresh" in said
     assert "reload" not in " ".join(e.value for e in app.error).lower()
+
+
+def test_calibrate_on_a_evaluate_on_b_is_relative_to_each_columns_best_with_seeds_and_significance():
+    import pandas as pd
+
+    from calib_core.experiments.stats import transfer_table
+    from calib_core.experiments.sweep_figures import transfer_heatmap
+
+    rows = []
+    for seed in range(4):
+        jitter = 0.1 * seed
+        for source, wiki, code in (("builtin:wiki", 20 + jitter, 13 + jitter), ("builtin:code", 30 + jitter, 10 + jitter),
+                                   ("builtin:news", 20.05 + jitter, 14 - jitter)):
+            rows.append({"method": "wanda", "setting": "50%", "nsamples": 8, "seed": seed, "calibration": source,
+                         "ppl builtin:wiki": wiki, "ppl builtin:code": code, "ppl": (wiki * code) ** 0.5})
+    rows.append({"method": "wanda", "setting": "60%", "nsamples": 8, "seed": 0, "calibration": "builtin:wiki",
+                 "ppl builtin:wiki": 99.0, "ppl builtin:code": 99.0, "ppl": 99.0})  # another setting: left out
+    table = transfer_table(pd.DataFrame(rows), "wanda", "50%").set_index(["calibration", "domain"])
+    assert set(table.index.get_level_values("domain")) == {"builtin:wiki", "builtin:code"}  # never the mean "ppl"
+    wiki_on_wiki, code_on_wiki = table.loc[("builtin:wiki", "builtin:wiki")], table.loc[("builtin:code", "builtin:wiki")]
+    assert wiki_on_wiki["relative"] == 1.0 and wiki_on_wiki["best"] == "builtin:wiki" and wiki_on_wiki["n"] == 4
+    assert code_on_wiki["relative"] == pytest.approx(30.15 / 20.15) and code_on_wiki["p_vs_best"] < 0.001
+    assert table.loc[("builtin:news", "builtin:wiki"), "p_vs_best"] > 0.05  # 0.25% apart: seed noise
+    assert table.loc[("builtin:code", "builtin:code"), "best"] == "builtin:code"
+    figure = transfer_heatmap(pd.DataFrame(rows), "wanda", "50%")
+    heat = figure.data[0]
+    assert list(heat.y) == ["builtin:wiki", "builtin:code", "builtin:news"] and list(heat.x) == ["builtin:wiki",
+                                                                                                "builtin:code"]
+    assert heat.text[0][0] == "best" and heat.text[1][0] == f"+{(30.15 / 20.15 - 1) * 100:.1f}% *"
+    assert heat.text[2][0] == f"+{(20.2 / 20.15 - 1) * 100:.1f}%"  # no star: within seed noise
+    assert "over 4 seed(s)" in heat.customdata[1][0] and "Welch p" in heat.customdata[1][0]

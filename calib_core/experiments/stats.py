@@ -167,3 +167,32 @@ def dense_baseline(runs: list[dict], reference: dict, source: str) -> float | No
     if not matching:
         return None
     return next(p["ppl"] for p in matching[-1]["record"]["perplexity"] if p["source"] == source)
+
+
+def transfer_table(frame: pd.DataFrame, method: str, setting: str, nsamples: int | None = None) -> pd.DataFrame:
+    """Calibrate on A, evaluate on B: for one method and setting (and sample count; default the largest),
+    one row per (calibration source or strategy, evaluation domain) with the pruned perplexity's mean, std
+    and seeds, its ratio to the best calibration's mean on that domain (1 = the best), and Welch's p against
+    that best calibration (NaN for the best itself or with fewer than 2 seeds on either side)."""
+    from scipy import stats
+
+    data = frame[(frame["method"] == method) & (frame["setting"] == setting)]
+    counts = sorted(c for c in data["nsamples"].unique() if c)
+    if counts:
+        data = data[data["nsamples"] == (nsamples if nsamples is not None else counts[-1])]
+    domains = [c for c in data.columns if c.startswith("ppl ") and data[c].notna().any()]
+    if data.empty or not domains:
+        raise NotEnoughDataError(f"No finished {method} runs at {setting} with per-domain perplexities.")
+    rows = []
+    for domain in domains:
+        values = {source: group[domain].dropna() for source, group in data.groupby("calibration", sort=False)}
+        values = {source: v for source, v in values.items() if len(v)}
+        best = min(values, key=lambda source: values[source].mean())
+        for source, v in values.items():
+            p = float("nan")
+            if source != best and len(v) >= 2 and len(values[best]) >= 2:
+                p = float(stats.ttest_ind(v, values[best], equal_var=False).pvalue)
+            rows.append({"calibration": source, "domain": domain.removeprefix("ppl "), "mean": float(v.mean()),
+                         "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v),
+                         "relative": float(v.mean() / values[best].mean()), "best": best, "p_vs_best": p})
+    return pd.DataFrame(rows)

@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from ..errors import ConfigError, MissingDependencyError, NotEnoughDataError
 from ..files import atomic_file
-from .stats import PPL, setting_sort_key, spread_by_setting, summarize
+from .stats import PPL, setting_sort_key, spread_by_setting, summarize, transfer_table
 
 
 def _settings(frame: pd.DataFrame) -> list[str]:
@@ -106,6 +106,43 @@ def spread_chart(frame: pd.DataFrame, method: str = "wanda", metric: str = PPL, 
     return fig
 
 
+def transfer_heatmap(frame: pd.DataFrame, method: str, setting: str, nsamples: int | None = None) -> go.Figure:
+    """Calibrate on A (rows: calibration sources or strategies), evaluate on B (columns: evaluation domains):
+    each cell the mean pruned perplexity relative to the column's best calibration, in % above it; seeds and
+    Welch's p against that best on hover. A row that is best everywhere is the source to calibrate on."""
+    table = transfer_table(frame, method, setting, nsamples)
+    rows = list(dict.fromkeys(table["calibration"]))
+    columns = list(dict.fromkeys(table["domain"]))
+    cell = table.set_index(["calibration", "domain"])
+    z, text, hover = [], [], []
+    for source in rows:
+        z.append([]), text.append([]), hover.append([])
+        for domain in columns:
+            if (source, domain) not in cell.index:
+                z[-1].append(None), text[-1].append(""), hover[-1].append("not measured")
+                continue
+            c = cell.loc[(source, domain)]
+            above = (c["relative"] - 1) * 100
+            z[-1].append(above)
+            noise = "" if c["p_vs_best"] != c["p_vs_best"] else (
+                " *" if c["p_vs_best"] < 0.05 else "")  # * : beyond seed noise at 5%
+            text[-1].append("best" if source == c["best"] else f"+{above:.1f}%{noise}")
+            versus = ("the best on this domain" if source == c["best"] else
+                      f"vs best ({c['best']}): Welch p {c['p_vs_best']:.3g}" if c["p_vs_best"] == c["p_vs_best"]
+                      else f"vs best ({c['best']}): too few seeds for a test")
+            hover[-1].append(f"calibrate on {source}<br>evaluate on {domain}<br>ppl {c['mean']:.3f} ± {c['std']:.3f} "
+                             f"over {int(c['n'])} seed(s)<br>{versus}")
+    fig = go.Figure(go.Heatmap(z=z, x=columns, y=rows, text=text, texttemplate="%{text}", customdata=hover,
+                               hovertemplate="%{customdata}<extra></extra>", colorscale="Reds", zmin=0,
+                               colorbar=dict(title="% above the<br>column's best")))
+    fig.update_layout(title=f"{method} {setting}: calibrate on a row, evaluate on a column (pruned perplexity, % above "
+                            f"the best calibration for that domain; * p < 0.05 vs that best)",
+                      xaxis_title="evaluated on", yaxis_title="calibrated on", height=140 + 48 * len(rows))
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category", autorange="reversed")
+    return fig
+
+
 def sweep_figures(frame: pd.DataFrame, method: str, setting: str | None = None, metric: str = PPL,
                   nsamples: int | None = None, relative: bool = True) -> tuple[dict[str, go.Figure], list[str]]:
     """Every view of one method's results: bars and spread at one sample count (default: the largest),
@@ -119,7 +156,8 @@ def sweep_figures(frame: pd.DataFrame, method: str, setting: str | None = None, 
     builders = {"bars": lambda: source_bars(at_count, method, metric),
                 "spread": lambda: spread_chart(at_count, method, metric, relative),
                 "violins": lambda: seed_violins(data[data["nsamples"] == nsamples], method, setting, metric),
-                "nsamples": lambda: nsamples_band(frame, method, setting, metric)}
+                "nsamples": lambda: nsamples_band(frame, method, setting, metric),
+                "transfer": lambda: transfer_heatmap(frame, method, setting, nsamples)}
     figures, missing = {}, []
     for name, build in builders.items():
         try:
@@ -175,12 +213,12 @@ def export_sweep(frame: pd.DataFrame, folder: str | os.PathLike, methods: list[s
     for method in methods or sorted(frame["method"].unique()):
         figures, missing = sweep_figures(frame, method, metric=metric, **view)
         notes += [f"{method} {reason}" for reason in missing]
-        for view, fig in figures.items():
+        for name, fig in figures.items():
             for suffix in formats:
                 if suffix == "png" and png_failed:
                     continue
                 try:
-                    written.append(export(fig, folder / f"{method}-{view}.{suffix}"))
+                    written.append(export(fig, folder / f"{method}-{name}.{suffix}"))
                 except MissingDependencyError as exc:
                     png_failed = True
                     notes.append(f"PNG skipped: {exc}")
