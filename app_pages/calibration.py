@@ -205,16 +205,17 @@ with choose:
 
 with generate:
     st.markdown("The model continues short prefixes of real texts; the highest-perplexity fraction is dropped.")
+    preset = st.session_state.get("selfgen_preset") or {}  # filled by a Start page preset
     c1, c2, c3 = st.columns(3)
-    source = c1.selectbox("Prefixes from", BUILTIN_SOURCES)
-    count = bounded_number(c2, "Texts", 1, 5000, 16, step=1)
-    new_tokens = bounded_number(c3, "Max new tokens", 8, 4096, 128, step=1,
+    source = c1.selectbox("Prefixes from", BUILTIN_SOURCES, list(BUILTIN_SOURCES).index(preset.get("source", BUILTIN_SOURCES[0])))
+    count = bounded_number(c2, "Texts", 1, 5000, preset.get("texts", 16), step=1)
+    new_tokens = bounded_number(c3, "Max new tokens", 8, 4096, preset.get("new_tokens", 128), step=1,
                                 help="The paper generates up to 2048 new tokens (GPU); a CPU manages a few hundred. "
                                      "Document and document_pad sampling need texts longer than seqlen.")
     c4, c5, c6 = st.columns(3)
     prefix = bounded_number(c4, "Prefix tokens", 1, 64, 2, step=1)
     drop = c5.slider("Drop highest-ppl fraction", 0.0, 0.9, 0.2)
-    set_name = set_name_field(c6, "Save as set", "selfgen", "gen_name")
+    set_name = set_name_field(c6, "Save as set", preset.get("name", "selfgen"), "gen_name")
     ready = set_name is not None and not any_invalid(count, new_tokens, prefix)
     if st.button("Generate", type="primary", disabled=not ready):
         config = GenerationConfig(source=source, texts=int(count), max_new_tokens=int(new_tokens),

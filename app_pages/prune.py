@@ -1,5 +1,7 @@
 """Prune: prune the model with a method and sparsity in a background job, with live charts."""
 
+from dataclasses import replace
+
 import streamlit as st
 
 from calib_core.data.sources import BUILTIN_SOURCES, MODES
@@ -9,6 +11,9 @@ from calib_core.metrics.perplexity import PROTOCOLS
 from calib_core.experiments.run_figures import live_prune_charts
 from calib_core.jobs import manager, tasks
 from calib_core.jobs.progress import run_progress
+from calib_core.models import resolve_dtype
+from calib_core.runs import RunStore
+from calib_core.runs.estimate import estimate_run
 from calib_core.runs.spec import EvalSpec, RunSpec, check_outputs
 from calib_core.devices import resolve_device
 from calib_core.prune import PruneConfig
@@ -134,20 +139,31 @@ with st.container(border=True):
             st.caption(f"Memory estimate: {estimate.describe()}")
         except CalibLabError as exc:
             st.error(str(exc))
+    def form_spec() -> RunSpec:
+        config = PruneConfig(method=method, base=base, pattern=pattern, sparsity=0.5 if structured else sparsity,
+                             device=st.session_state.device, **options).resolved()
+        return RunSpec(
+            model=st.session_state.model_spec, dtype=st.session_state.model_options["dtype"],
+            trust_remote_code=st.session_state.model_options["trust_remote_code"], calib=calib,
+            nsamples=int(nsamples), seqlen=int(seqlen), seed=int(seed), mode=mode,
+            concat_separator=SEPARATORS[separator], strategy=strategy, strategy_options=strategy_options,
+            config=config, save=save or None, overwrite=overwrite, stream=stream,
+            evaluation=EvalSpec(evals, windows=int(eval_windows), protocol=ppl_protocol))
+
+    if not invalid:
+        try:
+            planned = form_spec()
+            planned = replace(planned, dtype=resolve_dtype(planned.dtype, planned.config.device))
+            st.caption(estimate_run(planned, RunStore().run_costs(planned.model)).describe())
+        except CalibLabError:
+            pass  # said when the run is started
     submitted = st.button("Start pruning", type="primary", disabled=invalid,
                           help="Fix the fields marked in red first." if invalid else None)
 
 if submitted:
     try:
-        config = PruneConfig(method=method, base=base, pattern=pattern, sparsity=0.5 if structured else sparsity,
-                             device=st.session_state.device, **options).resolved()
-        spec = RunSpec(
-            model=st.session_state.model_spec, dtype=st.session_state.model_options["dtype"],
-            trust_remote_code=st.session_state.model_options["trust_remote_code"], calib=calib,
-            nsamples=int(nsamples), seqlen=int(seqlen), seed=int(seed), mode=mode,
-            concat_separator=SEPARATORS[separator], strategy=strategy, strategy_options=strategy_options, config=config, save=save or None, overwrite=overwrite,
-            stream=stream, evaluation=EvalSpec(evals, windows=int(eval_windows), protocol=ppl_protocol))
-        spec = access_policy().spec(spec)  # a shared app confines paths and sizes
+        spec = access_policy().spec(form_spec())  # a shared app confines paths and sizes
+        config = spec.config
         check_outputs(spec)  # a bad save folder fails now, not after the run
         chosen_by = "" if strategy == "random" else f" by {describe_strategy(strategy, strategy_options)}"
         label = f"{method} {pattern if ':' in pattern else sparsity} on {calib}{chosen_by}"

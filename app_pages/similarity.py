@@ -29,13 +29,14 @@ is scored and sets of short texts (self-generated) and long ones are compared on
 "Whole texts" scores each text's first N tokens instead (no special tokens).
 """)
 options = list(BUILTIN_SOURCES) + [f"set:{n}" for n in sets.list_sets()]
-chosen = st.multiselect("Sets to compare", options, options[:2])
+preset = st.session_state.get("similarity_preset") or {}  # filled by a Start page preset
+chosen = st.multiselect("Sets to compare", options, [s for s in preset.get("sets", options[:2]) if s in options])
 c1, c2, c3, c4 = st.columns(4)
 reference = c1.selectbox("Reference corpus", [None, *BUILTIN_SOURCES]
                          + list(REFERENCE_CORPORA), help="Online corpora stream from the hub; offline they fail clearly.")
-samples = bounded_number(c2, "Items per set", 2, 2000, 16, step=1)
+samples = bounded_number(c2, "Items per set", 2, 2000, preset.get("items", 16), step=1)
 k = c3.slider("K", 0.05, 1.0, 0.5)
-max_tokens = bounded_number(c4, "Tokens per item", 16, 4096, 256, step=1,
+max_tokens = bounded_number(c4, "Tokens per item", 16, 4096, preset.get("tokens", 256), step=1,
                             help="window length, or the cut of a whole text")
 d1, d2, d3 = st.columns(3)
 scoring = d1.radio("Score", ["windows", "texts"], horizontal=True,

@@ -14,6 +14,7 @@ from calib_core.jobs.progress import sweep_progress
 from calib_core.models import resolve_dtype
 from calib_core.prune.methods import METHODS
 from calib_core.runs import RunStore
+from calib_core.runs.estimate import estimate_sweep
 from calib_core.experiments.sweep_figures import export_sweep, sweep_figures
 from calib_core.experiments.stats import PPL, spread_by_setting, summarize, sweep_frame, welch_test
 from calib_core.experiments.sweeps import SweepGrid
@@ -53,23 +54,29 @@ with grid_tab:
             st.success(f"Loaded grid '{st.session_state.sweep_grid.name}'.")
         except (CalibLabError, yaml.YAMLError, UnicodeDecodeError) as exc:
             st.error(f"Not a valid grid file: {exc}")
+    # A Start page preset fills the form (kept while the session lasts, so a submit reads the same widgets).
+    preset = st.session_state.get("sweep_preset") or {}
+    if preset:
+        st.info(f"Filled in by the Start page's preset '{preset['name']}': check it, then start the sweep.")
     with st.form("sweep_form"):
-        name = st.text_input("Sweep name", f"sweep-{time.strftime('%m%d-%H%M')}",
+        name = st.text_input("Sweep name", preset.get("name", f"sweep-{time.strftime('%m%d-%H%M')}"),
                              help="Runs are tagged with it; rerunning the same name resumes.")
         c1, c2 = st.columns(2)
         sources = c1.multiselect("Calibration sources", BUILTIN + [f"set:{s}" for s in sets.list_sets()],
-                                 ["builtin:wiki", "builtin:news"])
-        methods = c2.multiselect("Methods", list(METHODS), ["magnitude", "wanda"])
+                                 preset.get("calibration", ["builtin:wiki", "builtin:news"]))
+        methods = c2.multiselect("Methods", list(METHODS), preset.get("methods", ["magnitude", "wanda"]))
         strategies = c1.multiselect("Calibration strategies", list(STRATEGIES), ["random"],
                                     help="How each point's windows are chosen (default settings; a grid file can set "
                                          "them). " + "; ".join(f"{s.name}: {s.summary}" for s in STRATEGIES.values()))
-        settings = c1.multiselect("Sparsities / patterns", ["0.5", "0.6", "0.7", "0.8", "4:8", "2:4"], ["0.5", "0.6"])
-        nsamples = c2.text_input("Calibration samples (comma-separated)", "8")
-        seeds = c1.number_input("Seeds", 1, 50, 3)
-        seqlen = c2.number_input("Tokens per sample", 16, 4096, 256, step=16)
-        evals = c1.multiselect("Evaluate on (held-out)", BUILTIN, ["builtin:wiki"])
-        windows = c2.number_input("Eval windows per source", 1, 256, 4)
-        mode = c1.selectbox("Sampling mode", list(MODES),
+        settings = c1.multiselect("Sparsities / patterns", ["0.5", "0.6", "0.7", "0.8", "4:8", "2:4"],
+                                  [str(s) for s in preset.get("sparsities", ["0.5", "0.6"])])
+        nsamples = c2.text_input("Calibration samples (comma-separated)",
+                                 ", ".join(str(n) for n in preset.get("nsamples", [8])))
+        seeds = c1.number_input("Seeds", 1, 50, len(preset.get("seeds", range(3))))
+        seqlen = c2.number_input("Tokens per sample", 16, 4096, preset.get("seqlen", 256), step=16)
+        evals = c1.multiselect("Evaluate on (held-out)", BUILTIN, preset.get("eval", ["builtin:wiki"]))
+        windows = c2.number_input("Eval windows per source", 1, 256, preset.get("eval_windows", 4))
+        mode = c1.selectbox("Sampling mode", list(MODES), list(MODES).index(preset.get("mode", "document")),
                             help="; ".join(f"{name}: {text}" for name, text in MODES.items()))
         submitted = st.form_submit_button("Start sweep", type="primary")
     if submitted:
@@ -90,6 +97,7 @@ with grid_tab:
         done = store.finished_points(grid.name)
         points = grid.points()
         st.markdown(f"Grid **{grid.name}**: {len(points)} points, {sum(p.key in done for p in points)} already finished.")
+        st.caption(estimate_sweep(grid, store.run_costs(grid.model), done).describe())
         running = manager().get(st.session_state.get("sweep_job"))
         if st.button("Run this grid", disabled=bool(running and not running.done)):
             job = manager().submit(f"sweep {grid.name}", tasks.sweep, grid, device=grid.device, kind=KIND)

@@ -314,3 +314,91 @@ def test_calibrate_on_a_evaluate_on_b_is_relative_to_each_columns_best_with_seed
     assert heat.text[0][0] == "best" and heat.text[1][0] == f"+{(30.15 / 20.15 - 1) * 100:.1f}% *"
     assert heat.text[2][0] == f"+{(20.2 / 20.15 - 1) * 100:.1f}%"  # no star: within seed noise
     assert "over 4 seed(s)" in heat.customdata[1][0] and "Welch p" in heat.customdata[1][0]
+
+
+def _timed_run(run_id: int, model: str, method: str, nsamples: int, seqlen: int, windows: int, prune: float,
+               evaluation: float, strategy: str = "random", dtype: str = "float32") -> dict:
+    return {"id": run_id, "status": "finished", "record": {
+        "job": {"model": model, "dtype": dtype, "nsamples": nsamples, "seqlen": seqlen, "eval": ["builtin:wiki"],
+                "eval_windows": windows, "strategy": strategy},
+        "config": {"method": method, "base": None},
+        "timings": {"load_model": 2.0, "calibration": 1.0, "prune_total": prune, "eval": evaluation}}}
+
+
+def test_time_estimates_come_from_this_machines_runs_scaled_by_what_a_run_does():
+    from calib_core.experiments.sweeps import SweepGrid
+    from calib_core.runs.estimate import estimate_run, estimate_sweep
+
+    runs = [_timed_run(1, "m", "wanda", 8, 128, 4, prune=10.0, evaluation=4.0),
+            _timed_run(2, "m", "wanda", 8, 128, 4, prune=12.0, evaluation=4.0),
+            _timed_run(3, "m", "wanda", 8, 128, 4, prune=11.0, evaluation=4.0, dtype="bfloat16"),  # another dtype
+            _timed_run(4, "other", "wanda", 8, 128, 4, prune=99.0, evaluation=99.0)]
+    spec = RunSpec(model="m", nsamples=16, seqlen=128, config=PruneConfig(method="wanda"),
+                   evaluation=EvalSpec(sources=["builtin:wiki", "builtin:code"], windows=4))
+    estimate = estimate_run(spec, runs)
+    # load 2 + calibration 1 + prune (median 11 s per 1024 tokens) x 2 + eval 1 s per window x 8
+    assert estimate.seconds == pytest.approx(2 + 1 + 22 + 8)
+    assert "from 2 earlier wanda run(s)" in estimate.describe()
+    assert estimate_run(replace_method(spec, "sparsegpt"), runs).seconds is None
+    unseen = estimate_run(RunSpec(model="m", nsamples=16, seqlen=128, strategy="least-ppl",
+                                  config=PruneConfig(method="wanda")), runs)
+    assert unseen.seconds is None and "by least-ppl" in unseen.describe()
+    grid = SweepGrid.from_dict(dict(name="g", model="m", calibration=["builtin:wiki"], methods=["wanda"],
+                                    sparsities=[0.5], nsamples=[8], seqlen=128, seeds=[0, 1, 2],
+                                    eval=["builtin:wiki"], eval_windows=4, dtype="float32"))
+    points = grid.points()
+    per_point = 1 + 11 + 4
+    assert estimate_sweep(grid, runs).seconds == pytest.approx(2 + 3 * per_point)  # the model loads once
+    assert estimate_sweep(grid, runs, {points[0].key}).seconds == pytest.approx(2 + 2 * per_point)
+    assert estimate_sweep(grid, runs, {p.key for p in points}).seconds == 0
+
+
+def replace_method(spec, method):
+    from dataclasses import replace
+
+    return replace(spec, config=PruneConfig(method=method))
+
+
+def test_the_start_page_tells_the_story_and_its_presets_fill_the_forms():
+    from calib_core.experiments.presets import PRESETS
+
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    assert not app.exception, app.exception
+    links = [p.proto.label for p in app.get("page_link")]
+    assert links[:5] == ["1. Model", "2. Calibration data", "3. Similarity", "4. Prune", "5. Results"]
+    said = " ".join(m.value for m in app.markdown)
+    for preset in PRESETS:
+        assert preset.question in said
+    assert sum("No time estimate yet" in c.value for c in app.caption) == 2  # a fresh machine: no pace to go by
+    next(b for b in app.button if b.key == "preset-source").click().run()
+    assert not app.exception, app.exception
+    assert next(m for m in app.multiselect if m.label == "Calibration sources").value == ["builtin:wiki", "builtin:code"]
+    assert next(m for m in app.multiselect if m.label == "Sparsities / patterns").value == ["0.5", "0.7"]
+    assert next(t for t in app.text_input if t.label == "Sweep name").value == "preset-wiki-vs-code"
+    next(b for b in app.button if b.label == "Start sweep").click().run()
+    said = " ".join(m.value for m in app.markdown)
+    assert "Grid **preset-wiki-vs-code**: 8 points" in said
+    app.switch_page("app_pages/home.py").run()
+    next(b for b in app.button if b.key == "preset-similarity").click().run()
+    assert next(m for m in app.multiselect if m.label == "Sets to compare").value == [
+        "builtin:wiki", "builtin:news", "builtin:books", "builtin:code"]
+
+
+def test_the_start_page_estimates_a_preset_from_earlier_runs(tmp_path):
+    from calib_core import assets
+    from calib_core.devices import native_dtype
+
+    store = RunStore()
+    config = {"method": "wanda", "sparsity": 0.5, "pattern": "unstructured", "base": None}
+    for _ in range(2):
+        run = store.start(assets.DEFAULT_MODEL, config, "builtin:wiki")
+        timed = _timed_run(run, assets.DEFAULT_MODEL, "wanda", 8, 128, 4, prune=10.0, evaluation=4.0,
+                           dtype=native_dtype())
+        store.finish(run, "finished", timed["record"])
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    estimates = [c.value for c in app.caption if c.value.startswith("Estimated time")]
+    # the wiki-vs-code preset: 8 points of 1 + 10 + 2 x 4 x 1 s (two domains of 4 windows) and one load: 154 s
+    assert estimates[0] == ("Estimated time: about 3 min (8 point(s), at the pace of earlier runs of this model on "
+                            "this machine).")

@@ -318,6 +318,16 @@ class RunStore:
         """Every run, oldest first."""
         return self._select()
 
+    def run_costs(self, model: str) -> list[dict]:
+        """The finished runs of `model` with only what their time was spent on (the record's job, config
+        and timings; SQLite extracts them, so a large store is not parsed whole): runs.estimate's input."""
+        rows = self._read("SELECT id, json_extract(record, '$.job'), json_extract(record, '$.config'), "
+                          "json_extract(record, '$.timings') FROM runs WHERE model = ? AND status = 'finished' "
+                          "ORDER BY id", (model,))
+        return [{"id": run_id, "status": "finished", "record": {
+            "job": json.loads(job or "{}"), "config": json.loads(config or "{}"), "timings": json.loads(timings or "{}")}}
+            for run_id, job, config, timings in rows]
+
     def sweep_runs(self, sweep: str, status: str | None = None) -> list[dict]:
         """The runs of one sweep (or reproduction), optionally only those with `status`."""
         if status is None:
