@@ -76,6 +76,9 @@ def test_browser_flow_set_prune_results(app_url):
         page.get_by_role("heading", name="Calibration Lab").wait_for(timeout=60_000)
         timings["launch_to_first_render_s"] = time.perf_counter() - launched
         page.get_by_role("button", name="Run the two-minute demo").wait_for(timeout=60_000)
+        # the story: the path through the pages and the paper's questions as presets
+        expect(page.get_by_role("link", name="4. Prune")).to_be_visible()
+        page.get_by_text("Does the calibration source matter, and more at higher sparsity?").wait_for(timeout=30_000)
         page.screenshot(path=OUT / "1-start.png", full_page=True)
 
         _open(page, "Model")
@@ -94,8 +97,8 @@ def test_browser_flow_set_prune_results(app_url):
 
         _open(page, "Prune")
         # the saved set became the calibration source (waits while the page finishes rendering)
-        picker = page.get_by_test_id("stSelectbox").filter(has_text="Calibration source")
-        expect(picker).to_contain_text("set:e2e-wiki", timeout=30_000)
+        picker = page.get_by_role("combobox", name="Calibration source")
+        expect(picker).to_have_value("set:e2e-wiki", timeout=30_000)
         _fill(page, "nsamples", 4)
         _fill(page, "seqlen", 128)
         _fill(page, "Eval windows per source", 4)
@@ -131,11 +134,26 @@ def test_browser_flow_set_prune_results(app_url):
         timings["start_to_perplexity_s"] = time.perf_counter() - start
         page.screenshot(path=OUT / "6-prune-finished.png", full_page=True)
 
+        # a second run calibrated on code, picked from the source list, to compare with the first
+        picker.click()
+        page.get_by_role("option", name="builtin:code").click()
+        expect(picker).to_have_value("builtin:code", timeout=30_000)
+        page.get_by_role("button", name="Start pruning").click()
+        _wait_until(lambda: len(store.list()) == 2, "the second run to appear in the run store", 600)
+        state = _wait_until(lambda: _run_state(store) not in (None, "running") and _run_state(store),
+                            "the second prune to end", 1800, lambda: _run_state(store))
+        assert state == "finished", f"the second prune ended '{state}': {store.list()[-1]['error']}"
+
         _open(page, "Results")
         page.get_by_text("Perplexity per run").wait_for(timeout=60_000)
         grid = page.get_by_test_id("stDataFrame").first
         grid.wait_for(timeout=30_000)
+        page.get_by_text("Settings that differ").wait_for(timeout=60_000)  # the two runs side by side
+        page.get_by_text("Jaccard of kept weights, whole model").wait_for(timeout=60_000)
+        assert page.get_by_test_id("stException").count() == 0, "the Results page shows a traceback"
         page.screenshot(path=OUT / "7-results.png", full_page=True)
+        page.get_by_text("Settings that differ").scroll_into_view_if_needed()  # the app scrolls inside its page
+        page.screenshot(path=OUT / "7b-results-comparison.png")
 
         _open(page, "Inside a layer")  # the run's channels, scores, mask and blocks, from its stored data
         page.get_by_text("4. Across the model").wait_for(timeout=SLOW_MS)
@@ -146,7 +164,8 @@ def test_browser_flow_set_prune_results(app_url):
 
     (OUT / "timings.json").write_text(json.dumps(timings, indent=2))
     runs = RunStore(data / "runs.sqlite").list()
-    assert [(r["status"], r["method"], r["calibration"]) for r in runs] == [("finished", "wanda", "set:e2e-wiki")]
+    assert [(r["status"], r["method"], r["calibration"], r["origin"]) for r in runs] == [
+        ("finished", "wanda", "set:e2e-wiki", "app"), ("finished", "wanda", "builtin:code", "app")]
 
 
 PAGE_URLS = {"": "Calibration Lab", "model": "Model", "calibration": "Calibration data",
