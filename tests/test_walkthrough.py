@@ -186,6 +186,11 @@ def test_an_uploaded_txt_is_split_into_texts_as_the_same_text_pasted_is(tmp_path
     next(r for r in app.radio if r.label == "From").set_value("Paste text").run()
     next(t for t in app.text_area if t.label.startswith("Texts")).set_value("one\n\ntwo\n \nthree").run()
     assert any("3 texts from `pasted`" in m.value for m in app.markdown)
+    lengths = next(c for c in app.get("plotly_chart") if "Length of 3 texts" in c.proto.spec).proto.spec
+    assert '"dtick":1' in lengths.replace(" ", "")  # counts of 3 texts in whole steps, not 0.2
+    next(t for t in app.text_input if t.label == "Save as set").set_value("three").run()
+    next(b for b in app.button if b.label == "Save set").click().run()
+    assert "**Calibration:** `set:three`" in [m.value for m in app.sidebar.markdown]  # at once, not a rerun later
 
 
 def test_deleting_a_saved_set_asks_first_says_what_it_removed_and_its_runs_show_it_deleted(tmp_path):
@@ -402,3 +407,16 @@ def test_the_start_page_estimates_a_preset_from_earlier_runs(tmp_path):
     # the wiki-vs-code preset: 8 points of 1 + 10 + 2 x 4 x 1 s (two domains of 4 windows) and one load: 154 s
     assert estimates[0] == ("Estimated time: about 3 min (8 point(s), at the pace of earlier runs of this model on "
                             "this machine).")
+
+
+def test_charts_of_one_setting_have_ticks_only_where_there_are_values(three_runs):
+    import pandas as pd
+
+    from calib_core.experiments.sweep_figures import spread_chart
+
+    app = _results()
+    spec = next(c.proto.spec for c in app.get("plotly_chart") if "Perplexity vs sparsity" in c.proto.spec)
+    assert '"tickvals":[0.5]' in spec.replace(" ", "")  # one sparsity: one tick, not 0.45 .. 0.55
+    frame = pd.DataFrame([{"method": "wanda", "setting": "50%", "calibration": c, "nsamples": 8, "seed": 0, "ppl": p}
+                          for c, p in (("builtin:wiki", 20.0), ("builtin:code", 25.0))])
+    assert spread_chart(frame, "wanda").layout.xaxis.type == "category"
