@@ -1,0 +1,117 @@
+"""The advisor's mechanism-based proxies against independent references on a tiny model: the dense channel
+norms against what the engine itself measures when it prunes nothing, the norm divergence against numpy,
+and the predicted masks against the masks the methods' own code computes from the same statistics."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from calib_core.metrics.proxies import (dense_channel_norms, norm_divergence, predicted_mask_jaccard,
+                                        predicted_masks)
+from calib_core.models import decoder_blocks, prunable_modules, weight_matrix
+from calib_core.prune import PruneConfig
+from calib_core.prune.engine import Pruner
+from calib_core.prune.masks import parse_pattern
+from calib_core.prune.stats import InputStats
+from calib_core.prune.wanda import wanda_mask
+from tests.tiny import random_ids, tiny_model
+
+
+def _engine_norms(model, ids) -> dict:
+    """What the engine measures: at sparsity 0 nothing is pruned, so every block sees dense inputs."""
+    stored = {}
+    Pruner(copy.deepcopy(model), PruneConfig(device="cpu", method="wanda", sparsity=0.0),
+           on_channels=lambda index, arrays: stored.update(arrays)).run(ids)
+    return {key.removesuffix("/norm"): value for key, value in stored.items() if key.endswith("/norm")}
+
+
+def test_dense_channel_norms_are_what_the_engine_measures_when_it_prunes_nothing():
+    model, ids = tiny_model(), random_ids(5, 20, seed=3)
+    norms = dense_channel_norms(model, ids, batch_size=2)
+    engine = _engine_norms(model, ids)
+    assert {f"{b}/{name}" for b, name in norms.norms} == set(engine)
+    for (block, name), values in norms.norms.items():
+        np.testing.assert_allclose(values.numpy(), engine[f"{block}/{name}"], rtol=2e-4, atol=1e-6)
+    assert (norms.windows, norms.tokens) == (5, 100)
+
+
+def test_padding_is_not_counted():
+    model, ids = tiny_model(), random_ids(3, 20, seed=4)
+    short = ids.clone()
+    short[0, 12:] = 0  # a window of 12 real tokens, padded
+    padded = dense_channel_norms(model, short, lengths=[12, 20, 20])
+    # the same windows with the padding cut off, one at a time (a causal model: the pad never changes them)
+    alone = [dense_channel_norms(model, short[i:i + 1, :n]) for i, n in enumerate([12, 20, 20])]
+    for key, values in padded.norms.items():
+        expected = torch.sqrt(sum(a.norms[key].square() for a in alone) / 3)
+        torch.testing.assert_close(values, expected, rtol=2e-4, atol=1e-6)
+
+
+def test_norm_divergence_is_the_mean_absolute_log2_ratio():
+    model = tiny_model()
+    a = dense_channel_norms(model, random_ids(4, 16, seed=1))
+    b = dense_channel_norms(model, random_ids(4, 16, seed=2))
+    expected = np.mean([np.abs(np.log2(a.norms[k].numpy() / b.norms[k].numpy())).mean() for k in a.norms])
+    assert norm_divergence(a, b) == pytest.approx(expected, rel=1e-5)
+    assert norm_divergence(a, a) == 0.0
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_predicted_wanda_masks_are_the_masks_wanda_computes_from_those_statistics(pattern):
+    model = tiny_model()
+    candidate = dense_channel_norms(model, random_ids(4, 16, seed=1))
+    target = dense_channel_norms(model, random_ids(4, 16, seed=2))
+    config = PruneConfig(method="wanda", sparsity=0.5, pattern=pattern)
+
+    def wanda_kept(norms):  # Wanda's own code, given InputStats holding exactly these norms
+        kept = {}
+        for index, block in enumerate(decoder_blocks(model)):
+            for name, module in prunable_modules(block).items():
+                values = norms.norms[(index, name)]
+                stats = InputStats(values.numel(), "cpu")
+                stats.sum_sq, stats.samples = values.square() * norms.windows, norms.windows
+                kept[(index, name)] = ~wanda_mask(weight_matrix(module), stats, 0.5, parse_pattern(pattern))
+        return kept
+
+    ours, theirs = predicted_masks(model, candidate, config), wanda_kept(candidate)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    target_kept = wanda_kept(target)
+    both = sum(int((theirs[k] & target_kept[k]).sum()) for k in theirs)
+    either = sum(int((theirs[k] | target_kept[k]).sum()) for k in theirs)
+    assert predicted_mask_jaccard(model, candidate, target, config) == pytest.approx(both / either)
+    assert predicted_mask_jaccard(model, candidate, candidate, config) == 1.0
+
+
+def test_a_predicted_wanda_mask_of_the_first_block_is_the_mask_pruning_chooses():
+    """Block 0 sees the embeddings in both: there the prediction is exact, not an approximation."""
+    model, ids = tiny_model(), random_ids(4, 20, seed=5)
+    predicted = predicted_masks(model, dense_channel_norms(model, ids), PruneConfig(method="wanda", sparsity=0.5))
+    pruned = copy.deepcopy(model)
+    Pruner(pruned, PruneConfig(device="cpu", method="wanda", sparsity=0.5)).run(ids)
+    for name, module in prunable_modules(decoder_blocks(pruned)[0]).items():
+        assert torch.equal(predicted[(0, name)], weight_matrix(module) != 0), name
+
+
+def test_predicted_sparsegpt_and_owl_masks_follow_their_scores_and_allocation():
+    from calib_core.prune.owl import outlier_ratio, owl_sparsities
+
+    model = tiny_model()
+    stats = dense_channel_norms(model, random_ids(4, 16, seed=1))
+    sparsegpt = predicted_masks(model, stats, PruneConfig(method="sparsegpt", sparsity=0.5))
+    for (index, name), kept in sparsegpt.items():
+        weight = weight_matrix(prunable_modules(decoder_blocks(model)[index])[name]).double().numpy()
+        diag = 2 * stats.norms[(index, name)].double().numpy() ** 2
+        score = weight ** 2 * (diag + 0.01 * diag.mean())
+        cutoff = np.sort(score, axis=1)[:, score.shape[1] // 2 - 1:score.shape[1] // 2]
+        assert (kept.numpy() == (score > cutoff)).mean() > 0.999  # per row, the upper half (ties aside)
+    owl = predicted_masks(model, stats, PruneConfig(method="owl", sparsity=0.5, owl_lambda=0.08, owl_m=5))
+    ratios = []
+    for index, block in enumerate(decoder_blocks(model)):
+        scores = [weight_matrix(m).abs().float() * stats.norms[(index, n)] for n, m in prunable_modules(block).items()]
+        ratios.append(outlier_ratio(scores, 5))
+    for index, planned in enumerate(owl_sparsities(ratios, 0.5, 0.08)):
+        block = [owl[(i, n)] for i, n in owl if i == index]
+        achieved = 1 - sum(int(k.sum()) for k in block) / sum(k.numel() for k in block)
+        assert achieved == pytest.approx(planned, abs=0.02), index
