@@ -1,4 +1,4 @@
-"""Command line: python -m calib_core {prune,eval,calib,sets,similarity,runs,sweep,reproduce,tournament,inspect} ... (see --help): thin
+"""Command line: python -m calib_core {prune,eval,calib,sets,similarity,runs,sweep,reproduce,tournament,inspect,advise} ... (see --help): thin
 callers of the library, one subcommand per task."""
 
 from __future__ import annotations
@@ -750,6 +750,55 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _advise_parser(sub) -> None:
+    from .experiments.advisor import PROXIES
+
+    advise = sub.add_parser("advise", help="rank candidate calibration sets for a target without pruning (proxies "
+                                           "from dense forwards), with how well the proxy was validated")
+    _add_model_args(advise)
+    _add_method_args(advise)
+    advise.add_argument("--candidates", nargs="+", required=True, metavar="SOURCE[@STRATEGY]",
+                        help="two or more calibration sets: any source spec, optionally chosen by a strategy, e.g. "
+                             "builtin:wiki builtin:code builtin:wiki@least-ppl")
+    advise.add_argument("--target", required=True, metavar="SOURCE",
+                        help="the text standing for the capability you care about, e.g. builtin:code")
+    advise.add_argument("--proxy", default="predicted_jaccard", choices=list(PROXIES),
+                        help="the proxy the ranking follows; " + "; ".join(f"{p.name}: {p.label}" for p in PROXIES.values()))
+    advise.add_argument("--nsamples", type=int, default=8)
+    advise.add_argument("--seqlen", type=int, default=256)
+    advise.add_argument("--seed", type=int, default=0)
+    advise.add_argument("--target-windows", type=int, default=8, help="windows of the target text (another seed)")
+    advise.add_argument("--verify", type=int, default=0, metavar="K",
+                        help="then prune with the top K candidates and measure perplexity on the target")
+    advise.add_argument("--eval-windows", type=int, default=8, help="--verify: windows of the target evaluated")
+
+
+def _cmd_advise(args) -> int:
+    from .errors import ConfigError
+    from .experiments.advisor import (AdviceSettings, Candidate, check_case, proxy_table, ranking, validation_note,
+                                      verify)
+    from .models import load_model
+
+    candidates = [Candidate.parse(c) for c in args.candidates]
+    if args.verify < 0 or args.verify > len(candidates):
+        raise ConfigError(f"--verify takes 0 to {len(candidates)} candidates, got {args.verify}.")
+    config = _method_config(args).resolved()
+    settings = AdviceSettings(nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+                              target_windows=args.target_windows, config=config)
+    check_case(candidates, args.target, settings)  # before the model loads
+    loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, device=args.device)
+    table = proxy_table(loaded, candidates, args.target, settings, on_event=lambda m: print(m, file=sys.stderr))
+    ranked = ranking(table, args.proxy)
+    columns = ["rank", "candidate", args.proxy] + [p for p in table.columns if p not in (
+        "rank", "candidate", args.proxy, "source", "strategy")]
+    print(ranked[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(validation_note(args.proxy, table.attrs["method"], table.attrs["setting"], args.target))
+    if args.verify:
+        checked = verify(args.model, args.dtype, ranked.head(args.verify), args.target, settings, args.eval_windows)
+        print(checked.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
 def block_table(blocks) -> str:
     """Per-block summary: target vs achieved sparsity, OWL outlier ratio, worst module error, time."""
     from .prune.events import blocks_frame
@@ -770,5 +819,6 @@ def _commands() -> dict:
             "sets": (_sets_parser, _cmd_sets), "similarity": (_similarity_parser, _cmd_similarity),
             "runs": (_runs_parser, _cmd_runs), "sweep": (_sweep_parser, _cmd_sweep),
             "reproduce": (_reproduce_parser, _cmd_reproduce), "eval": (_eval_parser, _cmd_eval),
-            "tournament": (_tournament_parser, _cmd_tournament), "inspect": (_inspect_parser, _cmd_inspect)}
+            "tournament": (_tournament_parser, _cmd_tournament), "inspect": (_inspect_parser, _cmd_inspect),
+            "advise": (_advise_parser, _cmd_advise)}
 

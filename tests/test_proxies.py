@@ -115,3 +115,56 @@ def test_predicted_sparsegpt_and_owl_masks_follow_their_scores_and_allocation():
         block = [owl[(i, n)] for i, n in owl if i == index]
         achieved = 1 - sum(int(k.sum()) for k in block) / sum(k.numel() for k in block)
         assert achieved == pytest.approx(planned, abs=0.02), index
+
+
+def test_advise_ranks_candidates_for_a_target_says_it_is_unvalidated_and_verifies(tmp_path, capsys):
+    from calib_core.cli import main as cli_main
+    from calib_core.runs import RunStore
+    from tests.tiny import save_tiny_folder
+
+    folder = str(save_tiny_folder(tmp_path / "tiny"))
+    base = ["advise", "--model", folder, "--dtype", "float32", "--method", "wanda", "--sparsity", "0.5",
+            "--nsamples", "2", "--seqlen", "16", "--target-windows", "2", "--target", "builtin:code"]
+    assert cli_main(base + ["--candidates", "builtin:wiki", "builtin:code", "builtin:news@unique-tokens",
+                            "--verify", "2", "--eval-windows", "1"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["rank", "candidate", "predicted_jaccard"]
+    assert [line.split()[0] for line in lines[1:4]] == ["1", "2", "3"]
+    named = [next(c for c in ("builtin:news by unique-tokens", "builtin:wiki", "builtin:code") if c in line)
+             for line in lines[1:4]]
+    assert sorted(named) == ["builtin:code", "builtin:news by unique-tokens", "builtin:wiki"]
+    assert "is not validated for wanda 50% with target builtin:code" in out
+    runs = RunStore().list()
+    assert len(runs) == 2 and [r["origin"] for r in runs] == ["cli", "cli"]  # the top 2, pruned and measured
+    assert "ppl builtin:code" in out
+
+
+def test_advise_refuses_bad_cases_before_loading_a_model(capsys):
+    from calib_core.cli import main as cli_main
+
+    base = ["advise", "--model", "no/such-model", "--target", "builtin:code"]
+    for extra, said in [(["--candidates", "builtin:wiki"], "two or more candidates"),
+                        (["--candidates", "builtin:wiki", "builtin:wikii"], "No builtin corpus 'wikii'"),
+                        (["--candidates", "builtin:wiki", "builtin:code@best"], "unknown strategy 'best'"),
+                        (["--candidates", "builtin:wiki", "builtin:code", "--method", "magnitude"],
+                         "predicts masks of wanda, owl, sparsegpt")]:
+        assert cli_main(base + extra) == 2, extra
+        assert said in capsys.readouterr().err, extra
+
+
+def test_the_proxy_table_has_every_proxy_and_a_ranking_follows_each_proxys_direction(tmp_path):
+    from calib_core.experiments.advisor import PROXIES, AdviceSettings, Candidate, proxy_table, ranking
+    from calib_core.models import load_model
+    from tests.tiny import save_tiny_folder
+
+    loaded = load_model(str(save_tiny_folder(tmp_path / "tiny")), dtype="float32")
+    candidates = [Candidate.parse(c) for c in ("builtin:wiki", "builtin:code", "builtin:books@unique-tokens")]
+    table = proxy_table(loaded, candidates, "builtin:code", AdviceSettings(nsamples=2, seqlen=16, target_windows=2))
+    assert list(table["candidate"]) == ["builtin:wiki", "builtin:code", "builtin:books by unique-tokens"]
+    assert table["predicted_jaccard"].between(0, 1).all() and (table["norm_divergence"] > 0).all()
+    assert table["ngram_overlap"].between(0, 1).all() and (table["calib_ppl"] > 1).all()
+    assert (table["seconds"] > 0).all() and table.attrs["setting"] == "50%"
+    for name, proxy in PROXIES.items():
+        ordered = list(ranking(table, name)[name])
+        assert ordered == sorted(ordered, reverse=proxy.higher_is_better), name

@@ -1,0 +1,181 @@
+"""Predict before you prune: rank candidate calibration sets for a stated target (an evaluation source
+standing for a capability) with cheap proxies, each from dense forwards over the candidate's windows and
+the target's, no pruning:
+
+- the seed paper's: Min-K%++ of the candidate's windows (training-likeness, target-free) and its
+  calibration perplexity;
+- the target's: word n-gram overlap and unigram JS divergence of the candidate's text with the target's;
+- mechanism-based (metrics/proxies.py): how closely the candidate's per-channel input norms match the
+  target's, and the Jaccard of the masks the method would choose from each one's statistics.
+
+Every proxy is named with the direction it ranks in; `ranking` orders candidates by one of them. Whether a
+proxy predicts the measured ranking is what the validation (docs/results/advisor.md) measured; a case
+outside it is said to be unvalidated."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..data.strategies import RANDOM, STRATEGIES, build_strategy_calibration
+from ..errors import ConfigError
+from ..prune import PruneConfig
+from .stats import setting_label
+
+
+@dataclass(frozen=True)
+class Proxy:
+    name: str
+    label: str
+    higher_is_better: bool  # the direction a better calibration set is predicted in
+    needs_target: bool
+
+
+PROXIES = {p.name: p for p in [
+    Proxy("predicted_jaccard", "predicted mask Jaccard with the target's mask (higher: more alike)", True, True),
+    Proxy("norm_divergence", "channel-norm divergence from the target, mean |log2 ratio| (lower: closer)", False, True),
+    Proxy("ngram_overlap", "word 3-gram overlap with the target text (higher: more alike)", True, True),
+    Proxy("js_divergence", "unigram JS divergence from the target text (lower: more alike)", False, True),
+    Proxy("min_k_pp", "Min-K%++ of the candidate (higher: more training-like)", True, False),
+    Proxy("calib_ppl", "perplexity of the candidate under the dense model (lower: more training-like)", False, False),
+]}
+TARGET_SEED_OFFSET = 10_000  # the target's windows are drawn with another seed than any candidate's
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A calibration set to rank: a source (any the lab reads) and the strategy that chooses its windows."""
+
+    source: str
+    strategy: str = RANDOM
+
+    @classmethod
+    def parse(cls, text: str) -> Candidate:
+        """SOURCE or SOURCE@STRATEGY (e.g. builtin:wiki@least-ppl)."""
+        source, sep, strategy = text.rpartition("@") if "@" in text else (text, "", RANDOM)
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"Candidate '{text}': unknown strategy '{strategy}' (one of {', '.join(STRATEGIES)}).")
+        return cls(source, strategy)
+
+    @property
+    def label(self) -> str:
+        return self.source if self.strategy == RANDOM else f"{self.source} by {self.strategy}"
+
+
+@dataclass
+class AdviceSettings:
+    nsamples: int = 8
+    seqlen: int = 256
+    seed: int = 0
+    mode: str = "document"
+    target_windows: int = 8
+    k: float = 0.5  # Min-K%++'s fraction
+    config: PruneConfig = field(default_factory=PruneConfig)
+
+
+def check_case(candidates: list[Candidate], target: str, settings: AdviceSettings) -> None:
+    """What can be checked before any model loads: two or more candidates, every source and the target, the
+    method (its masks must be predictable) and its setting."""
+    from ..data.sources import check_source
+    from ..metrics.proxies import PREDICTABLE
+
+    if len(candidates) < 2:
+        raise ConfigError("The advisor ranks two or more candidates; give at least two.")
+    for candidate in candidates:
+        check_source(candidate.source)
+    check_source(target)
+    config = settings.config.resolved()
+    if config.method not in PREDICTABLE:
+        raise ConfigError(f"The advisor predicts masks of {', '.join(PREDICTABLE)}; {config.method} is not one of them.")
+
+
+def _windows(calibration) -> list[list[int]]:
+    return [row[:n].tolist() for row, n in zip(calibration.input_ids, calibration.unpadded_lengths)]
+
+
+def proxy_table(loaded, candidates: list[Candidate], target: str, settings: AdviceSettings, on_event=None) -> pd.DataFrame:
+    """One row per candidate: every proxy's value for `target`, and the seconds its proxies took."""
+    from ..data.sources import build_calibration
+    from ..metrics.proxies import dense_channel_norms, norm_divergence, predicted_mask_jaccard
+    from ..metrics.similarity import build_reference, similarity_table
+
+    check_case(candidates, target, settings)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    emit = on_event or (lambda message: None)
+    started = time.perf_counter()
+    target_set = build_calibration(target, tokenizer, settings.target_windows, settings.seqlen,
+                                   settings.seed + TARGET_SEED_OFFSET, settings.mode)
+    target_norms = dense_channel_norms(model, target_set.input_ids, target_set.unpadded_lengths)
+    reference = build_reference(target)
+    target_seconds = time.perf_counter() - started
+    rows = []
+    for number, candidate in enumerate(candidates, 1):
+        emit(f"candidate {number}/{len(candidates)}: {candidate.label}")
+        started = time.perf_counter()
+        chosen = build_strategy_calibration(candidate.source, tokenizer, settings.nsamples, settings.seqlen,
+                                            settings.seed, settings.mode, candidate.strategy, model=model)
+        norms = dense_channel_norms(model, chosen.input_ids, chosen.unpadded_lengths)
+        scores, _summary = similarity_table(model, tokenizer, {candidate.label: _windows(chosen)}, reference,
+                                            k=settings.k, max_tokens=settings.seqlen, window=settings.seqlen)
+        rows.append({"candidate": candidate.label, "source": candidate.source, "strategy": candidate.strategy,
+                     "predicted_jaccard": predicted_mask_jaccard(model, norms, target_norms, settings.config),
+                     "norm_divergence": norm_divergence(norms, target_norms),
+                     "ngram_overlap": float(scores["ngram_overlap"].mean()),
+                     "js_divergence": float(scores["js_divergence"].mean()),
+                     "min_k_pp": float(scores["min_k_pp"].mean()),
+                     "calib_ppl": float(scores["ppl"].mean()),
+                     "seconds": time.perf_counter() - started})
+    table = pd.DataFrame(rows)
+    table.attrs.update(target=target, target_seconds=target_seconds, method=settings.config.method,
+                       setting=setting_label(settings.config.as_dict()))
+    return table
+
+
+def ranking(table: pd.DataFrame, proxy: str) -> pd.DataFrame:
+    """The candidates best first by `proxy` (ties: the order given), with their rank."""
+    chosen = PROXIES[proxy]
+    ranked = table.sort_values(proxy, ascending=not chosen.higher_is_better, kind="stable").reset_index(drop=True)
+    return ranked.assign(rank=range(1, len(ranked) + 1))
+
+
+# The committed validation (docs/results/advisor.md's table): one row per model, method, setting, target and
+# proxy with the rank correlations it reached. Absent until the validation has run.
+VALIDATION_TABLE = Path(__file__).resolve().parent.parent / "data" / "advisor_validation.csv"
+
+
+def validation_note(proxy: str, method: str, setting: str, target: str, table: Path = VALIDATION_TABLE) -> str:
+    """How well `proxy` predicted the measured ranking where the validation matches this case (method,
+    setting and target), or a warning that the case is outside what was validated."""
+    outside = (f"Warning: {proxy} is not validated for {method} {setting} with target {target}: treat this ranking "
+               f"as a guess, and check it with --verify K (prunes the top K candidates).")
+    if not table.exists():
+        return outside + " (No validation has been recorded yet; see docs/results/advisor.md.)"
+    rows = pd.read_csv(table)
+    match = rows[(rows["proxy"] == proxy) & (rows["method"] == method) & (rows["setting"] == setting)
+                 & (rows["target"] == target)]
+    if match.empty:
+        return outside
+    parts = [f"{r.model}: Spearman {r.spearman:.2f} [{r.spearman_low:.2f}, {r.spearman_high:.2f}], Kendall "
+             f"{r.kendall:.2f}, {int(r.candidates)} candidates" for r in match.itertuples()]
+    return f"Validated ({method} {setting}, target {target}; docs/results/advisor.md): " + "; ".join(parts) + "."
+
+
+def verify(model: str, dtype: str, top: pd.DataFrame, target: str, settings: AdviceSettings,
+           eval_windows: int = 8, store=None) -> pd.DataFrame:
+    """Prune with each of `top`'s candidates (as advised: same windows, method and setting) and measure the
+    pruned perplexity on `target`; each is an ordinary recorded run."""
+    from ..runs.pipeline import run_prune
+    from ..runs.spec import EvalSpec, RunSpec
+
+    rows = []
+    for row in top.itertuples():
+        spec = RunSpec(model=model, dtype=dtype, calib=row.source, strategy=row.strategy, nsamples=settings.nsamples,
+                       seqlen=settings.seqlen, seed=settings.seed, mode=settings.mode, config=settings.config,
+                       evaluation=EvalSpec([target], windows=eval_windows))
+        record = run_prune(spec, store=store, origin="cli")
+        rows.append({"rank": row.rank, "candidate": row.candidate, f"ppl {target}": record["perplexity"][0]["ppl"],
+                     "run": record["run_id"]})
+    return pd.DataFrame(rows)
