@@ -34,6 +34,7 @@ pages = st.navigation([
     st.Page("app_pages/prune.py", title="Prune", icon=":material/content_cut:"),
     st.Page("app_pages/results.py", title="Results", icon=":material/table_chart:"),
     st.Page("app_pages/inside.py", title="Inside a layer", icon=":material/biotech:"),
+    st.Page("app_pages/advisor.py", title="Advisor", icon=":material/recommend:"),
     st.Page("app_pages/sweeps.py", title="Sweeps", icon=":material/stacked_bar_chart:"),
 ])
 

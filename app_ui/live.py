@@ -30,7 +30,7 @@ _VIEWERS_LOCK = threading.Lock()
 # refresh costs each watching browser CPU time that the job would use.
 # A page's kind is written only here: the page reads it with page_kind(__file__).
 LIVE_KINDS = {"prune": "prune", "calibration": "selfgen", "similarity": "similarity", "sweeps": "sweep",
-              "results": "dense", "home": "demo"}
+              "results": "dense", "home": "demo", "advisor": "advise"}
 JOBS_REFRESH_SECONDS = 5.0  # the sidebar's list changes only when a job starts, ends or moves up the queue
 IDLE_WATCH_SECONDS = 5.0  # how soon an idle tab (a projector's) notices a job started elsewhere
 

@@ -11,7 +11,7 @@ from tests.tiny import save_tiny_folder
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ["app_pages/home.py", "app_pages/model.py", "app_pages/calibration.py", "app_pages/similarity.py", "app_pages/prune.py",
-         "app_pages/results.py", "app_pages/inside.py", "app_pages/sweeps.py"]
+         "app_pages/results.py", "app_pages/inside.py", "app_pages/advisor.py", "app_pages/sweeps.py"]
 
 
 @pytest.mark.parametrize("page", PAGES)

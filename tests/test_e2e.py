@@ -170,7 +170,7 @@ def test_browser_flow_set_prune_results(app_url):
 
 PAGE_URLS = {"": "Calibration Lab", "model": "Model", "calibration": "Calibration data",
              "similarity": "Similarity to pretraining data", "prune": "Prune", "results": "Results", "inside": "Inside a layer",
-             "sweeps": "Sweeps"}
+             "advisor": "Advisor", "sweeps": "Sweeps"}
 
 
 def test_every_page_opens_from_its_own_url(app_url):

@@ -168,3 +168,37 @@ def test_the_proxy_table_has_every_proxy_and_a_ranking_follows_each_proxys_direc
     for name, proxy in PROXIES.items():
         ordered = list(ranking(table, name)[name])
         assert ordered == sorted(ordered, reverse=proxy.higher_is_better), name
+
+
+def test_the_advisor_page_ranks_warns_when_unvalidated_and_verifies_the_top(tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from calib_core.jobs import manager
+    from tests.test_app import APP, _wait
+    from tests.tiny import save_tiny_folder
+
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.session_state["model_spec"] = str(save_tiny_folder(tmp_path / "tiny"))
+    app.session_state["model_options"] = {"dtype": "float32", "quantization": None, "trust_remote_code": False}
+    app.run()
+    app.switch_page("app_pages/advisor.py").run()
+    assert not app.exception, app.exception
+    next(m for m in app.multiselect if m.label == "Candidates").set_value(["builtin:wiki", "builtin:code"]).run()
+    next(n for n in app.number_input if n.label == "nsamples").set_value(2).run()
+    next(n for n in app.number_input if n.label == "seqlen").set_value(16).run()
+    next(b for b in app.button if b.label == "Rank the candidates").click().run()
+    job = _wait(manager().get(app.session_state["advise_job"]), 300)
+    assert job.status == "finished", job.error
+    app.run()
+    assert not app.exception, app.exception
+    ranked = app.dataframe[0].value
+    assert list(ranked["rank"]) == [1, 2] and set(ranked["candidate"]) == {"builtin:wiki", "builtin:code"}
+    assert any("is not validated for wanda 50% with target builtin:code" in w.value for w in app.warning)
+    assert any(c.value.startswith("No time estimate yet") for c in app.caption)  # nothing pruned here yet
+    next(b for b in app.button if b.label.startswith("Prune with the top")).click().run()
+    checked = _wait(manager().get(app.session_state["verify_job"]), 300)
+    assert checked.status == "finished", checked.error
+    app.run()
+    assert not app.exception, app.exception
+    verified = app.dataframe[-1].value
+    assert list(verified["rank"]) == [1, 2] and (verified["ppl builtin:code"] > 1).all()

@@ -163,19 +163,26 @@ def validation_note(proxy: str, method: str, setting: str, target: str, table: P
     return f"Validated ({method} {setting}, target {target}; docs/results/advisor.md): " + "; ".join(parts) + "."
 
 
-def verify(model: str, dtype: str, top: pd.DataFrame, target: str, settings: AdviceSettings,
-           eval_windows: int = 8, store=None) -> pd.DataFrame:
-    """Prune with each of `top`'s candidates (as advised: same windows, method and setting) and measure the
-    pruned perplexity on `target`; each is an ordinary recorded run."""
-    from ..runs.pipeline import run_prune
+def verify_specs(model: str, dtype: str, top: pd.DataFrame, target: str, settings: AdviceSettings,
+                 eval_windows: int = 8) -> list:
+    """The runs that check `top`'s candidates: each pruned as advised (same windows, method and setting) and
+    evaluated on `target`."""
     from ..runs.spec import EvalSpec, RunSpec
 
+    return [RunSpec(model=model, dtype=dtype, calib=row.source, strategy=row.strategy, nsamples=settings.nsamples,
+                    seqlen=settings.seqlen, seed=settings.seed, mode=settings.mode, config=settings.config,
+                    evaluation=EvalSpec([target], windows=eval_windows)) for row in top.itertuples()]
+
+
+def verify(model: str, dtype: str, top: pd.DataFrame, target: str, settings: AdviceSettings,
+           eval_windows: int = 8, store=None, on_event=None, cancel=None, origin: str = "cli") -> pd.DataFrame:
+    """Run `verify_specs` (each an ordinary recorded run): the measured perplexity on `target` of each of
+    `top`'s candidates, next to its advised rank."""
+    from ..runs.pipeline import run_prune
+
     rows = []
-    for row in top.itertuples():
-        spec = RunSpec(model=model, dtype=dtype, calib=row.source, strategy=row.strategy, nsamples=settings.nsamples,
-                       seqlen=settings.seqlen, seed=settings.seed, mode=settings.mode, config=settings.config,
-                       evaluation=EvalSpec([target], windows=eval_windows))
-        record = run_prune(spec, store=store, origin="cli")
+    for row, spec in zip(top.itertuples(), verify_specs(model, dtype, top, target, settings, eval_windows)):
+        record = run_prune(spec, on_event, cancel, store=store, origin=origin)
         rows.append({"rank": row.rank, "candidate": row.candidate, f"ppl {target}": record["perplexity"][0]["ppl"],
                      "run": record["run_id"]})
     return pd.DataFrame(rows)

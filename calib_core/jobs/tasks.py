@@ -49,3 +49,22 @@ def demo(job, grid: SweepGrid):
     from ..experiments.demo import run_demo
 
     return run_demo(grid, None, job.emit, job.cancel_event)
+
+
+def advise(job, model_spec: str, model_options: dict, device: str, candidates: list, target: str, settings):
+    """The advisor's proxy table of `candidates` (experiments.advisor.Candidate) for `target`."""
+    from ..experiments.advisor import proxy_table
+    from ..runs.events import PipelineEvent
+
+    loaded = load_model(model_spec, **model_options, device=device)
+    place_for_inference(loaded.model, device)
+    return proxy_table(loaded, candidates, target, settings,
+                       on_event=lambda message: job.emit(PipelineEvent("advise", message)))
+
+
+def advise_verify(job, model_spec: str, dtype: str, top, target: str, settings, eval_windows: int):
+    """Prune with the advisor's top candidates and measure each on the target (experiments.advisor.verify)."""
+    from ..experiments.advisor import verify
+
+    return verify(model_spec, dtype, top, target, settings, eval_windows, on_event=job.emit, cancel=job.cancel_event,
+                  origin="app")
