@@ -5,6 +5,7 @@ and the predicted masks against the masks the methods' own code computes from th
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -202,3 +203,49 @@ def test_the_advisor_page_ranks_warns_when_unvalidated_and_verifies_the_top(tmp_
     assert not app.exception, app.exception
     verified = app.dataframe[-1].value
     assert list(verified["rank"]) == [1, 2] and (verified["ppl builtin:code"] > 1).all()
+
+
+def test_the_validation_reuses_the_tournaments_points():
+    from calib_core.experiments.advisor_validation import ValidationSettings
+    from calib_core.experiments.tournament import TournamentSettings
+
+    validation = ValidationSettings().tournament
+    for model in validation.models:
+        tournament = {p.key for p in TournamentSettings(seeds=3).points(model)}
+        assert tournament <= {p.key for p in validation.points(model)}  # every such run is reused
+        assert len(validation.points(model)) == 10 * 3 * 3 * 3  # 10 candidates, 3 methods, 3 settings, 3 seeds
+
+
+def test_the_validation_measures_rank_agreement_between_proxies_and_pruning(tmp_path):
+    from scipy import stats
+
+    from calib_core.experiments.advisor_validation import ValidationSettings, validate
+    from calib_core.experiments.tournament import TournamentSettings, tournament_frame
+    from calib_core.runs import RunStore
+    from tests.tiny import save_tiny_folder
+
+    folder = str(save_tiny_folder(tmp_path / "tiny"))
+    tournament = TournamentSettings(models=[folder], strategies=["random", "unique-tokens"], methods=["wanda"],
+                                    settings=[0.5], seeds=2, early_seeds=2, nsamples=2, seqlen=16,
+                                    eval=["builtin:wiki", "builtin:code"], eval_windows=1, cloze_items=2,
+                                    extra_sources=["builtin:code"], name="v")
+    settings = ValidationSettings(tournament, targets=["builtin:wiki", "builtin:code", "cloze"], target_windows=2,
+                                  bootstrap=50)
+    store = RunStore(tmp_path / "runs.sqlite")
+    found, verdicts, shares = validate(settings, store, tmp_path / "proxies.csv", tmp_path / "table.csv")
+    assert set(found["target"]) == {"builtin:wiki", "builtin:code", "cloze"}
+    assert (found["candidates"] == 4).all() and (found["seeds"] == 2).all()  # random, unique-tokens, mix, code
+    assert found["spearman"].dropna().between(-1, 1).all() and shares[folder] > 0
+    # one case against ranks computed by hand
+    measured = tournament_frame(tournament, store)
+    proxies = pd.read_csv(tmp_path / "proxies.csv", keep_default_na=False)
+    case = proxies[(proxies["target"] == "builtin:code") & (proxies["proxy"] == "norm_divergence")]
+    predicted = -case.groupby("entry")["value"].mean()  # lower divergence predicts better
+    truth = -measured.groupby("entry")["ppl builtin:code"].mean()  # lower perplexity is better
+    entries = sorted(truth.index)
+    expected = stats.pearsonr(predicted[entries].rank(), truth[entries].rank()).statistic
+    row = found[(found["target"] == "builtin:code") & (found["proxy"] == "norm_divergence")].iloc[0]
+    assert row["spearman"] == pytest.approx(expected)
+    assert set(verdicts["verdict"]) <= {"predicts", "weak", "does not predict"}
+    again, _, _ = validate(settings, store, tmp_path / "proxies.csv", tmp_path / "table.csv")  # resumes: nothing new
+    assert len(pd.read_csv(tmp_path / "proxies.csv")) == len(proxies)

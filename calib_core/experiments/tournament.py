@@ -43,6 +43,7 @@ class TournamentSettings:
     strategies: list[str] = field(default_factory=lambda: [
         RANDOM, "least-ppl", "unique-tokens", "activation-kmeans", "self-calibration", "icl-format"])
     mix: str | None = UNIFORM_MIX  # an entry drawn at random from this mix (None: no mix entry)
+    extra_sources: list[str] = field(default_factory=list)  # entries drawn at random from other sources
     methods: list[str] = field(default_factory=lambda: ["wanda", "sparsegpt"])
     settings: list = field(default_factory=lambda: [0.5, 0.6, "2:4"])
     seeds: int = 5
@@ -73,6 +74,8 @@ class TournamentSettings:
         grids = [SweepGrid.from_dict({**base, "calibration": [self.source], "strategies": self.strategies})]
         if self.mix:
             grids.append(SweepGrid.from_dict({**base, "calibration": [self.mix], "strategies": [RANDOM]}))
+        if self.extra_sources:
+            grids.append(SweepGrid.from_dict({**base, "calibration": self.extra_sources, "strategies": [RANDOM]}))
         return grids
 
     def points(self, model: str) -> list[SweepPoint]:
@@ -88,9 +91,14 @@ QUICK = dict(models=[assets.DEFAULT_MODEL], methods=["wanda"], settings=[0.5], s
              eval_windows=1, cloze_items=10, early_seeds=2, name="tournament-quick")
 
 
-def entry_of(calibration: str, strategy: str) -> str:
-    """A run's tournament entry: its strategy, or `mix` for the random draw from a mix."""
-    return MIX if str(calibration).startswith("mix:") and strategy == RANDOM else strategy
+def entry_of(calibration: str, strategy: str, source: str | None = None) -> str:
+    """A run's tournament entry: its strategy, `mix` for the random draw from a mix, or the source itself for a
+    random draw from a source other than the tournament's pool `source` (extra_sources)."""
+    if strategy == RANDOM and str(calibration).startswith("mix:"):
+        return MIX
+    if strategy == RANDOM and source is not None and calibration != source:
+        return calibration
+    return strategy
 
 
 def run_tournament(settings: TournamentSettings, store=None, on_event=None, cancel=None) -> SweepSummary:
@@ -207,7 +215,8 @@ def _store_frame(settings: TournamentSettings, store):
     records = {r["id"]: r["record"] for r in runs}
     keys = {r["id"]: r["point_key"] for r in runs}
     frame["model"] = [by_key[keys[i]][0] for i in frame["run_id"]]
-    frame["entry"] = [entry_of(by_key[keys[i]][1].calibration, by_key[keys[i]][1].strategy) for i in frame["run_id"]]
+    frame["entry"] = [entry_of(by_key[keys[i]][1].calibration, by_key[keys[i]][1].strategy, settings.source)
+                      for i in frame["run_id"]]
     cloze = [c for c in frame.columns if c.startswith("cloze acc builtin:")]
     if cloze:
         frame[CLOZE] = frame[cloze].mean(axis=1)

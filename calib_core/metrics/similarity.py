@@ -69,6 +69,14 @@ def build_reference(spec: str, n: int = 3, max_docs: int = 2000, max_words: int 
     if n < 1:
         raise SourceError("n-gram order must be at least 1.")
     spec = REFERENCE_CORPORA.get(spec, spec)
+    if spec.startswith("mix:"):  # a mix's text is its sources' texts: their references merged
+        from ..data.mix import parse_mix
+
+        parts = [build_reference(component, n, max_docs, max_words, model, tokenizer, embed_samples, window, seed)
+                 for component, _weight in parse_mix(spec.removeprefix("mix:")).sources]
+        centroids = [p.centroid for p in parts if p.centroid is not None]
+        return Reference(spec, n, set().union(*(p.ngram_set for p in parts)), sum((p.unigrams for p in parts), Counter()),
+                         torch.stack(centroids).mean(0) if centroids else None, sum(p.documents for p in parts))
     docs = load_documents(spec, part="calib", limit=max_docs)
     grams, unigrams, seen = set(), Counter(), 0
     for doc in docs:

@@ -1,0 +1,223 @@
+"""The advisor's validation (docs/results/advisor.md): how well each proxy's ranking of candidate calibration
+sets agrees with the ranking that pruning with each of them measured, per model, method, setting and
+target, with bootstrap intervals over seeds, and at what cost against pruning with every candidate.
+
+The measured side is the strategy tournament's runs (a TournamentSettings with the validation's candidates,
+methods and seeds: its points are the tournament's where they match, so those runs are reused). The
+predicted side recomputes each candidate's windows exactly as its runs drew them (same source, strategy,
+seed, nsamples x seqlen, sampling mode) and the proxies of advisor.py on them; each (model, entry, seed)
+is computed once and kept in a CSV, so the validation resumes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data.sources import BUILTIN_SOURCES
+from .advisor import PROXIES, TARGET_SEED_OFFSET
+from .stats import setting_label
+from .tournament import CLOZE, UNIFORM_MIX, TournamentSettings, entry_of
+
+CLOZE_TARGET = "cloze"
+CLOZE_TEXT = UNIFORM_MIX  # the cloze items come from the four builtin domains: their mix stands for them
+MASK_PROXY = "predicted_jaccard"  # the one proxy that depends on the method and setting
+
+
+@dataclass
+class ValidationSettings:
+    tournament: TournamentSettings = field(default_factory=lambda: TournamentSettings(
+        seeds=3, early_seeds=3, methods=["wanda", "sparsegpt", "owl"],
+        extra_sources=["builtin:news", "builtin:books", "builtin:code"]))
+    targets: list[str] = field(default_factory=lambda: [*BUILTIN_SOURCES, CLOZE_TARGET])
+    target_windows: int = 8
+    bootstrap: int = 1000
+
+    def target_text(self, target: str) -> str:
+        return CLOZE_TEXT if target == CLOZE_TARGET else target
+
+    def capability(self, target: str) -> str:
+        return CLOZE if target == CLOZE_TARGET else f"ppl {target}"
+
+
+def candidate_points(settings: ValidationSettings, model: str) -> dict[tuple[str, int], object]:
+    """(entry, seed) -> one of its points (every method and setting of an entry and seed share its windows)."""
+    source = settings.tournament.source
+    out = {}
+    for point in settings.tournament.points(model):
+        out.setdefault((entry_of(point.calibration, point.strategy, source), point.seed), point)
+    return out
+
+
+def proxy_rows(settings: ValidationSettings, model: str, done: set | None = None, on_event=None) -> list[dict]:
+    """The proxies of every (entry, seed) of `model` not in `done` (its (model, entry, seed) keys): one row per
+    (entry, seed, target, proxy, method, setting), method and setting empty for the proxies that do not depend
+    on them, with the seconds the entry's proxies took."""
+    from ..data.sources import build_calibration
+    from ..data.strategies import build_strategy_calibration
+    from ..metrics.proxies import dense_channel_norms, norm_divergence, predicted_mask_jaccard
+    from ..metrics.similarity import build_reference, similarity_table
+    from ..models import load_model
+    from ..prune import PruneConfig
+    from .advisor import _windows
+
+    emit = on_event or (lambda message: None)
+    todo = {key: p for key, p in candidate_points(settings, model).items() if (model, *key) not in (done or set())}
+    if not todo:
+        return []
+    tour = settings.tournament
+    loaded = load_model(model, dtype=tour.resolved_dtype())
+    model_, tokenizer = loaded.model, loaded.tokenizer
+    targets = {}
+    for target in settings.targets:
+        started = time.perf_counter()
+        text = settings.target_text(target)
+        windows = build_calibration(text, tokenizer, settings.target_windows, tour.seqlen, TARGET_SEED_OFFSET,
+                                    tour.mode)
+        targets[target] = (dense_channel_norms(model_, windows.input_ids, windows.unpadded_lengths),
+                           build_reference(text), time.perf_counter() - started)
+    configs = [PruneConfig(method=m, **({"pattern": s} if isinstance(s, str) else {"sparsity": float(s)})).resolved()
+               for m in tour.methods for s in tour.settings]
+    rows = []
+    for number, ((entry, seed), point) in enumerate(todo.items(), 1):
+        emit(f"proxies {number}/{len(todo)}: {model} {entry} seed {seed}")
+        started = time.perf_counter()
+        chosen = build_strategy_calibration(point.calibration, tokenizer, point.nsamples, tour.seqlen, seed, tour.mode,
+                                            point.strategy, dict(point.strategy_options), model=model_)
+        norms = dense_channel_norms(model_, chosen.input_ids, chosen.unpadded_lengths)
+        base = {"model": model, "entry": entry, "seed": seed}
+        entry_rows = []
+        for target, (target_norms, reference, _seconds) in targets.items():
+            scores, _ = similarity_table(model_, tokenizer, {entry: _windows(chosen)}, reference, max_tokens=tour.seqlen,
+                                         window=tour.seqlen)
+            values = {"norm_divergence": norm_divergence(norms, target_norms),
+                      "ngram_overlap": float(scores["ngram_overlap"].mean()),
+                      "js_divergence": float(scores["js_divergence"].mean()),
+                      "min_k_pp": float(scores["min_k_pp"].mean()), "calib_ppl": float(scores["ppl"].mean())}
+            entry_rows += [{**base, "target": target, "proxy": name, "method": "", "setting": "", "value": value}
+                           for name, value in values.items()]
+            for config in configs:
+                entry_rows.append({**base, "target": target, "proxy": MASK_PROXY, "method": config.method,
+                                   "setting": setting_label(config.as_dict()),
+                                   "value": predicted_mask_jaccard(model_, norms, target_norms, config)})
+        seconds = time.perf_counter() - started
+        rows += [{**row, "seconds": seconds} for row in entry_rows]
+    return rows
+
+
+def _goodness(values: pd.Series, higher_is_better: bool) -> pd.Series:
+    return values if higher_is_better else -values
+
+
+def agreement(proxies: pd.DataFrame, measured: pd.DataFrame, settings: ValidationSettings, seed: int = 0) -> pd.DataFrame:
+    """Spearman's rho and Kendall's tau between each proxy's ranking of the entries (its mean over seeds, in
+    its direction) and the measured ranking (the capability's mean over seeds), per model, method, setting,
+    target and proxy, with 95% intervals from bootstrap resamples of the seeds."""
+    import warnings
+
+    from scipy import stats
+
+    warnings.simplefilter("ignore", stats.ConstantInputWarning)  # a resample of tied means: rho is nan, kept so
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (model, method, setting), cell in measured.groupby(["model", "method", "setting"], sort=False):
+        for target in settings.targets:
+            capability = settings.capability(target)
+            if capability not in cell:
+                continue
+            truth = cell.pivot_table(index="entry", columns="seed", values=capability)
+            for name, proxy in PROXIES.items():
+                chosen = proxies[(proxies["model"] == model) & (proxies["target"] == target) & (proxies["proxy"] == name)]
+                if name == MASK_PROXY:
+                    chosen = chosen[(chosen["method"] == method) & (chosen["setting"] == setting)]
+                predicted = chosen.pivot_table(index="entry", columns="seed", values="value")
+                entries = sorted(set(truth.index) & set(predicted.index))
+                seeds = sorted(set(truth.columns) & set(predicted.columns))
+                if len(entries) < 3 or not seeds:
+                    continue
+                t, p = truth.loc[entries, seeds], predicted.loc[entries, seeds]
+                higher = capability == CLOZE
+
+                def correlations(columns):
+                    measured_good = _goodness(t[columns].mean(axis=1), higher)
+                    predicted_good = _goodness(p[columns].mean(axis=1), proxy.higher_is_better)
+                    return (stats.spearmanr(predicted_good, measured_good).statistic,
+                            stats.kendalltau(predicted_good, measured_good).statistic)
+
+                rho, tau = correlations(seeds)
+                boot = [correlations(list(rng.choice(seeds, len(seeds)))) for _ in range(settings.bootstrap)]
+                spearmans = np.array([b[0] for b in boot], dtype=float)
+                rows.append({"model": model, "method": method, "setting": setting, "target": target, "proxy": name,
+                             "spearman": rho, "kendall": tau,
+                             "spearman_low": float(np.nanpercentile(spearmans, 2.5)),
+                             "spearman_high": float(np.nanpercentile(spearmans, 97.5)),
+                             "candidates": len(entries), "seeds": len(seeds)})
+    return pd.DataFrame(rows)
+
+
+def verdicts(found: pd.DataFrame, cost_share: dict[str, float]) -> pd.DataFrame:
+    """Per method, setting, target and proxy over the models (the protocol's rules): predicts (mean Spearman
+    >= 0.8, every interval's lower end above 0.5, cost <= 10% of brute force), weak (mean above 0.3) or does
+    not predict."""
+    rows = []
+    for (method, setting, target, proxy), group in found.groupby(["method", "setting", "target", "proxy"], sort=False):
+        mean = float(group["spearman"].mean())
+        cost = max(cost_share.get(model, float("nan")) for model in group["model"])
+        if mean >= 0.8 and (group["spearman_low"] > 0.5).all() and cost <= 0.10:
+            verdict = "predicts"
+        elif mean > 0.3:
+            verdict = "weak"
+        else:
+            verdict = "does not predict"
+        rows.append({"method": method, "setting": setting, "target": target, "proxy": proxy, "mean_spearman": mean,
+                     "models": len(group), "cost_share": cost, "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def read_rows(path: Path) -> pd.DataFrame:
+    """The proxies computed so far (method and setting stay empty text where a proxy has none)."""
+    return pd.read_csv(path, keep_default_na=False) if path.exists() else pd.DataFrame()
+
+
+def cost_shares(proxies: pd.DataFrame, store, settings: ValidationSettings) -> dict[str, float]:
+    """Per model: the seconds one candidate's proxies took (for every target and setting at once, so an upper
+    bound for one case) over the seconds one of its runs took on this machine (selection, pruning and
+    evaluation; the median over the validation's runs recorded here); NaN without such runs."""
+    shares = {}
+    for model in proxies["model"].unique():
+        per_entry = proxies[proxies["model"] == model].groupby(["entry", "seed"])["seconds"].first().mean()
+        keys = {p.key for p in settings.tournament.points(model)}
+        runs = [r["record"]["timings"] for r in store.sweep_runs(settings.tournament.name, "finished")
+                if r.get("point_key") in keys and (r.get("record") or {}).get("timings")]
+        totals = [t.get("calibration", 0) + t.get("prune_total", 0) + t.get("eval", 0) + t.get("cloze", 0) for t in runs]
+        shares[model] = float(per_entry / np.median(totals)) if totals else float("nan")
+    return shares
+
+
+def validate(settings: ValidationSettings, store, proxies_csv: Path, table_csv: Path, run_missing: bool = True,
+             on_event=None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The measured runs (missing ones run, unless not `run_missing`), the proxies not yet in `proxies_csv`
+    (appended after each model), the agreement table written to `table_csv`; returns it with the verdicts
+    and the cost shares."""
+    from .tournament import run_tournament, tournament_frame
+
+    if run_missing:
+        run_tournament(settings.tournament, store)
+    measured = tournament_frame(settings.tournament, store)
+    proxies = read_rows(proxies_csv)
+    done = set(zip(proxies["model"], proxies["entry"], proxies["seed"])) if not proxies.empty else set()
+    for model in settings.tournament.models:
+        if measured.empty or model not in set(measured["model"]):
+            continue
+        rows = proxy_rows(settings, model, done, on_event)
+        if rows:
+            proxies = pd.concat([proxies, pd.DataFrame(rows)], ignore_index=True)
+            proxies.to_csv(proxies_csv, index=False)
+    found = agreement(proxies, measured, settings)
+    table_csv.parent.mkdir(parents=True, exist_ok=True)
+    found.to_csv(table_csv, index=False)
+    shares = cost_shares(proxies, store, settings)
+    return found, verdicts(found, shares), shares
