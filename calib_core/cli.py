@@ -799,6 +799,41 @@ def _cmd_advise(args) -> int:
     return 0
 
 
+def _validate_advisor_parser(sub) -> None:
+    validate = sub.add_parser("validate-advisor", help="how well each advisor proxy ranks calibration sets as pruning "
+                                                       "does (docs/results/advisor.md's protocol), resumable")
+    validate.add_argument("--models", nargs="+", default=None, help="models (default: both bundled models)")
+    validate.add_argument("--previous", default="docs/results/strategies-runs.csv", metavar="RUNS.csv",
+                          help="tournament runs finished earlier (their points are reused); '' for none")
+    validate.add_argument("--no-runs", action="store_true",
+                          help="run no missing point: validate on the points already measured")
+    validate.add_argument("--proxies", default="docs/results/advisor-proxies.csv", metavar="CSV")
+    validate.add_argument("--report", default="docs/results/advisor.md", metavar="FILE")
+
+
+def _cmd_validate_advisor(args) -> int:
+    from pathlib import Path
+
+    from .experiments.advisor import VALIDATION_TABLE
+    from .experiments.advisor_validation import ValidationSettings, validate, write_results
+    from .experiments.tournament import tournament_frame
+    from .runs import RunStore
+
+    settings = ValidationSettings()
+    if args.models:
+        settings.tournament.models = args.models
+    if args.previous and Path(args.previous).exists():
+        settings.tournament.previous = args.previous
+    store = RunStore()
+    found, verdicts, shares = validate(settings, store, Path(args.proxies), VALIDATION_TABLE, not args.no_runs,
+                                       on_event=lambda m: print(f"{time.strftime('%H:%M:%S')} {m}", flush=True))
+    measured = len(tournament_frame(settings.tournament, store))
+    command = "python -m calib_core " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["validate-advisor"] else \
+        "python -m calib_core validate-advisor"
+    print(f"report: {write_results(Path(args.report), found, verdicts, shares, settings, measured, command)}")
+    return 0
+
+
 def block_table(blocks) -> str:
     """Per-block summary: target vs achieved sparsity, OWL outlier ratio, worst module error, time."""
     from .prune.events import blocks_frame
@@ -820,5 +855,5 @@ def _commands() -> dict:
             "runs": (_runs_parser, _cmd_runs), "sweep": (_sweep_parser, _cmd_sweep),
             "reproduce": (_reproduce_parser, _cmd_reproduce), "eval": (_eval_parser, _cmd_eval),
             "tournament": (_tournament_parser, _cmd_tournament), "inspect": (_inspect_parser, _cmd_inspect),
-            "advise": (_advise_parser, _cmd_advise)}
+            "advise": (_advise_parser, _cmd_advise), "validate-advisor": (_validate_advisor_parser, _cmd_validate_advisor)}
 

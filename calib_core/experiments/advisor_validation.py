@@ -11,6 +11,7 @@ is computed once and kept in a CSV, so the validation resumes."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,35 +53,36 @@ def candidate_points(settings: ValidationSettings, model: str) -> dict[tuple[str
     return out
 
 
-def proxy_rows(settings: ValidationSettings, model: str, done: set | None = None, on_event=None) -> list[dict]:
-    """The proxies of every (entry, seed) of `model` not in `done` (its (model, entry, seed) keys): one row per
-    (entry, seed, target, proxy, method, setting), method and setting empty for the proxies that do not depend
-    on them, with the seconds the entry's proxies took."""
+def proxy_rows(settings: ValidationSettings, model: str, wanted: set, on_event=None) -> list[dict]:
+    """The proxies of the (entry, seed) pairs in `wanted` for `model`: one row per (entry, seed, target, proxy,
+    method, setting), method and setting empty for the proxies that do not depend on them, with the seconds
+    the entry's proxies took. Each candidate is scored once (its forward serves every target), the targets'
+    masks are computed once per setting."""
     from ..data.sources import build_calibration
     from ..data.strategies import build_strategy_calibration
-    from ..metrics.proxies import dense_channel_norms, norm_divergence, predicted_mask_jaccard
-    from ..metrics.similarity import build_reference, similarity_table
+    from ..metrics.proxies import dense_channel_norms, norm_divergence, packed_jaccard, packed_masks
+    from ..metrics.similarity import build_reference, js_divergence, ngram_overlap, similarity_table, words
     from ..models import load_model
     from ..prune import PruneConfig
     from .advisor import _windows
 
     emit = on_event or (lambda message: None)
-    todo = {key: p for key, p in candidate_points(settings, model).items() if (model, *key) not in (done or set())}
+    todo = {key: p for key, p in candidate_points(settings, model).items() if key in wanted}
     if not todo:
         return []
     tour = settings.tournament
     loaded = load_model(model, dtype=tour.resolved_dtype())
     model_, tokenizer = loaded.model, loaded.tokenizer
+    configs = [PruneConfig(method=m, **({"pattern": s} if isinstance(s, str) else {"sparsity": float(s)})).resolved()
+               for m in tour.methods for s in tour.settings]
     targets = {}
     for target in settings.targets:
-        started = time.perf_counter()
+        emit(f"target {target}")
         text = settings.target_text(target)
         windows = build_calibration(text, tokenizer, settings.target_windows, tour.seqlen, TARGET_SEED_OFFSET,
                                     tour.mode)
-        targets[target] = (dense_channel_norms(model_, windows.input_ids, windows.unpadded_lengths),
-                           build_reference(text), time.perf_counter() - started)
-    configs = [PruneConfig(method=m, **({"pattern": s} if isinstance(s, str) else {"sparsity": float(s)})).resolved()
-               for m in tour.methods for s in tour.settings]
+        norms = dense_channel_norms(model_, windows.input_ids, windows.unpadded_lengths)
+        targets[target] = (norms, build_reference(text), [packed_masks(model_, norms, c) for c in configs])
     rows = []
     for number, ((entry, seed), point) in enumerate(todo.items(), 1):
         emit(f"proxies {number}/{len(todo)}: {model} {entry} seed {seed}")
@@ -88,21 +90,23 @@ def proxy_rows(settings: ValidationSettings, model: str, done: set | None = None
         chosen = build_strategy_calibration(point.calibration, tokenizer, point.nsamples, tour.seqlen, seed, tour.mode,
                                             point.strategy, dict(point.strategy_options), model=model_)
         norms = dense_channel_norms(model_, chosen.input_ids, chosen.unpadded_lengths)
+        masks = [packed_masks(model_, norms, c) for c in configs]
+        scores, _ = similarity_table(model_, tokenizer, {entry: _windows(chosen)}, None, max_tokens=tour.seqlen,
+                                     window=tour.seqlen)
+        texts = list(scores["text"])
         base = {"model": model, "entry": entry, "seed": seed}
         entry_rows = []
-        for target, (target_norms, reference, _seconds) in targets.items():
-            scores, _ = similarity_table(model_, tokenizer, {entry: _windows(chosen)}, reference, max_tokens=tour.seqlen,
-                                         window=tour.seqlen)
+        for target, (target_norms, reference, target_masks) in targets.items():
             values = {"norm_divergence": norm_divergence(norms, target_norms),
-                      "ngram_overlap": float(scores["ngram_overlap"].mean()),
-                      "js_divergence": float(scores["js_divergence"].mean()),
+                      "ngram_overlap": float(np.mean([ngram_overlap(t, reference) for t in texts])),
+                      "js_divergence": float(np.mean([js_divergence(Counter(words(t)), reference.unigrams)
+                                                      for t in texts])),
                       "min_k_pp": float(scores["min_k_pp"].mean()), "calib_ppl": float(scores["ppl"].mean())}
             entry_rows += [{**base, "target": target, "proxy": name, "method": "", "setting": "", "value": value}
                            for name, value in values.items()]
-            for config in configs:
+            for config, own, theirs in zip(configs, masks, target_masks):
                 entry_rows.append({**base, "target": target, "proxy": MASK_PROXY, "method": config.method,
-                                   "setting": setting_label(config.as_dict()),
-                                   "value": predicted_mask_jaccard(model_, norms, target_norms, config)})
+                                   "setting": setting_label(config.as_dict()), "value": packed_jaccard(own, theirs)})
         seconds = time.perf_counter() - started
         rows += [{**row, "seconds": seconds} for row in entry_rows]
     return rows
@@ -120,7 +124,6 @@ def agreement(proxies: pd.DataFrame, measured: pd.DataFrame, settings: Validatio
 
     from scipy import stats
 
-    warnings.simplefilter("ignore", stats.ConstantInputWarning)  # a resample of tied means: rho is nan, kept so
     rng = np.random.default_rng(seed)
     rows = []
     for (model, method, setting), cell in measured.groupby(["model", "method", "setting"], sort=False):
@@ -144,8 +147,10 @@ def agreement(proxies: pd.DataFrame, measured: pd.DataFrame, settings: Validatio
                 def correlations(columns):
                     measured_good = _goodness(t[columns].mean(axis=1), higher)
                     predicted_good = _goodness(p[columns].mean(axis=1), proxy.higher_is_better)
-                    return (stats.spearmanr(predicted_good, measured_good).statistic,
-                            stats.kendalltau(predicted_good, measured_good).statistic)
+                    with warnings.catch_warnings():  # tied means (a resample of one seed): rho is nan, kept so
+                        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+                        return (stats.spearmanr(predicted_good, measured_good).statistic,
+                                stats.kendalltau(predicted_good, measured_good).statistic)
 
                 rho, tau = correlations(seeds)
                 boot = [correlations(list(rng.choice(seeds, len(seeds)))) for _ in range(settings.bootstrap)]
@@ -210,9 +215,9 @@ def validate(settings: ValidationSettings, store, proxies_csv: Path, table_csv: 
     proxies = read_rows(proxies_csv)
     done = set(zip(proxies["model"], proxies["entry"], proxies["seed"])) if not proxies.empty else set()
     for model in settings.tournament.models:
-        if measured.empty or model not in set(measured["model"]):
-            continue
-        rows = proxy_rows(settings, model, done, on_event)
+        here = measured[measured["model"] == model] if not measured.empty else measured
+        wanted = set(zip(here["entry"], here["seed"])) - {(e, s) for m, e, s in done if m == model} if len(here) else set()
+        rows = proxy_rows(settings, model, wanted, on_event)
         if rows:
             proxies = pd.concat([proxies, pd.DataFrame(rows)], ignore_index=True)
             proxies.to_csv(proxies_csv, index=False)
@@ -221,3 +226,43 @@ def validate(settings: ValidationSettings, store, proxies_csv: Path, table_csv: 
     found.to_csv(table_csv, index=False)
     shares = cost_shares(proxies, store, settings)
     return found, verdicts(found, shares), shares
+
+
+RESULTS_HEADING = "## Results"
+
+
+def write_results(report: Path, found: pd.DataFrame, verdicts_: pd.DataFrame, shares: dict, settings: ValidationSettings,
+                  measured_points: int, command: str) -> Path:
+    """Replace the Results section of the protocol file `report` (everything above it stays as fixed)."""
+    text = report.read_text(encoding="utf-8")
+    head = text[: text.index(RESULTS_HEADING)] if RESULTS_HEADING in text else text + "\n"
+    planned = sum(len(settings.tournament.points(m)) for m in settings.tournament.models)
+    lines = [RESULTS_HEADING, "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}` from {measured_points} of "
+             f"the protocol's {planned} measured points (the others not run yet: cases they would complete are "
+             f"missing below, and a case needs 3 or more candidates). Per-case table: "
+             f"`calib_core/data/advisor_validation.csv` (what `advise` looks up); the proxies per candidate and seed: "
+             f"`docs/results/advisor-proxies.csv`.", ""]
+    if found.empty:
+        report.write_text(head + "\n".join(lines + ["No case has enough candidates yet.", ""]) + "\n", encoding="utf-8")
+        return report
+    summary = (found.groupby(["target", "proxy"], sort=False)["spearman"]
+               .agg(mean="mean", low="min", high="max", cases="count").reset_index())
+    lines += ["Mean Spearman per target and proxy over every (model, method, setting) case measured, with the "
+              "lowest and highest case:", "", summary.to_markdown(index=False, floatfmt=".2f"), "",
+              "Cost of one candidate's proxies (every target and setting at once: an upper bound for one case) as a "
+              "share of one pruning run of it on this machine: "
+              + ", ".join(f"{model} {share:.1%}" for model, share in shares.items()) + ".", ""]
+    counts = verdicts_["verdict"].value_counts().to_dict()
+    best = summary.sort_values("mean", ascending=False).head(3)
+    met = verdicts_[verdicts_["verdict"] == "predicts"]
+    lines += ["Verdicts per (method, setting, target, proxy) under the protocol's rules: "
+              + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".", "",
+              ("The goal (mean Spearman >= 0.8 at <= 10% of the brute-force cost) is **met** for: "
+               + "; ".join(f"{r.proxy} on {r.target} ({r.method} {r.setting})" for r in met.itertuples()) + "."
+               if not met.empty else "The goal (mean Spearman >= 0.8 at <= 10% of the brute-force cost) is **not met** "
+                                     "in any case measured so far."),
+              "", "Highest mean agreement: " + "; ".join(f"{r.proxy} on {r.target} {r['mean']:.2f}"
+                                                        for _, r in best.iterrows()) + ".", ""]
+    report.write_text(head + "\n".join(lines) + "\n", encoding="utf-8")
+    return report

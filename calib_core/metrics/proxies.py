@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..models import decoder_blocks, prunable_modules, weight_matrix
@@ -119,10 +120,19 @@ def predicted_masks(model, stats: ChannelNorms, config: PruneConfig) -> dict[tup
     return masks
 
 
+def packed_masks(model, stats: ChannelNorms, config: PruneConfig) -> dict[tuple[int, str], np.ndarray]:
+    """`predicted_masks` as packed bits (an eighth of the memory): to compare one set's masks with many."""
+    return {key: np.packbits(mask.numpy().ravel()) for key, mask in predicted_masks(model, stats, config).items()}
+
+
+def packed_jaccard(a: dict[tuple[int, str], np.ndarray], b: dict[tuple[int, str], np.ndarray]) -> float:
+    """|K_a & K_b| / |K_a | K_b| pooled over every module of two packed mask sets."""
+    both = sum(int(np.bitwise_count(a[key] & b[key]).sum()) for key in a)
+    either = sum(int(np.bitwise_count(a[key] | b[key]).sum()) for key in a)
+    return both / either if either else 1.0
+
+
 def predicted_mask_jaccard(model, candidate: ChannelNorms, target: ChannelNorms, config: PruneConfig) -> float:
     """|K_c & K_t| / |K_c | K_t| pooled over every prunable Linear: the kept weights the method would choose
     from the candidate's statistics and from the target's (1 = the same mask)."""
-    a, b = predicted_masks(model, candidate, config), predicted_masks(model, target, config)
-    both = sum(int((a[key] & b[key]).sum()) for key in a)
-    either = sum(int((a[key] | b[key]).sum()) for key in a)
-    return both / either if either else 1.0
+    return packed_jaccard(packed_masks(model, candidate, config), packed_masks(model, target, config))
