@@ -27,15 +27,22 @@ def three_runs(tmp_path) -> tuple[str, list[int]]:
     return folder, [_prune(folder, calib) for calib in ("builtin:wiki", "builtin:code", "builtin:news")]
 
 
-def _results(**params) -> AppTest:
+def _open(page: str, model_folder: str | None = None, **params) -> AppTest:
+    """A new session opened on `page` at an address with `params` (a reload, a shared link)."""
     app = AppTest.from_file(APP, default_timeout=60)
+    if model_folder is not None:
+        app.session_state["model_spec"] = model_folder
     app.run()
-    app.switch_page("app_pages/results.py")
+    app.switch_page(page)
     for name, value in params.items():
         app.query_params[name] = value
     app.run()
     assert not app.exception, app.exception
     return app
+
+
+def _results(**params) -> AppTest:
+    return _open("app_pages/results.py", **params)
 
 
 def _select(app, label: str):
@@ -103,16 +110,8 @@ def test_results_shows_what_two_runs_did_differently(three_runs):
 
 
 def _prune_page(tmp_path=None, **params) -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=60)
-    if tmp_path is not None:
-        app.session_state["model_spec"] = str(save_tiny_folder(tmp_path / "tiny"))
-    app.run()
-    app.switch_page("app_pages/prune.py")
-    for name, value in params.items():
-        app.query_params[name] = value
-    app.run()
-    assert not app.exception, app.exception
-    return app
+    folder = str(save_tiny_folder(tmp_path / "tiny")) if tmp_path is not None else None
+    return _open("app_pages/prune.py", folder, **params)
 
 
 def _number(app, label: str):
