@@ -249,3 +249,15 @@ def test_the_validation_measures_rank_agreement_between_proxies_and_pruning(tmp_
     assert set(verdicts["verdict"]) <= {"predicts", "weak", "does not predict"}
     again, _, _ = validate(settings, store, tmp_path / "proxies.csv", tmp_path / "table.csv")  # resumes: nothing new
     assert len(pd.read_csv(tmp_path / "proxies.csv")) == len(proxies)
+
+
+def test_the_cost_share_uses_run_times_and_says_when_there_are_none():
+    from calib_core.experiments.advisor_validation import cost_shares
+
+    proxies = pd.DataFrame({"model": ["a", "a", "b"], "entry": ["x", "x", "x"], "seed": [0, 0, 0],
+                            "seconds": [3.0, 3.0, 5.0]})
+    measured = pd.DataFrame({"model": ["a", "a", "a", "b"], "run_seconds": [20.0, 30.0, 100.0, None]})
+    shares = cost_shares(proxies, measured)
+    assert shares["a"] == pytest.approx(3.0 / 30.0)  # one candidate's proxies over the median run
+    assert shares["b"] != shares["b"]  # no run time recorded: NaN, reported as not measured
+    assert cost_shares(proxies, measured.drop(columns="run_seconds"))["a"] != shares["a"]

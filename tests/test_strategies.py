@@ -340,7 +340,10 @@ def test_tournament_runs_resumes_and_reports(tmp_path):
     runs_csv = tmp_path / "out" / "strategies-runs.csv"
     written = pd.read_csv(runs_csv)
     assert set(written["origin"]) == {"this run store"} and written["point_key"].is_unique
+    assert (written["pool_forward_seconds"] == reference[folder]["pool_forward_seconds"]).all()
+    assert (written["run_seconds"] > 0).all()
     rerun = written["point_key"].iloc[-1]
+    written["pool_forward_seconds"] = 1e6  # the other machine's unit stays with its rows
     written.iloc[:-1].to_csv(tmp_path / "earlier.csv", index=False)
     carried = dataclasses.replace(settings, previous=str(tmp_path / "earlier.csv"))
     (tmp_path / "elsewhere").mkdir()
@@ -353,6 +356,8 @@ def test_tournament_runs_resumes_and_reports(tmp_path):
     assert merged.groupby("origin").size().to_dict() == {"earlier.csv": 5, "this run store": 1}
     carried_report = write_tournament_report(carried, elsewhere, tmp_path / "out2").read_text()
     assert "6 of 6 points finished" in carried_report and "5 of them were read from" in carried_report
+    units = pd.read_csv(tmp_path / "out2" / "strategies-runs.csv").set_index("origin")["pool_forward_seconds"]
+    assert (units["earlier.csv"] == 1e6).all() and units["this run store"] != 1e6
     # A CSV of other settings carries nothing (the point key names seqlen, eval, dtype ...), one without keys fails.
     assert tournament_frame(dataclasses.replace(carried, seqlen=32), RunStore(tmp_path / "x.sqlite")).empty
     written.drop(columns=["point_key"]).to_csv(tmp_path / "keyless.csv", index=False)

@@ -187,18 +187,17 @@ def read_rows(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False) if path.exists() else pd.DataFrame()
 
 
-def cost_shares(proxies: pd.DataFrame, store, settings: ValidationSettings) -> dict[str, float]:
+def cost_shares(proxies: pd.DataFrame, measured: pd.DataFrame) -> dict[str, float]:
     """Per model: the seconds one candidate's proxies took (for every target and setting at once, so an upper
-    bound for one case) over the seconds one of its runs took on this machine (selection, pruning and
-    evaluation; the median over the validation's runs recorded here); NaN without such runs."""
+    bound for one case) over the median seconds one of its measured runs took (selection, pruning and
+    evaluation); NaN when none of its runs has a recorded time (rows carried from a CSV written before
+    `run_seconds` was exported)."""
     shares = {}
     for model in proxies["model"].unique():
         per_entry = proxies[proxies["model"] == model].groupby(["entry", "seed"])["seconds"].first().mean()
-        keys = {p.key for p in settings.tournament.points(model)}
-        runs = [r["record"]["timings"] for r in store.sweep_runs(settings.tournament.name, "finished")
-                if r.get("point_key") in keys and (r.get("record") or {}).get("timings")]
-        totals = [t.get("calibration", 0) + t.get("prune_total", 0) + t.get("eval", 0) + t.get("cloze", 0) for t in runs]
-        shares[model] = float(per_entry / np.median(totals)) if totals else float("nan")
+        runs = measured[measured["model"] == model] if "run_seconds" in measured.columns else measured.iloc[0:0]
+        totals = pd.to_numeric(runs.get("run_seconds", pd.Series(dtype=float)), errors="coerce").dropna()
+        shares[model] = float(per_entry / totals.median()) if len(totals) else float("nan")
     return shares
 
 
@@ -224,7 +223,7 @@ def validate(settings: ValidationSettings, store, proxies_csv: Path, table_csv: 
     found = agreement(proxies, measured, settings)
     table_csv.parent.mkdir(parents=True, exist_ok=True)
     found.to_csv(table_csv, index=False)
-    shares = cost_shares(proxies, store, settings)
+    shares = cost_shares(proxies, measured)
     return found, verdicts(found, shares), shares
 
 
@@ -252,7 +251,9 @@ def write_results(report: Path, found: pd.DataFrame, verdicts_: pd.DataFrame, sh
               "lowest and highest case:", "", summary.to_markdown(index=False, floatfmt=".2f"), "",
               "Cost of one candidate's proxies (every target and setting at once: an upper bound for one case) as a "
               "share of one pruning run of it on this machine: "
-              + ", ".join(f"{model} {share:.1%}" for model, share in shares.items()) + ".", ""]
+              + ", ".join(f"{model} {share:.1%}" if share == share else
+                          f"{model} not measured (its runs came from a CSV without run times)"
+                          for model, share in shares.items()) + ".", ""]
     counts = verdicts_["verdict"].value_counts().to_dict()
     best = summary.sort_values("mean", ascending=False).head(3)
     met = verdicts_[verdicts_["verdict"] == "predicts"]

@@ -221,6 +221,7 @@ def _store_frame(settings: TournamentSettings, store):
     if cloze:
         frame[CLOZE] = frame[cloze].mean(axis=1)
     frame["selection_seconds"] = [_selection_seconds(records[i]) for i in frame["run_id"]]
+    frame["run_seconds"] = [_run_seconds(records[i]) for i in frame["run_id"]]
     frame["point_key"] = [keys[i] for i in frame["run_id"]]
     frame["torch_threads"] = [(records[i].get("versions") or {}).get("torch_threads") for i in frame["run_id"]]
     frame["origin"] = THIS_STORE
@@ -234,6 +235,14 @@ def _selection_seconds(record: dict) -> float | None:
     if strategy:
         return None if strategy.get("reused") else strategy.get("seconds")
     return (record.get("timings") or {}).get("calibration")
+
+
+def _run_seconds(record: dict) -> float | None:
+    """The seconds the run took on its machine: choosing its windows, pruning and every evaluation."""
+    timings = record.get("timings") or {}
+    if not timings:
+        return None
+    return sum(timings.get(part, 0) for part in ("calibration", "prune_total", "eval", "cloze"))
 
 
 def capabilities(settings: TournamentSettings) -> list[str]:

@@ -111,21 +111,36 @@ def _table(found: pd.DataFrame, model: str, method: str) -> str:
     return table.sort_values(["_s", "_e"]).drop(columns=["_s", "_e"]).set_index(["setting", "entry"]).to_markdown()
 
 
-def cost_table(frame: pd.DataFrame, references: dict) -> pd.DataFrame:
-    """Per model and entry: the median seconds a selection took (each made once per seed) and that as a
-    multiple of one dense forward over a 10 x nsamples pool."""
+def cost_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per model and entry: the median seconds a selection took (each made once per seed) and the median of
+    each selection over one dense forward over a 10 x nsamples pool measured where that selection ran
+    (`pool_forward_seconds`; NaN for rows carried from a CSV that did not record it)."""
     rows = []
     for (model, entry), group in frame.groupby(["model", "entry"], sort=False):
-        seconds = group["selection_seconds"].dropna()
-        forward = (references.get(model) or {}).get("pool_forward_seconds")
-        median = float(seconds.median()) if len(seconds) else float("nan")
-        rows.append({"model": model, "entry": entry, "selections": len(seconds), "median seconds": median,
-                     "x dense forward over the pool": median / forward if forward else float("nan")})
+        measured = group.dropna(subset=["selection_seconds"])
+        forward = pd.to_numeric(measured.get("pool_forward_seconds", pd.Series(index=measured.index, dtype=float)),
+                                errors="coerce")
+        multiples = (measured["selection_seconds"] / forward).dropna()
+        rows.append({"model": model, "entry": entry, "selections": len(measured),
+                     "median seconds": float(measured["selection_seconds"].median()) if len(measured) else float("nan"),
+                     "x dense forward over the pool": float(multiples.median()) if len(multiples) else float("nan")})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
     out["_e"] = out["entry"].map(lambda e: _entry_order(out["entry"].unique()).index(e))
     return out.sort_values(["model", "_e"]).drop(columns="_e").reset_index(drop=True)
+
+
+def with_forward_unit(frame: pd.DataFrame, references: dict) -> pd.DataFrame:
+    """The runs with `pool_forward_seconds`: this store's model reference for its own rows, the recorded unit
+    (or none) for rows carried from an earlier CSV, so every multiple divides by the machine's own forward."""
+    frame = frame.copy()
+    mine = frame["origin"] == THIS_STORE
+    here = frame.loc[mine, "model"].map(lambda m: (references.get(m) or {}).get("pool_forward_seconds"))
+    if "pool_forward_seconds" not in frame.columns:
+        frame["pool_forward_seconds"] = float("nan")
+    frame.loc[mine, "pool_forward_seconds"] = here.astype(float)
+    return frame
 
 
 def published_directions(found: pd.DataFrame) -> list[str]:
@@ -184,6 +199,7 @@ def write_tournament_report(settings: TournamentSettings, store, out: str | Path
     found = comparisons(frame, names)
     path = reference_path(settings, store)
     references = json.loads(path.read_text()) if path.exists() else {}
+    frame = with_forward_unit(frame, references)
     planned = sum(len(settings.points(m)) for m in settings.models)
     lines = [
         "# Calibration strategies: a tournament per capability", "",
@@ -213,10 +229,11 @@ def write_tournament_report(settings: TournamentSettings, store, out: str | Path
               "Versions: " + ", ".join(f"{k} {v}" for k, v in environment_versions().items() if v), ""]
     lines += ["## Published directions on our models", "", *published_directions(found), "",
               "## Selection cost", "",
-              "Median seconds per selection (one per seed; later points reuse it) and that as a multiple of one "
-              "dense forward with logits over a pool of 10 x nsamples windows on this machine. Random and mix: the "
+              "Median seconds per selection (one per seed; later points reuse it) and the median multiple of one "
+              "dense forward with logits over a pool of 10 x nsamples windows measured on the machine each "
+              "selection ran on (empty where a carried CSV did not record that forward). Random and mix: the "
               "time to read and draw the windows.", ""]
-    costs = cost_table(frame, references)
+    costs = cost_table(frame)
     lines += [costs.to_markdown(index=False, floatfmt=".2f") if not costs.empty else "(no selections recorded)", ""]
     figure_notes = []
     for model in settings.models:
