@@ -75,11 +75,12 @@ def show_advice(job):
     ranked = ranking(table, proxy)
     st.dataframe(ranked[["rank", "candidate", proxy] + [p for p in PROXIES if p != proxy] + ["seconds"]],
                  hide_index=True, width="stretch")
-    note = validation_note(proxy, table.attrs["method"], table.attrs["setting"], table.attrs["target"])
+    case = st.session_state.get("advice_case")
+    note = validation_note(proxy, table.attrs["method"], table.attrs["setting"], table.attrs["target"],
+                           case["model"] if case else None)
     (st.warning if note.startswith("Warning") else st.success)(note)
     st.caption(f"Proxies took {table['seconds'].sum() + table.attrs['target_seconds']:.0f} s for "
                f"{len(table)} candidates and the target.")
-    case = st.session_state.get("advice_case")
     if case is None or case["target"] != table.attrs["target"]:
         return
     top_k = st.number_input("Verify the top K by pruning with them", 1, len(ranked), min(2, len(ranked)))

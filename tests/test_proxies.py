@@ -124,7 +124,8 @@ def test_advise_ranks_candidates_for_a_target_says_it_is_unvalidated_and_verifie
     from tests.tiny import save_tiny_folder
 
     folder = str(save_tiny_folder(tmp_path / "tiny"))
-    base = ["advise", "--model", folder, "--dtype", "float32", "--method", "wanda", "--sparsity", "0.5",
+    # 70% is outside the validation's fixed grid (50%, 60%, 2:4), so the case is unvalidated
+    base = ["advise", "--model", folder, "--dtype", "float32", "--method", "wanda", "--sparsity", "0.7",
             "--nsamples", "2", "--seqlen", "16", "--target-windows", "2", "--target", "builtin:code"]
     assert cli_main(base + ["--candidates", "builtin:wiki", "builtin:code", "builtin:news@unique-tokens",
                             "--verify", "2", "--eval-windows", "1"]) == 0
@@ -135,10 +136,34 @@ def test_advise_ranks_candidates_for_a_target_says_it_is_unvalidated_and_verifie
     named = [next(c for c in ("builtin:news by unique-tokens", "builtin:wiki", "builtin:code") if c in line)
              for line in lines[1:4]]
     assert sorted(named) == ["builtin:code", "builtin:news by unique-tokens", "builtin:wiki"]
-    assert "is not validated for wanda 50% with target builtin:code" in out
+    assert "is not validated for wanda 70% with target builtin:code" in out
     runs = RunStore().list()
     assert len(runs) == 2 and [r["origin"] for r in runs] == ["cli", "cli"]  # the top 2, pruned and measured
     assert "ppl builtin:code" in out
+
+
+def test_the_validation_note_quotes_the_matching_cases_and_says_when_the_model_was_not_validated(tmp_path):
+    from calib_core.experiments.advisor import VALIDATION_TABLE, validation_note
+
+    table = tmp_path / "validation.csv"
+    table.write_text("model,method,setting,target,proxy,spearman,kendall,spearman_low,spearman_high,candidates,seeds\n"
+                     "m1,wanda,50%,builtin:code,norm_divergence,0.8,0.6,0.5,0.9,7,3\n"
+                     "m2,wanda,50%,builtin:code,norm_divergence,0.4,0.2,0.1,0.6,7,3\n"
+                     "m1,wanda,60%,builtin:code,norm_divergence,-0.3,-0.2,-0.5,0.1,7,3\n")
+    note = validation_note("norm_divergence", "wanda", "50%", "builtin:code", "m1", table=table)
+    assert note.startswith("Validated (wanda 50%, target builtin:code")
+    assert "m1: Spearman 0.80 [0.50, 0.90], Kendall 0.60, 7 candidates" in note and "m2: Spearman 0.40" in note
+    assert "not among the validated models" not in note
+    assert "other/model was not among the validated models" in validation_note(
+        "norm_divergence", "wanda", "50%", "builtin:code", "other/model", table=table)
+    for case in [("predicted_jaccard", "wanda", "50%", "builtin:code"), ("norm_divergence", "sparsegpt", "50%",
+                 "builtin:code"), ("norm_divergence", "wanda", "2:4", "builtin:code"),
+                 ("norm_divergence", "wanda", "50%", "builtin:wiki")]:
+        assert validation_note(*case, table=table).startswith("Warning: "), case
+    assert "No validation has been recorded yet" in validation_note(*case, table=tmp_path / "absent.csv")
+    # the committed table covers the fixed grid's settings on the bundled models
+    committed = validation_note("norm_divergence", "wanda", "50%", "builtin:wiki", "smollm2-135m", table=VALIDATION_TABLE)
+    assert committed.startswith("Validated") and "smollm2-135m: Spearman" in committed
 
 
 def test_advise_refuses_bad_cases_before_loading_a_model(capsys):
@@ -187,6 +212,7 @@ def test_the_advisor_page_ranks_warns_when_unvalidated_and_verifies_the_top(tmp_
     next(m for m in app.multiselect if m.label == "Candidates").set_value(["builtin:wiki", "builtin:code"]).run()
     next(n for n in app.number_input if n.label == "nsamples").set_value(2).run()
     next(n for n in app.number_input if n.label == "seqlen").set_value(16).run()
+    next(s for s in app.selectbox if s.label == "Setting").set_value("0.7").run()  # outside the validated grid
     next(b for b in app.button if b.label == "Rank the candidates").click().run()
     job = _wait(manager().get(app.session_state["advise_job"]), 300)
     assert job.status == "finished", job.error
@@ -194,7 +220,7 @@ def test_the_advisor_page_ranks_warns_when_unvalidated_and_verifies_the_top(tmp_
     assert not app.exception, app.exception
     ranked = app.dataframe[0].value
     assert list(ranked["rank"]) == [1, 2] and set(ranked["candidate"]) == {"builtin:wiki", "builtin:code"}
-    assert any("is not validated for wanda 50% with target builtin:code" in w.value for w in app.warning)
+    assert any("is not validated for wanda 70% with target builtin:code" in w.value for w in app.warning)
     assert any(c.value.startswith("No time estimate yet") for c in app.caption)  # nothing pruned here yet
     next(b for b in app.button if b.label.startswith("Prune with the top")).click().run()
     checked = _wait(manager().get(app.session_state["verify_job"]), 300)

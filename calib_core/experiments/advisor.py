@@ -146,9 +146,11 @@ def ranking(table: pd.DataFrame, proxy: str) -> pd.DataFrame:
 VALIDATION_TABLE = Path(__file__).resolve().parent.parent / "data" / "advisor_validation.csv"
 
 
-def validation_note(proxy: str, method: str, setting: str, target: str, table: Path = VALIDATION_TABLE) -> str:
+def validation_note(proxy: str, method: str, setting: str, target: str, model: str | None = None,
+                    table: Path = VALIDATION_TABLE) -> str:
     """How well `proxy` predicted the measured ranking where the validation matches this case (method,
-    setting and target), or a warning that the case is outside what was validated."""
+    setting and target), or a warning that the case is outside what was validated. With `model`, says so
+    when that model was not among the validated ones (the numbers are then another model's)."""
     outside = (f"Warning: {proxy} is not validated for {method} {setting} with target {target}: treat this ranking "
                f"as a guess, and check it with --verify K (prunes the top K candidates).")
     if not table.exists():
@@ -160,7 +162,10 @@ def validation_note(proxy: str, method: str, setting: str, target: str, table: P
         return outside
     parts = [f"{r.model}: Spearman {r.spearman:.2f} [{r.spearman_low:.2f}, {r.spearman_high:.2f}], Kendall "
              f"{r.kendall:.2f}, {int(r.candidates)} candidates" for r in match.itertuples()]
-    return f"Validated ({method} {setting}, target {target}; docs/results/advisor.md): " + "; ".join(parts) + "."
+    note = f"Validated ({method} {setting}, target {target}; docs/results/advisor.md): " + "; ".join(parts) + "."
+    if model is not None and model not in set(match["model"]):
+        note += f" {model} was not among the validated models: these are other models' numbers."
+    return note
 
 
 def verify_specs(model: str, dtype: str, top: pd.DataFrame, target: str, settings: AdviceSettings,
