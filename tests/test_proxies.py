@@ -160,7 +160,8 @@ def test_the_validation_note_quotes_the_matching_cases_and_says_when_the_model_w
                  "builtin:code"), ("norm_divergence", "wanda", "2:4", "builtin:code"),
                  ("norm_divergence", "wanda", "50%", "builtin:wiki")]:
         assert validation_note(*case, table=table).startswith("Warning: "), case
-    assert "No validation has been recorded yet" in validation_note(*case, table=tmp_path / "absent.csv")
+    assert "No validation has been recorded yet" in validation_note(
+        "norm_divergence", "wanda", "50%", "builtin:code", table=tmp_path / "absent.csv")
     # the committed table covers the fixed grid's settings on the bundled models
     committed = validation_note("norm_divergence", "wanda", "50%", "builtin:wiki", "smollm2-135m", table=VALIDATION_TABLE)
     assert committed.startswith("Validated") and "smollm2-135m: Spearman" in committed
