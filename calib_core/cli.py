@@ -667,6 +667,9 @@ def _tournament_parser(sub) -> None:
     tournament.add_argument("--previous", default=None, metavar="CSV",
                             help="runs of this tournament finished earlier, e.g. on another machine (a report's "
                                  "strategies-runs.csv): their points are skipped and their rows join the report")
+    tournament.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
+                            help="dtype of every point (default auto: the --previous runs' dtype, else this machine's "
+                                 "native one; the point keys name it)")
 
 
 def _cmd_tournament(args) -> int:
@@ -676,7 +679,7 @@ def _cmd_tournament(args) -> int:
     from .runs import RunStore
 
     chosen = dict(QUICK) if args.quick else {}
-    for name in ("models", "seeds", "nsamples", "seqlen", "name", "previous"):
+    for name in ("models", "seeds", "nsamples", "seqlen", "name", "previous", "dtype"):
         if getattr(args, name) is not None:
             chosen[name] = getattr(args, name)
     settings = TournamentSettings(**{k: v for k, v in chosen.items() if k in {f.name for f in fields(TournamentSettings)}})
@@ -807,6 +810,9 @@ def _validate_advisor_parser(sub) -> None:
                           help="tournament runs finished earlier (their points are reused); '' for none")
     validate.add_argument("--no-runs", action="store_true",
                           help="run no missing point: validate on the points already measured")
+    validate.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
+                          help="dtype of the runs and proxies (default auto: the --previous runs' dtype, else this "
+                               "machine's native one)")
     validate.add_argument("--proxies", default="docs/results/advisor-proxies.csv", metavar="CSV")
     validate.add_argument("--report", default="docs/results/advisor.md", metavar="FILE")
 
@@ -824,6 +830,8 @@ def _cmd_validate_advisor(args) -> int:
         settings.tournament.models = args.models
     if args.previous and Path(args.previous).exists():
         settings.tournament.previous = args.previous
+    if args.dtype:
+        settings.tournament.dtype = args.dtype
     store = RunStore()
     found, verdicts, shares = validate(settings, store, Path(args.proxies), VALIDATION_TABLE, not args.no_runs,
                                        on_event=lambda m: print(f"{time.strftime('%H:%M:%S')} {m}", flush=True))

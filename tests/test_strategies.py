@@ -365,6 +365,64 @@ def test_tournament_runs_resumes_and_reports(tmp_path):
         run_tournament(dataclasses.replace(settings, previous=str(tmp_path / "keyless.csv")), elsewhere)
 
 
+def test_a_continued_tournament_keeps_the_earlier_runs_dtype_and_will_not_run_it_where_it_is_not_native(
+        tmp_path, monkeypatch, capsys):
+    from calib_core import devices
+    from calib_core.experiments.tournament import TournamentSettings, run_tournament
+
+    monkeypatch.setattr(devices, "native_dtype", lambda device="auto": "float32")
+    settings = TournamentSettings(models=["smollm2-135m"], strategies=["random"], methods=["wanda"], settings=[0.5],
+                                  seeds=2, early_seeds=1, mix=None, name="t")
+    half = dataclasses.replace(settings, dtype="bfloat16").points("smollm2-135m")
+    earlier = tmp_path / "earlier.csv"
+    pd.DataFrame({"point_key": [half[0].key], "ppl": [12.0]}).to_csv(earlier, index=False)
+    continued = dataclasses.replace(settings, previous=str(earlier))
+    assert settings.resolved_dtype() == "float32" and continued.resolved_dtype() == "bfloat16"
+    assert [p.key for p in continued.points("smollm2-135m")] == [p.key for p in half]
+    store = RunStore(tmp_path / "runs.sqlite")
+    with pytest.raises(ConfigError, match=r"made in bfloat16.*native dtype \(float32\): its 1 points and 1 dense references left.*"
+                                          r"--dtype bfloat16.*--dtype float32"):
+        run_tournament(continued, store)
+    assert store.sweep_runs("t") == []  # refused before anything ran
+    # Rows of no point of this tournament say nothing about its dtype.
+    pd.DataFrame({"point_key": ["0" * 16]}).to_csv(earlier, index=False)
+    assert continued.resolved_dtype() == "float32"
+    pd.DataFrame({"point_key": [p.key for p in half]}).to_csv(earlier, index=False)
+    assert continued.resolved_dtype() == "bfloat16"
+    with pytest.raises(ConfigError, match=r"its 0 points and 1 dense references left"):
+        run_tournament(continued, store)  # the dense reference would be measured in bfloat16 too
+    reference = {"smollm2-135m": {"dtype": "bfloat16", "pool_forward_seconds": 1.0, "dense": {"ppl": 10.0}}}
+    (tmp_path / "t-reference.json").write_text(json.dumps(reference))
+    assert run_tournament(continued, store).ran == 0  # nothing left to compute: no refusal, no model loaded
+    # The CLI passes --dtype: float32 names other points, so none of the earlier rows count as finished.
+    common = ["tournament", "--dry-run", "--models", "smollm2-135m", "--seeds", "2", "--previous", str(earlier)]
+    monkeypatch.setattr(TournamentSettings, "__init__", _narrowed(TournamentSettings.__init__))
+    assert cli_main(common) == 0 and capsys.readouterr().out.strip().endswith("2/2 points finished")
+    assert cli_main(common + ["--dtype", "float32"]) == 0
+    assert capsys.readouterr().out.strip().endswith("0/2 points finished")
+
+
+def _narrowed(init):
+    """TournamentSettings.__init__ limited to one strategy, method and setting without a mix (the CLI has no
+    flags for those)."""
+    def narrowed(self, **chosen):
+        init(self, **{"strategies": ["random"], "methods": ["wanda"], "settings": [0.5], "mix": None,
+                      "early_seeds": 1, **chosen})
+    return narrowed
+
+
+def test_the_committed_tournament_runs_are_read_in_their_own_dtype_on_any_machine(monkeypatch):
+    from calib_core import devices
+    from calib_core.experiments.tournament import TournamentSettings, previous_frame
+
+    committed = "docs/results/strategies-runs.csv"
+    for native in ("float32", "bfloat16", "float16"):
+        monkeypatch.setattr(devices, "native_dtype", lambda device="auto", native=native: native)
+        settings = TournamentSettings(previous=committed)
+        assert settings.resolved_dtype() == "bfloat16"
+        assert len(previous_frame(settings)) == len(pd.read_csv(committed))  # every committed row is a point
+
+
 def test_a_model_based_selection_runs_with_the_model_on_the_jobs_device(tmp_path, monkeypatch):
     import contextlib
 

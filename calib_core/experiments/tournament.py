@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 
 from .. import assets
@@ -55,15 +56,30 @@ class TournamentSettings:
     cloze_items: int = 10  # per domain: 40 items, the same for every run
     early_seeds: int = 3
     name: str = "tournament"
-    dtype: str = "auto"  # the device's native dtype (devices.native_dtype), resolved when the grid is made
+    dtype: str = "auto"  # see resolved_dtype: the earlier runs' dtype, else the device's native one
     # A runs CSV of this tournament written earlier (e.g. the committed strategies-runs.csv, measured on another
     # machine): its rows whose point key is one of these points count as finished and join the report.
     previous: str | None = None
 
     def resolved_dtype(self) -> str:
+        """The dtype every point computes in (its key names it): `dtype` when set; for "auto", the dtype the
+        earlier runs in `previous` were made in, so a tournament continued on another machine stays in one
+        dtype (run_tournament refuses to run its points where that dtype is not native unless it is set), else
+        the device's native dtype (devices.native_dtype)."""
         from ..devices import native_dtype
 
-        return native_dtype() if self.dtype == "auto" else self.dtype
+        if self.dtype != "auto":
+            return self.dtype
+        return self.earlier_dtype() or native_dtype()
+
+    def earlier_dtype(self) -> str | None:
+        """The dtype whose points the rows of `previous` are (None without `previous`, or when none match)."""
+        path = Path(self.previous) if self.previous else None
+        if path is None or not path.is_file():
+            return None
+        described = json.dumps({k: v for k, v in self.as_dict().items() if k not in ("dtype", "previous")},
+                               sort_keys=True)
+        return _dtype_of_rows(str(path.resolve()), path.stat().st_mtime_ns, described)
 
     def grids(self, model: str) -> list[SweepGrid]:
         """The source x strategies grid and the mix grid of one model (they share sampling and eval)."""
@@ -85,6 +101,42 @@ class TournamentSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@lru_cache(maxsize=8)
+def _dtype_of_rows(path: str, modified_ns: int, described: str) -> str | None:
+    """The dtype under which the most point keys of the CSV at `path` are points of the tournament
+    `described` (its settings but dtype and previous, as JSON); cached per file version."""
+    import pandas as pd
+
+    from ..models import DTYPES
+
+    frame = pd.read_csv(path)
+    if "point_key" not in frame.columns:
+        return None  # previous_frame says what is wrong with that file
+    keys = set(frame["point_key"])
+    settings = TournamentSettings(**json.loads(described))
+    matches = {dtype: sum(p.key in keys for model in settings.models for p in replace(settings, dtype=dtype).points(model))
+               for dtype in DTYPES}
+    best = max(matches, key=matches.get)
+    return best if matches[best] else None
+
+
+def check_dtype_runs_here(settings: TournamentSettings, points_left: int, references_left: int = 0) -> None:
+    """Points (or dense references) left to compute in an "auto" tournament whose earlier runs were made in a
+    dtype that is not this device's native one: refuse with the choice, before any model loads (on one of our
+    CPUs without bf16 arithmetic a bfloat16 matrix product took 75x as long as a float32 one)."""
+    from ..devices import native_dtype
+
+    earlier, native = settings.earlier_dtype(), native_dtype()
+    if settings.dtype != "auto" or not (points_left or references_left) or earlier in (None, native):
+        return
+    left = f"{points_left} points" + (f" and {references_left} dense references" if references_left else "")
+    raise ConfigError(
+        f"The earlier runs in {settings.previous} were made in {earlier}, which is not this machine's native dtype "
+        f"({native}): its {left} left could run many times slower here. Continue them in {earlier} "
+        f"anyway with --dtype {earlier}, or start a tournament in {native} with --dtype {native} (a separate one: "
+        f"none of the earlier rows are its points). Writing the report needs neither (--report-only).")
 
 
 QUICK = dict(models=[assets.DEFAULT_MODEL], methods=["wanda"], settings=[0.5], seeds=2, nsamples=4, seqlen=128,
@@ -110,6 +162,9 @@ def run_tournament(settings: TournamentSettings, store=None, on_event=None, canc
     emit = on_event or (lambda event: None)
     summary = SweepSummary()
     earlier = set(previous_frame(settings)["point_key"]) if settings.previous else set()
+    finished = earlier | store.finished_points(settings.name)
+    check_dtype_runs_here(settings, sum(p.key not in finished for m in settings.models for p in settings.points(m)),
+                          sum(known_reference(settings, m, store) is None for m in settings.models))
     for early in (True, False):  # every model's early seeds before any model's later ones
         for model in settings.models:
             phase = [p for p in settings.points(model) if (p.seed < settings.early_seeds) == early]
@@ -131,21 +186,33 @@ def reference_path(settings: TournamentSettings, store):
     return store.path.parent / f"{settings.name}-reference.json"
 
 
+def known_reference(settings: TournamentSettings, model: str, store) -> dict | None:
+    """The model's dense reference kept beside the run store, when it was measured in the tournament's dtype
+    (references written before they named one count as such)."""
+    path = reference_path(settings, store)
+    reference = (json.loads(path.read_text()) if path.exists() else {}).get(model)
+    if reference is None or reference.get("dtype", settings.resolved_dtype()) != settings.resolved_dtype():
+        return None
+    return reference
+
+
 def ensure_reference(settings: TournamentSettings, model: str, store) -> dict:
     """Per model, measured once and kept beside the run store: the dense model's perplexities and cloze
     accuracy on the tournament's eval, and the seconds of one dense forward (logits included) over a pool
     of 10 x nsamples windows, the unit the selection costs are stated in."""
+    reference = known_reference(settings, model, store)
+    if reference is not None:
+        return reference
     path = reference_path(settings, store)
     known = json.loads(path.read_text()) if path.exists() else {}
-    if model in known:
-        return known[model]
+    dtype = settings.resolved_dtype()
     from ..data.sources import build_calibration
     from ..data.strategies import POOL_FACTOR, window_cross_entropy
     from ..metrics.cloze import cloze_accuracy
     from ..metrics.perplexity import perplexity
     from ..models import load_model
 
-    loaded = load_model(model, dtype=settings.resolved_dtype())
+    loaded = load_model(model, dtype=dtype)
     pool = build_calibration(settings.source, loaded.tokenizer, POOL_FACTOR.default * settings.nsamples,
                              settings.seqlen, 0, settings.mode)
     started = time.perf_counter()
@@ -157,7 +224,8 @@ def ensure_reference(settings: TournamentSettings, model: str, store) -> dict:
         accuracies = [cloze_accuracy(loaded.model, loaded.tokenizer, spec, items=settings.cloze_items).acc
                       for spec in settings.eval]
         capabilities[CLOZE] = sum(accuracies) / len(accuracies)
-    known[model] = {"pool_forward_seconds": forward, "pool_windows": pool.nsamples, "dense": capabilities}
+    known[model] = {"dtype": dtype, "pool_forward_seconds": forward, "pool_windows": pool.nsamples,
+                    "dense": capabilities}
     path.write_text(json.dumps(known, indent=2))
     return known[model]
 

@@ -211,7 +211,7 @@ def write_tournament_report(settings: TournamentSettings, store, out: str | Path
         + (f", and `mix`: the random draw from `{settings.mix}`" if settings.mix else "") + ". Every entry's windows "
         f"are {settings.nsamples} x {settings.seqlen} tokens ({settings.mode} sampling for the pool and random draws).",
         f"- Methods {', '.join(settings.methods)} at {', '.join(str(s) for s in settings.settings)}, in "
-        f"{settings.resolved_dtype()} (this machine's native dtype unless set); seeds "
+        f"{settings.resolved_dtype()} ({_dtype_origin(settings)}); seeds "
         f"0-{settings.seeds - 1} (a seed fixes the pool, the draw and a strategy's own randomness).",
         f"- Capabilities, each its own column, never averaged: held-out perplexity on "
         f"{', '.join(settings.eval)} ({settings.eval_windows} x {settings.seqlen}-token windows each, the same for every "
@@ -264,6 +264,14 @@ def write_tournament_report(settings: TournamentSettings, store, out: str | Path
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     frame.to_csv(out / "strategies-runs.csv", index=False)
     return report
+
+
+def _dtype_origin(settings: TournamentSettings) -> str:
+    if settings.dtype != "auto":
+        return "as set"
+    if settings.earlier_dtype():
+        return "the dtype of the earlier runs it continues"
+    return "the native dtype of the machine that ran them"
 
 
 def _origins(frame: pd.DataFrame, settings: TournamentSettings) -> str:
