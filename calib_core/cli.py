@@ -821,7 +821,7 @@ def _cmd_validate_advisor(args) -> int:
     from pathlib import Path
 
     from .experiments.advisor import VALIDATION_TABLE
-    from .experiments.advisor_validation import ValidationSettings, validate, write_results
+    from .experiments.advisor_validation import ValidationSettings, read_rows, validate, write_results
     from .experiments.tournament import tournament_frame
     from .runs import RunStore
 
@@ -838,7 +838,9 @@ def _cmd_validate_advisor(args) -> int:
     measured = len(tournament_frame(settings.tournament, store))
     command = "python -m calib_core " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["validate-advisor"] else \
         "python -m calib_core validate-advisor"
-    print(f"report: {write_results(Path(args.report), found, verdicts, shares, settings, measured, command)}")
+    report = write_results(Path(args.report), found, verdicts, shares, settings, measured, command,
+                           read_rows(Path(args.proxies)))
+    print(f"report: {report}")
     return 0
 
 

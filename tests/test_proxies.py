@@ -278,8 +278,63 @@ def test_the_validation_measures_rank_agreement_between_proxies_and_pruning(tmp_
     assert len(pd.read_csv(tmp_path / "proxies.csv")) == len(proxies)
 
 
+def test_validate_advisor_cli_reads_committed_style_csvs_without_loading_a_model(tmp_path, monkeypatch):
+    """--no-runs on a runs CSV and a proxies CSV (as committed, from another machine): the rank agreement, the
+    per-case table advise reads, and a Results section that replaces the old one under the fixed protocol."""
+    from calib_core import models
+    from calib_core.cli import main as cli_main
+    from calib_core.experiments import advisor
+    from calib_core.experiments.advisor import PROXIES
+    from calib_core.experiments.advisor_validation import MASK_PROXY, ValidationSettings
+    from calib_core.experiments.stats import setting_label
+    from calib_core.experiments.tournament import entry_of
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("validate-advisor --no-runs loaded a model although every proxy was known")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    tournament = ValidationSettings().tournament
+    tournament.models, tournament.dtype = ["smollm2-135m"], "float32"
+    order = ["least-ppl", "random", "unique-tokens"]  # best to worst on wiki, by construction
+    runs, proxies = [], []
+    for point in tournament.points("smollm2-135m"):
+        entry = entry_of(point.calibration, point.strategy, tournament.source)
+        setting = setting_label(point.config.as_dict())
+        if entry not in order or point.config.method != "wanda" or setting != "50%":
+            continue
+        rank = order.index(entry)
+        runs.append({"model": "smollm2-135m", "method": "wanda", "setting": setting, "entry": entry,
+                     "seed": point.seed, "ppl builtin:wiki": 20.0 + rank + 0.1 * point.seed,
+                     "point_key": point.key, "run_seconds": 120.0})
+        for name in PROXIES:  # every proxy ranks as pruning does: its value moves with the rank, its way
+            value = (1.0 + rank) * (-1 if PROXIES[name].higher_is_better else 1)
+            method, mask_setting = ("wanda", "50%") if name == MASK_PROXY else ("", "")
+            proxies.append({"model": "smollm2-135m", "entry": entry, "seed": point.seed, "target": "builtin:wiki",
+                            "proxy": name, "method": method, "setting": mask_setting, "value": value,
+                            "seconds": 10.0, "selection_seconds": 4.0})
+    assert len(runs) == 9  # three entries x three seeds
+    pd.DataFrame(runs).to_csv(tmp_path / "runs.csv", index=False)
+    pd.DataFrame(proxies).to_csv(tmp_path / "proxies.csv", index=False)
+    report = tmp_path / "advisor.md"
+    report.write_text("# Protocol\n\nFixed text.\n\n## Results\n\nold numbers\n", encoding="utf-8")
+    table = tmp_path / "table.csv"
+    monkeypatch.setattr(advisor, "VALIDATION_TABLE", table)
+    assert cli_main(["validate-advisor", "--no-runs", "--models", "smollm2-135m", "--previous", str(tmp_path / "runs.csv"),
+                     "--proxies", str(tmp_path / "proxies.csv"), "--report", str(report)]) == 0
+    found = pd.read_csv(table)
+    assert set(found["proxy"]) == set(PROXIES) and list(found["spearman"]) == pytest.approx([1.0] * len(PROXIES))
+    assert (found["candidates"] == 3).all() and (found["seeds"] == 3).all()
+    text = report.read_text(encoding="utf-8")
+    assert text.startswith("# Protocol\n\nFixed text.\n\n## Results") and "old numbers" not in text
+    assert "from 9 of the protocol's" in text
+    # The proxies' own cost: (10 - 4 s of making the windows) over the 120 s median run.
+    assert "smollm2-135m 5.0%." in text and "not timed apart" not in text
+    # Every resample ranks alike (rho 1, interval [1, 1]) at 5% of the cost: the goal is met for every proxy.
+    assert "is **met** for:" in text and "norm_divergence on builtin:wiki (wanda 50%)" in text
+
+
 def test_the_cost_share_uses_run_times_and_says_when_there_are_none():
-    from calib_core.experiments.advisor_validation import cost_shares
+    from calib_core.experiments.advisor_validation import cost_shares, proxy_seconds_include_selection
 
     proxies = pd.DataFrame({"model": ["a", "a", "b"], "entry": ["x", "x", "x"], "seed": [0, 0, 0],
                             "seconds": [3.0, 3.0, 5.0]})
@@ -288,3 +343,8 @@ def test_the_cost_share_uses_run_times_and_says_when_there_are_none():
     assert shares["a"] == pytest.approx(3.0 / 30.0)  # one candidate's proxies over the median run
     assert shares["b"] != shares["b"]  # no run time recorded: NaN, reported as not measured
     assert cost_shares(proxies, measured.drop(columns="run_seconds"))["a"] != shares["a"]
+    # Rows that timed their windows apart count the proxies alone; older rows (no time) count everything.
+    timed = proxies.assign(selection_seconds=[1.0, 1.0, None])
+    assert cost_shares(timed, measured)["a"] == pytest.approx(2.0 / 30.0)
+    assert proxy_seconds_include_selection(proxies, "a") and not proxy_seconds_include_selection(timed, "a")
+    assert proxy_seconds_include_selection(timed, "b")

@@ -358,6 +358,19 @@ def test_tournament_runs_resumes_and_reports(tmp_path):
     assert "6 of 6 points finished" in carried_report and "5 of them were read from" in carried_report
     units = pd.read_csv(tmp_path / "out2" / "strategies-runs.csv").set_index("origin")["pool_forward_seconds"]
     assert (units["earlier.csv"] == 1e6).all() and units["this run store"] != 1e6
+    # A third machine writes the report from the CSV alone: the dense reference comes from beside it.
+    dense = json.loads((tmp_path / "out" / "strategies-dense.json").read_text())
+    assert dense == {folder: {"dtype": settings.resolved_dtype(), "dense": reference[folder]["dense"]}}
+    (tmp_path / "strategies-dense.json").write_text(json.dumps(dense))
+    (tmp_path / "third").mkdir()
+    bare = RunStore(tmp_path / "third" / "runs.sqlite")
+    third = write_tournament_report(carried, bare, tmp_path / "out3").read_text()
+    assert "Dense model (from `strategies-dense.json` beside" in third
+    assert f"ppl builtin:code {reference[folder]['dense']['ppl builtin:code']:.2f}" in third
+    assert json.loads((tmp_path / "out3" / "strategies-dense.json").read_text()) == dense
+    other_dtype = {folder: {**dense[folder], "dtype": "float16"}}  # measured in another dtype: not stated
+    (tmp_path / "strategies-dense.json").write_text(json.dumps(other_dtype))
+    assert "Dense model" not in write_tournament_report(carried, bare, tmp_path / "out4").read_text()
     # A CSV of other settings carries nothing (the point key names seqlen, eval, dtype ...), one without keys fails.
     assert tournament_frame(dataclasses.replace(carried, seqlen=32), RunStore(tmp_path / "x.sqlite")).empty
     written.drop(columns=["point_key"]).to_csv(tmp_path / "keyless.csv", index=False)

@@ -56,7 +56,8 @@ def candidate_points(settings: ValidationSettings, model: str) -> dict[tuple[str
 def proxy_rows(settings: ValidationSettings, model: str, wanted: set, on_event=None) -> list[dict]:
     """The proxies of the (entry, seed) pairs in `wanted` for `model`: one row per (entry, seed, target, proxy,
     method, setting), method and setting empty for the proxies that do not depend on them, with the seconds
-    the entry's proxies took. Each candidate is scored once (its forward serves every target), the targets'
+    the entry took (`seconds`: making its windows again and its proxies) and of those the seconds its windows
+    took (`selection_seconds`: a set a user advises on is made once either way). Each candidate is scored once (its forward serves every target), the targets'
     masks are computed once per setting."""
     from ..data.sources import build_calibration
     from ..data.strategies import build_strategy_calibration
@@ -89,6 +90,7 @@ def proxy_rows(settings: ValidationSettings, model: str, wanted: set, on_event=N
         started = time.perf_counter()
         chosen = build_strategy_calibration(point.calibration, tokenizer, point.nsamples, tour.seqlen, seed, tour.mode,
                                             point.strategy, dict(point.strategy_options), model=model_)
+        selected = time.perf_counter()
         norms = dense_channel_norms(model_, chosen.input_ids, chosen.unpadded_lengths)
         masks = [packed_masks(model_, norms, c) for c in configs]
         scores, _ = similarity_table(model_, tokenizer, {entry: _windows(chosen)}, None, max_tokens=tour.seqlen,
@@ -108,7 +110,7 @@ def proxy_rows(settings: ValidationSettings, model: str, wanted: set, on_event=N
                 entry_rows.append({**base, "target": target, "proxy": MASK_PROXY, "method": config.method,
                                    "setting": setting_label(config.as_dict()), "value": packed_jaccard(own, theirs)})
         seconds = time.perf_counter() - started
-        rows += [{**row, "seconds": seconds} for row in entry_rows]
+        rows += [{**row, "seconds": seconds, "selection_seconds": selected - started} for row in entry_rows]
     return rows
 
 
@@ -189,16 +191,32 @@ def read_rows(path: Path) -> pd.DataFrame:
 
 def cost_shares(proxies: pd.DataFrame, measured: pd.DataFrame) -> dict[str, float]:
     """Per model: the seconds one candidate's proxies took (for every target and setting at once, so an upper
-    bound for one case) over the median seconds one of its measured runs took (selection, pruning and
-    evaluation); NaN when none of its runs has a recorded time (rows carried from a CSV written before
-    `run_seconds` was exported)."""
+    bound for one case) over the median seconds one of its measured runs took (pruning and evaluation, and
+    the selection in the first run of a seed); NaN when none of its runs has a recorded time (rows carried
+    from a CSV written before `run_seconds` was exported). The proxies' seconds leave out making the
+    candidate's windows where `selection_seconds` was recorded (the protocol's cost is the proxies'), and
+    include it for rows computed before it was (an upper bound: `proxy_seconds_include_selection`)."""
     shares = {}
     for model in proxies["model"].unique():
-        per_entry = proxies[proxies["model"] == model].groupby(["entry", "seed"])["seconds"].first().mean()
+        per_candidate = proxies[proxies["model"] == model].groupby(["entry", "seed"])
+        spent = per_candidate["seconds"].first()
+        if "selection_seconds" in proxies.columns:
+            selection = pd.to_numeric(per_candidate["selection_seconds"].first(), errors="coerce")
+            spent = spent - selection.fillna(0.0)
+        per_entry = spent.mean()
         runs = measured[measured["model"] == model] if "run_seconds" in measured.columns else measured.iloc[0:0]
         totals = pd.to_numeric(runs.get("run_seconds", pd.Series(dtype=float)), errors="coerce").dropna()
         shares[model] = float(per_entry / totals.median()) if len(totals) else float("nan")
     return shares
+
+
+def proxy_seconds_include_selection(proxies: pd.DataFrame, model: str) -> bool:
+    """Whether some of the model's proxy rows were timed with their windows' selection (rows written before
+    `selection_seconds` was recorded)."""
+    rows = proxies[proxies["model"] == model]
+    if "selection_seconds" not in rows.columns:
+        return True
+    return bool(pd.to_numeric(rows["selection_seconds"], errors="coerce").isna().any())
 
 
 def validate(settings: ValidationSettings, store, proxies_csv: Path, table_csv: Path, run_missing: bool = True,
@@ -230,8 +248,16 @@ def validate(settings: ValidationSettings, store, proxies_csv: Path, table_csv: 
 RESULTS_HEADING = "## Results"
 
 
+def _share_text(model: str, share: float, proxies: pd.DataFrame) -> str:
+    if share != share:
+        return f"{model} not measured (its runs came from a CSV without run times)"
+    if proxy_seconds_include_selection(proxies, model):
+        return f"{model} {share:.1%} (with making the candidate's windows again, which was not timed apart)"
+    return f"{model} {share:.1%}"
+
+
 def write_results(report: Path, found: pd.DataFrame, verdicts_: pd.DataFrame, shares: dict, settings: ValidationSettings,
-                  measured_points: int, command: str) -> Path:
+                  measured_points: int, command: str, proxies: pd.DataFrame) -> Path:
     """Replace the Results section of the protocol file `report` (everything above it stays as fixed)."""
     text = report.read_text(encoding="utf-8")
     head = text[: text.index(RESULTS_HEADING)] if RESULTS_HEADING in text else text + "\n"
@@ -250,10 +276,8 @@ def write_results(report: Path, found: pd.DataFrame, verdicts_: pd.DataFrame, sh
     lines += ["Mean Spearman per target and proxy over every (model, method, setting) case measured, with the "
               "lowest and highest case:", "", summary.to_markdown(index=False, floatfmt=".2f"), "",
               "Cost of one candidate's proxies (every target and setting at once: an upper bound for one case) as a "
-              "share of one pruning run of it on this machine: "
-              + ", ".join(f"{model} {share:.1%}" if share == share else
-                          f"{model} not measured (its runs came from a CSV without run times)"
-                          for model, share in shares.items()) + ".", ""]
+              "share of one pruning run of it (each timed on the machine that computed it): "
+              + ", ".join(_share_text(model, share, proxies) for model, share in shares.items()) + ".", ""]
     counts = verdicts_["verdict"].value_counts().to_dict()
     best = summary.sort_values("mean", ascending=False).head(3)
     met = verdicts_[verdicts_["verdict"] == "predicts"]

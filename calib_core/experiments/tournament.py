@@ -232,6 +232,21 @@ def ensure_reference(settings: TournamentSettings, model: str, store) -> dict:
 
 CLOZE = "cloze acc (mean of domains)"
 
+# Written by the report beside strategies-runs.csv: each model's dense perplexities and cloze accuracy in the
+# tournament's dtype, so a report written on another machine from that CSV (`previous`) still states them.
+# The seconds of the dense forward stay beside each run store: they are that machine's unit.
+DENSE_REFERENCE_FILE = "strategies-dense.json"
+
+
+def carried_dense(settings: TournamentSettings) -> dict[str, dict]:
+    """Per model, the dense capabilities an earlier report wrote beside `previous`, in the tournament's dtype."""
+    path = Path(settings.previous).with_name(DENSE_REFERENCE_FILE) if settings.previous else None
+    if path is None or not path.is_file():
+        return {}
+    known = json.loads(path.read_text())
+    return {model: known[model]["dense"] for model in settings.models
+            if model in known and known[model].get("dtype") == settings.resolved_dtype()}
+
 
 THIS_STORE = "this run store"
 

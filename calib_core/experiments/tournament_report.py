@@ -14,8 +14,8 @@ from ..errors import MissingDependencyError, NotEnoughDataError
 from ..provenance import environment_versions
 from . import sweep_figures
 from .stats import higher_is_better, setting_sort_key
-from .tournament import (ALPHA, CLOZE, MIX, VERDICT_RULES, TournamentSettings, capabilities, ensure_reference,
-                         reference_path, tournament_frame, THIS_STORE)
+from .tournament import (ALPHA, CLOZE, DENSE_REFERENCE_FILE, MIX, VERDICT_RULES, TournamentSettings, capabilities,
+                         carried_dense, known_reference, tournament_frame, THIS_STORE)
 from ..data.strategies import RANDOM, STRATEGIES
 
 # What the papers report, as directions our runs can confirm or not: (entry, capabilities, the direction
@@ -197,9 +197,10 @@ def write_tournament_report(settings: TournamentSettings, store, out: str | Path
         raise NotEnoughDataError(f"The tournament '{settings.name}' has no finished runs in {store.path}.")
     names = capabilities(settings)
     found = comparisons(frame, names)
-    path = reference_path(settings, store)
-    references = json.loads(path.read_text()) if path.exists() else {}
-    frame = with_forward_unit(frame, references)
+    own = {m: r for m in settings.models if (r := known_reference(settings, m, store)) is not None}
+    frame = with_forward_unit(frame, own)  # this machine's forward for this store's rows only
+    carried = carried_dense(settings)
+    dense_of = {**carried, **{m: r["dense"] for m, r in own.items()}}
     planned = sum(len(settings.points(m)) for m in settings.models)
     lines = [
         "# Calibration strategies: a tournament per capability", "",
@@ -237,11 +238,12 @@ def write_tournament_report(settings: TournamentSettings, store, out: str | Path
     lines += [costs.to_markdown(index=False, floatfmt=".2f") if not costs.empty else "(no selections recorded)", ""]
     figure_notes = []
     for model in settings.models:
-        dense = (references.get(model) or {}).get("dense")
+        dense = dense_of.get(model)
         lines += [f"## {model}", ""]
         if dense:
-            lines += ["Dense model: " + ", ".join(f"{k} {v:.3f}" if k == CLOZE else f"{k} {v:.2f}"
-                                                  for k, v in dense.items()), ""]
+            source = f" (from `{DENSE_REFERENCE_FILE}` beside {settings.previous})" if model not in own else ""
+            lines += [f"Dense model{source}: " + ", ".join(f"{k} {v:.3f}" if k == CLOZE else f"{k} {v:.2f}"
+                                                           for k, v in dense.items()), ""]
         for method in settings.methods:
             if found[(found["model"] == model) & (found["method"] == method)].empty:
                 continue
@@ -263,6 +265,8 @@ def write_tournament_report(settings: TournamentSettings, store, out: str | Path
     report = out / "strategies.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     frame.to_csv(out / "strategies-runs.csv", index=False)
+    (out / DENSE_REFERENCE_FILE).write_text(json.dumps(
+        {model: {"dtype": settings.resolved_dtype(), "dense": dense} for model, dense in dense_of.items()}, indent=2))
     return report
 
 
@@ -283,8 +287,3 @@ def _origins(frame: pd.DataFrame, settings: TournamentSettings) -> str:
             f"key, made earlier: {', '.join(sorted(earlier['origin'].unique()))}); the other {len(frame) - len(earlier)}"
             " ran in this run store. The selection-cost unit (one dense forward) is measured on this machine.")
 
-
-def refresh_references(settings: TournamentSettings, store) -> None:
-    """The dense references of every model (each measured once)."""
-    for model in settings.models:
-        ensure_reference(settings, model, store)
