@@ -408,20 +408,16 @@ def test_a_continued_tournament_keeps_the_earlier_runs_dtype_and_will_not_run_it
     (tmp_path / "t-reference.json").write_text(json.dumps(reference))
     assert run_tournament(continued, store).ran == 0  # nothing left to compute: no refusal, no model loaded
     # The CLI passes --dtype: float32 names other points, so none of the earlier rows count as finished.
-    common = ["tournament", "--dry-run", "--models", "smollm2-135m", "--seeds", "2", "--previous", str(earlier)]
-    monkeypatch.setattr(TournamentSettings, "__init__", _narrowed(TournamentSettings.__init__))
-    assert cli_main(common) == 0 and capsys.readouterr().out.strip().endswith("2/2 points finished")
+    from calib_core.experiments.tournament import QUICK
+
+    quick = TournamentSettings(**QUICK, dtype="bfloat16")
+    keys = [p.key for model in quick.models for p in quick.points(model)]
+    pd.DataFrame({"point_key": keys}).to_csv(earlier, index=False)
+    common = ["tournament", "--quick", "--dry-run", "--previous", str(earlier)]
+    assert cli_main(common) == 0
+    assert capsys.readouterr().out.strip().endswith(f"{len(keys)}/{len(keys)} points finished")
     assert cli_main(common + ["--dtype", "float32"]) == 0
-    assert capsys.readouterr().out.strip().endswith("0/2 points finished")
-
-
-def _narrowed(init):
-    """TournamentSettings.__init__ limited to one strategy, method and setting without a mix (the CLI has no
-    flags for those)."""
-    def narrowed(self, **chosen):
-        init(self, **{"strategies": ["random"], "methods": ["wanda"], "settings": [0.5], "mix": None,
-                      "early_seeds": 1, **chosen})
-    return narrowed
+    assert capsys.readouterr().out.strip().endswith(f"0/{len(keys)} points finished")
 
 
 def test_the_committed_tournament_runs_are_read_in_their_own_dtype_on_any_machine(monkeypatch):
