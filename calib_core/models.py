@@ -17,6 +17,7 @@ from torch import nn
 from . import assets, hub
 from .devices import resolve_device
 from .errors import ModelLoadError, UnsupportedModelError
+from .half_matmul import multiply_half_in_float32
 
 try:  # GPT-2 style layers store weights transposed ([in, out]).
     from transformers.pytorch_utils import Conv1D
@@ -208,6 +209,8 @@ def load_model(
             ) from exc
         raise ModelLoadError(f"Could not load '{spec}': {exc}") from exc
     model.eval()
+    if not quantization:
+        multiply_half_in_float32(model, DTYPES[dtype])
     decoder_blocks(model)  # fail now, not mid-run, if the blocks are not where we expect
     return LoadedModel(model, tokenizer, spec, source, family_of(model), notes)
 

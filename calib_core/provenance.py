@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .half_matmul import half_arithmetic_names
 
 
 def environment_versions() -> dict:
@@ -22,6 +23,8 @@ def environment_versions() -> dict:
         "transformers": transformers.__version__,
         "platform": platform.platform(),
         "cpu": cpu_kind(),
+        # Without them a half-precision run multiplies in float32 and rounds (half_matmul): same sums, other order.
+        "cpu_half_arithmetic": half_arithmetic_names(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         # CPU results depend on it in the last bits (summation order), so a run names it.
         "torch_threads": torch.get_num_threads(),

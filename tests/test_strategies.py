@@ -378,12 +378,13 @@ def test_tournament_runs_resumes_and_reports(tmp_path):
         run_tournament(dataclasses.replace(settings, previous=str(tmp_path / "keyless.csv")), elsewhere)
 
 
-def test_a_continued_tournament_keeps_the_earlier_runs_dtype_and_will_not_run_it_where_it_is_not_native(
+def test_a_continued_tournament_keeps_the_earlier_runs_dtype_and_says_how_this_cpu_multiplies_it(
         tmp_path, monkeypatch, capsys):
     from calib_core import devices
-    from calib_core.experiments.tournament import TournamentSettings, run_tournament
+    from calib_core.experiments.tournament import TournamentSettings, dtype_notice, run_tournament
 
     monkeypatch.setattr(devices, "native_dtype", lambda device="auto": "float32")
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
     settings = TournamentSettings(models=["smollm2-135m"], strategies=["random"], methods=["wanda"], settings=[0.5],
                                   seeds=2, early_seeds=1, mix=None, name="t")
     half = dataclasses.replace(settings, dtype="bfloat16").points("smollm2-135m")
@@ -392,21 +393,33 @@ def test_a_continued_tournament_keeps_the_earlier_runs_dtype_and_will_not_run_it
     continued = dataclasses.replace(settings, previous=str(earlier))
     assert settings.resolved_dtype() == "float32" and continued.resolved_dtype() == "bfloat16"
     assert [p.key for p in continued.points("smollm2-135m")] == [p.key for p in half]
-    store = RunStore(tmp_path / "runs.sqlite")
-    with pytest.raises(ConfigError, match=r"made in bfloat16.*native dtype \(float32\): its 1 points and 1 dense references left.*"
-                                          r"--dtype bfloat16.*--dtype float32"):
-        run_tournament(continued, store)
-    assert store.sweep_runs("t") == []  # refused before anything ran
+    assert "multiply in float32 and round to bfloat16" in dtype_notice(continued)
+    assert dtype_notice(settings) is None  # nothing earlier: float32, native
+    assert dtype_notice(dataclasses.replace(continued, dtype="float32")) is None  # a separate tournament
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
+    assert dtype_notice(continued) is None  # a CPU with bf16 arithmetic: nothing to say
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
     # Rows of no point of this tournament say nothing about its dtype.
     pd.DataFrame({"point_key": ["0" * 16]}).to_csv(earlier, index=False)
     assert continued.resolved_dtype() == "float32"
     pd.DataFrame({"point_key": [p.key for p in half]}).to_csv(earlier, index=False)
     assert continued.resolved_dtype() == "bfloat16"
-    with pytest.raises(ConfigError, match=r"its 0 points and 1 dense references left"):
-        run_tournament(continued, store)  # the dense reference would be measured in bfloat16 too
     reference = {"smollm2-135m": {"dtype": "bfloat16", "pool_forward_seconds": 1.0, "dense": {"ppl": 10.0}}}
     (tmp_path / "t-reference.json").write_text(json.dumps(reference))
-    assert run_tournament(continued, store).ran == 0  # nothing left to compute: no refusal, no model loaded
+    events = []
+    store = RunStore(tmp_path / "runs.sqlite")
+    assert run_tournament(continued, store, on_event=events.append).ran == 0  # nothing left: no model loaded
+    assert not any("multiply in float32" in e.message for e in events)  # and no notice about running
+    import threading
+
+    from calib_core.errors import PruningCancelled
+
+    pd.DataFrame({"point_key": [half[0].key]}).to_csv(earlier, index=False)
+    stop = threading.Event()
+    stop.set()  # a point is left: the notice comes before it, the cancel stops it from loading a model
+    with pytest.raises(PruningCancelled):
+        run_tournament(continued, store, on_event=events.append, cancel=stop)
+    assert any("has no arithmetic for" in e.message for e in events)
     # The CLI passes --dtype: float32 names other points, so none of the earlier rows count as finished.
     from calib_core.experiments.tournament import QUICK
 

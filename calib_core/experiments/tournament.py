@@ -64,7 +64,7 @@ class TournamentSettings:
     def resolved_dtype(self) -> str:
         """The dtype every point computes in (its key names it): `dtype` when set; for "auto", the dtype the
         earlier runs in `previous` were made in, so a tournament continued on another machine stays in one
-        dtype (run_tournament refuses to run its points where that dtype is not native unless it is set), else
+        dtype (on a CPU without its arithmetic, through half_matmul; run_tournament says so), else
         the device's native dtype (devices.native_dtype)."""
         from ..devices import native_dtype
 
@@ -122,21 +122,21 @@ def _dtype_of_rows(path: str, modified_ns: int, described: str) -> str | None:
     return best if matches[best] else None
 
 
-def check_dtype_runs_here(settings: TournamentSettings, points_left: int, references_left: int = 0) -> None:
-    """Points (or dense references) left to compute in an "auto" tournament whose earlier runs were made in a
-    dtype that is not this device's native one: refuse with the choice, before any model loads (on one of our
-    CPUs without bf16 arithmetic, a forward of the bundled model took 7x as long in bfloat16 as in float32)."""
-    from ..devices import native_dtype
+def dtype_notice(settings: TournamentSettings) -> str | None:
+    """What a user continuing earlier runs should know when their half dtype has no arithmetic on this CPU: the
+    points run here multiply in float32 and round (half_matmul), so they differ from the earlier machine's in the
+    last bits, as bfloat16 results on two kinds of CPU do anyway. None when there is nothing to say."""
+    from ..devices import resolve_device
+    from ..half_matmul import cpu_has_half_arithmetic
+    from ..models import DTYPES
 
-    earlier, native = settings.earlier_dtype(), native_dtype()
-    if settings.dtype != "auto" or not (points_left or references_left) or earlier in (None, native):
-        return
-    left = f"{points_left} points" + (f" and {references_left} dense references" if references_left else "")
-    raise ConfigError(
-        f"The earlier runs in {settings.previous} were made in {earlier}, which is not this machine's native dtype "
-        f"({native}): its {left} left could run many times slower here. Continue them in {earlier} "
-        f"anyway with --dtype {earlier}, or start a tournament in {native} with --dtype {native} (a separate one: "
-        f"none of the earlier rows are its points). Writing the report needs neither (--report-only).")
+    dtype = settings.resolved_dtype()
+    if settings.earlier_dtype() != dtype or dtype == "float32" or resolve_device("auto").type != "cpu" \
+            or cpu_has_half_arithmetic(DTYPES[dtype]):
+        return None
+    return (f"continuing {settings.previous}'s runs in {dtype}, which this CPU has no arithmetic for: its Linear "
+            f"layers multiply in float32 and round to {dtype} (the same products, summed in another order), so "
+            f"points run here differ from the earlier machine's in the last bits")
 
 
 QUICK = dict(models=[assets.DEFAULT_MODEL], methods=["wanda"], settings=[0.5], seeds=2, nsamples=4, seqlen=128,
@@ -163,8 +163,9 @@ def run_tournament(settings: TournamentSettings, store=None, on_event=None, canc
     summary = SweepSummary()
     earlier = set(previous_frame(settings)["point_key"]) if settings.previous else set()
     finished = earlier | store.finished_points(settings.name)
-    check_dtype_runs_here(settings, sum(p.key not in finished for m in settings.models for p in settings.points(m)),
-                          sum(known_reference(settings, m, store) is None for m in settings.models))
+    notice = dtype_notice(settings)
+    if notice and any(p.key not in finished for m in settings.models for p in settings.points(m)):
+        emit(PipelineEvent("sweep", notice))
     for early in (True, False):  # every model's early seeds before any model's later ones
         for model in settings.models:
             phase = [p for p in settings.points(model) if (p.seed < settings.early_seeds) == early]
@@ -313,7 +314,10 @@ def _store_frame(settings: TournamentSettings, store):
     frame["selection_seconds"] = [_selection_seconds(records[i]) for i in frame["run_id"]]
     frame["run_seconds"] = [_run_seconds(records[i]) for i in frame["run_id"]]
     frame["point_key"] = [keys[i] for i in frame["run_id"]]
-    frame["torch_threads"] = [(records[i].get("versions") or {}).get("torch_threads") for i in frame["run_id"]]
+    # Where each row was computed: CPU results differ between kinds in the last bits, and a half dtype without
+    # the CPU's arithmetic multiplies in float32 (half_matmul). Rows carried from earlier CSVs may lack them.
+    for column in ("torch_threads", "cpu", "cpu_half_arithmetic"):
+        frame[column] = [(records[i].get("versions") or {}).get(column) for i in frame["run_id"]]
     frame["origin"] = THIS_STORE
     return pd.DataFrame(frame)
 

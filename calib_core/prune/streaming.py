@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError, UnsupportedModelError
+from ..half_matmul import multiply_half_in_float32
 from ..models import FAMILIES, decoder_blocks
 
 STREAMABLE_LAYERS = "model.layers"  # the families whose blocks, norm and head sit where we read them
@@ -83,6 +84,7 @@ class StreamedModel:
         with init_empty_weights():  # parameters on the meta device; buffers (rotary tables) real
             self.model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
         self.model.eval()
+        multiply_half_in_float32(self.model, dtype)
         self.files = weight_files(self.folder)
         self.blocks = decoder_blocks(self.model)
         missing = [n for n in self._block_names(0) if n not in self.files]
