@@ -342,6 +342,11 @@ def test_tournament_runs_resumes_and_reports(tmp_path):
     assert set(written["origin"]) == {"this run store"} and written["point_key"].is_unique
     assert (written["pool_forward_seconds"] == reference[folder]["pool_forward_seconds"]).all()
     assert (written["run_seconds"] > 0).all()
+    from calib_core.provenance import environment_versions
+
+    here = environment_versions()
+    assert (written["cpu"] == here["cpu"]).all()  # where each row was computed
+    assert (written["cpu_half_arithmetic"] == here["cpu_half_arithmetic"]).all()
     rerun = written["point_key"].iloc[-1]
     written["pool_forward_seconds"] = 1e6  # the other machine's unit stays with its rows
     written.iloc[:-1].to_csv(tmp_path / "earlier.csv", index=False)
@@ -356,6 +361,7 @@ def test_tournament_runs_resumes_and_reports(tmp_path):
     assert merged.groupby("origin").size().to_dict() == {"earlier.csv": 5, "this run store": 1}
     carried_report = write_tournament_report(carried, elsewhere, tmp_path / "out2").read_text()
     assert "6 of 6 points finished" in carried_report and "5 of them were read from" in carried_report
+    assert f"Computed on: 6 rows {here['cpu']} (half arithmetic: {here['cpu_half_arithmetic']})" in carried_report
     units = pd.read_csv(tmp_path / "out2" / "strategies-runs.csv").set_index("origin")["pool_forward_seconds"]
     assert (units["earlier.csv"] == 1e6).all() and units["this run store"] != 1e6
     # A third machine writes the report from the CSV alone: the dense reference comes from beside it.
@@ -368,6 +374,14 @@ def test_tournament_runs_resumes_and_reports(tmp_path):
     assert "Dense model (from `strategies-dense.json` beside" in third
     assert f"ppl builtin:code {reference[folder]['dense']['ppl builtin:code']:.2f}" in third
     assert json.loads((tmp_path / "out3" / "strategies-dense.json").read_text()) == dense
+    # The second machine has its own reference too: the earlier runs' one stays the report's, its own is shown.
+    earlier_dense = {folder: {**dense[folder], "dense": {**dense[folder]["dense"], "ppl builtin:code": 12345.0}}}
+    (tmp_path / "strategies-dense.json").write_text(json.dumps(earlier_dense))
+    both = write_tournament_report(carried, elsewhere, tmp_path / "out5").read_text()
+    assert "Dense model (from `strategies-dense.json` beside" in both and "ppl builtin:code 12345.00" in both
+    own_code = json.loads((tmp_path / "elsewhere" / "t-reference.json").read_text())[folder]["dense"]["ppl builtin:code"]
+    assert f"measured again by this run store's machine ({here['cpu']}" in both and f"ppl builtin:code {own_code:.2f}" in both
+    assert json.loads((tmp_path / "out5" / "strategies-dense.json").read_text()) == earlier_dense
     other_dtype = {folder: {**dense[folder], "dtype": "float16"}}  # measured in another dtype: not stated
     (tmp_path / "strategies-dense.json").write_text(json.dumps(other_dtype))
     assert "Dense model" not in write_tournament_report(carried, bare, tmp_path / "out4").read_text()

@@ -200,7 +200,9 @@ def write_tournament_report(settings: TournamentSettings, store, out: str | Path
     own = {m: r for m in settings.models if (r := known_reference(settings, m, store)) is not None}
     frame = with_forward_unit(frame, own)  # this machine's forward for this store's rows only
     carried = carried_dense(settings)
-    dense_of = {**carried, **{m: r["dense"] for m, r in own.items()}}
+    # The earlier runs' reference stays the report's when this store has its own: the stated dense numbers then do
+    # not depend on the machine that ran the last points (bfloat16 differs a little between CPUs); both are shown.
+    dense_of = {**{m: r["dense"] for m, r in own.items()}, **carried}
     planned = sum(len(settings.points(m)) for m in settings.models)
     lines = [
         "# Calibration strategies: a tournament per capability", "",
@@ -241,9 +243,12 @@ def write_tournament_report(settings: TournamentSettings, store, out: str | Path
         dense = dense_of.get(model)
         lines += [f"## {model}", ""]
         if dense:
-            source = f" (from `{DENSE_REFERENCE_FILE}` beside {settings.previous})" if model not in own else ""
-            lines += [f"Dense model{source}: " + ", ".join(f"{k} {v:.3f}" if k == CLOZE else f"{k} {v:.2f}"
-                                                           for k, v in dense.items()), ""]
+            source = f" (from `{DENSE_REFERENCE_FILE}` beside {settings.previous})" if model in carried else ""
+            lines += [f"Dense model{source}: {_capabilities(dense)}", ""]
+            if model in carried and model in own:
+                versions = environment_versions()
+                lines += [f"Dense model measured again by this run store's machine ({versions['cpu']}, half "
+                          f"arithmetic: {versions['cpu_half_arithmetic']}): {_capabilities(own[model]['dense'])}", ""]
         for method in settings.methods:
             if found[(found["model"] == model) & (found["method"] == method)].empty:
                 continue
@@ -270,6 +275,19 @@ def write_tournament_report(settings: TournamentSettings, store, out: str | Path
     return report
 
 
+def _machines(frame: pd.DataFrame) -> str:
+    """How many rows each kind of CPU computed (rows carried from CSVs before these columns: not recorded)."""
+    if "cpu" not in frame:
+        return ""
+    kinds = (frame["cpu"].fillna("not recorded") + frame["cpu_half_arithmetic"].map(
+        lambda names: f" (half arithmetic: {names})" if isinstance(names, str) else "")).value_counts()
+    return " Computed on: " + ", ".join(f"{n} rows {kind}" for kind, n in kinds.items()) + "."
+
+
+def _capabilities(dense: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3f}" if k == CLOZE else f"{k} {v:.2f}" for k, v in dense.items())
+
+
 def _dtype_origin(settings: TournamentSettings) -> str:
     if settings.dtype != "auto":
         return "as set"
@@ -285,5 +303,6 @@ def _origins(frame: pd.DataFrame, settings: TournamentSettings) -> str:
         return ""
     return (f" {len(earlier)} of them were read from `{settings.previous}` (runs of the same points, matched by point "
             f"key, made earlier: {', '.join(sorted(earlier['origin'].unique()))}); the other {len(frame) - len(earlier)}"
-            " ran in this run store. The selection-cost unit (one dense forward) is measured on this machine.")
+            " ran in this run store. The selection-cost unit (one dense forward) is measured on this machine."
+            + _machines(frame))
 
