@@ -24,9 +24,11 @@ OUT = ROOT / "bench" / "results" / "half_matmul_bench"
 def _with_linears(model, cls):
     import torch
 
+    from calib_core.half_matmul import HalfViaFloat32Linear
+
     twin = copy.deepcopy(model)
     for module in twin.modules():
-        if isinstance(module, torch.nn.Linear) and type(module).__name__ in ("Linear", "HalfViaFloat32Linear"):
+        if type(module) in (torch.nn.Linear, HalfViaFloat32Linear):
             module.__class__ = cls
     return twin
 

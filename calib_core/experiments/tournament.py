@@ -124,8 +124,8 @@ def _dtype_of_rows(path: str, modified_ns: int, described: str) -> str | None:
 
 def dtype_notice(settings: TournamentSettings) -> str | None:
     """What a user continuing earlier runs should know when their half dtype has no arithmetic on this CPU: the
-    points run here multiply in float32 and round (half_matmul), so they differ from the earlier machine's in the
-    last bits, as bfloat16 results on two kinds of CPU do anyway. None when there is nothing to say."""
+    points run here multiply in float32 and round (half_matmul), so they differ a little from the earlier machine's,
+    as bfloat16 results on two kinds of CPU do anyway (bench/half_matmul_bench.py: 99.5% the same kept weights). None when there is nothing to say."""
     from ..devices import resolve_device
     from ..half_matmul import cpu_has_half_arithmetic
     from ..models import DTYPES
@@ -136,7 +136,7 @@ def dtype_notice(settings: TournamentSettings) -> str | None:
         return None
     return (f"continuing {settings.previous}'s runs in {dtype}, which this CPU has no arithmetic for: its Linear "
             f"layers multiply in float32 and round to {dtype} (the same products, summed in another order), so "
-            f"points run here differ from the earlier machine's in the last bits")
+            f"points run here differ a little from the earlier machine's (about 99.5% the same kept weights)")
 
 
 QUICK = dict(models=[assets.DEFAULT_MODEL], methods=["wanda"], settings=[0.5], seeds=2, nsamples=4, seqlen=128,
