@@ -7,7 +7,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "calib_core"
 # Lowest first; a module may import its own layer and the layers below it.
 LAYERS = [
-    {"__init__", "errors", "paths", "hub", "files", "processes", "provenance", "devices"},  # the package's __init__ holds only __version__
+    {"__init__", "errors", "paths", "hub", "files", "processes", "provenance", "devices", "half_matmul"},  # the package's __init__ holds only __version__
     {"models", "assets", "scoring", "housekeeping"},
     {"data"},
     {"prune"},
