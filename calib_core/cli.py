@@ -806,8 +806,12 @@ def _validate_advisor_parser(sub) -> None:
     validate = sub.add_parser("validate-advisor", help="how well each advisor proxy ranks calibration sets as pruning "
                                                        "does (docs/results/advisor.md's protocol), resumable")
     validate.add_argument("--models", nargs="+", default=None, help="models (default: both bundled models)")
-    validate.add_argument("--previous", default="docs/results/strategies-runs.csv", metavar="RUNS.csv",
-                          help="tournament runs finished earlier (their points are reused); '' for none")
+    validate.add_argument("--previous", default=None, metavar="RUNS.csv",
+                          help="runs finished earlier, whose points are reused (default: --runs-out when it exists, "
+                               "else docs/results/strategies-runs.csv); '' for none")
+    validate.add_argument("--runs-out", default="docs/results/advisor-runs.csv", metavar="CSV",
+                          help="where every measured run is written (also after Ctrl-C), to carry them to the "
+                               "next machine")
     validate.add_argument("--no-runs", action="store_true",
                           help="run no missing point: validate on the points already measured")
     validate.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
@@ -828,13 +832,17 @@ def _cmd_validate_advisor(args) -> int:
     settings = ValidationSettings()
     if args.models:
         settings.tournament.models = args.models
-    if args.previous and Path(args.previous).exists():
-        settings.tournament.previous = args.previous
+    runs_out = Path(args.runs_out)
+    previous = args.previous if args.previous is not None else \
+        str(runs_out) if runs_out.is_file() else "docs/results/strategies-runs.csv"
+    if previous and Path(previous).exists():
+        settings.tournament.previous = previous
     if args.dtype:
         settings.tournament.dtype = args.dtype
     store = RunStore()
     found, verdicts, shares = validate(settings, store, Path(args.proxies), VALIDATION_TABLE, not args.no_runs,
-                                       on_event=lambda m: print(f"{time.strftime('%H:%M:%S')} {m}", flush=True))
+                                       on_event=lambda m: print(f"{time.strftime('%H:%M:%S')} {m}", flush=True),
+                                       runs_csv=runs_out)
     measured = len(tournament_frame(settings.tournament, store))
     command = "python -m calib_core " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["validate-advisor"] else \
         "python -m calib_core validate-advisor"

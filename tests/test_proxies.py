@@ -274,8 +274,17 @@ def test_the_validation_measures_rank_agreement_between_proxies_and_pruning(tmp_
     row = found[(found["target"] == "builtin:code") & (found["proxy"] == "norm_divergence")].iloc[0]
     assert row["spearman"] == pytest.approx(expected)
     assert set(verdicts["verdict"]) <= {"predicts", "weak", "does not predict"}
-    again, _, _ = validate(settings, store, tmp_path / "proxies.csv", tmp_path / "table.csv")  # resumes: nothing new
+    again, _, _ = validate(settings, store, tmp_path / "proxies.csv", tmp_path / "table.csv",
+                           runs_csv=tmp_path / "carried.csv")  # resumes: nothing new
     assert len(pd.read_csv(tmp_path / "proxies.csv")) == len(proxies)
+    # Another machine (an empty run store) carries the runs over from that CSV and runs none of them again.
+    carried = pd.read_csv(tmp_path / "carried.csv")
+    assert sorted(carried["point_key"]) == sorted(measured["point_key"])
+    settings.tournament.previous = str(tmp_path / "carried.csv")
+    elsewhere = RunStore(tmp_path / "elsewhere.sqlite")
+    there, _, _ = validate(settings, elsewhere, tmp_path / "proxies.csv", tmp_path / "table.csv")
+    assert not elsewhere.finished_points(tournament.name)
+    pd.testing.assert_frame_equal(there.reset_index(drop=True), again.reset_index(drop=True))
 
 
 def test_validate_advisor_cli_reads_committed_style_csvs_without_loading_a_model(tmp_path, monkeypatch):
@@ -320,7 +329,9 @@ def test_validate_advisor_cli_reads_committed_style_csvs_without_loading_a_model
     table = tmp_path / "table.csv"
     monkeypatch.setattr(advisor, "VALIDATION_TABLE", table)
     assert cli_main(["validate-advisor", "--no-runs", "--models", "smollm2-135m", "--previous", str(tmp_path / "runs.csv"),
-                     "--proxies", str(tmp_path / "proxies.csv"), "--report", str(report)]) == 0
+                     "--proxies", str(tmp_path / "proxies.csv"), "--report", str(report),
+                     "--runs-out", str(tmp_path / "carried.csv")]) == 0
+    assert sorted(pd.read_csv(tmp_path / "carried.csv")["point_key"]) == sorted(r["point_key"] for r in runs)
     found = pd.read_csv(table)
     assert set(found["proxy"]) == set(PROXIES) and list(found["spearman"]) == pytest.approx([1.0] * len(PROXIES))
     assert (found["candidates"] == 3).all() and (found["seeds"] == 3).all()

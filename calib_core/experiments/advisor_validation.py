@@ -220,15 +220,21 @@ def proxy_seconds_include_selection(proxies: pd.DataFrame, model: str) -> bool:
 
 
 def validate(settings: ValidationSettings, store, proxies_csv: Path, table_csv: Path, run_missing: bool = True,
-             on_event=None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+             on_event=None, runs_csv: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The measured runs (missing ones run, unless not `run_missing`), the proxies not yet in `proxies_csv`
     (appended after each model), the agreement table written to `table_csv`; returns it with the verdicts
-    and the cost shares."""
+    and the cost shares. `runs_csv` receives every measured run, also when the runs are interrupted
+    (Ctrl-C): the validation outlasts one machine's run store only as that CSV, read back as `previous`."""
     from .tournament import run_tournament, tournament_frame
 
-    if run_missing:
-        run_tournament(settings.tournament, store)
-    measured = tournament_frame(settings.tournament, store)
+    try:
+        if run_missing:
+            run_tournament(settings.tournament, store)
+    finally:
+        measured = tournament_frame(settings.tournament, store)
+        if runs_csv is not None and not measured.empty:
+            runs_csv.parent.mkdir(parents=True, exist_ok=True)
+            measured.to_csv(runs_csv, index=False)
     proxies = read_rows(proxies_csv)
     done = set(zip(proxies["model"], proxies["entry"], proxies["seed"])) if not proxies.empty else set()
     for model in settings.tournament.models:
