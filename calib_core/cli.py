@@ -699,12 +699,7 @@ def _cmd_tournament(args) -> int:
 
     check_output_folder(out, overwrite=True)  # the report replaces its own files
     if not args.report_only:
-        def on_event(event):
-            if getattr(event, "kind", "") == "pipeline" and event.stage in ("sweep", "calibration") and (
-                    event.stage == "sweep" or event.message.startswith("choosing")):
-                print(f"{time.strftime('%H:%M:%S')} {event.message}", flush=True)
-
-        summary = run_tournament(settings, store, on_event)
+        summary = run_tournament(settings, store, _print_sweep_progress)
         print(f"tournament: {summary.ran} ran, {summary.skipped} skipped, {len(summary.failed)} failed")
         for failure in summary.failed:
             print(f"failed: {failure}", file=sys.stderr)
@@ -802,6 +797,13 @@ def _cmd_advise(args) -> int:
     return 0
 
 
+def _print_sweep_progress(event) -> None:
+    """A sweep's points and its strategies' selections, one timed line each."""
+    if getattr(event, "kind", "") == "pipeline" and event.stage in ("sweep", "calibration") and (
+            event.stage == "sweep" or event.message.startswith("choosing")):
+        print(f"{time.strftime('%H:%M:%S')} {event.message}", flush=True)
+
+
 def _validate_advisor_parser(sub) -> None:
     validate = sub.add_parser("validate-advisor", help="how well each advisor proxy ranks calibration sets as pruning "
                                                        "does (docs/results/advisor.md's protocol), resumable")
@@ -842,7 +844,7 @@ def _cmd_validate_advisor(args) -> int:
     store = RunStore()
     found, verdicts, shares = validate(settings, store, Path(args.proxies), VALIDATION_TABLE, not args.no_runs,
                                        on_event=lambda m: print(f"{time.strftime('%H:%M:%S')} {m}", flush=True),
-                                       runs_csv=runs_out)
+                                       runs_csv=runs_out, on_run_event=_print_sweep_progress)
     measured = len(tournament_frame(settings.tournament, store))
     command = "python -m calib_core " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["validate-advisor"] else \
         "python -m calib_core validate-advisor"

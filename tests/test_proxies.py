@@ -259,7 +259,10 @@ def test_the_validation_measures_rank_agreement_between_proxies_and_pruning(tmp_
     settings = ValidationSettings(tournament, targets=["builtin:wiki", "builtin:code", "cloze"], target_windows=2,
                                   bootstrap=50)
     store = RunStore(tmp_path / "runs.sqlite")
-    found, verdicts, shares = validate(settings, store, tmp_path / "proxies.csv", tmp_path / "table.csv")
+    events = []
+    found, verdicts, shares = validate(settings, store, tmp_path / "proxies.csv", tmp_path / "table.csv",
+                                       on_run_event=events.append)
+    assert any(getattr(e, "message", "").startswith("point 1/") for e in events)  # the runs report progress
     assert set(found["target"]) == {"builtin:wiki", "builtin:code", "cloze"}
     assert (found["candidates"] == 4).all() and (found["seeds"] == 2).all()  # random, unique-tokens, mix, code
     assert found["spearman"].dropna().between(-1, 1).all() and shares[folder] > 0

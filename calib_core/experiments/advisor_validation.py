@@ -220,16 +220,18 @@ def proxy_seconds_include_selection(proxies: pd.DataFrame, model: str) -> bool:
 
 
 def validate(settings: ValidationSettings, store, proxies_csv: Path, table_csv: Path, run_missing: bool = True,
-             on_event=None, runs_csv: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+             on_event=None, runs_csv: Path | None = None,
+             on_run_event=None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The measured runs (missing ones run, unless not `run_missing`), the proxies not yet in `proxies_csv`
     (appended after each model), the agreement table written to `table_csv`; returns it with the verdicts
-    and the cost shares. `runs_csv` receives every measured run, also when the runs are interrupted
-    (Ctrl-C): the validation outlasts one machine's run store only as that CSV, read back as `previous`."""
+    and the cost shares. `on_run_event` receives the runs' pipeline events, `on_event` the proxies' messages.
+    `runs_csv` receives every measured run, also when the runs are interrupted (Ctrl-C): the validation
+    outlasts one machine's run store only as that CSV, read back as `previous`."""
     from .tournament import run_tournament, tournament_frame
 
     try:
         if run_missing:
-            run_tournament(settings.tournament, store)
+            run_tournament(settings.tournament, store, on_run_event)
     finally:
         measured = tournament_frame(settings.tournament, store)
         if runs_csv is not None and not measured.empty:
