@@ -827,7 +827,7 @@ def _cmd_validate_advisor(args) -> int:
     from pathlib import Path
 
     from .experiments.advisor import VALIDATION_TABLE
-    from .experiments.advisor_validation import ValidationSettings, read_rows, validate, write_results
+    from .experiments.advisor_validation import ValidationSettings, validate, write_results
     from .experiments.tournament import tournament_frame
     from .runs import RunStore
 
@@ -842,14 +842,13 @@ def _cmd_validate_advisor(args) -> int:
     if args.dtype:
         settings.tournament.dtype = args.dtype
     store = RunStore()
-    found, verdicts, shares = validate(settings, store, Path(args.proxies), VALIDATION_TABLE, not args.no_runs,
+    found, verdicts, costs = validate(settings, store, Path(args.proxies), VALIDATION_TABLE, not args.no_runs,
                                        on_event=lambda m: print(f"{time.strftime('%H:%M:%S')} {m}", flush=True),
                                        runs_csv=runs_out, on_run_event=_print_sweep_progress)
     measured = len(tournament_frame(settings.tournament, store))
     command = "python -m calib_core " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["validate-advisor"] else \
         "python -m calib_core validate-advisor"
-    report = write_results(Path(args.report), found, verdicts, shares, settings, measured, command,
-                           read_rows(Path(args.proxies)))
+    report = write_results(Path(args.report), found, verdicts, costs, settings, measured, command)
     print(f"report: {report}")
     return 0
 

@@ -162,6 +162,20 @@ def test_the_validation_note_quotes_the_matching_cases_and_says_when_the_model_w
         assert validation_note(*case, table=table).startswith("Warning: "), case
     assert "No validation has been recorded yet" in validation_note(
         "norm_divergence", "wanda", "50%", "builtin:code", table=tmp_path / "absent.csv")
+    # with noise ceilings: each is quoted, and where every model's is low the note says the choice matters little
+    ceilings = tmp_path / "ceilings.csv"
+    ceilings.write_text("model,method,setting,target,proxy,spearman,kendall,spearman_low,spearman_high,seed_agreement,"
+                        "noise_ceiling,candidates,seeds\n"
+                        "m1,wanda,50%,builtin:code,norm_divergence,0.2,0.1,-0.5,0.9,0.1,0.40,10,3\n"
+                        "m2,wanda,50%,builtin:code,norm_divergence,0.1,0.1,-0.5,0.6,0.05,0.30,10,3\n"
+                        "m1,wanda,60%,builtin:code,norm_divergence,0.7,0.5,0.4,0.9,0.8,0.96,10,3\n"
+                        "m2,wanda,60%,builtin:code,norm_divergence,0.3,0.2,0.1,0.6,0.05,0.30,10,3\n")
+    low = validation_note("norm_divergence", "wanda", "50%", "builtin:code", "m1", table=ceilings)
+    assert "m1: Spearman 0.20 [-0.50, 0.90], Kendall 0.10, 10 candidates, noise ceiling 0.40" in low
+    assert "pruned alike within seed noise" in low
+    mixed = validation_note("norm_divergence", "wanda", "60%", "builtin:code", "m1", table=ceilings)
+    assert "noise ceiling 0.96" in mixed and "within seed noise" not in mixed  # one model's ranking repeats
+    assert "noise ceiling" not in note  # a table from before the ceiling: nothing made up
     # the committed table covers the fixed grid's settings on the bundled models
     committed = validation_note("norm_divergence", "wanda", "50%", "builtin:wiki", "smollm2-135m", table=VALIDATION_TABLE)
     assert committed.startswith("Validated") and "smollm2-135m: Spearman" in committed
@@ -246,7 +260,8 @@ def test_the_validation_reuses_the_tournaments_points():
 def test_the_validation_measures_rank_agreement_between_proxies_and_pruning(tmp_path):
     from scipy import stats
 
-    from calib_core.experiments.advisor_validation import ValidationSettings, validate
+    from calib_core.experiments.advisor import PROXIES
+    from calib_core.experiments.advisor_validation import PER_PROXY, ValidationSettings, validate
     from calib_core.experiments.tournament import TournamentSettings, tournament_frame
     from calib_core.runs import RunStore
     from tests.tiny import save_tiny_folder
@@ -260,15 +275,20 @@ def test_the_validation_measures_rank_agreement_between_proxies_and_pruning(tmp_
                                   bootstrap=50)
     store = RunStore(tmp_path / "runs.sqlite")
     events = []
-    found, verdicts, shares = validate(settings, store, tmp_path / "proxies.csv", tmp_path / "table.csv",
-                                       on_run_event=events.append)
+    found, verdicts, costs = validate(settings, store, tmp_path / "proxies.csv", tmp_path / "table.csv",
+                                      on_run_event=events.append)
     assert any(getattr(e, "message", "").startswith("point 1/") for e in events)  # the runs report progress
     assert set(found["target"]) == {"builtin:wiki", "builtin:code", "cloze"}
     assert (found["candidates"] == 4).all() and (found["seeds"] == 2).all()  # random, unique-tokens, mix, code
-    assert found["spearman"].dropna().between(-1, 1).all() and shares[folder] > 0
+    assert found["spearman"].dropna().between(-1, 1).all()
+    assert found["noise_ceiling"].dropna().between(0, 1).all() and found["seed_agreement"].dropna().between(-1, 1).all()
+    # each proxy's cost, timed apart on this machine, against runs timed on this machine
+    mine = costs[costs["model"] == folder]
+    assert set(mine["proxy"]) == set(PROXIES) and (mine["share"] > 0).all() and set(mine["basis"]) == {PER_PROXY}
     # one case against ranks computed by hand
     measured = tournament_frame(tournament, store)
     proxies = pd.read_csv(tmp_path / "proxies.csv", keep_default_na=False)
+    assert (proxies["proxy_seconds"] > 0).all() and (proxies["proxy_seconds"] <= proxies["seconds"]).all()
     case = proxies[(proxies["target"] == "builtin:code") & (proxies["proxy"] == "norm_divergence")]
     predicted = -case.groupby("entry")["value"].mean()  # lower divergence predicts better
     truth = -measured.groupby("entry")["ppl builtin:code"].mean()  # lower perplexity is better
@@ -341,24 +361,57 @@ def test_validate_advisor_cli_reads_committed_style_csvs_without_loading_a_model
     text = report.read_text(encoding="utf-8")
     assert text.startswith("# Protocol\n\nFixed text.\n\n## Results") and "old numbers" not in text
     assert "from 9 of the protocol's" in text
-    # The proxies' own cost: (10 - 4 s of making the windows) over the 120 s median run.
-    assert "smollm2-135m 5.0%." in text and "not timed apart" not in text
+    # The proxies' own cost, all at once (these rows have no per-proxy time): (10 - 4 s of making the windows)
+    # over the 120 s median run.
+    assert "smollm2-135m: every proxy at once (an upper bound), median run 120 s" in text
+    assert "| predicted_jaccard |           5.0% |" in text
+    # every seed ranks the entries alike: the ceiling is 1 and rules out no case
+    assert found["noise_ceiling"].tolist() == pytest.approx([1.0] * len(PROXIES))
+    assert "In 0 of 1 cases the measured ranking repeats too little" in text
     # Every resample ranks alike (rho 1, interval [1, 1]) at 5% of the cost: the goal is met for every proxy.
     assert "is **met** for:" in text and "norm_divergence on builtin:wiki (wanda 50%)" in text
 
 
-def test_the_cost_share_uses_run_times_and_says_when_there_are_none():
-    from calib_core.experiments.advisor_validation import cost_shares, proxy_seconds_include_selection
+def test_each_proxys_cost_share_counts_its_own_seconds_and_the_target_against_runs_on_the_same_cpu():
+    from calib_core.experiments.advisor_validation import (ALL_AT_ONCE, NO_RUN_TIMES, OTHER_MACHINES, PER_PROXY,
+                                                            WITH_SELECTION, cost_shares)
 
-    proxies = pd.DataFrame({"model": ["a", "a", "b"], "entry": ["x", "x", "x"], "seed": [0, 0, 0],
-                            "seconds": [3.0, 3.0, 5.0]})
-    measured = pd.DataFrame({"model": ["a", "a", "a", "b"], "run_seconds": [20.0, 30.0, 100.0, None]})
-    shares = cost_shares(proxies, measured)
-    assert shares["a"] == pytest.approx(3.0 / 30.0)  # one candidate's proxies over the median run
-    assert shares["b"] != shares["b"]  # no run time recorded: NaN, reported as not measured
-    assert cost_shares(proxies, measured.drop(columns="run_seconds"))["a"] != shares["a"]
-    # Rows that timed their windows apart count the proxies alone; older rows (no time) count everything.
-    timed = proxies.assign(selection_seconds=[1.0, 1.0, None])
-    assert cost_shares(timed, measured)["a"] == pytest.approx(2.0 / 30.0)
-    assert proxy_seconds_include_selection(proxies, "a") and not proxy_seconds_include_selection(timed, "a")
-    assert proxy_seconds_include_selection(timed, "b")
+    # model a: two candidates, each proxy timed apart on cpu X; runs on X (median 30 s) and on Y
+    timed = pd.DataFrame({"model": "a", "entry": ["x", "x", "y", "y"], "seed": 0, "proxy": ["min_k_pp", "norm_divergence"] * 2,
+                          "proxy_seconds": [1.0, 2.0, 3.0, 4.0], "seconds": 9.0, "selection_seconds": 1.0, "cpu": "X"})
+    runs = pd.DataFrame({"model": "a", "run_seconds": [20.0, 30.0, 100.0, 500.0], "cpu": ["X", "X", "X", "Y"]})
+    costs = cost_shares(timed, runs).set_index("proxy")
+    assert costs.loc["min_k_pp", "share"] == pytest.approx(2.0 / 30.0)  # target-free: the candidates' seconds
+    assert costs.loc["norm_divergence", "share"] == pytest.approx(3.0 * 1.5 / 30.0)  # + the target: 1 of 2 more
+    assert set(costs["basis"]) == {PER_PROXY}
+    elsewhere = cost_shares(timed, runs.assign(cpu="Z")).set_index("proxy")  # no run on X: every run, said so
+    assert elsewhere.loc["min_k_pp", "share"] == pytest.approx(2.0 / 65.0) and set(elsewhere["basis"]) == {OTHER_MACHINES}
+    # rows from before per-proxy times: every proxy costs what all of a candidate's did, less its windows if timed
+    old = pd.DataFrame({"model": ["b", "b", "c"], "entry": "x", "seed": 0, "proxy": "calib_ppl", "seconds": [3.0, 3.0, 5.0],
+                        "selection_seconds": [1.0, 1.0, None], "proxy_seconds": None, "cpu": ""})
+    both = cost_shares(old, pd.DataFrame({"model": ["b", "b", "c"], "run_seconds": [10.0, 30.0, None]}))
+    b, c = both[both["model"] == "b"], both[both["model"] == "c"]
+    assert b["share"].tolist() == pytest.approx([2.0 / 20.0] * len(b)) and set(b["basis"]) == {ALL_AT_ONCE}
+    assert c["share"].isna().all() and set(c["basis"]) == {NO_RUN_TIMES}  # no run time recorded: not measured
+    unselected = cost_shares(old.drop(columns="selection_seconds"), pd.DataFrame({"model": ["b"], "run_seconds": [30.0]}))
+    assert set(unselected[unselected["model"] == "b"]["basis"]) == {WITH_SELECTION}
+    assert unselected[unselected["model"] == "b"]["share"].tolist()[0] == pytest.approx(0.1)
+
+
+def test_the_noise_ceiling_follows_how_well_seeds_rank_the_entries_alike():
+    from scipy import stats
+
+    from calib_core.experiments.advisor_validation import seed_reliability
+
+    same = pd.DataFrame({0: [1.0, 2.0, 3.0, 4.0], 1: [1.1, 2.1, 3.1, 4.1], 2: [0.9, 1.9, 2.9, 3.9]})
+    assert seed_reliability(same) == pytest.approx((1.0, 1.0))
+    reversed_ = pd.DataFrame({0: [1.0, 2.0, 3.0, 4.0], 1: [4.0, 3.0, 2.0, 1.0]})
+    assert seed_reliability(reversed_) == pytest.approx((-1.0, 0.0))  # no agreement: nothing to predict
+    mixed = pd.DataFrame({0: [1.0, 2.0, 3.0, 4.0, 5.0], 1: [2.0, 1.0, 3.0, 5.0, 4.0], 2: [1.0, 3.0, 2.0, 4.0, 5.0]})
+    pairs = [stats.spearmanr(mixed[a], mixed[b]).statistic for a, b in [(0, 1), (0, 2), (1, 2)]]
+    r1 = sum(pairs) / 3
+    assert seed_reliability(mixed) == pytest.approx((r1, (3 * r1 / (1 + 2 * r1)) ** 0.5))
+    one = seed_reliability(same[[0]])
+    assert one[0] != one[0] and one[1] != one[1]  # one seed: unknown
+
+

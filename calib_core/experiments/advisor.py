@@ -144,6 +144,7 @@ def ranking(table: pd.DataFrame, proxy: str) -> pd.DataFrame:
 # The committed validation (docs/results/advisor.md's table): one row per model, method, setting, target and
 # proxy with the rank correlations it reached. Absent until the validation has run.
 VALIDATION_TABLE = Path(__file__).resolve().parent.parent / "data" / "advisor_validation.csv"
+LOW_CEILING = 0.5  # below it a case's measured ranking is mostly seed noise (advisor_validation.seed_reliability)
 
 
 def validation_note(proxy: str, method: str, setting: str, target: str, model: str | None = None,
@@ -161,11 +162,22 @@ def validation_note(proxy: str, method: str, setting: str, target: str, model: s
     if match.empty:
         return outside
     parts = [f"{r.model}: Spearman {r.spearman:.2f} [{r.spearman_low:.2f}, {r.spearman_high:.2f}], Kendall "
-             f"{r.kendall:.2f}, {int(r.candidates)} candidates" for r in match.itertuples()]
+             f"{r.kendall:.2f}, {int(r.candidates)} candidates{_ceiling_text(r)}" for r in match.itertuples()]
     note = f"Validated ({method} {setting}, target {target}; docs/results/advisor.md): " + "; ".join(parts) + "."
     if model is not None and model not in set(match["model"]):
         note += f" {model} was not among the validated models: these are other models' numbers."
+    ceilings = match["noise_ceiling"] if "noise_ceiling" in match else pd.Series(dtype=float)
+    if len(ceilings) and (ceilings < LOW_CEILING).all():
+        note += (f" There the validation's candidates pruned alike within seed noise (the measured ranking barely "
+                 f"repeats from seed to seed: noise ceiling below {LOW_CEILING}), so no proxy can rank them and the "
+                 f"choice among such sets matters little for this target.")
     return note
+
+
+def _ceiling_text(row) -> str:
+    """A validated case's noise ceiling, where the table has one (tables written before it had none)."""
+    ceiling = getattr(row, "noise_ceiling", float("nan"))
+    return f", noise ceiling {ceiling:.2f}" if ceiling == ceiling else ""
 
 
 def verify_specs(model: str, dtype: str, top: pd.DataFrame, target: str, settings: AdviceSettings,

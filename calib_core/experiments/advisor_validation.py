@@ -56,15 +56,18 @@ def candidate_points(settings: ValidationSettings, model: str) -> dict[tuple[str
 def proxy_rows(settings: ValidationSettings, model: str, wanted: set, on_event=None) -> list[dict]:
     """The proxies of the (entry, seed) pairs in `wanted` for `model`: one row per (entry, seed, target, proxy,
     method, setting), method and setting empty for the proxies that do not depend on them, with the seconds
-    the entry took (`seconds`: making its windows again and its proxies) and of those the seconds its windows
-    took (`selection_seconds`: a set a user advises on is made once either way). Each candidate is scored once (its forward serves every target), the targets'
-    masks are computed once per setting."""
+    the entry took (`seconds`: making its windows again and its proxies), of those the seconds its windows
+    took (`selection_seconds`: a set a user advises on is made once either way), what the row's proxy alone cost
+    for this candidate in one case (`proxy_seconds`: the forward it needs, its masks for this setting, its own
+    arithmetic) and the CPU they were timed on. Each candidate is scored once (its forward serves every target),
+    the targets' masks are computed once per setting."""
     from ..data.sources import build_calibration
     from ..data.strategies import build_strategy_calibration
     from ..metrics.proxies import dense_channel_norms, norm_divergence, packed_jaccard, packed_masks
     from ..metrics.similarity import build_reference, js_divergence, ngram_overlap, similarity_table, words
     from ..models import load_model
     from ..prune import PruneConfig
+    from ..provenance import cpu_kind
     from .advisor import _windows
 
     emit = on_event or (lambda message: None)
@@ -84,6 +87,7 @@ def proxy_rows(settings: ValidationSettings, model: str, wanted: set, on_event=N
                                     tour.mode)
         norms = dense_channel_norms(model_, windows.input_ids, windows.unpadded_lengths)
         targets[target] = (norms, build_reference(text), [packed_masks(model_, norms, c) for c in configs])
+    cpu = cpu_kind()
     rows = []
     for number, ((entry, seed), point) in enumerate(todo.items(), 1):
         emit(f"proxies {number}/{len(todo)}: {model} {entry} seed {seed}")
@@ -91,37 +95,77 @@ def proxy_rows(settings: ValidationSettings, model: str, wanted: set, on_event=N
         chosen = build_strategy_calibration(point.calibration, tokenizer, point.nsamples, tour.seqlen, seed, tour.mode,
                                             point.strategy, dict(point.strategy_options), model=model_)
         selected = time.perf_counter()
-        norms = dense_channel_norms(model_, chosen.input_ids, chosen.unpadded_lengths)
-        masks = [packed_masks(model_, norms, c) for c in configs]
-        scores, _ = similarity_table(model_, tokenizer, {entry: _windows(chosen)}, None, max_tokens=tour.seqlen,
-                                     window=tour.seqlen)
+        norms, norms_seconds = _timed(lambda: dense_channel_norms(model_, chosen.input_ids, chosen.unpadded_lengths))
+        masks, masks_seconds = _timed(lambda: [packed_masks(model_, norms, c) for c in configs])
+        (scores, _), forward_seconds = _timed(lambda: similarity_table(
+            model_, tokenizer, {entry: _windows(chosen)}, None, max_tokens=tour.seqlen, window=tour.seqlen))
         texts = list(scores["text"])
         base = {"model": model, "entry": entry, "seed": seed}
         entry_rows = []
         for target, (target_norms, reference, target_masks) in targets.items():
-            values = {"norm_divergence": norm_divergence(norms, target_norms),
-                      "ngram_overlap": float(np.mean([ngram_overlap(t, reference) for t in texts])),
-                      "js_divergence": float(np.mean([js_divergence(Counter(words(t)), reference.unigrams)
-                                                      for t in texts])),
-                      "min_k_pp": float(scores["min_k_pp"].mean()), "calib_ppl": float(scores["ppl"].mean())}
-            entry_rows += [{**base, "target": target, "proxy": name, "method": "", "setting": "", "value": value}
-                           for name, value in values.items()]
+            # value and seconds per proxy: its own arithmetic plus the forward it needs (Min-K%++ and the
+            # calibration perplexity share one; the norm proxies share the hooked one)
+            timed = {"norm_divergence": _timed(lambda: norm_divergence(norms, target_norms), norms_seconds),
+                     "ngram_overlap": _timed(lambda: float(np.mean([ngram_overlap(t, reference) for t in texts]))),
+                     "js_divergence": _timed(lambda: float(np.mean([js_divergence(Counter(words(t)), reference.unigrams)
+                                                                     for t in texts]))),
+                     "min_k_pp": (float(scores["min_k_pp"].mean()), forward_seconds),
+                     "calib_ppl": (float(scores["ppl"].mean()), forward_seconds)}
+            entry_rows += [{**base, "target": target, "proxy": name, "method": "", "setting": "", "value": value,
+                            "proxy_seconds": seconds} for name, (value, seconds) in timed.items()]
             for config, own, theirs in zip(configs, masks, target_masks):
+                value, seconds = _timed(lambda: packed_jaccard(own, theirs), norms_seconds + masks_seconds / len(configs))
                 entry_rows.append({**base, "target": target, "proxy": MASK_PROXY, "method": config.method,
-                                   "setting": setting_label(config.as_dict()), "value": packed_jaccard(own, theirs)})
+                                   "setting": setting_label(config.as_dict()), "value": value, "proxy_seconds": seconds})
         seconds = time.perf_counter() - started
-        rows += [{**row, "seconds": seconds, "selection_seconds": selected - started} for row in entry_rows]
+        rows += [{**row, "seconds": seconds, "selection_seconds": selected - started, "cpu": cpu} for row in entry_rows]
     return rows
+
+
+def _timed(compute, plus: float = 0.0):
+    """(compute(), its seconds + `plus`): a proxy's value and what it cost."""
+    started = time.perf_counter()
+    value = compute()
+    return value, time.perf_counter() - started + plus
 
 
 def _goodness(values: pd.Series, higher_is_better: bool) -> pd.Series:
     return values if higher_is_better else -values
 
 
+def seed_reliability(measured: pd.DataFrame) -> tuple[float, float]:
+    """How well the measured ranking of the entries (rows) repeats from seed to seed (columns): the mean
+    Spearman between every two seeds' rankings (r1), and the noise ceiling that implies for any predictor
+    scored against the ranking by the mean over all k seeds: sqrt(k r1 / (1 + (k - 1) r1)), the
+    Spearman-Brown reliability of a k-seed mean and the index of reliability, an approximation for ranks.
+    The ceiling is 0 where seeds rank the entries no more alike than chance; both are NaN with one seed."""
+    import warnings
+
+    from scipy import stats
+
+    columns = list(measured.columns)
+    rhos = []
+    for i, a in enumerate(columns):
+        for b in columns[i + 1:]:
+            pair = measured[[a, b]].dropna()
+            if len(pair) >= 3:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", stats.ConstantInputWarning)
+                    rhos.append(stats.spearmanr(pair[a], pair[b]).statistic)
+    rhos = [r for r in rhos if r == r]
+    if not rhos:
+        return float("nan"), float("nan")
+    r1, k = float(np.mean(rhos)), len(columns)
+    reliability = k * r1 / (1 + (k - 1) * r1) if r1 > 0 else 0.0
+    return r1, float(np.sqrt(reliability))
+
+
 def agreement(proxies: pd.DataFrame, measured: pd.DataFrame, settings: ValidationSettings, seed: int = 0) -> pd.DataFrame:
     """Spearman's rho and Kendall's tau between each proxy's ranking of the entries (its mean over seeds, in
     its direction) and the measured ranking (the capability's mean over seeds), per model, method, setting,
-    target and proxy, with 95% intervals from bootstrap resamples of the seeds."""
+    target and proxy, with 95% intervals from bootstrap resamples of the seeds, and how well the measured
+    ranking repeats across seeds (`seed_agreement`) with the noise ceiling that sets on any proxy's Spearman
+    (`noise_ceiling`, seed_reliability)."""
     import warnings
 
     from scipy import stats
@@ -155,24 +199,27 @@ def agreement(proxies: pd.DataFrame, measured: pd.DataFrame, settings: Validatio
                                 stats.kendalltau(predicted_good, measured_good).statistic)
 
                 rho, tau = correlations(seeds)
+                repeat, ceiling = seed_reliability(t)
                 boot = [correlations(list(rng.choice(seeds, len(seeds)))) for _ in range(settings.bootstrap)]
                 spearmans = np.array([b[0] for b in boot], dtype=float)
                 rows.append({"model": model, "method": method, "setting": setting, "target": target, "proxy": name,
                              "spearman": rho, "kendall": tau,
                              "spearman_low": float(np.nanpercentile(spearmans, 2.5)),
                              "spearman_high": float(np.nanpercentile(spearmans, 97.5)),
+                             "seed_agreement": repeat, "noise_ceiling": ceiling,
                              "candidates": len(entries), "seeds": len(seeds)})
     return pd.DataFrame(rows)
 
 
-def verdicts(found: pd.DataFrame, cost_share: dict[str, float]) -> pd.DataFrame:
+def verdicts(found: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
     """Per method, setting, target and proxy over the models (the protocol's rules): predicts (mean Spearman
     >= 0.8, every interval's lower end above 0.5, cost <= 10% of brute force), weak (mean above 0.3) or does
-    not predict."""
+    not predict. The cost is the proxy's highest share over the models (cost_shares)."""
+    share = {(r.model, r.proxy): r.share for r in costs.itertuples()}
     rows = []
     for (method, setting, target, proxy), group in found.groupby(["method", "setting", "target", "proxy"], sort=False):
         mean = float(group["spearman"].mean())
-        cost = max(cost_share.get(model, float("nan")) for model in group["model"])
+        cost = max(share.get((model, proxy), float("nan")) for model in group["model"])
         if mean >= 0.8 and (group["spearman_low"] > 0.5).all() and cost <= 0.10:
             verdict = "predicts"
         elif mean > 0.3:
@@ -189,34 +236,47 @@ def read_rows(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False) if path.exists() else pd.DataFrame()
 
 
-def cost_shares(proxies: pd.DataFrame, measured: pd.DataFrame) -> dict[str, float]:
-    """Per model: the seconds one candidate's proxies took (for every target and setting at once, so an upper
-    bound for one case) over the median seconds one of its measured runs took (pruning and evaluation, and
-    the selection in the first run of a seed); NaN when none of its runs has a recorded time (rows carried
-    from a CSV written before `run_seconds` was exported). The proxies' seconds leave out making the
-    candidate's windows where `selection_seconds` was recorded (the protocol's cost is the proxies'), and
-    include it for rows computed before it was (an upper bound: `proxy_seconds_include_selection`)."""
-    shares = {}
+PER_PROXY, OTHER_MACHINES, ALL_AT_ONCE, WITH_SELECTION, NO_RUN_TIMES = (
+    "per proxy, proxies and runs timed on one machine", "per proxy, runs timed on other machines",
+    "every proxy at once (an upper bound)", "every proxy at once, with making the windows (not timed apart)",
+    "no run times")
+
+
+def cost_shares(proxies: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
+    """Per model and proxy: ranking N candidates by the proxy against pruning and evaluating each once (the
+    protocol's brute force), as a share: N candidates' `proxy_seconds` plus the target's for proxies that
+    need one (its windows are as many as a candidate's: one more candidate's worth), over N median run
+    seconds (pruning, evaluation, and the selection in the first run of a seed). The runs are those timed on
+    the CPU the proxies were, where any were. `basis` says how it was measured: rows computed before
+    `proxy_seconds` was recorded give every proxy the seconds of all of a candidate's proxies (an upper
+    bound), with its windows' making where `selection_seconds` was not recorded either. NaN share when no
+    run of the model has a recorded time (rows carried from a CSV written before `run_seconds` was exported)."""
+    from .advisor import PROXIES
+
+    rows = []
     for model in proxies["model"].unique():
-        per_candidate = proxies[proxies["model"] == model].groupby(["entry", "seed"])
-        spent = per_candidate["seconds"].first()
-        if "selection_seconds" in proxies.columns:
-            selection = pd.to_numeric(per_candidate["selection_seconds"].first(), errors="coerce")
-            spent = spent - selection.fillna(0.0)
-        per_entry = spent.mean()
+        mine = proxies[proxies["model"] == model]
         runs = measured[measured["model"] == model] if "run_seconds" in measured.columns else measured.iloc[0:0]
+        timed = mine[pd.to_numeric(mine["proxy_seconds"], errors="coerce").notna()] if "proxy_seconds" in mine else mine.iloc[0:0]
+        if len(timed):
+            cpu = timed["cpu"].mode().iloc[0] if "cpu" in timed else None
+            same = runs[runs["cpu"] == cpu] if cpu is not None and "cpu" in runs else runs.iloc[0:0]
+            runs, basis = (same, PER_PROXY) if len(same) else (runs, OTHER_MACHINES)
+            candidates = mine["entry"].nunique()
+            seconds = {name: float(pd.to_numeric(group["proxy_seconds"]).mean()) * (
+                1 + 1 / candidates if PROXIES[name].needs_target else 1) for name, group in timed.groupby("proxy")}
+        else:
+            per_candidate = mine.groupby(["entry", "seed"])
+            spent = per_candidate["seconds"].first()
+            selection = pd.to_numeric(per_candidate["selection_seconds"].first(), errors="coerce") \
+                if "selection_seconds" in mine.columns else spent * float("nan")
+            basis = WITH_SELECTION if selection.isna().any() else ALL_AT_ONCE
+            seconds = dict.fromkeys(PROXIES, float((spent - selection.fillna(0.0)).mean()))
         totals = pd.to_numeric(runs.get("run_seconds", pd.Series(dtype=float)), errors="coerce").dropna()
-        shares[model] = float(per_entry / totals.median()) if len(totals) else float("nan")
-    return shares
-
-
-def proxy_seconds_include_selection(proxies: pd.DataFrame, model: str) -> bool:
-    """Whether some of the model's proxy rows were timed with their windows' selection (rows written before
-    `selection_seconds` was recorded)."""
-    rows = proxies[proxies["model"] == model]
-    if "selection_seconds" not in rows.columns:
-        return True
-    return bool(pd.to_numeric(rows["selection_seconds"], errors="coerce").isna().any())
+        median = float(totals.median()) if len(totals) else float("nan")
+        rows += [{"model": model, "proxy": name, "seconds": value, "run_seconds": median, "share": value / median,
+                  "basis": basis if len(totals) else NO_RUN_TIMES} for name, value in seconds.items()]
+    return pd.DataFrame(rows, columns=["model", "proxy", "seconds", "run_seconds", "share", "basis"])
 
 
 def validate(settings: ValidationSettings, store, proxies_csv: Path, table_csv: Path, run_missing: bool = True,
@@ -256,16 +316,8 @@ def validate(settings: ValidationSettings, store, proxies_csv: Path, table_csv: 
 RESULTS_HEADING = "## Results"
 
 
-def _share_text(model: str, share: float, proxies: pd.DataFrame) -> str:
-    if share != share:
-        return f"{model} not measured (its runs came from a CSV without run times)"
-    if proxy_seconds_include_selection(proxies, model):
-        return f"{model} {share:.1%} (with making the candidate's windows again, which was not timed apart)"
-    return f"{model} {share:.1%}"
-
-
-def write_results(report: Path, found: pd.DataFrame, verdicts_: pd.DataFrame, shares: dict, settings: ValidationSettings,
-                  measured_points: int, command: str, proxies: pd.DataFrame) -> Path:
+def write_results(report: Path, found: pd.DataFrame, verdicts_: pd.DataFrame, costs: pd.DataFrame,
+                  settings: ValidationSettings, measured_points: int, command: str) -> Path:
     """Replace the Results section of the protocol file `report` (everything above it stays as fixed)."""
     text = report.read_text(encoding="utf-8")
     head = text[: text.index(RESULTS_HEADING)] if RESULTS_HEADING in text else text + "\n"
@@ -279,13 +331,14 @@ def write_results(report: Path, found: pd.DataFrame, verdicts_: pd.DataFrame, sh
     if found.empty:
         report.write_text(head + "\n".join(lines + ["No case has enough candidates yet.", ""]) + "\n", encoding="utf-8")
         return report
-    summary = (found.groupby(["target", "proxy"], sort=False)["spearman"]
-               .agg(mean="mean", low="min", high="max", cases="count").reset_index())
+    summary = (found.groupby(["target", "proxy"], sort=False)
+               .agg(mean=("spearman", "mean"), low=("spearman", "min"), high=("spearman", "max"),
+                    ceiling=("noise_ceiling", "mean"), cases=("spearman", "count")).reset_index())
     lines += ["Mean Spearman per target and proxy over every (model, method, setting) case measured, with the "
-              "lowest and highest case:", "", summary.to_markdown(index=False, floatfmt=".2f"), "",
-              "Cost of one candidate's proxies (every target and setting at once: an upper bound for one case) as a "
-              "share of one pruning run of it (each timed on the machine that computed it): "
-              + ", ".join(_share_text(model, share, proxies) for model, share in shares.items()) + ".", ""]
+              "lowest and highest case, and the mean noise ceiling of those cases (how high any proxy could score "
+              "against a measured ranking that repeats from seed to seed only as much as it does; see below):", "",
+              summary.to_markdown(index=False, floatfmt=".2f"), ""]
+    lines += _ceiling_lines(found) + _cost_lines(costs)
     counts = verdicts_["verdict"].value_counts().to_dict()
     best = summary.sort_values("mean", ascending=False).head(3)
     met = verdicts_[verdicts_["verdict"] == "predicts"]
@@ -299,3 +352,35 @@ def write_results(report: Path, found: pd.DataFrame, verdicts_: pd.DataFrame, sh
                                                         for _, r in best.iterrows()) + ".", ""]
     report.write_text(head + "\n".join(lines) + "\n", encoding="utf-8")
     return report
+
+
+def _ceiling_lines(found: pd.DataFrame) -> list[str]:
+    """How well the measured rankings repeat across seeds, and where that alone rules the goal out."""
+    cases = found.drop_duplicates(["model", "method", "setting", "target"])
+    per_target = cases.groupby("target", sort=False).agg(seed_agreement=("seed_agreement", "mean"),
+                                                         ceiling=("noise_ceiling", "mean"),
+                                                         below=("noise_ceiling", lambda c: int((c < 0.8).sum())),
+                                                         cases=("noise_ceiling", "count")).reset_index()
+    below = int((cases["noise_ceiling"] < 0.8).sum())
+    return ["Noise ceiling (an analysis added to the fixed protocol; it changes no verdict). Per case, the mean "
+            "Spearman between two seeds' measured rankings (seed agreement), and the highest Spearman any "
+            "predictor could expect against the ranking by the mean of those seeds, sqrt(k r1 / (1 + (k - 1) r1)) "
+            "(Spearman-Brown, then the index of reliability; an approximation for ranks):", "",
+            per_target.rename(columns={"below": "cases below 0.8"}).to_markdown(index=False, floatfmt=".2f"), "",
+            f"In {below} of {len(cases)} cases the measured ranking repeats too little from seed to seed for any "
+            f"proxy to reach a Spearman of 0.8 against it (there the candidates prune alike within seed noise).",
+            ""]
+
+
+def _cost_lines(costs: pd.DataFrame) -> list[str]:
+    """Each proxy's cost share per model, and how it was measured."""
+    if costs.empty:
+        return []
+    table = costs.pivot_table(index="proxy", columns="model", values="share", sort=False)
+    bases = costs.drop_duplicates("model")
+    return ["Cost of ranking the candidates by each proxy, as a share of pruning and evaluating every candidate "
+            "once (the brute-force answer): per candidate, the forward the proxy needs, its masks for the setting "
+            "and its own arithmetic, plus the target's once for the proxies that need one, over the median run:",
+            "", table.to_markdown(floatfmt=".1%"), "",
+            "Measured: " + "; ".join(f"{r.model}: {r.basis}, median run {r.run_seconds:.0f} s"
+                                     for r in bases.itertuples()) + ".", ""]
