@@ -78,7 +78,7 @@ def show_advice(job):
     case = st.session_state.get("advice_case")
     note = validation_note(proxy, table.attrs["method"], table.attrs["setting"], table.attrs["target"],
                            case["model"] if case else None)
-    (st.warning if note.startswith("Warning") else st.success)(note)
+    (st.success if note.predicts else st.warning)(note.text)
     st.caption(f"Proxies took {table['seconds'].sum() + table.attrs['target_seconds']:.0f} s for "
                f"{len(table)} candidates and the target.")
     if case is None or case["target"] != table.attrs["target"]:

@@ -790,7 +790,7 @@ def _cmd_advise(args) -> int:
     columns = ["rank", "candidate", args.proxy] + [p for p in table.columns if p not in (
         "rank", "candidate", args.proxy, "source", "strategy")]
     print(ranked[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(validation_note(args.proxy, table.attrs["method"], table.attrs["setting"], args.target, args.model))
+    print(validation_note(args.proxy, table.attrs["method"], table.attrs["setting"], args.target, args.model).text)
     if args.verify:
         checked = verify(args.model, args.dtype, ranked.head(args.verify), args.target, settings, args.eval_windows)
         print(checked.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -150,34 +150,50 @@ def test_the_validation_note_quotes_the_matching_cases_and_says_when_the_model_w
                      "m1,wanda,50%,builtin:code,norm_divergence,0.8,0.6,0.5,0.9,7,3\n"
                      "m2,wanda,50%,builtin:code,norm_divergence,0.4,0.2,0.1,0.6,7,3\n"
                      "m1,wanda,60%,builtin:code,norm_divergence,-0.3,-0.2,-0.5,0.1,7,3\n")
-    note = validation_note("norm_divergence", "wanda", "50%", "builtin:code", "m1", table=table)
+    found = validation_note("norm_divergence", "wanda", "50%", "builtin:code", "m1", table=table)
+    note = found.text
     assert note.startswith("Validated (wanda 50%, target builtin:code")
+    # mean Spearman 0.6 (and a table without costs): weak, and the note says to check
+    assert found.verdict == "weak" and not found.predicts and "Verdict: weak" in note and "--verify K" in note
     assert "m1: Spearman 0.80 [0.50, 0.90], Kendall 0.60, 7 candidates" in note and "m2: Spearman 0.40" in note
     assert "not among the validated models" not in note
     assert "other/model was not among the validated models" in validation_note(
-        "norm_divergence", "wanda", "50%", "builtin:code", "other/model", table=table)
+        "norm_divergence", "wanda", "50%", "builtin:code", "other/model", table=table).text
     for case in [("predicted_jaccard", "wanda", "50%", "builtin:code"), ("norm_divergence", "sparsegpt", "50%",
                  "builtin:code"), ("norm_divergence", "wanda", "2:4", "builtin:code"),
                  ("norm_divergence", "wanda", "50%", "builtin:wiki")]:
-        assert validation_note(*case, table=table).startswith("Warning: "), case
+        unvalidated = validation_note(*case, table=table)
+        assert unvalidated.text.startswith("Warning: ") and unvalidated.verdict == "unvalidated", case
+    # another target with a validated method and setting: the proxy's record there is quoted
+    elsewhere = validation_note("norm_divergence", "wanda", "50%", "my/own.txt", table=table).text
+    assert "On the validated targets (builtin:code) with wanda 50% its Spearman ranged from 0.40 to 0.80" in elsewhere
     assert "No validation has been recorded yet" in validation_note(
-        "norm_divergence", "wanda", "50%", "builtin:code", table=tmp_path / "absent.csv")
+        "norm_divergence", "wanda", "50%", "builtin:code", table=tmp_path / "absent.csv").text
     # with noise ceilings: each is quoted, and where every model's is low the note says the choice matters little
     ceilings = tmp_path / "ceilings.csv"
     ceilings.write_text("model,method,setting,target,proxy,spearman,kendall,spearman_low,spearman_high,seed_agreement,"
-                        "noise_ceiling,candidates,seeds\n"
-                        "m1,wanda,50%,builtin:code,norm_divergence,0.2,0.1,-0.5,0.9,0.1,0.40,10,3\n"
-                        "m2,wanda,50%,builtin:code,norm_divergence,0.1,0.1,-0.5,0.6,0.05,0.30,10,3\n"
-                        "m1,wanda,60%,builtin:code,norm_divergence,0.7,0.5,0.4,0.9,0.8,0.96,10,3\n"
-                        "m2,wanda,60%,builtin:code,norm_divergence,0.3,0.2,0.1,0.6,0.05,0.30,10,3\n")
-    low = validation_note("norm_divergence", "wanda", "50%", "builtin:code", "m1", table=ceilings)
+                        "noise_ceiling,candidates,seeds,cost_share\n"
+                        "m1,wanda,50%,builtin:code,norm_divergence,0.2,0.1,-0.5,0.9,0.1,0.40,10,3,0.05\n"
+                        "m2,wanda,50%,builtin:code,norm_divergence,0.1,0.1,-0.5,0.6,0.05,0.30,10,3,0.05\n"
+                        "m1,wanda,60%,builtin:code,norm_divergence,0.7,0.5,0.4,0.9,0.8,0.96,10,3,0.05\n"
+                        "m2,wanda,60%,builtin:code,norm_divergence,0.3,0.2,0.1,0.6,0.05,0.30,10,3,0.05\n"
+                        "m1,wanda,50%,builtin:news,norm_divergence,0.9,0.8,0.6,1.0,0.9,0.98,10,3,0.05\n"
+                        "m2,wanda,50%,builtin:news,norm_divergence,0.85,0.7,0.55,1.0,0.9,0.98,10,3,0.08\n"
+                        "m1,wanda,50%,builtin:books,norm_divergence,0.9,0.8,0.6,1.0,0.9,0.98,10,3,0.05\n"
+                        "m2,wanda,50%,builtin:books,norm_divergence,0.85,0.7,0.55,1.0,0.9,0.98,10,3,0.5\n")
+    predicts = validation_note("norm_divergence", "wanda", "50%", "builtin:news", "m1", table=ceilings)
+    assert predicts.predicts and predicts.text.endswith("Verdict: predicts.")
+    costly = validation_note("norm_divergence", "wanda", "50%", "builtin:books", "m1", table=ceilings)
+    assert costly.verdict == "weak"  # as well ranked, but at half the cost of pruning with every candidate
+    assert validation_note("norm_divergence", "wanda", "50%", "builtin:code", table=ceilings).verdict == "does not predict"
+    low = validation_note("norm_divergence", "wanda", "50%", "builtin:code", "m1", table=ceilings).text
     assert "m1: Spearman 0.20 [-0.50, 0.90], Kendall 0.10, 10 candidates, noise ceiling 0.40" in low
     assert "pruned alike within seed noise" in low
-    mixed = validation_note("norm_divergence", "wanda", "60%", "builtin:code", "m1", table=ceilings)
+    mixed = validation_note("norm_divergence", "wanda", "60%", "builtin:code", "m1", table=ceilings).text
     assert "noise ceiling 0.96" in mixed and "within seed noise" not in mixed  # one model's ranking repeats
     assert "noise ceiling" not in note  # a table from before the ceiling: nothing made up
     # the committed table covers the fixed grid's settings on the bundled models
-    committed = validation_note("norm_divergence", "wanda", "50%", "builtin:wiki", "smollm2-135m", table=VALIDATION_TABLE)
+    committed = validation_note("norm_divergence", "wanda", "50%", "builtin:wiki", "smollm2-135m", table=VALIDATION_TABLE).text
     assert committed.startswith("Validated") and "smollm2-135m: Spearman" in committed
 
 
@@ -368,6 +384,7 @@ def test_validate_advisor_cli_reads_committed_style_csvs_without_loading_a_model
     # every seed ranks the entries alike: the ceiling is 1 and rules out no case
     assert found["noise_ceiling"].tolist() == pytest.approx([1.0] * len(PROXIES))
     assert "In 0 of 1 cases the measured ranking repeats too little" in text
+    assert "best proxy (mean Spearman) against the mean noise ceiling of its cases: builtin:wiki: " in text
     # Every resample ranks alike (rho 1, interval [1, 1]) at 5% of the cost: the goal is met for every proxy.
     assert "is **met** for:" in text and "norm_divergence on builtin:wiki (wanda 50%)" in text
 

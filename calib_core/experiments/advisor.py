@@ -147,23 +147,53 @@ VALIDATION_TABLE = Path(__file__).resolve().parent.parent / "data" / "advisor_va
 LOW_CEILING = 0.5  # below it a case's measured ranking is mostly seed noise (advisor_validation.seed_reliability)
 
 
+UNVALIDATED = "unvalidated"
+
+
+@dataclass(frozen=True)
+class ValidationNote:
+    """What the committed validation says of a case: its verdict under the protocol's rule (predicts, weak,
+    does not predict) or UNVALIDATED, and the text that quotes it."""
+
+    verdict: str
+    text: str
+
+    @property
+    def predicts(self) -> bool:
+        return self.verdict == "predicts"
+
+
 def validation_note(proxy: str, method: str, setting: str, target: str, model: str | None = None,
-                    table: Path = VALIDATION_TABLE) -> str:
+                    table: Path = VALIDATION_TABLE) -> ValidationNote:
     """How well `proxy` predicted the measured ranking where the validation matches this case (method,
-    setting and target), or a warning that the case is outside what was validated. With `model`, says so
-    when that model was not among the validated ones (the numbers are then another model's)."""
+    setting and target), with the protocol's verdict over the validated models, or a warning that the case
+    is outside what was validated (quoting the proxy's record on the validated targets for this method and
+    setting, where there is one). With `model`, says so when that model was not among the validated ones
+    (the numbers are then another model's)."""
+    from .advisor_validation import verdict_of
+
+    check = "check it with --verify K (prunes the top K candidates)"
     outside = (f"Warning: {proxy} is not validated for {method} {setting} with target {target}: treat this ranking "
-               f"as a guess, and check it with --verify K (prunes the top K candidates).")
+               f"as a guess, and {check}.")
     if not table.exists():
-        return outside + " (No validation has been recorded yet; see docs/results/advisor.md.)"
+        return ValidationNote(UNVALIDATED, outside + " (No validation has been recorded yet; see docs/results/advisor.md.)")
     rows = pd.read_csv(table)
-    match = rows[(rows["proxy"] == proxy) & (rows["method"] == method) & (rows["setting"] == setting)
-                 & (rows["target"] == target)]
+    alike = rows[(rows["proxy"] == proxy) & (rows["method"] == method) & (rows["setting"] == setting)]
+    match = alike[alike["target"] == target]
     if match.empty:
-        return outside
+        if alike.empty:
+            return ValidationNote(UNVALIDATED, outside)
+        return ValidationNote(UNVALIDATED, outside + (
+            f" On the validated targets ({', '.join(sorted(alike['target'].unique()))}) with {method} {setting} its "
+            f"Spearman ranged from {alike['spearman'].min():.2f} to {alike['spearman'].max():.2f} (mean "
+            f"{alike['spearman'].mean():.2f})."))
     parts = [f"{r.model}: Spearman {r.spearman:.2f} [{r.spearman_low:.2f}, {r.spearman_high:.2f}], Kendall "
              f"{r.kendall:.2f}, {int(r.candidates)} candidates{_ceiling_text(r)}" for r in match.itertuples()]
-    note = f"Validated ({method} {setting}, target {target}; docs/results/advisor.md): " + "; ".join(parts) + "."
+    verdict = verdict_of(match)
+    note = (f"Validated ({method} {setting}, target {target}; docs/results/advisor.md): " + "; ".join(parts)
+            + f". Verdict: {verdict}" + ("." if verdict == "predicts" else
+                                         f" (the bar: mean Spearman 0.8, every interval above 0.5, at most 10% of "
+                                         f"the cost of pruning with every candidate); {check}."))
     if model is not None and model not in set(match["model"]):
         note += f" {model} was not among the validated models: these are other models' numbers."
     ceilings = match["noise_ceiling"] if "noise_ceiling" in match else pd.Series(dtype=float)
@@ -171,7 +201,7 @@ def validation_note(proxy: str, method: str, setting: str, target: str, model: s
         note += (f" There the validation's candidates pruned alike within seed noise (the measured ranking barely "
                  f"repeats from seed to seed: noise ceiling below {LOW_CEILING}), so no proxy can rank them and the "
                  f"choice among such sets matters little for this target.")
-    return note
+    return ValidationNote(verdict, note)
 
 
 def _ceiling_text(row) -> str:

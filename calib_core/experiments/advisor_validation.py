@@ -211,23 +211,28 @@ def agreement(proxies: pd.DataFrame, measured: pd.DataFrame, settings: Validatio
     return pd.DataFrame(rows)
 
 
-def verdicts(found: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
-    """Per method, setting, target and proxy over the models (the protocol's rules): predicts (mean Spearman
-    >= 0.8, every interval's lower end above 0.5, cost <= 10% of brute force), weak (mean above 0.3) or does
-    not predict. The cost is the proxy's highest share over the models (cost_shares)."""
-    share = {(r.model, r.proxy): r.share for r in costs.itertuples()}
+def verdict_of(case: pd.DataFrame) -> str:
+    """The protocol's rule over one (method, setting, target, proxy) case's rows, one per model: predicts (mean
+    Spearman >= 0.8, every interval's lower end above 0.5, the highest cost share <= 10% of brute force; an
+    unknown cost never predicts), weak (mean above 0.3) or does not predict."""
+    mean = float(case["spearman"].mean())
+    cost = float(pd.to_numeric(case["cost_share"], errors="coerce").max()) if "cost_share" in case else float("nan")
+    if mean >= 0.8 and (case["spearman_low"] > 0.5).all() and cost <= 0.10:
+        return "predicts"
+    return "weak" if mean > 0.3 else "does not predict"
+
+
+def verdicts(found: pd.DataFrame) -> pd.DataFrame:
+    """verdict_of per method, setting, target and proxy, over the models."""
+    if found.empty:
+        return pd.DataFrame(columns=["method", "setting", "target", "proxy", "mean_spearman", "models", "cost_share",
+                                     "verdict"])
     rows = []
     for (method, setting, target, proxy), group in found.groupby(["method", "setting", "target", "proxy"], sort=False):
-        mean = float(group["spearman"].mean())
-        cost = max(share.get((model, proxy), float("nan")) for model in group["model"])
-        if mean >= 0.8 and (group["spearman_low"] > 0.5).all() and cost <= 0.10:
-            verdict = "predicts"
-        elif mean > 0.3:
-            verdict = "weak"
-        else:
-            verdict = "does not predict"
-        rows.append({"method": method, "setting": setting, "target": target, "proxy": proxy, "mean_spearman": mean,
-                     "models": len(group), "cost_share": cost, "verdict": verdict})
+        rows.append({"method": method, "setting": setting, "target": target, "proxy": proxy,
+                     "mean_spearman": float(group["spearman"].mean()), "models": len(group),
+                     "cost_share": float(pd.to_numeric(group["cost_share"], errors="coerce").max()),
+                     "verdict": verdict_of(group)})
     return pd.DataFrame(rows)
 
 
@@ -284,7 +289,7 @@ def validate(settings: ValidationSettings, store, proxies_csv: Path, table_csv: 
              on_run_event=None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The measured runs (missing ones run, unless not `run_missing`), the proxies not yet in `proxies_csv`
     (appended after each model), the agreement table written to `table_csv`; returns it with the verdicts
-    and the cost shares. `on_run_event` receives the runs' pipeline events, `on_event` the proxies' messages.
+    and the cost shares (cost_shares; each case's row carries its proxy's). `on_run_event` receives the runs' pipeline events, `on_event` the proxies' messages.
     `runs_csv` receives every measured run, also when the runs are interrupted (Ctrl-C): the validation
     outlasts one machine's run store only as that CSV, read back as `previous`."""
     from .tournament import run_tournament, tournament_frame
@@ -306,11 +311,14 @@ def validate(settings: ValidationSettings, store, proxies_csv: Path, table_csv: 
         if rows:
             proxies = pd.concat([proxies, pd.DataFrame(rows)], ignore_index=True)
             proxies.to_csv(proxies_csv, index=False)
+    costs = cost_shares(proxies, measured)
     found = agreement(proxies, measured, settings)
+    if not found.empty:  # each case carries its proxy's cost share, so advise can apply the verdict rule
+        found = found.merge(costs[["model", "proxy", "share"]].rename(columns={"share": "cost_share"}),
+                            on=["model", "proxy"], how="left")
     table_csv.parent.mkdir(parents=True, exist_ok=True)
     found.to_csv(table_csv, index=False)
-    shares = cost_shares(proxies, measured)
-    return found, verdicts(found, shares), shares
+    return found, verdicts(found), costs
 
 
 RESULTS_HEADING = "## Results"
@@ -338,7 +346,7 @@ def write_results(report: Path, found: pd.DataFrame, verdicts_: pd.DataFrame, co
               "lowest and highest case, and the mean noise ceiling of those cases (how high any proxy could score "
               "against a measured ranking that repeats from seed to seed only as much as it does; see below):", "",
               summary.to_markdown(index=False, floatfmt=".2f"), ""]
-    lines += _ceiling_lines(found) + _cost_lines(costs)
+    lines += _ceiling_lines(found, summary) + _cost_lines(costs)
     counts = verdicts_["verdict"].value_counts().to_dict()
     best = summary.sort_values("mean", ascending=False).head(3)
     met = verdicts_[verdicts_["verdict"] == "predicts"]
@@ -354,8 +362,9 @@ def write_results(report: Path, found: pd.DataFrame, verdicts_: pd.DataFrame, co
     return report
 
 
-def _ceiling_lines(found: pd.DataFrame) -> list[str]:
-    """How well the measured rankings repeat across seeds, and where that alone rules the goal out."""
+def _ceiling_lines(found: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    """How well the measured rankings repeat across seeds, where that alone rules the goal out, and how close
+    each target's best proxy comes to its ceiling."""
     cases = found.drop_duplicates(["model", "method", "setting", "target"])
     per_target = cases.groupby("target", sort=False).agg(seed_agreement=("seed_agreement", "mean"),
                                                          ceiling=("noise_ceiling", "mean"),
@@ -369,7 +378,10 @@ def _ceiling_lines(found: pd.DataFrame) -> list[str]:
             per_target.rename(columns={"below": "cases below 0.8"}).to_markdown(index=False, floatfmt=".2f"), "",
             f"In {below} of {len(cases)} cases the measured ranking repeats too little from seed to seed for any "
             f"proxy to reach a Spearman of 0.8 against it (there the candidates prune alike within seed noise).",
-            ""]
+            "", "Each target's best proxy (mean Spearman) against the mean noise ceiling of its cases: "
+            + "; ".join(f"{r.target}: {r.proxy} {r.mean:.2f} of {r.ceiling:.2f}"
+                        for r in summary.sort_values("mean", ascending=False).drop_duplicates("target").itertuples())
+            + ".", ""]
 
 
 def _cost_lines(costs: pd.DataFrame) -> list[str]:
