@@ -7,8 +7,8 @@ from calib_core.data import sets
 from calib_core.data.sources import BUILTIN_SOURCES
 from calib_core.data.strategies import RANDOM, STRATEGIES
 from calib_core.errors import CalibLabError
-from calib_core.experiments.advisor import (PROXIES, AdviceSettings, Candidate, check_case, ranking, validation_note,
-                                            verify_specs)
+from calib_core.experiments.advisor import (BEST, PROXIES, AdviceSettings, Candidate, best_validated_proxy, check_case,
+                                            ranking, validation_note, verify_specs)
 from calib_core.jobs import manager, tasks
 from calib_core.metrics.proxies import APPROXIMATION, PREDICTABLE
 from calib_core.models import resolve_dtype
@@ -44,7 +44,8 @@ method = d1.selectbox("Method", list(PREDICTABLE))
 setting = d2.selectbox("Setting", ["0.5", "0.6", "0.7", "2:4", "4:8"])
 nsamples = bounded_number(d3, "nsamples", 1, 256, 8, step=1)
 seqlen = bounded_number(d4, "seqlen", 16, 2048, 256, step=1)
-proxy = d5.selectbox("Rank by", list(PROXIES), format_func=lambda p: PROXIES[p].label)
+proxy = d5.selectbox("Rank by", [BEST, *PROXIES],
+                     format_func=lambda p: "the best validated proxy for the case" if p == BEST else PROXIES[p].label)
 
 config = PruneConfig(method=method, device=st.session_state.device,
                      **({"pattern": setting} if ":" in setting else {"sparsity": float(setting)}))
@@ -72,11 +73,14 @@ def show_advice(job):
         st.error(f"{job.status}: {job.error}")
         return
     table = job.result
-    ranked = ranking(table, proxy)
-    st.dataframe(ranked[["rank", "candidate", proxy] + [p for p in PROXIES if p != proxy] + ["seconds"]],
+    used, why = (best_validated_proxy(table.attrs["method"], table.attrs["setting"], table.attrs["target"])
+                 if proxy == BEST else (proxy, f"ranked by {proxy}"))
+    ranked = ranking(table, used)
+    st.dataframe(ranked[["rank", "candidate", used] + [p for p in PROXIES if p != used] + ["seconds"]],
                  hide_index=True, width="stretch")
+    st.caption(why[0].upper() + why[1:] + ".")
     case = st.session_state.get("advice_case")
-    note = validation_note(proxy, table.attrs["method"], table.attrs["setting"], table.attrs["target"],
+    note = validation_note(used, table.attrs["method"], table.attrs["setting"], table.attrs["target"],
                            case["model"] if case else None)
     (st.success if note.predicts else st.warning)(note.text)
     st.caption(f"Proxies took {table['seconds'].sum() + table.attrs['target_seconds']:.0f} s for "

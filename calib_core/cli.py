@@ -749,7 +749,7 @@ def _cmd_inspect(args) -> int:
 
 
 def _advise_parser(sub) -> None:
-    from .experiments.advisor import PROXIES
+    from .experiments.advisor import BEST, PROXIES
 
     advise = sub.add_parser("advise", help="rank candidate calibration sets for a target without pruning (proxies "
                                            "from dense forwards), with how well the proxy was validated")
@@ -760,8 +760,10 @@ def _advise_parser(sub) -> None:
                              "builtin:wiki builtin:code builtin:wiki@least-ppl")
     advise.add_argument("--target", required=True, metavar="SOURCE",
                         help="the text standing for the capability you care about, e.g. builtin:code")
-    advise.add_argument("--proxy", default="predicted_jaccard", choices=list(PROXIES),
-                        help="the proxy the ranking follows; " + "; ".join(f"{p.name}: {p.label}" for p in PROXIES.values()))
+    advise.add_argument("--proxy", default=BEST, choices=[BEST, *PROXIES],
+                        help=f"the proxy the ranking follows (default {BEST}: the one that agreed best with pruning in "
+                             f"the validation for this method, setting and target); "
+                             + "; ".join(f"{p.name}: {p.label}" for p in PROXIES.values()))
     advise.add_argument("--nsamples", type=int, default=8)
     advise.add_argument("--seqlen", type=int, default=256)
     advise.add_argument("--seed", type=int, default=0)
@@ -773,8 +775,8 @@ def _advise_parser(sub) -> None:
 
 def _cmd_advise(args) -> int:
     from .errors import ConfigError
-    from .experiments.advisor import (AdviceSettings, Candidate, check_case, proxy_table, ranking, validation_note,
-                                      verify)
+    from .experiments.advisor import (BEST, AdviceSettings, Candidate, best_validated_proxy, check_case, proxy_table,
+                                      ranking, validation_note, verify)
     from .models import load_model
 
     candidates = [Candidate.parse(c) for c in args.candidates]
@@ -786,11 +788,14 @@ def _cmd_advise(args) -> int:
     check_case(candidates, args.target, settings)  # before the model loads
     loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, device=args.device)
     table = proxy_table(loaded, candidates, args.target, settings, on_event=lambda m: print(m, file=sys.stderr))
-    ranked = ranking(table, args.proxy)
-    columns = ["rank", "candidate", args.proxy] + [p for p in table.columns if p not in (
-        "rank", "candidate", args.proxy, "source", "strategy")]
+    proxy, why = (best_validated_proxy(table.attrs["method"], table.attrs["setting"], args.target)
+                  if args.proxy == BEST else (args.proxy, f"ranked by {args.proxy} (--proxy)"))
+    ranked = ranking(table, proxy)
+    columns = ["rank", "candidate", proxy] + [p for p in table.columns if p not in (
+        "rank", "candidate", proxy, "source", "strategy")]
     print(ranked[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(validation_note(args.proxy, table.attrs["method"], table.attrs["setting"], args.target, args.model).text)
+    print(why + ".")
+    print(validation_note(proxy, table.attrs["method"], table.attrs["setting"], args.target, args.model).text)
     if args.verify:
         checked = verify(args.model, args.dtype, ranked.head(args.verify), args.target, settings, args.eval_windows)
         print(checked.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -137,6 +137,7 @@ def test_advise_ranks_candidates_for_a_target_says_it_is_unvalidated_and_verifie
              for line in lines[1:4]]
     assert sorted(named) == ["builtin:code", "builtin:news by unique-tokens", "builtin:wiki"]
     assert "is not validated for wanda 70% with target builtin:code" in out
+    assert "ranked by predicted_jaccard: no proxy was validated for wanda 70%." in out  # the default, said
     runs = RunStore().list()
     assert len(runs) == 2 and [r["origin"] for r in runs] == ["cli", "cli"]  # the top 2, pruned and measured
     assert "ppl builtin:code" in out
@@ -197,6 +198,27 @@ def test_the_validation_note_quotes_the_matching_cases_and_says_when_the_model_w
     assert committed.startswith("Validated") and "smollm2-135m: Spearman" in committed
 
 
+def test_the_best_validated_proxy_is_the_one_that_agreed_best_for_the_case_or_its_method_and_setting(tmp_path):
+    from calib_core.experiments.advisor import DEFAULT_PROXY, best_validated_proxy
+
+    table = tmp_path / "validation.csv"
+    table.write_text("model,method,setting,target,proxy,spearman\n"
+                     "m1,wanda,50%,builtin:code,norm_divergence,0.9\n"
+                     "m2,wanda,50%,builtin:code,norm_divergence,0.1\n"
+                     "m1,wanda,50%,builtin:code,ngram_overlap,0.6\n"
+                     "m2,wanda,50%,builtin:code,ngram_overlap,0.6\n"
+                     "m1,wanda,50%,builtin:news,norm_divergence,0.9\n"
+                     "m1,wanda,50%,builtin:news,min_k_pp,0.5\n")
+    proxy, why = best_validated_proxy("wanda", "50%", "builtin:code", table)
+    assert proxy == "ngram_overlap" and "for wanda 50% with target builtin:code (mean Spearman 0.60)" in why
+    # a target not validated: the best over the validated targets with this method and setting
+    proxy, why = best_validated_proxy("wanda", "50%", "my/own.txt", table)
+    assert proxy == "norm_divergence" and "over the validated targets (mean Spearman 0.63)" in why
+    proxy, why = best_validated_proxy("sparsegpt", "50%", "builtin:code", table)
+    assert proxy == DEFAULT_PROXY and "no proxy was validated for sparsegpt 50%" in why
+    assert best_validated_proxy("wanda", "50%", "builtin:code", tmp_path / "absent.csv")[0] == DEFAULT_PROXY
+
+
 def test_advise_refuses_bad_cases_before_loading_a_model(capsys):
     from calib_core.cli import main as cli_main
 
@@ -252,6 +274,7 @@ def test_the_advisor_page_ranks_warns_when_unvalidated_and_verifies_the_top(tmp_
     ranked = app.dataframe[0].value
     assert list(ranked["rank"]) == [1, 2] and set(ranked["candidate"]) == {"builtin:wiki", "builtin:code"}
     assert any("is not validated for wanda 70% with target builtin:code" in w.value for w in app.warning)
+    assert any(c.value.startswith("Ranked by predicted_jaccard: no proxy was validated") for c in app.caption)
     assert any(c.value.startswith("No time estimate yet") for c in app.caption)  # nothing pruned here yet
     next(b for b in app.button if b.label.startswith("Prune with the top")).click().run()
     checked = _wait(manager().get(app.session_state["verify_job"]), 300)

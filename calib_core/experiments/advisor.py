@@ -204,6 +204,26 @@ def validation_note(proxy: str, method: str, setting: str, target: str, model: s
     return ValidationNote(verdict, note)
 
 
+BEST = "best"  # rank by the proxy that agreed best with pruning in the validation (best_validated_proxy)
+DEFAULT_PROXY = "predicted_jaccard"
+
+
+def best_validated_proxy(method: str, setting: str, target: str, table: Path = VALIDATION_TABLE) -> tuple[str, str]:
+    """(proxy, why): the proxy with the highest mean Spearman over the validated models for this method, setting
+    and target; where the target was not validated, over every validated target with this method and setting;
+    DEFAULT_PROXY where neither was."""
+    rows = pd.read_csv(table) if table.exists() else pd.DataFrame(columns=["method", "setting", "target"])
+    alike = rows[(rows["method"] == method) & (rows["setting"] == setting)]
+    for chosen, scope in [(alike[alike["target"] == target], f"{method} {setting} with target {target}"),
+                          (alike, f"{method} {setting} over the validated targets")]:
+        if not chosen.empty:
+            means = chosen.groupby("proxy")["spearman"].mean()
+            best = str(means.idxmax())
+            return best, f"ranked by {best}, the proxy that agreed best with pruning in the validation for {scope} " \
+                         f"(mean Spearman {means[best]:.2f})"
+    return DEFAULT_PROXY, f"ranked by {DEFAULT_PROXY}: no proxy was validated for {method} {setting}"
+
+
 def _ceiling_text(row) -> str:
     """A validated case's noise ceiling, where the table has one (tables written before it had none)."""
     ceiling = getattr(row, "noise_ceiling", float("nan"))
