@@ -402,8 +402,9 @@ def test_validate_advisor_cli_reads_committed_style_csvs_without_loading_a_model
     assert "from 9 of the protocol's" in text
     # The proxies' own cost, all at once (these rows have no per-proxy time): (10 - 4 s of making the windows)
     # over the 120 s median run.
-    assert "smollm2-135m: every proxy at once (an upper bound), median run 120 s" in text
-    assert "| predicted_jaccard |           5.0% |" in text
+    assert "smollm2-135m: every proxy at once (an upper bound), median run wanda 120 s" in text
+    assert "| predicted_jaccard |                 5.0% |" in text
+    assert pd.read_csv(table)["cost_share"].tolist() == pytest.approx([0.05] * len(PROXIES))  # what advise judges by
     # every seed ranks the entries alike: the ceiling is 1 and rules out no case
     assert found["noise_ceiling"].tolist() == pytest.approx([1.0] * len(PROXIES))
     assert "In 0 of 1 cases the measured ranking repeats too little" in text
@@ -412,30 +413,39 @@ def test_validate_advisor_cli_reads_committed_style_csvs_without_loading_a_model
     assert "is **met** for:" in text and "norm_divergence on builtin:wiki (wanda 50%)" in text
 
 
-def test_each_proxys_cost_share_counts_its_own_seconds_and_the_target_against_runs_on_the_same_cpu():
+def test_each_proxys_cost_share_counts_its_own_seconds_and_the_target_against_the_methods_runs_on_the_same_cpu():
     from calib_core.experiments.advisor_validation import (ALL_AT_ONCE, NO_RUN_TIMES, OTHER_MACHINES, PER_PROXY,
                                                             WITH_SELECTION, cost_shares)
 
-    # model a: two candidates, each proxy timed apart on cpu X; runs on X (median 30 s) and on Y
-    timed = pd.DataFrame({"model": "a", "entry": ["x", "x", "y", "y"], "seed": 0, "proxy": ["min_k_pp", "norm_divergence"] * 2,
-                          "proxy_seconds": [1.0, 2.0, 3.0, 4.0], "seconds": 9.0, "selection_seconds": 1.0, "cpu": "X"})
-    runs = pd.DataFrame({"model": "a", "run_seconds": [20.0, 30.0, 100.0, 500.0], "cpu": ["X", "X", "X", "Y"]})
-    costs = cost_shares(timed, runs).set_index("proxy")
-    assert costs.loc["min_k_pp", "share"] == pytest.approx(2.0 / 30.0)  # target-free: the candidates' seconds
-    assert costs.loc["norm_divergence", "share"] == pytest.approx(3.0 * 1.5 / 30.0)  # + the target: 1 of 2 more
+    # model a: two candidates, each proxy timed apart on cpu X (the mask proxy per method)
+    timed = pd.DataFrame({"model": "a", "entry": ["x", "x", "x", "y", "y", "y"], "seed": 0,
+                          "proxy": ["min_k_pp", "norm_divergence", "predicted_jaccard"] * 2,
+                          "method": ["", "", "wanda"] * 2, "proxy_seconds": [1.0, 2.0, 5.0, 3.0, 4.0, 7.0],
+                          "seconds": 9.0, "selection_seconds": 1.0, "cpu": "X"})
+    # wanda's runs on X: median 30 s (and a 500 s one on Y); sparsegpt's on X: 60 s
+    runs = pd.DataFrame({"model": "a", "method": ["wanda"] * 4 + ["sparsegpt"],
+                         "run_seconds": [20.0, 30.0, 100.0, 500.0, 60.0], "cpu": ["X", "X", "X", "Y", "X"]})
+    costs = cost_shares(timed, runs).set_index(["method", "proxy"])
+    assert costs.loc[("wanda", "min_k_pp"), "share"] == pytest.approx(2.0 / 30.0)  # target-free: the candidates'
+    assert costs.loc[("wanda", "norm_divergence"), "share"] == pytest.approx(3.0 * 1.5 / 30.0)  # + the target
+    assert costs.loc[("sparsegpt", "norm_divergence"), "share"] == pytest.approx(3.0 * 1.5 / 60.0)
+    assert costs.loc[("wanda", "predicted_jaccard"), "share"] == pytest.approx(6.0 * 1.5 / 30.0)
+    assert costs.loc[("sparsegpt", "predicted_jaccard"), "share"] != costs.loc[("sparsegpt", "predicted_jaccard"), "share"]
     assert set(costs["basis"]) == {PER_PROXY}
-    elsewhere = cost_shares(timed, runs.assign(cpu="Z")).set_index("proxy")  # no run on X: every run, said so
-    assert elsewhere.loc["min_k_pp", "share"] == pytest.approx(2.0 / 65.0) and set(elsewhere["basis"]) == {OTHER_MACHINES}
+    elsewhere = cost_shares(timed, runs.assign(cpu="Z")).set_index(["method", "proxy"])  # none on X: every run, said
+    assert elsewhere.loc[("wanda", "min_k_pp"), "share"] == pytest.approx(2.0 / 65.0)
+    assert set(elsewhere["basis"]) == {OTHER_MACHINES}
     # rows from before per-proxy times: every proxy costs what all of a candidate's did, less its windows if timed
     old = pd.DataFrame({"model": ["b", "b", "c"], "entry": "x", "seed": 0, "proxy": "calib_ppl", "seconds": [3.0, 3.0, 5.0],
                         "selection_seconds": [1.0, 1.0, None], "proxy_seconds": None, "cpu": ""})
-    both = cost_shares(old, pd.DataFrame({"model": ["b", "b", "c"], "run_seconds": [10.0, 30.0, None]}))
+    old_runs = pd.DataFrame({"model": ["b", "b", "c"], "method": "wanda", "run_seconds": [10.0, 30.0, None]})
+    both = cost_shares(old, old_runs)
     b, c = both[both["model"] == "b"], both[both["model"] == "c"]
     assert b["share"].tolist() == pytest.approx([2.0 / 20.0] * len(b)) and set(b["basis"]) == {ALL_AT_ONCE}
     assert c["share"].isna().all() and set(c["basis"]) == {NO_RUN_TIMES}  # no run time recorded: not measured
-    unselected = cost_shares(old.drop(columns="selection_seconds"), pd.DataFrame({"model": ["b"], "run_seconds": [30.0]}))
+    unselected = cost_shares(old.drop(columns="selection_seconds"), old_runs)
     assert set(unselected[unselected["model"] == "b"]["basis"]) == {WITH_SELECTION}
-    assert unselected[unselected["model"] == "b"]["share"].tolist()[0] == pytest.approx(0.1)
+    assert unselected[unselected["model"] == "b"]["share"].tolist()[0] == pytest.approx(3.0 / 20.0)
 
 
 def test_the_noise_ceiling_follows_how_well_seeds_rank_the_entries_alike():

@@ -248,48 +248,61 @@ PER_PROXY, OTHER_MACHINES, ALL_AT_ONCE, WITH_SELECTION, NO_RUN_TIMES = (
 
 
 def cost_shares(proxies: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
-    """Per model and proxy: ranking N candidates by the proxy against pruning and evaluating each once (the
-    protocol's brute force), as a share: N candidates' `proxy_seconds` plus the target's for proxies that
-    need one (its windows are as many as a candidate's: one more candidate's worth), over N median run
-    seconds (pruning, evaluation, and the selection in the first run of a seed). The runs are those timed on
-    the CPU the proxies were, where any were. `basis` says how it was measured: rows computed before
-    `proxy_seconds` was recorded give every proxy the seconds of all of a candidate's proxies (an upper
-    bound), with its windows' making where `selection_seconds` was not recorded either. NaN share when no
-    run of the model has a recorded time (rows carried from a CSV written before `run_seconds` was exported)."""
+    """Per model, method and proxy: ranking N candidates by the proxy against pruning with the method and
+    evaluating each candidate once (the protocol's brute force), as a share: N candidates' `proxy_seconds`
+    (the mask proxy's for that method) plus the target's for proxies that need one (its windows are as many
+    as a candidate's: one more candidate's worth), over N median seconds of the method's runs (pruning,
+    evaluation, and the selection in the first run of a seed). The runs are those timed on the CPU the
+    proxies were, where any were. `basis` says how it was measured: rows computed before `proxy_seconds` was
+    recorded give every proxy the seconds of all of a candidate's proxies (an upper bound), with its windows'
+    making where `selection_seconds` was not recorded either. NaN share when no run of the model has a
+    recorded time (rows carried from a CSV written before `run_seconds` was exported)."""
     from .advisor import PROXIES
 
     rows = []
     for model in proxies["model"].unique():
         mine = proxies[proxies["model"] == model]
-        runs = measured[measured["model"] == model] if "run_seconds" in measured.columns else measured.iloc[0:0]
+        runs = measured[measured["model"] == model]
         timed = mine[pd.to_numeric(mine["proxy_seconds"], errors="coerce").notna()] if "proxy_seconds" in mine else mine.iloc[0:0]
         if len(timed):
             cpu = timed["cpu"].mode().iloc[0] if "cpu" in timed else None
             same = runs[runs["cpu"] == cpu] if cpu is not None and "cpu" in runs else runs.iloc[0:0]
-            runs, basis = (same, PER_PROXY) if len(same) else (runs, OTHER_MACHINES)
+            timed_runs, basis = (same, PER_PROXY) if len(same) else (runs, OTHER_MACHINES)
             candidates = mine["entry"].nunique()
-            seconds = {name: float(pd.to_numeric(group["proxy_seconds"]).mean()) * (
-                1 + 1 / candidates if PROXIES[name].needs_target else 1) for name, group in timed.groupby("proxy")}
+
+            def seconds(name: str, method: str) -> float:
+                chosen = timed[(timed["proxy"] == name) & ((timed["method"] == method) if name == MASK_PROXY else True)]
+                return float(pd.to_numeric(chosen["proxy_seconds"]).mean()) * (
+                    1 + 1 / candidates if PROXIES[name].needs_target else 1)
         else:
             per_candidate = mine.groupby(["entry", "seed"])
             spent = per_candidate["seconds"].first()
             selection = pd.to_numeric(per_candidate["selection_seconds"].first(), errors="coerce") \
                 if "selection_seconds" in mine.columns else spent * float("nan")
-            basis = WITH_SELECTION if selection.isna().any() else ALL_AT_ONCE
-            seconds = dict.fromkeys(PROXIES, float((spent - selection.fillna(0.0)).mean()))
-        totals = pd.to_numeric(runs.get("run_seconds", pd.Series(dtype=float)), errors="coerce").dropna()
-        median = float(totals.median()) if len(totals) else float("nan")
-        rows += [{"model": model, "proxy": name, "seconds": value, "run_seconds": median, "share": value / median,
-                  "basis": basis if len(totals) else NO_RUN_TIMES} for name, value in seconds.items()]
-    return pd.DataFrame(rows, columns=["model", "proxy", "seconds", "run_seconds", "share", "basis"])
+            timed_runs, basis = runs, (WITH_SELECTION if selection.isna().any() else ALL_AT_ONCE)
+            every = float((spent - selection.fillna(0.0)).mean())
+
+            def seconds(name: str, method: str) -> float:
+                return every
+        for method in runs["method"].unique():
+            totals = pd.to_numeric(timed_runs[timed_runs["method"] == method].get("run_seconds", pd.Series(dtype=float)),
+                                   errors="coerce").dropna()
+            median = float(totals.median()) if len(totals) else float("nan")
+            for name in PROXIES:
+                spent_here = seconds(name, method)
+                rows.append({"model": model, "method": method, "proxy": name, "seconds": spent_here,
+                             "run_seconds": median, "share": spent_here / median,
+                             "basis": basis if len(totals) else NO_RUN_TIMES})
+    return pd.DataFrame(rows, columns=["model", "method", "proxy", "seconds", "run_seconds", "share", "basis"])
 
 
 def validate(settings: ValidationSettings, store, proxies_csv: Path, table_csv: Path, run_missing: bool = True,
              on_event=None, runs_csv: Path | None = None,
-             on_run_event=None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+             on_run_event=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The measured runs (missing ones run, unless not `run_missing`), the proxies not yet in `proxies_csv`
     (appended after each model), the agreement table written to `table_csv`; returns it with the verdicts
-    and the cost shares (cost_shares; each case's row carries its proxy's). `on_run_event` receives the runs' pipeline events, `on_event` the proxies' messages.
+    and the cost shares (cost_shares; each case's row carries its proxy's). `on_run_event` receives the runs'
+    pipeline events, `on_event` the proxies' messages.
     `runs_csv` receives every measured run, also when the runs are interrupted (Ctrl-C): the validation
     outlasts one machine's run store only as that CSV, read back as `previous`."""
     from .tournament import run_tournament, tournament_frame
@@ -314,8 +327,8 @@ def validate(settings: ValidationSettings, store, proxies_csv: Path, table_csv: 
     costs = cost_shares(proxies, measured)
     found = agreement(proxies, measured, settings)
     if not found.empty:  # each case carries its proxy's cost share, so advise can apply the verdict rule
-        found = found.merge(costs[["model", "proxy", "share"]].rename(columns={"share": "cost_share"}),
-                            on=["model", "proxy"], how="left")
+        found = found.merge(costs[["model", "method", "proxy", "share"]].rename(columns={"share": "cost_share"}),
+                            on=["model", "method", "proxy"], how="left")
     table_csv.parent.mkdir(parents=True, exist_ok=True)
     found.to_csv(table_csv, index=False)
     return found, verdicts(found), costs
@@ -385,14 +398,17 @@ def _ceiling_lines(found: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
 
 
 def _cost_lines(costs: pd.DataFrame) -> list[str]:
-    """Each proxy's cost share per model, and how it was measured."""
+    """Each proxy's cost share per model and method, and how it was measured."""
     if costs.empty:
         return []
-    table = costs.pivot_table(index="proxy", columns="model", values="share", sort=False)
-    bases = costs.drop_duplicates("model")
-    return ["Cost of ranking the candidates by each proxy, as a share of pruning and evaluating every candidate "
-            "once (the brute-force answer): per candidate, the forward the proxy needs, its masks for the setting "
-            "and its own arithmetic, plus the target's once for the proxies that need one, over the median run:",
+    labelled = costs.assign(case=costs["model"] + " " + costs["method"])
+    table = labelled.pivot_table(index="proxy", columns="case", values="share", sort=False)
+    bases = [f"{model}: {group['basis'].iloc[0]}, median run " + ", ".join(
+        f"{r.method} {r.run_seconds:.0f} s" for r in group.drop_duplicates("method").itertuples())
+        for model, group in costs.groupby("model", sort=False)]
+    return ["Cost of ranking the candidates by each proxy, as a share of pruning with the method and evaluating "
+            "every candidate once (the brute-force answer): per candidate, the forward the proxy needs, its masks "
+            "for the setting and its own arithmetic, plus the target's once for the proxies that need one, over "
+            "the method's median run:",
             "", table.to_markdown(floatfmt=".1%"), "",
-            "Measured: " + "; ".join(f"{r.model}: {r.basis}, median run {r.run_seconds:.0f} s"
-                                     for r in bases.itertuples()) + ".", ""]
+            "Measured: " + "; ".join(bases) + ".", ""]
