@@ -42,9 +42,19 @@ class ChannelNorms:
     tokens: int
 
 
+class _LastBlockDone(Exception):
+    """Raised after the last decoder block: the final norm and the LM head feed no prunable Linear's input
+    (on gemma3-270m the head is most of a forward's arithmetic)."""
+
+
+def _stop(_module, _inputs, _output):
+    raise _LastBlockDone
+
+
 def dense_channel_norms(model, ids: torch.Tensor, lengths: list[int] | None = None, batch_size: int = 8) -> ChannelNorms:
     """One dense forward over `ids` [windows, seqlen] (each window's first `lengths[i]` tokens real; padding
-    is not counted), with every prunable Linear's input sum of squares accumulated by a hook."""
+    is not counted), with every prunable Linear's input sum of squares accumulated by a hook, stopped after
+    the last decoder block."""
     lengths = lengths or [ids.shape[1]] * ids.shape[0]
     sums: dict[tuple[int, str], torch.Tensor] = {}
     real: list[torch.Tensor] = []  # the current batch's real-token mask, read by every hook
@@ -56,9 +66,11 @@ def dense_channel_norms(model, ids: torch.Tensor, lengths: list[int] | None = No
             sums[key] = sums.get(key, 0) + x.square().sum(dim=(0, 1))
         return accumulate
 
-    for index, block in enumerate(decoder_blocks(model)):
+    blocks = decoder_blocks(model)
+    for index, block in enumerate(blocks):
         for name, module in prunable_modules(block).items():
             hooks.append(module.register_forward_hook(hook((index, name))))
+    hooks.append(blocks[-1].register_forward_hook(_stop))
     device = next(model.parameters()).device
     try:
         with torch.inference_mode():
@@ -69,7 +81,10 @@ def dense_channel_norms(model, ids: torch.Tensor, lengths: list[int] | None = No
                 for i, row in enumerate(rows):
                     mask[i, : lengths[row]] = 1.0
                 real[:] = [mask]
-                model(input_ids=batch, attention_mask=mask.long(), use_cache=False)
+                try:
+                    model(input_ids=batch, attention_mask=mask.long(), use_cache=False)
+                except _LastBlockDone:
+                    pass
     finally:
         for handle in hooks:
             handle.remove()
