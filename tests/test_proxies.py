@@ -402,7 +402,7 @@ def test_validate_advisor_cli_reads_committed_style_csvs_without_loading_a_model
     assert "from 9 of the protocol's" in text
     # The proxies' own cost, all at once (these rows have no per-proxy time): (10 - 4 s of making the windows)
     # over the 120 s median run.
-    assert "smollm2-135m: every proxy at once (an upper bound), median run wanda 120 s" in text
+    assert "smollm2-135m: median run wanda 120 s (every proxy at once (an upper bound))" in text
     assert "| predicted_jaccard |                 5.0% |" in text
     assert pd.read_csv(table)["cost_share"].tolist() == pytest.approx([0.05] * len(PROXIES))  # what advise judges by
     # every seed ranks the entries alike: the ceiling is 1 and rules out no case
@@ -435,6 +435,9 @@ def test_each_proxys_cost_share_counts_its_own_seconds_and_the_target_against_th
     elsewhere = cost_shares(timed, runs.assign(cpu="Z")).set_index(["method", "proxy"])  # none on X: every run, said
     assert elsewhere.loc[("wanda", "min_k_pp"), "share"] == pytest.approx(2.0 / 65.0)
     assert set(elsewhere["basis"]) == {OTHER_MACHINES}
+    # a method with no run on the proxies' CPU is measured against its runs elsewhere, said for that method alone
+    mixed = cost_shares(timed, runs.assign(cpu=["X"] * 4 + ["Z"])).drop_duplicates("method").set_index("method")
+    assert mixed.loc["wanda", "basis"] == PER_PROXY and mixed.loc["sparsegpt", "basis"] == OTHER_MACHINES
     # rows from before per-proxy times: every proxy costs what all of a candidate's did, less its windows if timed
     old = pd.DataFrame({"model": ["b", "b", "c"], "entry": "x", "seed": 0, "proxy": "calib_ppl", "seconds": [3.0, 3.0, 5.0],
                         "selection_seconds": [1.0, 1.0, None], "proxy_seconds": None, "cpu": ""})

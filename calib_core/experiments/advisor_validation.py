@@ -264,34 +264,30 @@ def cost_shares(proxies: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
         mine = proxies[proxies["model"] == model]
         runs = measured[measured["model"] == model]
         timed = mine[pd.to_numeric(mine["proxy_seconds"], errors="coerce").notna()] if "proxy_seconds" in mine else mine.iloc[0:0]
-        if len(timed):
-            cpu = timed["cpu"].mode().iloc[0] if "cpu" in timed else None
-            same = runs[runs["cpu"] == cpu] if cpu is not None and "cpu" in runs else runs.iloc[0:0]
-            timed_runs, basis = (same, PER_PROXY) if len(same) else (runs, OTHER_MACHINES)
-            candidates = mine["entry"].nunique()
-
-            def seconds(name: str, method: str) -> float:
-                chosen = timed[(timed["proxy"] == name) & ((timed["method"] == method) if name == MASK_PROXY else True)]
-                return float(pd.to_numeric(chosen["proxy_seconds"]).mean()) * (
-                    1 + 1 / candidates if PROXIES[name].needs_target else 1)
-        else:
+        cpu = timed["cpu"].mode().iloc[0] if len(timed) and "cpu" in timed else None
+        if timed.empty:  # rows from before per-proxy times: one candidate's proxies, all at once
             per_candidate = mine.groupby(["entry", "seed"])
             spent = per_candidate["seconds"].first()
             selection = pd.to_numeric(per_candidate["selection_seconds"].first(), errors="coerce") \
                 if "selection_seconds" in mine.columns else spent * float("nan")
-            timed_runs, basis = runs, (WITH_SELECTION if selection.isna().any() else ALL_AT_ONCE)
-            every = float((spent - selection.fillna(0.0)).mean())
-
-            def seconds(name: str, method: str) -> float:
-                return every
+            all_at_once = float((spent - selection.fillna(0.0)).mean())
+            old_basis = WITH_SELECTION if selection.isna().any() else ALL_AT_ONCE
         for method in runs["method"].unique():
-            totals = pd.to_numeric(timed_runs[timed_runs["method"] == method].get("run_seconds", pd.Series(dtype=float)),
-                                   errors="coerce").dropna()
+            method_runs = runs[runs["method"] == method]
+            same = method_runs[method_runs["cpu"] == cpu] if cpu is not None and "cpu" in method_runs else method_runs.iloc[0:0]
+            chosen, basis = (method_runs, old_basis) if timed.empty else \
+                (same, PER_PROXY) if len(same) else (method_runs, OTHER_MACHINES)
+            totals = pd.to_numeric(chosen.get("run_seconds", pd.Series(dtype=float)), errors="coerce").dropna()
             median = float(totals.median()) if len(totals) else float("nan")
-            for name in PROXIES:
-                spent_here = seconds(name, method)
-                rows.append({"model": model, "method": method, "proxy": name, "seconds": spent_here,
-                             "run_seconds": median, "share": spent_here / median,
+            for name, proxy in PROXIES.items():
+                if timed.empty:
+                    seconds = all_at_once
+                else:
+                    own = timed[(timed["proxy"] == name) & ((timed["method"] == method) if name == MASK_PROXY else True)]
+                    seconds = float(pd.to_numeric(own["proxy_seconds"]).mean()) * (
+                        1 + 1 / mine["entry"].nunique() if proxy.needs_target else 1)
+                rows.append({"model": model, "method": method, "proxy": name, "seconds": seconds,
+                             "run_seconds": median, "share": seconds / median,
                              "basis": basis if len(totals) else NO_RUN_TIMES})
     return pd.DataFrame(rows, columns=["model", "method", "proxy", "seconds", "run_seconds", "share", "basis"])
 
@@ -403,8 +399,8 @@ def _cost_lines(costs: pd.DataFrame) -> list[str]:
         return []
     labelled = costs.assign(case=costs["model"] + " " + costs["method"])
     table = labelled.pivot_table(index="proxy", columns="case", values="share", sort=False)
-    bases = [f"{model}: {group['basis'].iloc[0]}, median run " + ", ".join(
-        f"{r.method} {r.run_seconds:.0f} s" for r in group.drop_duplicates("method").itertuples())
+    bases = [f"{model}: median run " + ", ".join(
+        f"{r.method} {r.run_seconds:.0f} s ({r.basis})" for r in group.drop_duplicates("method").itertuples())
         for model, group in costs.groupby("model", sort=False)]
     return ["Cost of ranking the candidates by each proxy, as a share of pruning with the method and evaluating "
             "every candidate once (the brute-force answer): per candidate, the forward the proxy needs, its masks "
