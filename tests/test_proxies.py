@@ -328,6 +328,8 @@ def test_the_validation_measures_rank_agreement_between_proxies_and_pruning(tmp_
     measured = tournament_frame(tournament, store)
     proxies = pd.read_csv(tmp_path / "proxies.csv", keep_default_na=False)
     assert (proxies["proxy_seconds"] > 0).all() and (proxies["proxy_seconds"] <= proxies["seconds"]).all()
+    needs_target = proxies["proxy"].map(lambda name: PROXIES[name].needs_target)
+    assert (proxies[needs_target]["target_seconds"] > 0).all() and (proxies[~needs_target]["target_seconds"] == 0).all()
     case = proxies[(proxies["target"] == "builtin:code") & (proxies["proxy"] == "norm_divergence")]
     predicted = -case.groupby("entry")["value"].mean()  # lower divergence predicts better
     truth = -measured.groupby("entry")["ppl builtin:code"].mean()  # lower perplexity is better
@@ -421,15 +423,15 @@ def test_each_proxys_cost_share_counts_its_own_seconds_and_the_target_against_th
     timed = pd.DataFrame({"model": "a", "entry": ["x", "x", "x", "y", "y", "y"], "seed": 0,
                           "proxy": ["min_k_pp", "norm_divergence", "predicted_jaccard"] * 2,
                           "method": ["", "", "wanda"] * 2, "proxy_seconds": [1.0, 2.0, 5.0, 3.0, 4.0, 7.0],
-                          "seconds": 9.0, "selection_seconds": 1.0, "cpu": "X"})
+                          "target_seconds": [0.0, 1.0, 2.0] * 2, "seconds": 9.0, "selection_seconds": 1.0, "cpu": "X"})
     # wanda's runs on X: median 30 s (and a 500 s one on Y); sparsegpt's on X: 60 s
     runs = pd.DataFrame({"model": "a", "method": ["wanda"] * 4 + ["sparsegpt"],
                          "run_seconds": [20.0, 30.0, 100.0, 500.0, 60.0], "cpu": ["X", "X", "X", "Y", "X"]})
     costs = cost_shares(timed, runs).set_index(["method", "proxy"])
     assert costs.loc[("wanda", "min_k_pp"), "share"] == pytest.approx(2.0 / 30.0)  # target-free: the candidates'
-    assert costs.loc[("wanda", "norm_divergence"), "share"] == pytest.approx(3.0 * 1.5 / 30.0)  # + the target
-    assert costs.loc[("sparsegpt", "norm_divergence"), "share"] == pytest.approx(3.0 * 1.5 / 60.0)
-    assert costs.loc[("wanda", "predicted_jaccard"), "share"] == pytest.approx(6.0 * 1.5 / 30.0)
+    assert costs.loc[("wanda", "norm_divergence"), "share"] == pytest.approx((3.0 + 1.0 / 2) / 30.0)  # + the target
+    assert costs.loc[("sparsegpt", "norm_divergence"), "share"] == pytest.approx((3.0 + 1.0 / 2) / 60.0)
+    assert costs.loc[("wanda", "predicted_jaccard"), "share"] == pytest.approx((6.0 + 2.0 / 2) / 30.0)
     assert costs.loc[("sparsegpt", "predicted_jaccard"), "share"] != costs.loc[("sparsegpt", "predicted_jaccard"), "share"]
     assert set(costs["basis"]) == {PER_PROXY}
     elsewhere = cost_shares(timed, runs.assign(cpu="Z")).set_index(["method", "proxy"])  # none on X: every run, said

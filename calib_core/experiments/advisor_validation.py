@@ -59,7 +59,8 @@ def proxy_rows(settings: ValidationSettings, model: str, wanted: set, on_event=N
     the entry took (`seconds`: making its windows again and its proxies), of those the seconds its windows
     took (`selection_seconds`: a set a user advises on is made once either way), what the row's proxy alone cost
     for this candidate in one case (`proxy_seconds`: the forward it needs, its masks for this setting, its own
-    arithmetic) and the CPU they were timed on. Each candidate is scored once (its forward serves every target),
+    arithmetic), what it needs of the target once per case (`target_seconds`: its norms, masks or n-grams) and
+    the CPU they were timed on. Each candidate is scored once (its forward serves every target),
     the targets' masks are computed once per setting."""
     from ..data.sources import build_calibration
     from ..data.strategies import build_strategy_calibration
@@ -79,14 +80,20 @@ def proxy_rows(settings: ValidationSettings, model: str, wanted: set, on_event=N
     model_, tokenizer = loaded.model, loaded.tokenizer
     configs = [PruneConfig(method=m, **({"pattern": s} if isinstance(s, str) else {"sparsity": float(s)})).resolved()
                for m in tour.methods for s in tour.settings]
-    targets = {}
+    targets, target_seconds = {}, {}
     for target in settings.targets:
         emit(f"target {target}")
         text = settings.target_text(target)
         windows = build_calibration(text, tokenizer, settings.target_windows, tour.seqlen, TARGET_SEED_OFFSET,
                                     tour.mode)
-        norms = dense_channel_norms(model_, windows.input_ids, windows.unpadded_lengths)
-        targets[target] = (norms, build_reference(text), [packed_masks(model_, norms, c) for c in configs])
+        norms, norms_seconds = _timed(lambda: dense_channel_norms(model_, windows.input_ids, windows.unpadded_lengths))
+        reference, reference_seconds = _timed(lambda: build_reference(text))
+        masks, masks_seconds = _timed(lambda: [packed_masks(model_, norms, c) for c in configs])
+        targets[target] = (norms, reference, masks)
+        # what each proxy needs of the target, once per case: its norms, its masks for one setting, its n-grams
+        target_seconds[target] = {"norm_divergence": norms_seconds,
+                                  MASK_PROXY: norms_seconds + masks_seconds / len(configs),
+                                  "ngram_overlap": reference_seconds, "js_divergence": reference_seconds}
     cpu = cpu_kind()
     rows = []
     for number, ((entry, seed), point) in enumerate(todo.items(), 1):
@@ -118,7 +125,8 @@ def proxy_rows(settings: ValidationSettings, model: str, wanted: set, on_event=N
                 entry_rows.append({**base, "target": target, "proxy": MASK_PROXY, "method": config.method,
                                    "setting": setting_label(config.as_dict()), "value": value, "proxy_seconds": seconds})
         seconds = time.perf_counter() - started
-        rows += [{**row, "seconds": seconds, "selection_seconds": selected - started, "cpu": cpu} for row in entry_rows]
+        rows += [{**row, "seconds": seconds, "selection_seconds": selected - started, "cpu": cpu,
+                  "target_seconds": target_seconds[row["target"]].get(row["proxy"], 0.0)} for row in entry_rows]
     return rows
 
 
@@ -250,9 +258,8 @@ PER_PROXY, OTHER_MACHINES, ALL_AT_ONCE, WITH_SELECTION, NO_RUN_TIMES = (
 def cost_shares(proxies: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
     """Per model, method and proxy: ranking N candidates by the proxy against pruning with the method and
     evaluating each candidate once (the protocol's brute force), as a share: N candidates' `proxy_seconds`
-    (the mask proxy's for that method) plus the target's for proxies that need one (its windows are as many
-    as a candidate's: one more candidate's worth), over N median seconds of the method's runs (pruning,
-    evaluation, and the selection in the first run of a seed). The runs are those timed on the CPU the
+    (the mask proxy's for that method) plus its `target_seconds` once, over N median seconds of the method's
+    runs (pruning, evaluation, and the selection in the first run of a seed). The runs are those timed on the CPU the
     proxies were, where any were. `basis` says how it was measured: rows computed before `proxy_seconds` was
     recorded give every proxy the seconds of all of a candidate's proxies (an upper bound), with its windows'
     making where `selection_seconds` was not recorded either. NaN share when no run of the model has a
@@ -279,13 +286,13 @@ def cost_shares(proxies: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
                 (same, PER_PROXY) if len(same) else (method_runs, OTHER_MACHINES)
             totals = pd.to_numeric(chosen.get("run_seconds", pd.Series(dtype=float)), errors="coerce").dropna()
             median = float(totals.median()) if len(totals) else float("nan")
-            for name, proxy in PROXIES.items():
+            for name in PROXIES:
                 if timed.empty:
                     seconds = all_at_once
                 else:
                     own = timed[(timed["proxy"] == name) & ((timed["method"] == method) if name == MASK_PROXY else True)]
-                    seconds = float(pd.to_numeric(own["proxy_seconds"]).mean()) * (
-                        1 + 1 / mine["entry"].nunique() if proxy.needs_target else 1)
+                    seconds = float(pd.to_numeric(own["proxy_seconds"]).mean()
+                                    + pd.to_numeric(own["target_seconds"]).mean() / mine["entry"].nunique())
                 rows.append({"model": model, "method": method, "proxy": name, "seconds": seconds,
                              "run_seconds": median, "share": seconds / median,
                              "basis": basis if len(totals) else NO_RUN_TIMES})
