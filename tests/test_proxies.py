@@ -412,7 +412,7 @@ def test_validate_advisor_cli_reads_committed_style_csvs_without_loading_a_model
     assert "In 0 of 1 cases the measured ranking repeats too little" in text
     assert "best proxy (mean Spearman) against the mean noise ceiling of its cases: builtin:wiki: " in text
     # Every resample ranks alike (rho 1, interval [1, 1]) at 5% of the cost: the goal is met for every proxy.
-    assert "is **met** for:" in text and "norm_divergence on builtin:wiki (wanda 50%)" in text
+    assert "is **met** for: predicted_jaccard (wanda 50%)" in text and "norm_divergence on builtin:wiki (wanda 50%)" in text
 
 
 def test_each_proxys_cost_share_counts_its_own_seconds_and_the_target_against_the_methods_runs_on_the_same_cpu():
