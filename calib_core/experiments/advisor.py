@@ -147,6 +147,17 @@ VALIDATION_TABLE = Path(__file__).resolve().parent.parent / "data" / "advisor_va
 LOW_CEILING = 0.5  # below it a case's measured ranking is mostly seed noise (advisor_validation.seed_reliability)
 
 
+def verdict_of(case: pd.DataFrame) -> str:
+    """The protocol's rule over one (method, setting, target, proxy) case's rows, one per model: predicts (mean
+    Spearman >= 0.8, every interval's lower end above 0.5, the highest cost share <= 10% of brute force; an
+    unknown cost never predicts), weak (mean above 0.3) or does not predict."""
+    mean = float(case["spearman"].mean())
+    cost = float(pd.to_numeric(case["cost_share"], errors="coerce").max()) if "cost_share" in case else float("nan")
+    if mean >= 0.8 and (case["spearman_low"] > 0.5).all() and cost <= 0.10:
+        return "predicts"
+    return "weak" if mean > 0.3 else "does not predict"
+
+
 UNVALIDATED = "unvalidated"
 
 
@@ -170,8 +181,6 @@ def validation_note(proxy: str, method: str, setting: str, target: str, model: s
     is outside what was validated (quoting the proxy's record on the validated targets for this method and
     setting, where there is one). With `model`, says so when that model was not among the validated ones
     (the numbers are then another model's)."""
-    from .advisor_validation import verdict_of
-
     check = "check it with --verify K (prunes the top K candidates)"
     outside = (f"Warning: {proxy} is not validated for {method} {setting} with target {target}: treat this ranking "
                f"as a guess, and {check}.")

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.sources import BUILTIN_SOURCES
-from .advisor import PROXIES, TARGET_SEED_OFFSET
+from .advisor import PROXIES, TARGET_SEED_OFFSET, verdict_of
 from .stats import setting_label
 from .tournament import CLOZE, UNIFORM_MIX, TournamentSettings, entry_of
 
@@ -217,17 +217,6 @@ def agreement(proxies: pd.DataFrame, measured: pd.DataFrame, settings: Validatio
                              "seed_agreement": repeat, "noise_ceiling": ceiling,
                              "candidates": len(entries), "seeds": len(seeds)})
     return pd.DataFrame(rows)
-
-
-def verdict_of(case: pd.DataFrame) -> str:
-    """The protocol's rule over one (method, setting, target, proxy) case's rows, one per model: predicts (mean
-    Spearman >= 0.8, every interval's lower end above 0.5, the highest cost share <= 10% of brute force; an
-    unknown cost never predicts), weak (mean above 0.3) or does not predict."""
-    mean = float(case["spearman"].mean())
-    cost = float(pd.to_numeric(case["cost_share"], errors="coerce").max()) if "cost_share" in case else float("nan")
-    if mean >= 0.8 and (case["spearman_low"] > 0.5).all() and cost <= 0.10:
-        return "predicts"
-    return "weak" if mean > 0.3 else "does not predict"
 
 
 def verdicts(found: pd.DataFrame) -> pd.DataFrame:
