@@ -470,3 +470,37 @@ def test_the_noise_ceiling_follows_how_well_seeds_rank_the_entries_alike():
     assert one[0] != one[0] and one[1] != one[1]  # one seed: unknown
 
 
+
+
+def _case_rows(proxy, target, spearman, models=("m1", "m2"), cost=0.05):
+    return [{"model": m, "method": "wanda", "setting": "50%", "target": target, "proxy": proxy, "spearman": spearman,
+             "spearman_low": spearman - 0.2, "seed_agreement": 0.7, "noise_ceiling": 0.9, "cost_share": cost}
+            for m in models]
+
+
+def test_the_results_section_states_the_goal_the_single_target_cells_and_how_much_was_run(tmp_path):
+    from calib_core.experiments.advisor_validation import (PER_PROXY, RESULTS_HEADING, ValidationSettings,
+                                                           verdicts, write_results)
+
+    report = tmp_path / "advisor.md"
+    report.write_text("# Protocol\n\nFixed before any result.\n\n## Results\n\nstale numbers\n", encoding="utf-8")
+    costs = pd.DataFrame({"model": ["m1", "m2"], "method": "wanda", "proxy": "p1", "share": 0.05,
+                          "run_seconds": [20.0, 30.0], "basis": PER_PROXY})
+    settings = ValidationSettings()
+    planned = sum(len(settings.tournament.points(m)) for m in settings.tournament.models)
+    # p1 predicts both targets on both models; p2 predicts target a on one model only and fails b
+    found = pd.DataFrame(_case_rows("p1", "a", 0.9) + _case_rows("p1", "b", 0.85)
+                         + _case_rows("p2", "a", 0.95, models=("m1",)) + _case_rows("p2", "b", 0.1))
+    write_results(report, found, verdicts(found), costs, settings, planned, "validate-advisor")
+    text = report.read_text(encoding="utf-8")
+    assert text.startswith("# Protocol\n\nFixed before any result.\n") and "stale numbers" not in text
+    assert text.count(RESULTS_HEADING) == 1 and f"from {planned} of the protocol's {planned} measured points (every one)" in text
+    assert "is **met** for: p1 (wanda 50%)" in text
+    assert "p2 on a (wanda 50%; 1 of 2 models measured)" in text and "p2 on b" not in text.split("single targets")[1]
+    assert f"Measured ({PER_PROXY}): m1: median run wanda 20 s; m2: median run wanda 30 s." in text
+
+    # p1 fails target b: no proxy predicts every target, and a partial run says what is missing
+    found.loc[(found["proxy"] == "p1") & (found["target"] == "b"), "spearman"] = 0.2
+    write_results(report, found, verdicts(found), costs, settings, planned - 90, "validate-advisor")
+    text = report.read_text(encoding="utf-8")
+    assert "is **not met**: no proxy predicts every target" in text and "the others not run yet" in text

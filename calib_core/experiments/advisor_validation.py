@@ -337,8 +337,11 @@ def write_results(report: Path, found: pd.DataFrame, verdicts_: pd.DataFrame, co
     planned = sum(len(settings.tournament.points(m)) for m in settings.tournament.models)
     lines = [RESULTS_HEADING, "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}` from {measured_points} of "
-             f"the protocol's {planned} measured points (the others not run yet: cases they would complete are "
-             f"missing below, and a case needs 3 or more candidates). Per-case table: "
+             f"the protocol's {planned} measured points"
+             + (" (every one)." if measured_points >= planned else
+                " (the others not run yet: cases they would complete are missing below, and a case needs 3 or more "
+                "candidates).")
+             + " Per-case table: "
              f"`calib_core/data/advisor_validation.csv` (what `advise` looks up); the proxies per candidate and seed: "
              f"`docs/results/advisor-proxies.csv`.", ""]
     if found.empty:
@@ -403,12 +406,15 @@ def _cost_lines(costs: pd.DataFrame) -> list[str]:
         return []
     labelled = costs.assign(case=costs["model"] + " " + costs["method"])
     table = labelled.pivot_table(index="proxy", columns="case", values="share", sort=False)
+    one_basis = costs["basis"].nunique() == 1  # then said once, not after every method
     bases = [f"{model}: median run " + ", ".join(
-        f"{r.method} {r.run_seconds:.0f} s ({r.basis})" for r in group.drop_duplicates("method").itertuples())
+        f"{r.method} {r.run_seconds:.0f} s" + ("" if one_basis else f" ({r.basis})")
+        for r in group.drop_duplicates("method").itertuples())
         for model, group in costs.groupby("model", sort=False)]
+    how = f" ({costs['basis'].iloc[0]})" if one_basis else ""
     return ["Cost of ranking the candidates by each proxy, as a share of pruning with the method and evaluating "
             "every candidate once (the brute-force answer): per candidate, the forward the proxy needs, its masks "
             "for the setting and its own arithmetic, plus the target's once for the proxies that need one, over "
             "the method's median run:",
             "", table.to_markdown(floatfmt=".1%"), "",
-            "Measured: " + "; ".join(bases) + ".", ""]
+            "Measured" + how + ": " + "; ".join(bases) + ".", ""]
