@@ -404,7 +404,7 @@ def test_validate_advisor_cli_reads_committed_style_csvs_without_loading_a_model
     assert "from 9 of the protocol's" in text
     # The proxies' own cost, all at once (these rows have no per-proxy time): (10 - 4 s of making the windows)
     # over the 120 s median run.
-    assert "smollm2-135m: median run wanda 120 s (every proxy at once (an upper bound))" in text
+    assert "Cost basis: every proxy at once (an upper bound). Median runs: smollm2-135m: wanda 120 s." in text
     assert "| predicted_jaccard |                 5.0% |" in text
     assert pd.read_csv(table)["cost_share"].tolist() == pytest.approx([0.05] * len(PROXIES))  # what advise judges by
     # every seed ranks the entries alike: the ceiling is 1 and rules out no case
@@ -479,8 +479,8 @@ def _case_rows(proxy, target, spearman, models=("m1", "m2"), cost=0.05):
 
 
 def test_the_results_section_states_the_goal_the_single_target_cells_and_how_much_was_run(tmp_path):
-    from calib_core.experiments.advisor_validation import (PER_PROXY, RESULTS_HEADING, ValidationSettings,
-                                                           verdicts, write_results)
+    from calib_core.experiments.advisor_validation import (OTHER_MACHINES, PER_PROXY, RESULTS_HEADING,
+                                                           ValidationSettings, verdicts, write_results)
 
     report = tmp_path / "advisor.md"
     report.write_text("# Protocol\n\nFixed before any result.\n\n## Results\n\nstale numbers\n", encoding="utf-8")
@@ -497,10 +497,13 @@ def test_the_results_section_states_the_goal_the_single_target_cells_and_how_muc
     assert text.count(RESULTS_HEADING) == 1 and f"from {planned} of the protocol's {planned} measured points (every one)" in text
     assert "is **met** for: p1 (wanda 50%)" in text
     assert "p2 on a (wanda 50%; 1 of 2 models measured)" in text and "p2 on b" not in text.split("single targets")[1]
-    assert f"Measured ({PER_PROXY}): m1: median run wanda 20 s; m2: median run wanda 30 s." in text
+    assert f"Cost basis: {PER_PROXY}. Median runs: m1: wanda 20 s; m2: wanda 30 s." in text
 
     # p1 fails target b: no proxy predicts every target, and a partial run says what is missing
     found.loc[(found["proxy"] == "p1") & (found["target"] == "b"), "spearman"] = 0.2
-    write_results(report, found, verdicts(found), costs, settings, planned - 90, "validate-advisor")
+    mixed = costs.assign(basis=[PER_PROXY, OTHER_MACHINES])  # then each method's basis stands beside it
+    write_results(report, found, verdicts(found), mixed, settings, planned - 90, "validate-advisor")
     text = report.read_text(encoding="utf-8")
     assert "is **not met**: no proxy predicts every target" in text and "the others not run yet" in text
+    assert (f"Median runs, with each method's cost basis: m1: wanda 20 s ({PER_PROXY}); "
+            f"m2: wanda 30 s ({OTHER_MACHINES}).") in text

@@ -407,14 +407,14 @@ def _cost_lines(costs: pd.DataFrame) -> list[str]:
     labelled = costs.assign(case=costs["model"] + " " + costs["method"])
     table = labelled.pivot_table(index="proxy", columns="case", values="share", sort=False)
     one_basis = costs["basis"].nunique() == 1  # then said once, not after every method
-    bases = [f"{model}: median run " + ", ".join(
+    runs = [f"{model}: " + ", ".join(
         f"{r.method} {r.run_seconds:.0f} s" + ("" if one_basis else f" ({r.basis})")
         for r in group.drop_duplicates("method").itertuples())
         for model, group in costs.groupby("model", sort=False)]
-    how = f" ({costs['basis'].iloc[0]})" if one_basis else ""
+    how = f"Cost basis: {costs['basis'].iloc[0]}. Median runs" if one_basis else "Median runs, with each method's cost basis"
     return ["Cost of ranking the candidates by each proxy, as a share of pruning with the method and evaluating "
             "every candidate once (the brute-force answer): per candidate, the forward the proxy needs, its masks "
             "for the setting and its own arithmetic, plus the target's once for the proxies that need one, over "
             "the method's median run:",
             "", table.to_markdown(floatfmt=".1%"), "",
-            "Measured" + how + ": " + "; ".join(bases) + ".", ""]
+            how + ": " + "; ".join(runs) + ".", ""]
