@@ -8,7 +8,7 @@ from calib_core.data.sources import BUILTIN_SOURCES
 from calib_core.data.strategies import RANDOM, STRATEGIES
 from calib_core.errors import CalibLabError
 from calib_core.experiments.advisor import (BEST, PROXIES, AdviceSettings, Candidate, best_validated_proxy, check_case,
-                                            ranking, validation_note, verify_specs)
+                                            ranking, self_generated_caution, validation_note, verify_specs)
 from calib_core.jobs import manager, tasks
 from calib_core.metrics.proxies import APPROXIMATION, PREDICTABLE
 from calib_core.models import resolve_dtype
@@ -83,6 +83,9 @@ def show_advice(job):
     note = validation_note(used, table.attrs["method"], table.attrs["setting"], table.attrs["target"],
                            case["model"] if case else None)
     (st.success if note.predicts else st.warning)(note.text)
+    caution = self_generated_caution(ranked)
+    if caution:
+        st.warning(caution)
     st.caption(f"Proxies took {table['seconds'].sum() + table.attrs['target_seconds']:.0f} s for "
                f"{len(table)} candidates and the target.")
     if case is None or case["target"] != table.attrs["target"]:

@@ -776,7 +776,7 @@ def _advise_parser(sub) -> None:
 def _cmd_advise(args) -> int:
     from .errors import ConfigError
     from .experiments.advisor import (BEST, AdviceSettings, Candidate, best_validated_proxy, check_case, proxy_table,
-                                      ranking, validation_note, verify)
+                                      ranking, self_generated_caution, validation_note, verify)
     from .models import load_model
 
     candidates = [Candidate.parse(c) for c in args.candidates]
@@ -796,6 +796,9 @@ def _cmd_advise(args) -> int:
     print(ranked[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(why + ".")
     print(validation_note(proxy, table.attrs["method"], table.attrs["setting"], args.target, args.model).text)
+    caution = self_generated_caution(ranked)
+    if caution:
+        print(caution)
     if args.verify:
         checked = verify(args.model, args.dtype, ranked.head(args.verify), args.target, settings, args.eval_windows)
         print(checked.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from calib_core.data import sets
 from calib_core.metrics.proxies import (dense_channel_norms, norm_divergence, predicted_mask_jaccard,
                                         predicted_masks)
 from calib_core.models import decoder_blocks, prunable_modules, weight_matrix
@@ -124,23 +125,44 @@ def test_advise_ranks_candidates_for_a_target_says_it_is_unvalidated_and_verifie
     from tests.tiny import save_tiny_folder
 
     folder = str(save_tiny_folder(tmp_path / "tiny"))
+    sets.save_set("written", [{"text": f"the model wrote this, number {i}, at some length. " * 6} for i in range(6)],
+                  {"kind": sets.SELF_GENERATED})
     # 70% is outside the validation's fixed grid (50%, 60%, 2:4), so the case is unvalidated
     base = ["advise", "--model", folder, "--dtype", "float32", "--method", "wanda", "--sparsity", "0.7",
             "--nsamples", "2", "--seqlen", "16", "--target-windows", "2", "--target", "builtin:code"]
-    assert cli_main(base + ["--candidates", "builtin:wiki", "builtin:code", "builtin:news@unique-tokens",
+    assert cli_main(base + ["--candidates", "builtin:wiki", "builtin:code", "builtin:news@unique-tokens", "set:written",
                             "--verify", "2", "--eval-windows", "1"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["rank", "candidate", "predicted_jaccard"]
-    assert [line.split()[0] for line in lines[1:4]] == ["1", "2", "3"]
-    named = [next(c for c in ("builtin:news by unique-tokens", "builtin:wiki", "builtin:code") if c in line)
-             for line in lines[1:4]]
-    assert sorted(named) == ["builtin:code", "builtin:news by unique-tokens", "builtin:wiki"]
+    assert [line.split()[0] for line in lines[1:5]] == ["1", "2", "3", "4"]
+    named = [next(c for c in ("builtin:news by unique-tokens", "builtin:wiki", "builtin:code", "set:written")
+                  if c in line) for line in lines[1:5]]
+    assert sorted(named) == ["builtin:code", "builtin:news by unique-tokens", "builtin:wiki", "set:written"]
     assert "is not validated for wanda 70% with target builtin:code" in out
     assert "ranked by predicted_jaccard: no proxy was validated for wanda 70%." in out  # the default, said
+    # the one self-generated candidate is named with the validation's caution about such text
+    caution = next(line for line in lines if "text the model wrote itself" in line)
+    assert caution.startswith("set:written: text the model wrote itself.")
     runs = RunStore().list()
     assert len(runs) == 2 and [r["origin"] for r in runs] == ["cli", "cli"]  # the top 2, pruned and measured
     assert "ppl builtin:code" in out
+
+
+def test_self_generated_candidates_are_the_self_calibration_strategy_and_sets_the_model_wrote():
+    from calib_core.experiments.advisor import self_generated, self_generated_caution
+
+    sets.save_set("written", [{"text": "a text the model wrote."}], {"kind": sets.SELF_GENERATED})
+    sets.save_set("uploaded", [{"text": "a text a person wrote."}], {"kind": "source", "source": "builtin:wiki"})
+    assert self_generated("builtin:wiki", "self-calibration") and self_generated("set:written", "random")
+    assert not self_generated("builtin:wiki", "random") and not self_generated("set:uploaded", "least-ppl")
+    ranked = pd.DataFrame({"candidate": ["builtin:wiki", "set:uploaded", "builtin:wiki by self-calibration"],
+                           "source": ["builtin:wiki", "set:uploaded", "builtin:wiki"],
+                           "strategy": ["random", "random", "self-calibration"]})
+    caution = self_generated_caution(ranked)
+    assert caution.startswith("builtin:wiki by self-calibration: text the model wrote itself.")
+    assert "set:uploaded" not in caution and "8 of 24" in caution
+    assert self_generated_caution(ranked.head(2)) is None
 
 
 def test_the_validation_note_quotes_the_matching_cases_and_says_when_the_model_was_not_validated(tmp_path):
@@ -256,13 +278,16 @@ def test_the_advisor_page_ranks_warns_when_unvalidated_and_verifies_the_top(tmp_
     from tests.test_app import APP, _wait
     from tests.tiny import save_tiny_folder
 
+    sets.save_set("written", [{"text": f"the model wrote this, number {i}, at some length. " * 6} for i in range(6)],
+                  {"kind": sets.SELF_GENERATED})
     app = AppTest.from_file(APP, default_timeout=60)
     app.session_state["model_spec"] = str(save_tiny_folder(tmp_path / "tiny"))
     app.session_state["model_options"] = {"dtype": "float32", "quantization": None, "trust_remote_code": False}
     app.run()
     app.switch_page("app_pages/advisor.py").run()
     assert not app.exception, app.exception
-    next(m for m in app.multiselect if m.label == "Candidates").set_value(["builtin:wiki", "builtin:code"]).run()
+    next(m for m in app.multiselect if m.label == "Candidates").set_value(
+        ["builtin:wiki", "builtin:code", "set:written"]).run()
     next(n for n in app.number_input if n.label == "nsamples").set_value(2).run()
     next(n for n in app.number_input if n.label == "seqlen").set_value(16).run()
     next(s for s in app.selectbox if s.label == "Setting").set_value("0.7").run()  # outside the validated grid
@@ -272,8 +297,10 @@ def test_the_advisor_page_ranks_warns_when_unvalidated_and_verifies_the_top(tmp_
     app.run()
     assert not app.exception, app.exception
     ranked = app.dataframe[0].value
-    assert list(ranked["rank"]) == [1, 2] and set(ranked["candidate"]) == {"builtin:wiki", "builtin:code"}
+    assert list(ranked["rank"]) == [1, 2, 3]
+    assert set(ranked["candidate"]) == {"builtin:wiki", "builtin:code", "set:written"}
     assert any("is not validated for wanda 70% with target builtin:code" in w.value for w in app.warning)
+    assert any(w.value.startswith("set:written: text the model wrote itself.") for w in app.warning)
     assert any(c.value.startswith("Ranked by predicted_jaccard: no proxy was validated") for c in app.caption)
     assert any(c.value.startswith("No time estimate yet") for c in app.caption)  # nothing pruned here yet
     next(b for b in app.button if b.label.startswith("Prune with the top")).click().run()

@@ -195,7 +195,7 @@ def _metadata(records: list[dict], model_name: str, config: GenerationConfig, th
     # by a token or two. document mode needs more than seqlen tokens, document_pad more than seqlen - 3.
     kept_lengths = [r["tokens"] for r in records if r["kept"]]
     return {
-        "kind": "self-generated", "generator": model_name, "config": asdict(config), "filter_threshold": threshold,
+        "kind": sets.SELF_GENERATED, "generator": model_name, "config": asdict(config), "filter_threshold": threshold,
         "kept_texts_longer_than": {str(mark): sum(n > mark for n in kept_lengths) for mark in LENGTH_MARKS},
         **timing, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(device),
         "versions": environment_versions(), "cancelled": cancelled,

@@ -57,6 +57,14 @@ def set_texts(name: str) -> list[str]:
     return [r["text"] for r in load_set(name)["records"] if r.get("kept", True)]
 
 
+SELF_GENERATED = "self-generated"  # the metadata kind of a set the model wrote (selfgen)
+
+
+def is_self_generated(name: str) -> bool:
+    """Whether saved set `name` holds text a model wrote itself."""
+    return (load_set(name).get("metadata") or {}).get("kind") == SELF_GENERATED
+
+
 def save_windows(name: str, calibration, tokenizer, model_name: str = "") -> Path:
     """A set of calibration windows (a strategy's choice, or a seeded draw): each record holds the window's
     text and its token ids, so a run with the same tokenizer and seqlen uses the ids as they are."""

@@ -46,6 +46,7 @@ from ..errors import ConfigError, SourceError
 from .sources import CalibrationSet, build_calibration, draw_windows, fingerprint_tokens
 
 RANDOM = "random"
+SELF_CALIBRATION = "self-calibration"
 TEMPERATURE_SHAPES = {
     "linear": "straight from the start to the end value",
     "cosine": "half a cosine: slow at both ends, fastest in the middle",
@@ -385,7 +386,7 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
                           Setting("kmeans_dim", 64, "random-projection dimensions (COLA: 64)", low=1, high=4096),
                           Setting("kmeans_iterations", 50, "k-means iterations", low=1, high=10_000)),
              _activation_kmeans),
-    Strategy("self-calibration", "the model writes its own windows from BOS (no corpus)",
+    Strategy(SELF_CALIBRATION, "the model writes its own windows from BOS (no corpus)",
              "The model generates every window itself from its start token alone, sampling with a temperature that "
              "moves from a start to an end value (Williams et al., NAACL 2025). No corpus is read. The paper's "
              "exact temperatures were not available to us: the defaults (1.5 -> 0.8, linear) are ours.",

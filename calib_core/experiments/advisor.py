@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data.strategies import RANDOM, STRATEGIES, build_strategy_calibration
+from ..data import sets
+from ..data.strategies import RANDOM, SELF_CALIBRATION, STRATEGIES, build_strategy_calibration
 from ..errors import ConfigError
 from ..prune import PruneConfig
 from .stats import setting_label
@@ -139,6 +140,24 @@ def ranking(table: pd.DataFrame, proxy: str) -> pd.DataFrame:
     chosen = PROXIES[proxy]
     ranked = table.sort_values(proxy, ascending=not chosen.higher_is_better, kind="stable").reset_index(drop=True)
     return ranked.assign(rank=range(1, len(ranked) + 1))
+
+
+def self_generated(source: str, strategy: str) -> bool:
+    """Whether a candidate is text the model wrote itself: self-calibration's windows or a self-generated set."""
+    return strategy == SELF_CALIBRATION or (source.startswith("set:") and sets.is_self_generated(source[len("set:"):]))
+
+
+def self_generated_caution(ranked: pd.DataFrame) -> str | None:
+    """A warning where a ranking holds self-generated candidates: in the validation every target-aware proxy
+    ranked such text among the last, yet with Wanda and OWL on gemma3-270m it often pruned best for the target
+    (docs/results/advisor.md, Reading the results). None where there is none."""
+    names = [r.candidate for r in ranked.itertuples() if self_generated(r.source, r.strategy)]
+    if not names:
+        return None
+    return (f"{', '.join(names)}: text the model wrote itself. In the validation every proxy that compares a "
+            f"candidate with the target ranked self-generated text 9th or 10th of 10, for every target on both "
+            f"models, yet on gemma3-270m it pruned best for the target in 8 of 24 Wanda and OWL cases: its rank "
+            f"here says little; prune with it (or verify enough candidates to include it) before ruling it out.")
 
 
 # The committed validation (docs/results/advisor.md's table): one row per model, method, setting, target and

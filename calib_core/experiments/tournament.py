@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .. import assets
 from ..data.sources import BUILTIN_SOURCES
-from ..data.strategies import RANDOM
+from ..data.strategies import RANDOM, SELF_CALIBRATION
 from ..errors import ConfigError
 from ..runs.events import PipelineEvent
 from .sweeps import SweepGrid, SweepPoint, SweepSummary, run_sweep
@@ -42,7 +42,7 @@ class TournamentSettings:
     models: list[str] = field(default_factory=lambda: [assets.DEFAULT_MODEL, "gemma3-270m"])
     source: str = "builtin:wiki"  # the pool every strategy draws from (mix: the four builtin sources)
     strategies: list[str] = field(default_factory=lambda: [
-        RANDOM, "least-ppl", "unique-tokens", "activation-kmeans", "self-calibration", "icl-format"])
+        RANDOM, "least-ppl", "unique-tokens", "activation-kmeans", SELF_CALIBRATION, "icl-format"])
     mix: str | None = UNIFORM_MIX  # an entry drawn at random from this mix (None: no mix entry)
     extra_sources: list[str] = field(default_factory=list)  # entries drawn at random from other sources
     methods: list[str] = field(default_factory=lambda: ["wanda", "sparsegpt"])
