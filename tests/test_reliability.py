@@ -57,6 +57,10 @@ def _prune_args(model: Path, out: Path, report: Path) -> list[str]:
                 "--save", str(out), "--report", str(report), "--overwrite")
 
 
+def _temporaries(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.name.startswith(files.TMP_PREFIX)}
+
+
 def _check_disk(out: Path, report: Path) -> None:
     """A save folder is absent or complete; a report is absent or whole JSON."""
     if out.exists():
@@ -78,12 +82,13 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_save_or_a_running_run(
     rng = random.Random(0)
     phases = {"during the save": 0, "at a random moment": 0, "finished first": 0}
     for attempt in range(10):
+        stale = _temporaries(parent)  # a killed save's temporary stays until the next save: not this run's
         proc = subprocess.Popen(_prune_args(wide_tiny, out, report), env=_env(data), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        if attempt % 2 == 0:  # wait for the save's temporary to appear, then kill
+        if attempt % 2 == 0:  # wait for this save's temporary to appear, then kill
             deadline = time.time() + 10 * duration
             while proc.poll() is None and time.time() < deadline:
-                if any(p.name.startswith(files.TMP_PREFIX) for p in parent.iterdir()):
+                if _temporaries(parent) - stale:
                     break
                 time.sleep(0.002)
             phase = "during the save"
