@@ -670,6 +670,12 @@ def _tournament_parser(sub) -> None:
     tournament.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
                             help="dtype of every point (default auto: the --previous runs' dtype, else this machine's "
                                  "native one; the point keys name it)")
+    tournament.add_argument("--pilot", action="store_true",
+                            help="run the pilot that fixed the protocol (random draws at 32 x 512 and 128 x 512, "
+                                 "Wanda 50%%, 8 seeds) and write its seed-noise table into the report")
+    tournament.add_argument("--reread", default=None, metavar="CSV",
+                            help="re-read an earlier tournament's runs CSV with this protocol's paired intervals, "
+                                 "margins and claims: writes strategies-reread.md beside it (no run)")
 
 
 def _cmd_tournament(args) -> int:
@@ -678,6 +684,13 @@ def _cmd_tournament(args) -> int:
     from .experiments.tournament import QUICK, TournamentSettings, run_tournament
     from .runs import RunStore
 
+    if args.reread:
+        from .experiments.tournament_report import write_reread
+
+        print(f"report: {write_reread(args.reread)}")
+        return 0
+    if args.pilot:
+        return _run_pilot(args)
     chosen = dict(QUICK) if args.quick else {}
     for name in ("models", "seeds", "nsamples", "seqlen", "name", "previous", "dtype"):
         if getattr(args, name) is not None:
@@ -707,7 +720,34 @@ def _cmd_tournament(args) -> int:
 
     argv = [a for a in sys.argv[1:] if a != "--report-only"]
     command = "python -m calib_core " + " ".join(argv) if argv and argv[0] == "tournament" else None
-    print(f"report: {write_tournament_report(settings, store, out, command)}")
+    earlier = None if args.quick else "strategies-2026-12-03/strategies.md"
+    print(f"report: {write_tournament_report(settings, store, out, command, earlier=earlier)}")
+    return 0
+
+
+def _run_pilot(args) -> int:
+    """The pilot's runs (resumable), their rows into the report folder's pilot CSV, then the report."""
+    from pathlib import Path
+
+    from .experiments.tournament import TournamentSettings, pilot_frame, pilot_settings, run_tournament
+    from .experiments.tournament_report import PILOT_RUNS_FILE, write_tournament_report
+    from .files import check_output_folder
+    from .runs import RunStore
+
+    out = args.out or "docs/results"
+    check_output_folder(out, overwrite=True)
+    store = RunStore()
+    if not args.report_only:
+        for settings in pilot_settings():
+            summary = run_tournament(settings, store, _print_sweep_progress)
+            print(f"pilot {settings.nsamples} x {settings.seqlen}: {summary.ran} ran, {summary.skipped} skipped, "
+                  f"{len(summary.failed)} failed")
+    frame = pilot_frame(store)
+    frame.to_csv(Path(out) / PILOT_RUNS_FILE, index=False)
+    print(f"pilot runs: {len(frame)} rows in {Path(out) / PILOT_RUNS_FILE}")
+    report = write_tournament_report(TournamentSettings(), store, out, "python -m calib_core tournament",
+                                     earlier="strategies-2026-12-03/strategies.md")
+    print(f"report: {report}")
     return 0
 
 
@@ -818,7 +858,7 @@ def _validate_advisor_parser(sub) -> None:
     validate.add_argument("--models", nargs="+", default=None, help="models (default: both bundled models)")
     validate.add_argument("--previous", default=None, metavar="RUNS.csv",
                           help="runs finished earlier, whose points are reused (default: --runs-out when it exists, "
-                               "else docs/results/strategies-runs.csv); '' for none")
+                               "else the first tournament's docs/results/strategies-2026-12-03/strategies-runs.csv); '' for none")
     validate.add_argument("--runs-out", default="docs/results/advisor-runs.csv", metavar="CSV",
                           help="where every measured run is written (also after Ctrl-C), to carry them to the "
                                "next machine")
@@ -836,7 +876,7 @@ def _cmd_validate_advisor(args) -> int:
 
     from .experiments.advisor import VALIDATION_TABLE
     from .experiments.advisor_validation import ValidationSettings, validate, write_results
-    from .experiments.tournament import tournament_frame
+    from .experiments.tournament import ROUND_ONE_RUNS, tournament_frame
     from .runs import RunStore
 
     settings = ValidationSettings()
@@ -844,7 +884,7 @@ def _cmd_validate_advisor(args) -> int:
         settings.tournament.models = args.models
     runs_out = Path(args.runs_out)
     previous = args.previous if args.previous is not None else \
-        str(runs_out) if runs_out.is_file() else "docs/results/strategies-runs.csv"
+        str(runs_out) if runs_out.is_file() else ROUND_ONE_RUNS
     if previous and Path(previous).exists():
         settings.tournament.previous = previous
     if args.dtype:

@@ -316,9 +316,11 @@ def test_the_validation_reuses_the_tournaments_points():
     from calib_core.experiments.advisor_validation import ValidationSettings
     from calib_core.experiments.tournament import TournamentSettings
 
+    from calib_core.experiments.tournament import ROUND_ONE
+
     validation = ValidationSettings().tournament
     for model in validation.models:
-        tournament = {p.key for p in TournamentSettings(seeds=3).points(model)}
+        tournament = {p.key for p in TournamentSettings(**{**ROUND_ONE, "seeds": 3}).points(model)}
         assert tournament <= {p.key for p in validation.points(model)}  # every such run is reused
         assert len(validation.points(model)) == 10 * 3 * 3 * 3  # 10 candidates, 3 methods, 3 settings, 3 seeds
 

@@ -14,9 +14,9 @@ from calib_core.cli import build_parser, main as cli_main, run_spec
 from calib_core.data import sets
 from calib_core.data.mix import parse_mix
 from calib_core.data.sources import build_calibration, parse_source
-from calib_core.data.strategies import (STRATEGIES, ScheduledTemperature, build_strategy_calibration, check_strategy,
-                                        greedy_coverage, layer_features, nearest_distinct, normalised_tokens,
-                                        temperature_schedule, window_cross_entropy)
+from calib_core.data.self_calibration import ScheduledTemperature, temperature_schedule
+from calib_core.data.strategies import (STRATEGIES, build_strategy_calibration, check_strategy, greedy_coverage,
+                                        layer_features, nearest_distinct, normalised_tokens, window_cross_entropy)
 from calib_core.errors import ConfigError, SourceError
 from calib_core.experiments.sweeps import SweepGrid, run_sweep
 from calib_core.runs import RunStore
@@ -110,7 +110,25 @@ def test_layer_features_are_normalised_mean_pooled_layer_outputs(model):
     assert torch.allclose(features[1], reference, atol=1e-5)
 
 
-def test_self_calibration_starts_at_bos_and_follows_the_recorded_schedule(model, monkeypatch):
+def test_self_calibration_defaults_are_the_papers():
+    settings = check_strategy("self-calibration")
+    assert (settings["temperature_start"], settings["temperature_end"], settings["ramp_steps"]) == (1.0, 1.0, 10)
+    assert settings["temperature_shape"] == "linear" and settings["first_token"] == "auto"
+
+
+def test_the_temperature_ramps_over_the_first_steps_then_holds():
+    # t_i = t_initial + (i / n)(t_final - t_initial) for i <= n, t_final after (Williams et al., section 3.2)
+    linear = temperature_schedule(15, 2.0, 0.5, "linear", ramp_steps=10)
+    assert linear[0] == 2.0 and linear[5] == pytest.approx(1.25) and linear[10:] == [0.5] * 5
+    cosine = temperature_schedule(8, 1.0, 0.0, "cosine", ramp_steps=4)
+    assert cosine[0] == 1.0 and cosine[2] == pytest.approx(0.5) and cosine[4:] == [pytest.approx(0.0)] * 4
+    assert cosine[1] > 0.75  # slow at the start
+    assert temperature_schedule(4, 0.7, 0.1, "constant", ramp_steps=2) == [0.7] * 4
+    with pytest.raises(ConfigError, match="at least 1 step"):
+        temperature_schedule(4, 1.0, 0.5, "linear", ramp_steps=0)
+
+
+def test_self_calibration_applies_the_schedule_to_every_generation(model, monkeypatch):
     applied = []
     original = ScheduledTemperature.__call__
 
@@ -121,18 +139,93 @@ def test_self_calibration_starts_at_bos_and_follows_the_recorded_schedule(model,
 
     monkeypatch.setattr(ScheduledTemperature, "__call__", watched)
     tokenizer = char_tokenizer(add_bos=True)
-    options = {"temperature_start": 2.0, "temperature_end": 0.5, "temperature_shape": "cosine",
-               "generation_batch_size": 4}
+    options = {"temperature_start": 2.0, "temperature_end": 0.5, "ramp_steps": 4, "generation_batch_size": 4}
     first = build_strategy_calibration("builtin:wiki", tokenizer, 3, 12, seed=5, strategy="self-calibration",
                                        options=options, model=model)
     assert first.input_ids.shape == (3, 12) and (first.input_ids[:, 0] == tokenizer.bos_token_id).all()
-    settings = first.strategy["settings"]
-    assert applied == temperature_schedule(11, settings["temperature_start"], settings["temperature_end"],
-                                           settings["temperature_shape"])
-    assert applied[0] == 2.0 and applied[-1] == pytest.approx(0.5) and first.strategy["pool"] is None
+    assert applied[:5] == [2.0, 1.625, 1.25, 0.875, 0.5] and set(applied[5:]) <= {0.5}
+    details = first.strategy["details"]
+    assert details["ramp_steps"] == 4 and details["temperatures"] == {"first": 2.0, "after_ramp": 0.5}
+    assert details["first_token"] == "any" and first.strategy["pool"] is None  # a 98-token vocabulary
     again = build_strategy_calibration("builtin:wiki", tokenizer, 3, 12, seed=5, strategy="self-calibration",
                                        options=options, model=model)
     assert torch.equal(first.input_ids, again.input_ids)
+
+
+class _Scripted:
+    """Stands in for a model's generate: returns the scripted documents (after the prompt's start token), one
+    per row, padded with 0 after their EOS, and records the generation config it was given."""
+
+    def __init__(self, model, documents):
+        self.model, self.documents, self.configs = model, list(documents), []
+
+    def __call__(self, input_ids, attention_mask, generation_config, logits_processor):
+        self.configs.append(generation_config)
+        rows = [self.documents.pop(0) for _ in range(input_ids.shape[0])]
+        width = max(len(r) for r in rows)
+        out = torch.zeros(len(rows), 1 + width, dtype=torch.long)
+        out[:, 0] = input_ids[:, 0]
+        for i, row in enumerate(rows):
+            out[i, 1 : 1 + len(row)] = torch.tensor(row)
+        return out
+
+
+def test_a_document_ends_at_eos_and_further_generations_fill_the_window(model, monkeypatch):
+    tokenizer = char_tokenizer(add_bos=True)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    scripted = _Scripted(model, [[5, 6, eos], [7, eos], [8, 9, 10, 11, 12, 13], [14, eos], [15, 16, 17, 18, 19, eos]]
+                         + [[20, 21, 22, 23, 24, 25]] * 8)
+    monkeypatch.setattr(model, "generate", scripted)
+    made = build_strategy_calibration("builtin:wiki", tokenizer, 2, 8, strategy="self-calibration", model=model,
+                                      options={"generation_batch_size": 1})
+    assert made.input_ids.tolist() == [[bos, 5, 6, eos, bos, 7, eos, bos],  # the last document cut at the end
+                                       [bos, 14, eos, bos, 15, 16, 17, 18]]  # a new window starts a new document
+    details = made.strategy["details"]
+    assert details["documents"] == 5 and details["documents_ended_at_eos"] == 4
+    config = scripted.configs[0]
+    assert config.eos_token_id == [eos] and not config.min_new_tokens  # EOS may end a generation
+
+
+def test_self_calibration_ends_real_generations_at_eos(monkeypatch):
+    tokenizer = char_tokenizer(add_bos=True)
+    likely_eos = tiny_model()
+    head = likely_eos.lm_head
+    likely_eos.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        likely_eos.lm_head.weight.copy_(head.weight)
+        likely_eos.lm_head.bias.zero_()
+        likely_eos.lm_head.bias[tokenizer.eos_token_id] = 4.0  # EOS about half the time
+    made = build_strategy_calibration("builtin:wiki", tokenizer, 2, 32, strategy="self-calibration",
+                                      model=likely_eos, options={"generation_batch_size": 4})
+    details = made.strategy["details"]
+    assert details["documents"] > 2 and details["documents_ended_at_eos"] > 0
+    rows = made.input_ids.tolist()
+    pairs = [(a, b) for row in rows for a, b in zip(row, row[1:])]
+    assert (tokenizer.eos_token_id, tokenizer.bos_token_id) in pairs  # a document ended, the next began
+    assert all(b == tokenizer.bos_token_id for a, b in pairs if a == tokenizer.eos_token_id)
+
+
+def test_the_first_token_can_be_held_to_english_stop_words(model):
+    from calib_core.data.self_calibration import english_stop_word_tokens, first_token_rule
+
+    tokenizer = char_tokenizer(add_bos=True)
+    allowed = english_stop_word_tokens(tokenizer)  # one-character words of spaCy's list, either case
+    assert sorted(tokenizer.convert_ids_to_tokens(allowed)) == ["A", "I", "a", "i"]
+    held = build_strategy_calibration("builtin:wiki", tokenizer, 8, 6, strategy="self-calibration", model=model,
+                                      options={"first_token": "english-stop-word", "ramp_steps": 1,
+                                               "generation_batch_size": 8})
+    assert set(held.input_ids[:, 1].tolist()) <= set(allowed)
+    assert held.strategy["details"]["first_token"] == "english-stop-word"
+    free = build_strategy_calibration("builtin:wiki", tokenizer, 8, 6, strategy="self-calibration", model=model,
+                                      options={"first_token": "any", "ramp_steps": 1, "generation_batch_size": 8})
+    assert not set(free.input_ids[:, 1].tolist()) <= set(allowed)
+
+    class Multilingual:
+        def __len__(self):
+            return 262_144  # Gemma 3's vocabulary
+
+    assert first_token_rule("auto", Multilingual()) == "english-stop-word"
+    assert first_token_rule("auto", tokenizer) == "any" and first_token_rule("any", Multilingual()) == "any"
 
 
 def test_self_calibration_at_a_tiny_temperature_is_greedy_decoding(model):
@@ -143,25 +236,61 @@ def test_self_calibration_at_a_tiny_temperature_is_greedy_decoding(model):
     with torch.inference_mode():
         for _ in range(9):
             ids = torch.cat([ids, model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert tokenizer.eos_token_id not in ids.tolist()[0]  # one document: the reference needs no restart
     assert torch.equal(made.input_ids, ids)
 
 
-def test_temperature_shapes():
-    assert temperature_schedule(3, 1.0, 0.0, "linear") == [1.0, 0.5, 0.0]
-    cosine = temperature_schedule(5, 1.0, 0.0, "cosine")
-    assert cosine[0] == 1.0 and cosine[2] == pytest.approx(0.5) and cosine[-1] == pytest.approx(0.0)
-    assert cosine[1] > 0.75  # slow at the start
-    assert temperature_schedule(4, 0.7, 0.1, "constant") == [0.7] * 4
-
-
-def test_icl_format_windows_are_k_shot_prompts_of_the_calibration_part():
+def test_icl_format_windows_are_answered_news_topic_items_of_the_calibration_part():
     tokenizer = char_tokenizer()
-    made = build_strategy_calibration("builtin:wiki", tokenizer, 4, 200, seed=0, strategy="icl-format",
+    made = build_strategy_calibration("builtin:wiki", tokenizer, 4, 300, seed=0, strategy="icl-format",
                                       options={"shots": 2})
     text = "".join(tokenizer.convert_ids_to_tokens(made.input_ids.flatten().tolist()))
-    assert made.input_ids.shape == (4, 200)
-    assert "Passage: " in text and "Answer: " in text and "B. " in text
-    assert made.strategy["details"]["items"] == 2 * made.strategy["details"]["prompts"]
+    assert made.input_ids.shape == (4, 300)
+    assert "Headline: " in text and "Topic: " in text
+    assert "Passage: " not in text and "Answer: " not in text  # not the cloze metric's items or format
+    details = made.strategy["details"]
+    assert details["task"] == "news-topic" and details["items"] == 2 * details["prompts"]
+    assert made.strategy["source_read"] is False
+
+
+def test_icl_format_items_are_disjoint_from_every_evaluation():
+    from calib_core.assets import builtin_documents
+    from calib_core.data.task_prompts import news_topic_items
+
+    news = builtin_documents("news")
+    calib = [d for d in news if d["id"].startswith("bbc/") and d["split"] == "calib"]
+    held_out = {" ".join(d["text"].split()) for d in news if d["split"] == "eval"}
+    items = news_topic_items(len(calib), seed=0)
+    openings = [item.split("\nArticle: ")[1].split("\nTopic: ")[0].removesuffix(" ...") for item in items]
+    assert len(set(openings)) > 0.9 * len(calib)  # every article once (the corpus repeats a few stories)
+    assert not any(opening in text for opening in openings for text in held_out)
+    topics = {item.rsplit("Topic: ", 1)[1] for item in items}
+    assert topics == {"business", "entertainment", "politics", "sports", "tech"}
+
+
+def test_icl_format_arithmetic_items_are_worked_and_correct():
+    from calib_core.data.task_prompts import arithmetic_items
+
+    worked = arithmetic_items(50, seed=1, rationale=True)
+    for item in worked:
+        expression = item.split("What is ")[1].split("?")[0]
+        assert item.endswith(f"The answer is {eval(expression)}.") and "First, " in item
+    plain = arithmetic_items(50, seed=1, rationale=False)
+    assert [p.split("\n")[0] for p in plain] == [w.split("\n")[0] for w in worked]  # the same questions
+    assert all("First, " not in p for p in plain)
+
+
+def test_revised_strategies_never_share_a_point_key_with_their_earlier_version():
+    from calib_core.experiments.tournament import ROUND_ONE, ROUND_ONE_RUNS, TournamentSettings
+
+    committed = pd.read_csv(ROUND_ONE_RUNS)
+    first = TournamentSettings(**ROUND_ONE)
+    keys = {p.strategy: set() for p in first.points("smollm2-135m")}
+    for point in first.points("smollm2-135m"):
+        keys[point.strategy].add(point.key)
+    assert keys["least-ppl"] <= set(committed["point_key"])  # unchanged: its earlier runs keep their keys
+    for revised in ("self-calibration", "icl-format"):
+        assert STRATEGIES[revised].revision == 1 and not keys[revised] & set(committed["point_key"])
 
 
 def test_random_strategy_is_todays_draw():
@@ -285,32 +414,6 @@ def test_every_strategy_has_an_explanation_and_checked_defaults():
         check_strategy(strategy.name)
 
 
-def test_holm_adjustment():
-    from calib_core.experiments.tournament_report import holm
-
-    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    assert holm([0.5]) == [0.5]
-
-
-def test_verdicts_follow_the_fixed_rules_per_capability():
-    import pandas as pd
-
-    from calib_core.experiments.tournament import CLOZE
-    from calib_core.experiments.tournament_report import comparisons
-
-    rows = []
-    for seed in range(5):
-        jitter = 0.01 * seed
-        for entry, ppl, acc in (("random", 10 + jitter, 0.5 + jitter), ("least-ppl", 5 + jitter, 0.5 + jitter),
-                                ("unique-tokens", 10.02 - jitter, 0.9 + jitter)):
-            rows.append(dict(model="m", method="wanda", setting="50%", entry=entry, seed=seed, **{"ppl x": ppl, CLOZE: acc}))
-    found = comparisons(pd.DataFrame(rows), ["ppl x", CLOZE]).set_index(["capability", "entry"])["verdict"]
-    assert found[("ppl x", "least-ppl")] == "better"  # lower perplexity
-    assert found[("ppl x", "unique-tokens")] == "within seed noise"
-    assert found[(CLOZE, "unique-tokens")] == "better"  # higher accuracy
-    assert found[("ppl x", "random")] == "baseline"
-
-
 def test_tournament_runs_resumes_and_reports(tmp_path):
     from calib_core.experiments.tournament import TournamentSettings, run_tournament, tournament_frame
     from calib_core.experiments.tournament_report import write_tournament_report
@@ -318,20 +421,23 @@ def test_tournament_runs_resumes_and_reports(tmp_path):
     folder = str(save_tiny_folder(tmp_path / "tiny"))
     settings = TournamentSettings(models=[folder], strategies=["random", "unique-tokens"], methods=["wanda"],
                                   settings=[0.5], seeds=2, nsamples=2, seqlen=16, eval=["builtin:wiki", "builtin:code"],
-                                  eval_windows=1, cloze_items=2, early_seeds=1, name="t")
+                                  eval_windows=1, cloze_items=2, early_seeds=1, extra_sources=["builtin:code"],
+                                  name="t")
     points = settings.points(folder)
-    assert len(points) == 3 * 2 and [p.seed for p in points] == [0, 0, 0, 1, 1, 1]  # early seeds first
+    assert len(points) == 4 * 2 and [p.seed for p in points] == [0] * 4 + [1] * 4  # early seeds first
     store = RunStore(tmp_path / "runs.sqlite")
-    assert run_tournament(settings, store).ran == 6
+    assert run_tournament(settings, store).ran == 8
     assert run_tournament(settings, store).ran == 0  # resumes: nothing left
     assert {r["record"]["job"]["dtype"] for r in store.sweep_runs("t")} == {settings.resolved_dtype()}
     frame = tournament_frame(settings, store)
-    assert sorted(frame["entry"].unique()) == ["mix", "random", "unique-tokens"]
+    assert sorted(frame["entry"].unique()) == ["builtin:code", "mix", "random", "unique-tokens"]
     assert frame["cloze acc (mean of domains)"].between(0, 1).all()
     report = write_tournament_report(settings, store, tmp_path / "out").read_text()
-    assert "Fixed before any tournament result was seen" in report and "## Selection cost" in report
-    assert "unique-tokens" in report and ("(+" in report or "(-" in report)
-    assert "6 of 6 points finished" in report
+    assert "Fixed 2026-12-07, before any of its runs" in report and "## Selection cost" in report
+    assert "unique-tokens" in report and "MDE" in report and "% [" in report
+    assert "the mix against each domain's own single source" in report and "vs builtin:code" in report
+    assert "## Published claims on our models" in report and "Machine-hours" in report
+    assert "8 of 8 points finished" in report
     assert (tmp_path / "out" / "strategies-runs.csv").exists()
     reference = json.loads((tmp_path / "runs.sqlite").parent.joinpath("t-reference.json").read_text())
     assert reference[folder]["pool_forward_seconds"] > 0 and "ppl builtin:code" in reference[folder]["dense"]
@@ -354,14 +460,14 @@ def test_tournament_runs_resumes_and_reports(tmp_path):
     (tmp_path / "elsewhere").mkdir()
     elsewhere = RunStore(tmp_path / "elsewhere" / "runs.sqlite")
     summary = run_tournament(carried, elsewhere)
-    assert (summary.ran, summary.skipped) == (1, 5)
+    assert (summary.ran, summary.skipped) == (1, 7)
     assert [r["point_key"] for r in elsewhere.sweep_runs("t")] == [rerun]
     merged = tournament_frame(carried, elsewhere)
-    assert len(merged) == 6 and merged["point_key"].is_unique
-    assert merged.groupby("origin").size().to_dict() == {"earlier.csv": 5, "this run store": 1}
+    assert len(merged) == 8 and merged["point_key"].is_unique
+    assert merged.groupby("origin").size().to_dict() == {"earlier.csv": 7, "this run store": 1}
     carried_report = write_tournament_report(carried, elsewhere, tmp_path / "out2").read_text()
-    assert "6 of 6 points finished" in carried_report and "5 of them were read from" in carried_report
-    assert f"Computed on: 6 rows {here['cpu']} (half arithmetic: {here['cpu_half_arithmetic']})" in carried_report
+    assert "8 of 8 points finished" in carried_report and "7 of them were read from" in carried_report
+    assert f"Computed on: 8 rows {here['cpu']} (half arithmetic: {here['cpu_half_arithmetic']})" in carried_report
     units = pd.read_csv(tmp_path / "out2" / "strategies-runs.csv").set_index("origin")["pool_forward_seconds"]
     assert (units["earlier.csv"] == 1e6).all() and units["this run store"] != 1e6
     # A third machine writes the report from the CSV alone: the dense reference comes from beside it.
@@ -449,14 +555,17 @@ def test_a_continued_tournament_keeps_the_earlier_runs_dtype_and_says_how_this_c
 
 def test_the_committed_tournament_runs_are_read_in_their_own_dtype_on_any_machine(monkeypatch):
     from calib_core import devices
-    from calib_core.experiments.tournament import TournamentSettings, previous_frame
+    from calib_core.experiments.tournament import ROUND_ONE, ROUND_ONE_RUNS, TournamentSettings, previous_frame
 
-    committed = "docs/results/strategies-runs.csv"
+    committed = ROUND_ONE_RUNS
+    rows = pd.read_csv(committed)
+    # The revised strategies' runs are no longer points of the first protocol (their keys name the revision).
+    current = rows[~rows["entry"].isin([s.name for s in STRATEGIES.values() if s.revision])]
     for native in ("float32", "bfloat16", "float16"):
         monkeypatch.setattr(devices, "native_dtype", lambda device="auto", native=native: native)
-        settings = TournamentSettings(previous=committed)
+        settings = TournamentSettings(**ROUND_ONE, previous=committed)
         assert settings.resolved_dtype() == "bfloat16"
-        assert len(previous_frame(settings)) == len(pd.read_csv(committed))  # every committed row is a point
+        assert len(previous_frame(settings)) == len(current) == 300  # every other committed row is a point
 
 
 def test_a_model_based_selection_runs_with_the_model_on_the_jobs_device(tmp_path, monkeypatch):

@@ -1,7 +1,6 @@
-"""The items of the 4-way cloze task (metrics/cloze.py): a passage's first tokens and 4 candidate
-continuations, the true one among 3 taken from other documents. Built in the data layer because k-shot
-calibration prompts (data/strategies.py, icl-format) are made of the same items, from the calibration
-part of a source instead of its held-out part."""
+"""The items of the 4-way cloze task (metrics/cloze.py, metrics/zeroshot.py): a passage's first tokens and 4
+candidate continuations, the true one among 3 taken from other documents, from the held-out part of a source.
+Kept in the data layer beside the other readers of the builtin corpora."""
 
 from __future__ import annotations
 
@@ -24,8 +23,7 @@ class ClozeItem:
 
 def cloze_items(spec: str, tokenizer, items: int = 100, context_tokens: int = 64, continuation_tokens: int = 16,
                 seed: int = 0, part: str = "eval") -> list[ClozeItem]:
-    """Seeded items from one part of `spec` (one passage per document): the held-out part for the
-    accuracy proxy, the calibration part for k-shot calibration prompts (data/strategies.py)."""
+    """Seeded items from one part of `spec` (one passage per document; the accuracy proxy: the held-out part)."""
     need = context_tokens + continuation_tokens
     docs = [ids for ids in (tokenizer(d, add_special_tokens=False, verbose=False)["input_ids"]
                             for d in load_documents(spec, part=part)) if len(ids) >= need]

@@ -9,19 +9,22 @@ windows of seqlen tokens from the run's source, with the run's mode and seed) an
   unique-tokens      model-free greedy coverage (ZipCal): repeatedly the candidate adding the most normalised
                      token strings not yet seen (ties: the earlier candidate); each step looks at a seeded
                      random subsample of the remaining candidates when more than coverage_subsample remain
-  activation-kmeans  COLA's selection: each decoder layer's output mean-pooled over the window's real
-                     tokens, L2-normalised, the layers concatenated, a seeded Gaussian projection to
-                     kmeans_dim dimensions, k-means (k = nsamples, k-means++ seeding), and for each centroid
-                     in turn the nearest candidate not already taken
+  activation-kmeans  COLA's selection stage (stage 3 of its three; stages 1-2, choosing domain-matched
+                     datasets and reformatting them, are not ours): each decoder layer's output mean-pooled
+                     over the window's real tokens, L2-normalised, the layers concatenated, a seeded Gaussian
+                     projection to kmeans_dim dimensions, k-means (k = nsamples, k-means++ seeding), and for
+                     each centroid in turn the nearest candidate not already taken
 
 Two strategies make their windows instead of choosing them:
 
-  self-calibration   the model writes nsamples windows from its BOS token alone (no corpus prefix), sampling
-                     with a temperature that moves from temperature_start to temperature_end along the window
-                     (Williams et al., NAACL 2025); the run's source is not read
-  icl-format         k-shot prompts made of 4-way cloze items from the calibration part of the run's source
-                     (passage, four options, the answer), joined and cut into windows (Bandari et al.'s
-                     in-context format; offline it uses the builtin corpora)
+  self-calibration   the model writes its windows from its start token alone, each generation running to EOS
+                     and further generations filling the window, with the paper's temperature schedule
+                     (data/self_calibration.py; Williams et al., NAACL 2025); the run's source is not read
+  icl-format         k-shot prompts of answered downstream-task items (data/task_prompts.py: BBC News topics or
+                     worked arithmetic, stand-ins for Bandari et al.'s datasets), cut into windows; the run's
+                     source is not read
+
+Every strategy that changed what it does since its first version has a `revision`, which sweep point keys name.
 
 Mixes of sources are a source kind (`mix:`, data/mix.py): any strategy draws from one.
 
@@ -43,15 +46,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, SourceError
+from .self_calibration import FIRST_TOKEN_RULES, TEMPERATURE_SHAPES
+from .task_prompts import TASKS
 from .sources import CalibrationSet, build_calibration, draw_windows, fingerprint_tokens
 
 RANDOM = "random"
 SELF_CALIBRATION = "self-calibration"
-TEMPERATURE_SHAPES = {
-    "linear": "straight from the start to the end value",
-    "cosine": "half a cosine: slow at both ends, fastest in the middle",
-    "constant": "the start value throughout (plain sampling)",
-}
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,9 @@ class Strategy:
     uses_pool: bool  # draws a candidate pool from the run's source
     settings: tuple[Setting, ...]
     select: Callable | None  # (context: SelectionContext) -> Selection; None for random
+    # Raised when what the strategy does changes: sweep point keys name it (from 1), so runs of an earlier
+    # version are never taken for runs of this one.
+    revision: int = 0
 
 
 @dataclass
@@ -266,105 +269,33 @@ def _activation_kmeans(ctx: SelectionContext) -> Selection:
                          labels, minlength=ctx.nsamples).tolist()})
 
 
-def temperature_schedule(length: int, start: float, end: float, shape: str) -> list[float]:
-    """The temperature of each of `length` sampled tokens (see TEMPERATURE_SHAPES)."""
-    out = []
-    for i in range(length):
-        fraction = i / (length - 1) if length > 1 else 0.0
-        if shape == "linear":
-            out.append(start + (end - start) * fraction)
-        elif shape == "cosine":
-            out.append(end + (start - end) * (1 + math.cos(math.pi * fraction)) / 2)
-        else:
-            out.append(start)
-    return out
-
-
-class ScheduledTemperature:
-    """A logits processor dividing the logits of the i-th sampled token by schedule[i]."""
-
-    def __init__(self, schedule: list[float], prompt_length: int):
-        self.schedule, self.prompt_length = schedule, prompt_length
-        self.applied: list[float] = []
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        temperature = self.schedule[min(input_ids.shape[1] - self.prompt_length, len(self.schedule) - 1)]
-        self.applied.append(temperature)
-        return scores / temperature
-
-
-def start_token(tokenizer) -> tuple[int, str]:
-    """The id self-calibration starts from: BOS, else EOS (GPT-2-style tokenizers mark a document start
-    with it), and which one it is."""
-    for attr, label in (("bos_token_id", "BOS"), ("eos_token_id", "EOS (the tokenizer has no BOS)")):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            return int(value), label
-    raise SourceError("Self-calibration starts from the BOS token, and this tokenizer has neither BOS nor EOS.")
-
-
 def _self_calibration(ctx: SelectionContext) -> Selection:
-    from transformers import GenerationConfig, LogitsProcessorList
+    from .self_calibration import generate_windows
 
-    opts = ctx.options
-    token, which = start_token(ctx.tokenizer)
-    new_tokens = ctx.seqlen - 1
-    schedule = temperature_schedule(new_tokens, opts["temperature_start"], opts["temperature_end"],
-                                    opts["temperature_shape"])
-    device = next(ctx.model.parameters()).device
-    # Plain sampling with our temperatures only: the model's own generation defaults (top-k, top-p,
-    # repetition penalty) are not applied, and EOS is suppressed so every window has seqlen tokens.
-    config = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new_tokens,
-                              min_new_tokens=new_tokens, pad_token_id=token, eos_token_id=None)
-    torch.manual_seed(ctx.seed)
-    rows = []
-    for start in range(0, ctx.nsamples, opts["generation_batch_size"]):
-        count = min(opts["generation_batch_size"], ctx.nsamples - start)
-        prompt = torch.full((count, 1), token, dtype=torch.long, device=device)
-        processor = ScheduledTemperature(schedule, 1)
-        with torch.inference_mode():
-            out = ctx.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
-                                     generation_config=config, logits_processor=LogitsProcessorList([processor]))
-        rows.append(out[:, : ctx.seqlen].cpu())
-    ids = torch.cat(rows)
-    return Selection(ids, [ctx.seqlen] * ctx.nsamples, details={
-        "start_token": which, "start_token_id": token,
-        "temperatures": {"first": schedule[0], "middle": schedule[len(schedule) // 2], "last": schedule[-1]},
-        "applied_steps": len(processor.applied)})
-
-
-ICL_LETTERS = "ABCD"
-
-
-def icl_prompt(tokenizer, items) -> str:
-    """One k-shot prompt: each item as its passage, four lettered options and the answer, items separated
-    by a blank line."""
-    blocks = []
-    for item in items:
-        options = "\n".join(f"{ICL_LETTERS[i]}. {tokenizer.decode(c).strip()}" for i, c in enumerate(item.candidates))
-        answer = f"{ICL_LETTERS[item.answer]}. {tokenizer.decode(item.candidates[item.answer]).strip()}"
-        blocks.append(f"Passage: {tokenizer.decode(item.context).strip()}\n{options}\nAnswer: {answer}")
-    return "\n\n".join(blocks)
+    ids, details = generate_windows(ctx.model, ctx.tokenizer, ctx.nsamples, ctx.seqlen, ctx.seed, ctx.options)
+    return Selection(ids, [ctx.seqlen] * ctx.nsamples, details=details)
 
 
 def _icl_format(ctx: SelectionContext) -> Selection:
-    from .cloze_items import cloze_items
+    from .task_prompts import task_items
     from .tokens import encode
 
-    shots = ctx.options["shots"]
-    # About 200 tokens per item: enough prompts that the windows rarely overlap.
-    prompts_needed = max(8, math.ceil(2 * ctx.nsamples * ctx.seqlen / (200 * shots)))
-    items = cloze_items(ctx.source, ctx.tokenizer, prompts_needed * shots, seed=ctx.seed, part="calib")
-    prompts = [icl_prompt(ctx.tokenizer, items[i : i + shots]) for i in range(0, len(items), shots)]
+    shots, task, rationale = ctx.options["shots"], ctx.options["task"], ctx.options["rationale"] == "yes"
+    # About 100 tokens per item: enough prompts that the windows rarely overlap.
+    prompts_needed = max(8, math.ceil(2 * ctx.nsamples * ctx.seqlen / (100 * shots)))
+    items = task_items(task, prompts_needed * shots, ctx.seed, rationale)
+    prompts = ["\n\n".join(items[i : i + shots]) for i in range(0, len(items), shots)]
     token_docs = encode(ctx.tokenizer, [p + "\n\n" for p in prompts])
     windows = draw_windows(token_docs, ctx.nsamples, ctx.seqlen, ctx.seed, "concat")
-    return Selection(windows.ids, windows.unpadded_lengths,
-                     details={"prompts": len(prompts), "items": len(items), "format": "Passage / A-D options / "
-                              "Answer, items joined by blank lines, prompts concatenated and cut into windows"})
+    return Selection(windows.ids, windows.unpadded_lengths, details={
+        "task": task, "prompts": len(prompts), "items": len(items),
+        "rationale": rationale if task == "arithmetic" else None,
+        "format": "k items per prompt, each with its answer (in-context examples), items and prompts joined by "
+                  "blank lines and cut into windows; a synthetic stand-in for Bandari et al.'s task data"})
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
-    Strategy(RANDOM, "seeded random windows of the source (today's draw; the baseline)",
+    Strategy(RANDOM, "seeded random windows of the source (the baseline)",
              "Windows of the source drawn at random with the run's seed and sampling mode. Every other strategy "
              "is measured against this one.", False, False, (), None),
     Strategy("least-ppl", "the pool windows the dense model finds most predictable",
@@ -378,8 +309,8 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
              False, True, (POOL_FACTOR, Setting("coverage_subsample", 2000, "candidates looked at per step (a seeded "
                                                 "random subsample when more remain; ZipCal: 2,000)", low=1,
                                                 high=10**7)), _unique_tokens),
-    Strategy("activation-kmeans", "pool windows spread over the model's activation space (COLA)",
-             "COLA's selection: every pool window is described by the mean activation of each layer, projected to a "
+    Strategy("activation-kmeans", "COLA's selection stage: pool windows spread over the activation space",
+             "COLA's selection stage (stage 3 of 3; its domain choice and reformatting stages are not included): every pool window is described by the mean activation of each layer, projected to a "
              "few dimensions and clustered with k-means into nsamples clusters; the window nearest each centre is "
              "kept, so the set covers diverse behaviour of the model.",
              True, True, (POOL_FACTOR, SCORE_BATCH,
@@ -387,22 +318,35 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
                           Setting("kmeans_iterations", 50, "k-means iterations", low=1, high=10_000)),
              _activation_kmeans),
     Strategy(SELF_CALIBRATION, "the model writes its own windows from BOS (no corpus)",
-             "The model generates every window itself from its start token alone, sampling with a temperature that "
-             "moves from a start to an end value (Williams et al., NAACL 2025). No corpus is read. The paper's "
-             "exact temperatures were not available to us: the defaults (1.5 -> 0.8, linear) are ours.",
-             True, False, (Setting("temperature_start", 1.5, "temperature of the first sampled token", low=0.01,
-                                   high=10.0),
-                           Setting("temperature_end", 0.8, "temperature of the last sampled token", low=0.01, high=10.0),
+             "The model writes every window itself, starting from its start token alone and sampling until its "
+             "end token; further generations fill the rest of the window (Williams et al., NAACL 2025). The "
+             "temperature moves from a start to an end value over the first steps of each generation, then holds; "
+             "the paper's headline runs sample at 1.0 throughout. For a multilingual vocabulary the first token is "
+             "an English stop word, as in the paper. No corpus is read.",
+             True, False, (Setting("temperature_start", 1.0, "temperature of the first sampled token of a "
+                                   "generation (the paper's headline runs: 1.0)", low=0.01, high=10.0),
+                           Setting("temperature_end", 1.0, "temperature after the ramp (the paper's headline "
+                                   "runs: 1.0)", low=0.01, high=10.0),
+                           Setting("ramp_steps", 10, "generation steps over which the temperature moves from the "
+                                   "start to the end value, held after (the paper's ablation: 10)", low=1, high=10**6),
                            Setting("temperature_shape", "linear", "; ".join(f"{k}: {v}" for k, v in
                                                                           TEMPERATURE_SHAPES.items()),
                                    choices=tuple(TEMPERATURE_SHAPES)),
-                           Setting("generation_batch_size", 16, "windows generated together", low=1, high=1024)),
-             _self_calibration),
-    Strategy("icl-format", "k-shot multiple-choice prompts built from the source",
-             "Task data formatted as in-context prompts (Bandari et al., EMNLP 2024): each prompt holds k cloze "
-             "items (a passage, four options, the answer) from the calibration part of the source, and the "
-             "prompts are cut into windows.",
-             False, False, (Setting("shots", 3, "items per prompt (k)", low=1, high=64),), _icl_format),
+                           Setting("first_token", "auto", "; ".join(f"{k}: {v}" for k, v in FIRST_TOKEN_RULES.items()),
+                                   choices=tuple(FIRST_TOKEN_RULES)),
+                           Setting("generation_batch_size", 16, "generations sampled together", low=1, high=1024)),
+             _self_calibration, revision=1),
+    Strategy("icl-format", "k-shot task prompts (news topics or worked arithmetic)",
+             "Downstream task data formatted as in-context prompts (Bandari et al., EMNLP 2024): each prompt holds k "
+             "answered items of a task, and the prompts are cut into windows. Offline the tasks are stand-ins for "
+             "the paper's datasets: BBC News topic classification (headline, opening, topic) from the news corpus' "
+             "calibration part, or synthetic arithmetic with its worked steps. The run's source is not read.",
+             False, False, (Setting("task", "news-topic", "; ".join(f"{k}: {v}" for k, v in TASKS.items()),
+                                    choices=tuple(TASKS)),
+                            Setting("shots", 3, "answered items per prompt (k)", low=1, high=64),
+                            Setting("rationale", "yes", "arithmetic answers with their worked steps (chain of "
+                                    "thought): yes or no", choices=("yes", "no"))),
+             _icl_format, revision=1),
 )}
 
 
@@ -467,7 +411,7 @@ def build_strategy_calibration(source: str, tokenizer, nsamples: int, seqlen: in
     record = {"name": strategy, "settings": resolved, "seconds": seconds, "pool_seconds": pool_seconds,
               "pool": None if pool is None else {"source": source, "size": pool.nsamples, "seed": seed, "mode": mode,
                                                  "fingerprint": pool.fingerprint},
-              "source_read": chosen_by.uses_pool or chosen_by.name == "icl-format",
+              "source_read": chosen_by.uses_pool,
               "chosen": selection.chosen, "scores": selection.scores, "score": selection.score,
               "pool_scores": selection.pool_scores, "details": selection.details, "reused": False}
     tok_name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)

@@ -21,7 +21,7 @@ import pandas as pd
 from ..data.sources import BUILTIN_SOURCES
 from .advisor import PROXIES, TARGET_SEED_OFFSET, verdict_of
 from .stats import setting_label
-from .tournament import CLOZE, UNIFORM_MIX, TournamentSettings, entry_of
+from .tournament import CLOZE, ROUND_ONE, UNIFORM_MIX, TournamentSettings, entry_of
 
 CLOZE_TARGET = "cloze"
 CLOZE_TEXT = UNIFORM_MIX  # the cloze items come from the four builtin domains: their mix stands for them
@@ -30,9 +30,9 @@ MASK_PROXY = "predicted_jaccard"  # the one proxy that depends on the method and
 
 @dataclass
 class ValidationSettings:
-    tournament: TournamentSettings = field(default_factory=lambda: TournamentSettings(
-        seeds=3, early_seeds=3, methods=["wanda", "sparsegpt", "owl"],
-        extra_sources=["builtin:news", "builtin:books", "builtin:code"]))
+    tournament: TournamentSettings = field(default_factory=lambda: TournamentSettings(**{
+        **ROUND_ONE, "seeds": 3, "early_seeds": 3, "methods": ["wanda", "sparsegpt", "owl"],
+        "extra_sources": ["builtin:news", "builtin:books", "builtin:code"]}))
     targets: list[str] = field(default_factory=lambda: [*BUILTIN_SOURCES, CLOZE_TARGET])
     target_windows: int = 8
     bootstrap: int = 1000

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from .. import assets
 from ..data.sources import DEFAULT_CONCAT_SEPARATOR, check_mode, check_windows_fit
-from ..data.strategies import RANDOM, check_strategy, describe_strategy, non_default
+from ..data.strategies import RANDOM, STRATEGIES, check_strategy, describe_strategy, non_default
 from ..errors import CalibLabError, ConfigError, PruningCancelled
 from ..runs.events import PipelineEvent
 from ..runs.pipeline import run_prune
@@ -205,6 +205,9 @@ class SweepPoint:
         described = [self.calibration, _keyed(self.config), self.nsamples, self.seed, self.context]
         if self.strategy != RANDOM:  # random points keep the keys of sweeps made before strategies existed
             described.append([self.strategy, self.strategy_options])
+            revision = STRATEGIES[self.strategy].revision
+            if revision:  # a strategy never revised keeps its earlier keys
+                described.append({"revision": revision})
         return hashlib.sha1(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
     def label(self) -> str:

@@ -28,34 +28,38 @@ from .sweeps import SweepGrid, SweepPoint, SweepSummary, run_sweep
 
 MIX = "mix"
 UNIFORM_MIX = "mix:" + ",".join(f"{source}=1" for source in BUILTIN_SOURCES)
-ALPHA = 0.05
-VERDICT_RULES = (
-    f"Per model, method, setting and capability, each entry's per-seed values are compared with random's by "
-    f"Welch's t-test; the p-values of the entries compared in one such family are Holm-adjusted. An entry is "
-    f"'better' (lower perplexity, higher cloze accuracy) or 'worse' when its adjusted p < {ALPHA}, otherwise "
-    f"'within seed noise'. Fixed before any tournament result was seen."
-)
+POWERED_SEEDS = 10
+PROTOCOL_DATE = "2026-12-07"
+# The first tournament (2026-12-03, docs/results/strategies-2026-12-03/): 8 x 256 calibration tokens, 2 x 256
+# evaluation tokens and 10 cloze items per domain, 5 seeds. Its runs and the advisor validation's use it.
+ROUND_ONE = dict(extra_sources=[], seeds=5, nsamples=8, seqlen=256, eval_windows=2, cloze_items=10, early_seeds=3,
+                 name="tournament")
+ROUND_ONE_RUNS = "docs/results/strategies-2026-12-03/strategies-runs.csv"
 
 
 @dataclass
 class TournamentSettings:
+    """The powered protocol by default (fixed 2026-12-07 from the pilot, before any of its runs; stated in
+    docs/results/strategies.md). ROUND_ONE holds the first tournament's settings."""
+
     models: list[str] = field(default_factory=lambda: [assets.DEFAULT_MODEL, "gemma3-270m"])
     source: str = "builtin:wiki"  # the pool every strategy draws from (mix: the four builtin sources)
     strategies: list[str] = field(default_factory=lambda: [
         RANDOM, "least-ppl", "unique-tokens", "activation-kmeans", SELF_CALIBRATION, "icl-format"])
     mix: str | None = UNIFORM_MIX  # an entry drawn at random from this mix (None: no mix entry)
-    extra_sources: list[str] = field(default_factory=list)  # entries drawn at random from other sources
+    # Entries drawn at random from other sources: every domain's own single-source draw, the mix's baselines.
+    extra_sources: list[str] = field(default_factory=lambda: [s for s in BUILTIN_SOURCES if s != "builtin:wiki"])
     methods: list[str] = field(default_factory=lambda: ["wanda", "sparsegpt"])
     settings: list = field(default_factory=lambda: [0.5, 0.6, "2:4"])
-    seeds: int = 5
-    nsamples: int = 8  # the Prune page's default; a pool of 80 windows for the pool strategies
-    seqlen: int = 256
+    seeds: int = POWERED_SEEDS
+    nsamples: int = 32  # a pool of 320 windows for the pool strategies
+    seqlen: int = 512
     mode: str = "concat"
     eval: list[str] = field(default_factory=lambda: list(BUILTIN_SOURCES))
-    eval_windows: int = 2
-    cloze_items: int = 10  # per domain: 40 items, the same for every run
-    early_seeds: int = 3
-    name: str = "tournament"
+    eval_windows: int = 64  # 32k tokens per domain
+    cloze_items: int = 100  # per domain: 400 items, the same for every run
+    early_seeds: int = 5
+    name: str = "tournament-powered"
     dtype: str = "auto"  # see resolved_dtype: the earlier runs' dtype, else the device's native one
     # A runs CSV of this tournament written earlier (e.g. the committed strategies-runs.csv, measured on another
     # machine): its rows whose point key is one of these points count as finished and join the report.
@@ -137,6 +141,32 @@ def dtype_notice(settings: TournamentSettings) -> str | None:
     return (f"continuing {settings.previous}'s runs in {dtype}, which this CPU has no arithmetic for: its Linear "
             f"layers multiply in float32 and round to {dtype} (the same products, summed in another order), so "
             f"points run here differ a little from the earlier machine's (about 99.5% the same kept weights)")
+
+
+# The pilot that fixes the powered protocol (docs/results/strategies.md states its table): the seed noise of
+# random draws at larger scales, Wanda 50% on the bundled model, 8 seeds, 64 x 512 = 32k evaluation tokens and
+# 100 cloze items per domain. Its points are ordinary tournament points (keyed alike), so a protocol of the same
+# scale reuses them.
+PILOT_SCALES = [(32, 512), (128, 512)]
+PILOT = dict(models=[assets.DEFAULT_MODEL], strategies=[RANDOM], mix=None, methods=["wanda"], settings=[0.5],
+             seeds=8, early_seeds=8, eval_windows=64, cloze_items=100, name="tournament-pilot")
+
+
+def pilot_settings() -> list[TournamentSettings]:
+    """One settings per pilot scale, smallest first."""
+    return [TournamentSettings(**PILOT, nsamples=nsamples, seqlen=seqlen) for nsamples, seqlen in PILOT_SCALES]
+
+
+def pilot_frame(store):
+    """Every pilot scale's finished runs, with the scale's nsamples and seqlen."""
+    import pandas as pd
+
+    frames = []
+    for settings in pilot_settings():
+        frame = tournament_frame(settings, store)
+        if not frame.empty:
+            frames.append(frame.assign(nsamples=settings.nsamples, seqlen=settings.seqlen))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["nsamples", "seqlen"])
 
 
 QUICK = dict(models=[assets.DEFAULT_MODEL], methods=["wanda"], settings=[0.5], seeds=2, nsamples=4, seqlen=128,
