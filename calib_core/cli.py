@@ -803,7 +803,7 @@ def _advise_parser(sub) -> None:
     advise.add_argument("--proxy", default=BEST, choices=[BEST, *PROXIES],
                         help=f"the proxy the ranking follows (default {BEST}: the one that agreed best with pruning in "
                              f"the validation for this method, setting and target); "
-                             + "; ".join(f"{p.name}: {p.label}" for p in PROXIES.values()))
+                             + "; ".join(f"{p.name}: {p.label}" for p in PROXIES.values()).replace("%", "%%"))
     advise.add_argument("--nsamples", type=int, default=8)
     advise.add_argument("--seqlen", type=int, default=256)
     advise.add_argument("--seed", type=int, default=0)
