@@ -157,8 +157,10 @@ def generate_windows(model, tokenizer, nsamples: int, seqlen: int, seed: int, op
     windows: list[list[int]] = [[]]
     documents, ended, lengths = 0, 0, []
     # Every document adds at least two tokens (its start token and one more), so this many always fill the windows.
-    for _ in range(math.ceil(nsamples * seqlen / 2 / options["generation_batch_size"]) + 1):
-        prompt = torch.full((options["generation_batch_size"], 1), token, dtype=torch.long, device=device)
+    for _ in range(nsamples * seqlen // 2 + 1):
+        # No more generations at once than windows are left to fill: each fills at most one.
+        count = min(options["generation_batch_size"], nsamples - len(windows) + 1)
+        prompt = torch.full((count, 1), token, dtype=torch.long, device=device)
         processors = [ScheduledTemperature(schedule, 1)] + ([FirstTokenOnly(allowed, 1)] if allowed else [])
         with torch.inference_mode():
             out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), generation_config=config,
