@@ -123,3 +123,40 @@ def test_unique_tokens_is_compared_with_least_ppl_itself():
     assert len(direct) == 1 and direct["verdict"].iloc[0] == "equivalent"
     claims = "\n".join(published_claims(found))
     assert "**supported** (matches least-ppl" in claims
+
+
+def test_the_pilot_table_states_seed_noise_and_the_mde_it_implies():
+    from calib_core.experiments.equivalence import minimum_detectable_effect
+    from calib_core.experiments.tournament_report import PILOT_SEEDS, pilot_noise
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for nsamples, sd in ((32, 0.04), (128, 0.02)):
+        for seed, noise in enumerate(rng.normal(0, sd, 8)):
+            rows.append({"nsamples": nsamples, "seqlen": 512, "seed": seed, "ppl builtin:wiki": 30 * math.exp(noise),
+                         CLOZE: 0.6 + noise})
+    table = pilot_noise(pd.DataFrame(rows), family=12).set_index(["calibration", "capability"])
+    wiki = table.loc[("32 x 512", "ppl builtin:wiki")]
+    logs = [math.log(r["ppl builtin:wiki"]) for r in rows if r["nsamples"] == 32]
+    assert wiki["seeds"] == 8 and wiki["seed sd"] == pytest.approx(np.std(logs, ddof=1))
+    assert wiki["MDE 10 seeds"] == pytest.approx(minimum_detectable_effect(math.sqrt(2) * wiki["seed sd"], 10, 12))
+    assert list(wiki[[f"MDE {n} seeds" for n in PILOT_SEEDS]]) == sorted(wiki[[f"MDE {n} seeds" for n in PILOT_SEEDS]],
+                                                                          reverse=True)
+    assert table.loc[("128 x 512", "ppl builtin:wiki"), "seed sd"] < wiki["seed sd"]
+
+
+def test_the_report_states_its_protocol_and_pilot_before_any_run(tmp_path):
+    from calib_core.experiments.tournament import TournamentSettings
+    from calib_core.experiments.tournament_report import PILOT_RUNS_FILE, write_tournament_report
+    from calib_core.runs import RunStore
+
+    pilot = pd.DataFrame([{"nsamples": 32, "seqlen": 512, "seed": s, "ppl builtin:wiki": 30 + s, CLOZE: 0.6}
+                          for s in range(8)])
+    pilot.to_csv(tmp_path / PILOT_RUNS_FILE, index=False)
+    report = write_tournament_report(TournamentSettings(), RunStore(tmp_path / "runs.sqlite"), tmp_path,
+                                     earlier="strategies-2026-12-03/strategies.md").read_text()
+    assert "0 of 1200 points finished" in report and "Fixed 2026-12-07, before any of its runs" in report
+    assert "±2% perplexity" in report and "±2 accuracy points" in report
+    assert "## Pilot: seed noise at larger scales" in report and "| 32 x 512" in report
+    assert "No point of this protocol has finished yet." in report
+    assert "(strategies-2026-12-03/strategies.md)" in report
