@@ -39,7 +39,8 @@ PROXIES = {p.name: p for p in [
     Proxy("predicted_jaccard", "predicted mask Jaccard with the target's mask (higher: more alike)", True, True),
     Proxy("norm_divergence", "channel-norm divergence from the target, mean |log2 ratio| (lower: closer)", False, True),
     Proxy("ngram_overlap", "word 3-gram overlap with the target text (higher: more alike)", True, True),
-    Proxy("js_divergence", "unigram JS divergence from the target text (lower: more alike)", False, True),
+    Proxy("js_divergence", "mean over the candidate's windows of each window's unigram JS divergence from the target "
+                           "text (lower: more alike)", False, True),
     Proxy("min_k_pp", "Min-K%++ of the candidate (higher: more training-like)", True, False),
     Proxy("calib_ppl", "perplexity of the candidate under the dense model (lower: more training-like)", False, False),
 ]}

@@ -2,7 +2,8 @@
 
 From what a run keeps (its kept-weight masks and, for a calibrated run, each module's per-channel input
 statistics: prune/stats.CHANNEL_KINDS) and the dense model's weights read from its files, per module:
-- channels: the input-channel activation norms, outliers marked (OWL's rule: above M x their mean), and
+- channels: the input-channel activation norms, outliers marked (a norm above M x the module's mean
+  norm: OWL's threshold M applied to channel norms, while OWL applies it to per-weight |W| ||X|| scores), and
   for two runs the ratio of their norms per channel;
 - scores: |W| against the method's score for a sample of weights, kept or pruned, and how often the run's
   mask and the magnitude mask (same pattern and sparsity) disagree;
@@ -159,7 +160,8 @@ def _setting(config: dict) -> str:
 
 # ------------------------------------------------------------------ 1. channels
 def outlier_channels(norms: np.ndarray, m: float = OWL_M) -> np.ndarray:
-    """OWL's outlier rule applied to channels: a norm above M x the mean norm of the module."""
+    """Outlier channels: a norm above M x the mean norm of the module (OWL's threshold M on channel norms; OWL
+    itself applies it to per-weight |W| ||X|| scores, prune/owl.py)."""
     return norms > m * norms.mean()
 
 
@@ -202,7 +204,7 @@ def method_score(run: RunInside, block: int, module: str, weight: np.ndarray) ->
     if scored_by == "sparsegpt":
         diag = run.channel(block, module, "hessian_diag")
         damped = diag + float(config.get("sparsegpt_damp", 0.01)) * diag.mean()
-        return weight.astype(np.float64) ** 2 * damped[None, :], ("w^2 x (H_jj + damping): SparseGPT's w^2 / [H^-1]_jj^2 "
+        return weight.astype(np.float64) ** 2 * damped[None, :], ("w^2 x (H_jj + damping): SparseGPT's w^2 / [H^-1]_jj "
                                                                   "with H taken diagonal (a run keeps only diag H)")
     raise ConfigError(f"No score view for method {method}.")
 
@@ -275,7 +277,7 @@ class MaskDifference:
 def mask_difference(a: RunInside, b: RunInside, block: int, module: str, top_k: int | None = None,
                     tiles: int = TILES) -> MaskDifference:
     """Where two runs' masks of one module part ways. The top-k channels are ranked by the larger of the two
-    runs' norms (default k: the channels OWL's rule calls outliers in either run, at least 1)."""
+    runs' norms (default k: the outlier channels, norm above M x mean, of either run, at least 1)."""
     import pandas as pd
 
     kept_a, kept_b = a.kept(block, module), b.kept(block, module)
@@ -332,7 +334,7 @@ def _blocks_frame(run: RunInside, suffix: str):
 
 
 def most_outlying_module(run: RunInside) -> tuple[int, str]:
-    """The module with the most outlier channels (OWL's rule); for a run without statistics, its first module."""
+    """The module with the most outlier channels (norm above M x mean); for a run without statistics, its first module."""
     if not run.has_channels:
         return run.modules()[0]
     return max(run.modules(), key=lambda key: int(outlier_channels(run.channel(*key)).sum()))

@@ -8,7 +8,7 @@ candidate calibration set with the target text:
 - predicted mask Jaccard: per module, the Jaccard of the weights the method would keep from the
   candidate's statistics and from the target's, at the same sparsity or N:M pattern (Wanda: |W| ||X_j||
   per row; OWL: Wanda's score with each statistics' own per-block allocation; SparseGPT: its static
-  score w^2 (H_jj + damping) per row, the diagonal approximation of its w^2 / [H^-1]_jj^2, since its
+  score w^2 (H_jj + damping) per row, the diagonal approximation of its w^2 / [H^-1]_jj, since its
   weight updates need the pruning itself), pooled over modules by size.
 
 Both are computed from dense activations: the engine's own statistics come from inputs that earlier
@@ -29,7 +29,7 @@ from ..prune.owl import outlier_ratio, owl_nm_allocation, owl_sparsities
 PREDICTABLE = ("wanda", "owl", "sparsegpt")
 APPROXIMATION = ("predicted from dense activations (the engine's statistics come from inputs that earlier pruned "
                  "blocks produce)")
-SPARSEGPT_STATIC = "SparseGPT's static score w^2 (H_jj + damping), the diagonal approximation of w^2 / [H^-1]_jj^2"
+SPARSEGPT_STATIC = "SparseGPT's static score w^2 (H_jj + damping), the diagonal approximation of w^2 / [H^-1]_jj"
 
 
 @dataclass
