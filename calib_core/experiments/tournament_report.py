@@ -362,7 +362,9 @@ def pilot_lines(pilot: pd.DataFrame, settings: TournamentSettings) -> list[str]:
             "MDE columns are the minimum detectable effect of a paired comparison with that many seeds, at 80% "
             f"power and the protocol's family-wise level (Bonferroni over {family} comparisons), taking the two "
             "entries' seed noise as independent (sd of the difference = sqrt(2) x seed sd): an upper bound where "
-            "pairing by seed correlates them.", "", shown.to_markdown(index=False, floatfmt=".3f"), ""]
+            "pairing by seed correlates them. `median run minutes`: one run (choosing its windows, pruning, every "
+            "evaluation) on the machine that ran the pilot, under whatever else it ran.", "",
+            shown.to_markdown(index=False, floatfmt=".3f"), ""]
 
 
 def _protocol_entries(settings: TournamentSettings) -> set[str]:
@@ -387,8 +389,9 @@ def pilot_noise(pilot: pd.DataFrame, family: int) -> pd.DataFrame:
                 continue
             scaled = values.map(math.log) if margin_of(capability).scale == "log" else values
             sd = float(scaled.std(ddof=1)) if len(scaled) > 1 else float("nan")
+            seconds = group["run_seconds"].median() if "run_seconds" in group else float("nan")
             row = {"calibration": f"{nsamples} x {seqlen}", "capability": capability, "seeds": len(values),
-                   "mean": float(values.mean()), "seed sd": sd}
+                   "median run minutes": seconds / 60, "mean": float(values.mean()), "seed sd": sd}
             for n in PILOT_SEEDS:
                 row[f"MDE {n} seeds"] = minimum_detectable_effect(math.sqrt(2) * sd, n, family)
             rows.append(row)
