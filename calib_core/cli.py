@@ -736,6 +736,7 @@ def _run_pilot(args) -> int:
 
     out = args.out or "docs/results"
     check_output_folder(out, overwrite=True)
+    Path(out).mkdir(parents=True, exist_ok=True)
     store = RunStore()
     if not args.report_only:
         for settings in pilot_settings():
