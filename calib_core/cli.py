@@ -730,7 +730,8 @@ def _run_pilot(args) -> int:
     from pathlib import Path
 
     from .experiments.tournament import TournamentSettings, pilot_frame, pilot_settings, run_tournament
-    from .experiments.tournament_report import PILOT_RUNS_FILE, write_tournament_report
+    from .experiments.tournament_protocol import PILOT_RUNS_FILE
+    from .experiments.tournament_report import write_tournament_report
     from .files import check_output_folder
     from .runs import RunStore
 

@@ -14,101 +14,13 @@ import pandas as pd
 from ..errors import MissingDependencyError, NotEnoughDataError
 from ..provenance import environment_versions
 from . import sweep_figures
-from .stats import higher_is_better, setting_sort_key
-from .equivalence import compare, differences
-from .tournament import (CLOZE, DENSE_REFERENCE_FILE, MIX, PROTOCOL_DATE, TournamentSettings, capabilities, carried_dense,
-                         known_reference, tournament_frame, THIS_STORE)
-from ..data.strategies import RANDOM, STRATEGIES
-
-IN_DOMAIN, BEST_SOURCE = "in-domain source", "best single source"
-
-# What the papers report, as claims our cells can support, contradict or leave untested: (entry, the entry it is
-# compared with, capabilities (None: every one), the kind of claim (equivalence.CLAIM_KINDS), the claim).
-PUBLISHED = [
-    ("least-ppl", RANDOM, None, "not worse", "least-perplexity selection matches or beats a random draw (ZipCal and "
-                                             "COLA baselines)"),
-    ("unique-tokens", "least-ppl", None, "matches", "unique-token coverage matches least-perplexity selection at a "
-                                                    "fraction of the cost (ZipCal: 0.5370 vs 0.5363, Llama-3.2-3B, "
-                                                    "Wanda 50%)"),
-    ("activation-kmeans", RANDOM, ["ppl builtin:code", CLOZE], "better",
-     "COLA's activation-diversity selection preserves capabilities (math, code) better than random (COLA; we "
-     "run its selection stage only)"),
-    ("self-calibration", RANDOM, None, "not worse", "self-calibration is consistently competitive with real data "
-                                                    "(Williams et al.)"),
-    (MIX, BEST_SOURCE, None, "better", "a uniform multi-source mix beats the best single source (IGSP: 58.8% vs "
-                                       "50.0% retained, SparseGPT 60%)"),
-    ("icl-format", RANDOM, None, "better", "in-context formatted task data helps broadly (Bandari et al.; ours is a "
-                                           "synthetic stand-in for their task data)"),
-]
-
-
-def planned_comparisons(entries: set[str], capability: str, source: str) -> list[tuple[str, str]]:
-    """(entry, what it is compared with) in one family: every entry against random (the pool source's draw);
-    unique-tokens against least-ppl; the mix against the in-domain single source and the best single source."""
-    singles = single_sources(entries, source)
-    planned = [(entry, RANDOM) for entry in _entry_order(entries) if entry != RANDOM and RANDOM in entries]
-    if {"unique-tokens", "least-ppl"} <= entries:
-        planned.append(("unique-tokens", "least-ppl"))
-    if MIX in entries and len(singles) > 1:
-        if in_domain(capability, singles):
-            planned.append((MIX, IN_DOMAIN))
-        planned.append((MIX, BEST_SOURCE))
-    return planned
-
-
-def single_sources(entries: set[str], source: str) -> dict[str, str]:
-    """source -> entry of every single-source random draw (the pool source's is `random`)."""
-    found = {source: RANDOM} if RANDOM in entries else {}
-    found.update({e: e for e in entries if e.startswith(("builtin:", "file:", "hf:"))})
-    return found
-
-
-def in_domain(capability: str, singles: dict[str, str]) -> str | None:
-    """The entry drawn from the capability's own domain ('ppl builtin:code' -> the code draw), if any."""
-    domain = capability.removeprefix("ppl ")
-    return singles.get(domain) if capability.startswith("ppl ") else None
-
-
-def comparisons(frame: pd.DataFrame, capability_names: list[str], source: str = "builtin:wiki") -> pd.DataFrame:
-    """One row per (model, method, setting, capability, entry, against): the entry's mean, std and seeds, and for
-    a comparison (against not empty) the paired per-seed difference with its family-wise interval, minimum
-    detectable effect and verdict (equivalence.py). `against` is random, least-ppl, or for the mix the
-    in-domain and the best single source (the one with the best mean in that cell, named in `baseline`)."""
-    rows = []
-    for (model, method, setting), cell in frame.groupby(["model", "method", "setting"], sort=False):
-        for capability in capability_names:
-            if capability not in cell:
-                continue
-            values = {entry: group.groupby("seed")[capability].mean().dropna()
-                      for entry, group in cell.groupby("entry", sort=False)}
-            base = dict(model=model, method=method, setting=setting, capability=capability)
-            for entry in _entry_order(values):
-                rows.append({**base, "entry": entry, "against": "", "baseline": "", "mean": values[entry].mean(),
-                             "std": values[entry].std(ddof=1) if len(values[entry]) > 1 else 0.0,
-                             "n": len(values[entry]), "verdict": "baseline" if entry == RANDOM else ""})
-            planned = planned_comparisons(set(values), capability, source)
-            singles = single_sources(set(values), source)
-            better = max if higher_is_better(capability) else min
-            for entry, against in planned:
-                baseline = against
-                if against == IN_DOMAIN:
-                    baseline = in_domain(capability, singles)
-                elif against == BEST_SOURCE:
-                    baseline = better(singles.values(), key=lambda e: values[e].mean())
-                a, b = values[entry], values[baseline]
-                seeds = a.index.intersection(b.index)
-                found = compare(differences(a[seeds], b[seeds], capability), capability, family=len(planned))
-                rows.append({**base, "entry": entry, "against": against, "baseline": baseline, "mean": a.mean(),
-                             "std": a.std(ddof=1) if len(a) > 1 else 0.0, "n": found.n, "diff": found.mean,
-                             "low": found.low, "high": found.high, "sd_diff": found.sd, "mde": found.mde,
-                             "verdict": found.verdict, "family": len(planned)})
-    return pd.DataFrame(rows)
-
-
-def _entry_order(entries) -> list[str]:
-    known = [*STRATEGIES, MIX]
-    return sorted(entries, key=lambda e: (known.index(e) if e in known else len(known), e))
-
+from ..data.strategies import RANDOM
+from .stats import setting_sort_key
+from .tournament import (CLOZE, DENSE_REFERENCE_FILE, TournamentSettings, capabilities, carried_dense, known_reference,
+                         tournament_frame, THIS_STORE)
+from .tournament_comparisons import (BEST_SOURCE, IN_DOMAIN, comparisons, entry_order, power_lines,
+                                     published_claims)
+from .tournament_protocol import PILOT_RUNS_FILE, pilot_lines, protocol_lines
 
 def _mean_std(row) -> str:
     digits = 3 if row["capability"] == CLOZE else 2
@@ -132,7 +44,7 @@ def _table(found: pd.DataFrame, model: str, method: str, against: str = RANDOM) 
     table = pd.DataFrame(cells).pivot_table(index=["setting", "entry"], columns="capability", values="cell",
                                             aggfunc="first")
     table = table[[c for c in part["capability"].unique() if c in table.columns]].reset_index()
-    order = _entry_order(part["entry"].unique())
+    order = entry_order(part["entry"].unique())
     table["_s"], table["_e"] = table["setting"].map(setting_sort_key), table["entry"].map(order.index)
     return table.sort_values(["_s", "_e"]).drop(columns=["_s", "_e"]).set_index(["setting", "entry"]).fillna(
         "").to_markdown()
@@ -164,7 +76,7 @@ def cost_table(frame: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     if out.empty:
         return out
-    out["_e"] = out["entry"].map(lambda e: _entry_order(out["entry"].unique()).index(e))
+    out["_e"] = out["entry"].map(lambda e: entry_order(out["entry"].unique()).index(e))
     return out.sort_values(["model", "_e"]).drop(columns="_e").reset_index(drop=True)
 
 
@@ -180,40 +92,13 @@ def with_forward_unit(frame: pd.DataFrame, references: dict) -> pd.DataFrame:
     return frame
 
 
-def published_claims(found: pd.DataFrame) -> list[str]:
-    """Per published claim: supported, contradicted, mixed or not testable at this scale over its cells
-    (equivalence.CLAIM_RULES), with the tally and where it was contradicted."""
-    from .equivalence import CLAIM_KINDS, CONTRADICTED, cell_reading, claim_verdict
-
-    lines = []
-    for entry, against, capability_names, kind, claim in PUBLISHED:
-        rows = found[(found["entry"] == entry) & (found["against"] == against)
-                     & found["verdict"].isin(["better", "worse", "equivalent", "inconclusive"])]
-        if capability_names:
-            rows = rows[rows["capability"].isin(capability_names)]
-        if rows.empty:
-            lines.append(f"- **not measured**: {claim}.")
-            continue
-        verdict, tally = claim_verdict(list(rows["verdict"]), kind)
-        counts = ", ".join(f"{n} {reading}" for reading, n in tally.items())
-        against_what = "random" if against == RANDOM else against
-        fails = [r for r in rows.itertuples() if cell_reading(r.verdict, kind) == CONTRADICTED]
-        where = ("; contradicted at " + ", ".join(f"{r.model} {r.method} {r.setting} {r.capability} ({r.verdict})"
-                                                  for r in fails[:6]) + (" ..." if len(fails) > 6 else "")) if fails else ""
-        needs = "/".join(CLAIM_KINDS[kind]["supported"])
-        relation = {"not worse": "not worse than", "better": "better than", "matches": "matches"}[kind]
-        lines.append(f"- **{verdict}** ({relation} {against_what}: a cell supports it when {needs}; {len(rows)} cells: "
-                     f"{counts}): {claim}{where}.")
-    return lines
-
-
 def _figure(found: pd.DataFrame, model: str, method: str):
     import plotly.express as px
 
     part = found[(found["model"] == model) & (found["method"] == method) & (found["against"] == "")]
     if part.empty:
         raise NotEnoughDataError(f"No {method} runs on {model}.")
-    order = _entry_order(part["entry"].unique())
+    order = entry_order(part["entry"].unique())
     settings = sorted(part["setting"].unique(), key=setting_sort_key)
     fig = px.bar(part, x="entry", y="mean", error_y="std", color="entry", facet_col="capability",
                  facet_row="setting", category_orders={"entry": order, "setting": settings},
@@ -269,9 +154,6 @@ def write_tournament_report(settings: TournamentSettings, store, out: str | Path
     return report
 
 
-PILOT_RUNS_FILE = "strategies-pilot-runs.csv"
-
-
 def write_reread(runs_csv: str | Path) -> Path:
     """strategies-reread.md beside an earlier tournament's runs CSV: its rows compared as this protocol compares
     them (paired intervals, margins, minimum detectable effects, claims), at the scale they were run."""
@@ -281,7 +163,7 @@ def write_reread(runs_csv: str | Path) -> Path:
     found = comparisons(frame, names)
     compared = found[found["against"] != ""]
     tally = compared.pivot_table(index="entry", columns="verdict", values="n", aggfunc="count", fill_value=0)
-    lines = [f"# The first tournament, re-read with paired intervals and equivalence margins", "",
+    lines = ["# The first tournament, re-read with paired intervals and equivalence margins", "",
              f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python -m calib_core tournament "
              f"--reread {runs_csv.as_posix()}` from the {len(frame)} runs of [strategies.md](strategies.md), as the "
              "powered protocol compares its runs (docs/results/strategies.md states the rules). No run was made. "
@@ -294,108 +176,6 @@ def write_reread(runs_csv: str | Path) -> Path:
     out = runs_csv.with_name("strategies-reread.md")
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out
-
-
-def protocol_lines(settings: TournamentSettings) -> list[str]:
-    """What is measured and how it is judged: written before the protocol's first run."""
-    from .equivalence import CLAIM_RULES, MARGINS, MDE_TARGET
-
-    lines = [
-        "## Protocol", "",
-        f"Fixed {PROTOCOL_DATE}, before any of its runs, from the pilot below.", "",
-        f"- Entries: the strategies {', '.join(settings.strategies)} choosing from `{settings.source}`"
-        + (f"; `mix`, the random draw from `{settings.mix}`" if settings.mix else "")
-        + (f"; and the random draw from each of {', '.join(settings.extra_sources)} (every domain's single-source "
-           f"baseline: `random` is {settings.source}'s)" if settings.extra_sources else "")
-        + f". Every entry's windows are {settings.nsamples} x {settings.seqlen} tokens ({settings.mode} sampling for "
-          f"the pool and the random draws; the pool strategies choose from {10 * settings.nsamples} candidates).",
-        f"- Methods {', '.join(settings.methods)} at {', '.join(str(s) for s in settings.settings)}, in "
-        f"{settings.resolved_dtype()} ({_dtype_origin(settings)}); seeds 0-{settings.seeds - 1} (a seed fixes the "
-        f"pool, the draw and a strategy's own randomness; random's windows are the first of every pool of its seed).",
-        f"- Capabilities, each its own column, never averaged: held-out perplexity on {', '.join(settings.eval)} "
-        f"({settings.eval_windows} x {settings.seqlen} = {settings.eval_windows * settings.seqlen:,} tokens each, the "
-        f"same for every run; lower is better)" + (
-            f", and the 4-way cloze proxy ({settings.cloze_items} items per domain, accuracy averaged over the "
-            f"domains; chance 0.25, higher is better)" if settings.cloze_items else "") + ".",
-        "- Comparisons, paired by seed: every entry against random; unique-tokens against least-ppl (ZipCal's "
-        "claim); the mix against the in-domain single source and against the best single source of the cell "
-        "(chosen on the same runs, which favours the single source). A family is one model, method, setting and "
-        "capability.",
-        f"- Equivalence margins: {MARGINS['ppl'].describe()} ({MARGINS['ppl'].why}); {MARGINS['acc'].describe()} "
-        f"({MARGINS['acc'].why}).",
-        "- Verdicts: the per-seed difference (log perplexity; accuracy points) gets a 95% family-wise confidence "
-        "interval (paired t, Bonferroni over the family's comparisons). **equivalent**: the interval inside the "
-        "margin; **better** or **worse**: it excludes 0 and is not inside the margin; **inconclusive**: it holds 0 "
-        "and crosses a margin. Every comparison states its minimum detectable effect (MDE): the true difference "
-        "the same test finds with 80% power at the measured noise.",
-        f"- Claims: {CLAIM_RULES}",
-        f"- Power target: an MDE of at most {MDE_TARGET * 100:.0f}% on wiki perplexity for Wanda 50% on "
-        f"{settings.models[0]}.", "",
-        "Strategy settings (defaults of data/strategies.py unless listed):", "",
-    ]
-    for name in settings.strategies:
-        if STRATEGIES[name].settings:
-            described = ", ".join(f"{s.name} {s.default}" for s in STRATEGIES[name].settings)
-            lines.append(f"- {name}: {described}")
-    lines += ["- icl-format's tasks are synthetic stand-ins for Bandari et al.'s downstream datasets (offline: BBC "
-              "News topics from the news corpus' calibration part, or worked arithmetic), never the cloze metric's "
-              "items or format.",
-              "", "Settings:", "", "```json", json.dumps(settings.as_dict(), indent=1), "```", "",
-              "Versions: " + ", ".join(f"{k} {v}" for k, v in environment_versions().items() if v), ""]
-    return lines
-
-
-def pilot_lines(pilot: pd.DataFrame, settings: TournamentSettings) -> list[str]:
-    """The pilot's seed-noise table and what it implies for the MDE at several seed counts."""
-    from .equivalence import as_stated
-
-    family = max(len(planned_comparisons(_protocol_entries(settings), c, settings.source))
-                 for c in capabilities(settings))
-    table = pilot_noise(pilot, family)
-    shown = table.copy()
-    for column in [c for c in shown.columns if c.startswith("MDE")] + ["seed sd"]:
-        shown[column] = [as_stated(v, cap).lstrip("+") for v, cap in zip(shown[column], shown["capability"])]
-    return ["## Pilot: seed noise at larger scales", "",
-            "Random draws from builtin:wiki, Wanda 50% on the bundled model, each scale's runs on the same 32k "
-            "evaluation tokens and 100 cloze items per domain (`python -m calib_core tournament --pilot`). `seed "
-            "sd` is the standard deviation over seeds (of log perplexity, as percent; of accuracy, in points). The "
-            "MDE columns are the minimum detectable effect of a paired comparison with that many seeds, at 80% "
-            f"power and the protocol's family-wise level (Bonferroni over {family} comparisons), taking the two "
-            "entries' seed noise as independent (sd of the difference = sqrt(2) x seed sd): an upper bound where "
-            "pairing by seed correlates them. `median run minutes`: one run (choosing its windows, pruning, every "
-            "evaluation) on the machine that ran the pilot, under whatever else it ran.", "",
-            shown.to_markdown(index=False, floatfmt=".3f"), ""]
-
-
-def _protocol_entries(settings: TournamentSettings) -> set[str]:
-    return {*settings.strategies, *([MIX] if settings.mix else []), *settings.extra_sources}
-
-
-PILOT_SEEDS = (5, 8, 10, 16)
-
-
-def pilot_noise(pilot: pd.DataFrame, family: int) -> pd.DataFrame:
-    """Per scale and capability: seeds, mean, seed sd (on the margin's scale) and the MDE at PILOT_SEEDS seeds."""
-    import math
-
-    from .equivalence import margin_of, minimum_detectable_effect
-
-    rows = []
-    columns = [c for c in pilot.columns if c.startswith("ppl builtin:") or c == CLOZE]
-    for (nsamples, seqlen), group in pilot.groupby(["nsamples", "seqlen"], sort=True):
-        for capability in columns:
-            values = group[capability].dropna()
-            if values.empty:
-                continue
-            scaled = values.map(math.log) if margin_of(capability).scale == "log" else values
-            sd = float(scaled.std(ddof=1)) if len(scaled) > 1 else float("nan")
-            seconds = group["run_seconds"].median() if "run_seconds" in group else float("nan")
-            row = {"calibration": f"{nsamples} x {seqlen}", "capability": capability, "seeds": len(values),
-                   "median run minutes": seconds / 60, "mean": float(values.mean()), "seed sd": sd}
-            for n in PILOT_SEEDS:
-                row[f"MDE {n} seeds"] = minimum_detectable_effect(math.sqrt(2) * sd, n, family)
-            rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def result_lines(found, frame, settings, out, dense_of, own, carried) -> list[str]:
@@ -446,22 +226,6 @@ def result_lines(found, frame, settings, out, dense_of, own, carried) -> list[st
     return lines
 
 
-def power_lines(found: pd.DataFrame) -> list[str]:
-    """The median minimum detectable effect per capability, and how many comparisons could not tell."""
-    from .equivalence import as_stated, margin_of
-
-    compared = found[found["against"] != ""]
-    if compared.empty:
-        return []
-    rows = []
-    for capability, group in compared.groupby("capability", sort=False):
-        rows.append({"capability": capability, "comparisons": len(group),
-                     "median MDE": as_stated(group["mde"].median(), capability).lstrip("+"),
-                     "margin": margin_of(capability).describe(),
-                     "inconclusive": int((group["verdict"] == "inconclusive").sum())})
-    return ["## What this scale can detect", "", pd.DataFrame(rows).to_markdown(index=False), ""]
-
-
 def machine_hours(frame: pd.DataFrame) -> list[str]:
     """The machine-hours the report's runs cost, per model and where they ran (rows that recorded their time)."""
     if "run_seconds" not in frame or frame["run_seconds"].dropna().empty:
@@ -486,14 +250,6 @@ def _machines(frame: pd.DataFrame) -> str:
 
 def _capabilities(dense: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.3f}" if k == CLOZE else f"{k} {v:.2f}" for k, v in dense.items())
-
-
-def _dtype_origin(settings: TournamentSettings) -> str:
-    if settings.dtype != "auto":
-        return "as set"
-    if settings.earlier_dtype():
-        return "the dtype of the earlier runs it continues"
-    return "the native dtype of the machine that ran them"
 
 
 def _origins(frame: pd.DataFrame, settings: TournamentSettings) -> str:
