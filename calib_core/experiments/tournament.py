@@ -99,9 +99,19 @@ class TournamentSettings:
         return grids
 
     def points(self, model: str) -> list[SweepPoint]:
-        """Every entry's early seeds first (each seed's selection is made once and shared), then the rest."""
+        """Every entry's early seeds first, then the rest; within each, one cell (method and setting) at a time,
+        seed by seed across the entries, so that a run cut short leaves whole paired comparisons of the first
+        cells rather than a few seeds of everything (a seed's selection is made once and shared by its cells)."""
         every = [p for grid in self.grids(model) for p in grid.points()]
-        return [p for p in every if p.seed < self.early_seeds] + [p for p in every if p.seed >= self.early_seeds]
+        settings = [str(s) for s in self.settings]
+
+        def order(numbered):
+            index, p = numbered
+            setting = p.config.pattern if ":" in p.config.pattern else str(p.config.sparsity)
+            return (p.seed >= self.early_seeds, self.methods.index(p.config.method),
+                    settings.index(setting) if setting in settings else len(settings), p.seed, index)
+
+        return [p for _, p in sorted(enumerate(every), key=order)]
 
     def as_dict(self) -> dict:
         return asdict(self)
