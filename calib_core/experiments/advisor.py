@@ -101,7 +101,7 @@ def _windows(calibration) -> list[list[int]]:
 def proxy_table(loaded, candidates: list[Candidate], target: str, settings: AdviceSettings, on_event=None) -> pd.DataFrame:
     """One row per candidate: every proxy's value for `target`, and the seconds its proxies took."""
     from ..data.sources import build_calibration
-    from ..metrics.proxies import dense_channel_norms, norm_divergence, predicted_mask_jaccard
+    from ..metrics.proxies import dense_channel_norms, needs_hessians, norm_divergence, packed_jaccard, packed_masks
     from ..metrics.similarity import build_reference, similarity_table
 
     check_case(candidates, target, settings)
@@ -110,7 +110,10 @@ def proxy_table(loaded, candidates: list[Candidate], target: str, settings: Advi
     started = time.perf_counter()
     target_set = build_calibration(target, tokenizer, settings.target_windows, settings.seqlen,
                                    settings.seed + TARGET_SEED_OFFSET, settings.mode)
-    target_norms = dense_channel_norms(model, target_set.input_ids, target_set.unpadded_lengths)
+    hessians = needs_hessians(settings.config)  # SparseGPT's masks come from each set's Hessians
+    target_norms = dense_channel_norms(model, target_set.input_ids, target_set.unpadded_lengths, hessians=hessians)
+    target_masks = packed_masks(model, target_norms, settings.config)
+    target_norms.hessians = None  # [in, in] per module: not kept longer than needed
     reference = build_reference(target)
     target_seconds = time.perf_counter() - started
     rows = []
@@ -119,11 +122,13 @@ def proxy_table(loaded, candidates: list[Candidate], target: str, settings: Advi
         started = time.perf_counter()
         chosen = build_strategy_calibration(candidate.source, tokenizer, settings.nsamples, settings.seqlen,
                                             settings.seed, settings.mode, candidate.strategy, model=model)
-        norms = dense_channel_norms(model, chosen.input_ids, chosen.unpadded_lengths)
+        norms = dense_channel_norms(model, chosen.input_ids, chosen.unpadded_lengths, hessians=hessians)
+        predicted = packed_jaccard(packed_masks(model, norms, settings.config), target_masks)
+        norms.hessians = None
         scores, _summary = similarity_table(model, tokenizer, {candidate.label: _windows(chosen)}, reference,
                                             k=settings.k, max_tokens=settings.seqlen, window=settings.seqlen)
         rows.append({"candidate": candidate.label, "source": candidate.source, "strategy": candidate.strategy,
-                     "predicted_jaccard": predicted_mask_jaccard(model, norms, target_norms, settings.config),
+                     "predicted_jaccard": predicted,
                      "norm_divergence": norm_divergence(norms, target_norms),
                      "ngram_overlap": float(scores["ngram_overlap"].mean()),
                      "js_divergence": float(scores["js_divergence"].mean()),
@@ -179,6 +184,19 @@ def verdict_of(case: pd.DataFrame) -> str:
 
 
 UNVALIDATED = "unvalidated"
+# Validation rows of a proxy computed differently since: they say nothing of the proxy as it is now.
+SUPERSEDED = {("sparsegpt", "predicted_jaccard"): (
+    "its validation rows are of an earlier SparseGPT proxy (a per-row static score that ranked weights as Wanda's "
+    "does: rank correlation 0.9999 with the Wanda proxy), not of today's, which runs SparseGPT's own block-wise "
+    "selection")}
+
+
+def current_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The validation rows that describe the proxies as they are computed now (SUPERSEDED left out)."""
+    if rows.empty:
+        return rows
+    stale = [(m, p) in SUPERSEDED for m, p in zip(rows["method"], rows["proxy"])]
+    return rows[[not s for s in stale]]
 
 
 @dataclass(frozen=True)
@@ -206,7 +224,9 @@ def validation_note(proxy: str, method: str, setting: str, target: str, model: s
                f"as a guess, and {check}.")
     if not table.exists():
         return ValidationNote(UNVALIDATED, outside + " (No validation has been recorded yet; see docs/results/advisor.md.)")
-    rows = pd.read_csv(table)
+    if (method, proxy) in SUPERSEDED:
+        return ValidationNote(UNVALIDATED, outside + f" ({proxy} for {method}: {SUPERSEDED[(method, proxy)]}.)")
+    rows = current_rows(pd.read_csv(table))
     alike = rows[(rows["proxy"] == proxy) & (rows["method"] == method) & (rows["setting"] == setting)]
     match = alike[alike["target"] == target]
     if match.empty:
@@ -241,7 +261,7 @@ def best_validated_proxy(method: str, setting: str, target: str, table: Path = V
     """(proxy, why): the proxy with the highest mean Spearman over the validated models for this method, setting
     and target; where the target was not validated, over every validated target with this method and setting;
     DEFAULT_PROXY where neither was."""
-    rows = pd.read_csv(table) if table.exists() else pd.DataFrame(columns=["method", "setting", "target"])
+    rows = current_rows(pd.read_csv(table)) if table.exists() else pd.DataFrame(columns=["method", "setting", "target"])
     alike = rows[(rows["method"] == method) & (rows["setting"] == setting)]
     for chosen, scope in [(alike[alike["target"] == target], f"{method} {setting} with target {target}"),
                           (alike, f"{method} {setting} over the validated targets")]:

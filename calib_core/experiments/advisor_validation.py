@@ -64,7 +64,7 @@ def proxy_rows(settings: ValidationSettings, model: str, wanted: set, on_event=N
     the targets' masks are computed once per setting."""
     from ..data.sources import build_calibration
     from ..data.strategies import build_strategy_calibration
-    from ..metrics.proxies import dense_channel_norms, norm_divergence, packed_jaccard, packed_masks
+    from ..metrics.proxies import dense_channel_norms, needs_hessians, norm_divergence, packed_jaccard, packed_masks
     from ..metrics.similarity import build_reference, js_divergence, ngram_overlap, similarity_table, words
     from ..models import load_model
     from ..prune import PruneConfig
@@ -80,15 +80,18 @@ def proxy_rows(settings: ValidationSettings, model: str, wanted: set, on_event=N
     model_, tokenizer = loaded.model, loaded.tokenizer
     configs = [PruneConfig(method=m, **({"pattern": s} if isinstance(s, str) else {"sparsity": float(s)})).resolved()
                for m in tour.methods for s in tour.settings]
+    hessians = any(needs_hessians(c) for c in configs)  # SparseGPT's masks come from each set's Hessians
     targets, target_seconds = {}, {}
     for target in settings.targets:
         emit(f"target {target}")
         text = settings.target_text(target)
         windows = build_calibration(text, tokenizer, settings.target_windows, tour.seqlen, TARGET_SEED_OFFSET,
                                     tour.mode)
-        norms, norms_seconds = _timed(lambda: dense_channel_norms(model_, windows.input_ids, windows.unpadded_lengths))
+        norms, norms_seconds = _timed(lambda: dense_channel_norms(model_, windows.input_ids, windows.unpadded_lengths,
+                                                                  hessians=hessians))
         reference, reference_seconds = _timed(lambda: build_reference(text))
         masks, masks_seconds = _timed(lambda: [packed_masks(model_, norms, c) for c in configs])
+        norms.hessians = None  # [in, in] per module: the masks are made
         targets[target] = (norms, reference, masks)
         # what each proxy needs of the target, once per case: its norms, its masks for one setting, its n-grams
         target_seconds[target] = {"norm_divergence": norms_seconds,
@@ -102,8 +105,10 @@ def proxy_rows(settings: ValidationSettings, model: str, wanted: set, on_event=N
         chosen = build_strategy_calibration(point.calibration, tokenizer, point.nsamples, tour.seqlen, seed, tour.mode,
                                             point.strategy, dict(point.strategy_options), model=model_)
         selected = time.perf_counter()
-        norms, norms_seconds = _timed(lambda: dense_channel_norms(model_, chosen.input_ids, chosen.unpadded_lengths))
+        norms, norms_seconds = _timed(lambda: dense_channel_norms(model_, chosen.input_ids, chosen.unpadded_lengths,
+                                                                  hessians=hessians))
         masks, masks_seconds = _timed(lambda: [packed_masks(model_, norms, c) for c in configs])
+        norms.hessians = None
         (scores, _), forward_seconds = _timed(lambda: similarity_table(
             model_, tokenizer, {entry: _windows(chosen)}, None, max_tokens=tour.seqlen, window=tour.seqlen))
         texts = list(scores["text"])

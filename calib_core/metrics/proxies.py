@@ -1,15 +1,16 @@
 """Mechanism-based proxies of how a calibration set will prune for a target, without pruning: from one dense
 forward over a set's windows, each prunable Linear's input-channel norms ||X_j|| (the quantity Wanda's,
-OWL's and RIA's scores multiply; SparseGPT's Hessian diagonal is 2 ||X_j||^2). Two proxies compare a
-candidate calibration set with the target text:
+OWL's and RIA's scores multiply) and, for SparseGPT, its Hessian H = (2 / n) X^T X, accumulated as the engine
+accumulates them (prune/stats.InputStats). Two proxies compare a candidate calibration set with the target text:
 
 - norm divergence: per module, the mean over channels of |log2(norm_candidate / norm_target)|, averaged
   over modules (0 = the same norms; the Inside a layer page's per-block quantity);
 - predicted mask Jaccard: per module, the Jaccard of the weights the method would keep from the
   candidate's statistics and from the target's, at the same sparsity or N:M pattern (Wanda: |W| ||X_j||
-  per row; OWL: Wanda's score with each statistics' own per-block allocation; SparseGPT: its static
-  score w^2 (H_jj + damping) per row, the diagonal approximation of its w^2 / [H^-1]_jj, since its
-  weight updates need the pruning itself), pooled over modules by size.
+  per row; OWL: Wanda's score with each statistics' own per-block allocation; SparseGPT: the engine's own
+  selection, prune/sparsegpt.sparsegpt_prune on the dense weights and the set's Hessian, block by block of
+  128 columns across all rows, with the weight updates its later blocks' choices depend on), pooled over
+  modules by size.
 
 Both are computed from dense activations: the engine's own statistics come from inputs that earlier
 pruned blocks produced, so a prediction is an approximation even for Wanda (stated in every result)."""
@@ -29,7 +30,8 @@ from ..prune.owl import outlier_ratio, owl_nm_allocation, owl_sparsities
 PREDICTABLE = ("wanda", "owl", "sparsegpt")
 APPROXIMATION = ("predicted from dense activations (the engine's statistics come from inputs that earlier pruned "
                  "blocks produce)")
-SPARSEGPT_STATIC = "SparseGPT's static score w^2 (H_jj + damping), the diagonal approximation of w^2 / [H^-1]_jj"
+SPARSEGPT_SELECTION = ("SparseGPT's own block-wise selection with its weight updates, from the set's Hessian "
+                       "(prune/sparsegpt.py)")
 
 
 @dataclass
@@ -40,6 +42,8 @@ class ChannelNorms:
     norms: dict[tuple[int, str], torch.Tensor]
     windows: int
     tokens: int
+    # SparseGPT's H = (2 / windows) sum X^T X per module (kept when asked for: an [in, in] matrix each)
+    hessians: dict[tuple[int, str], torch.Tensor] | None = None
 
 
 class _LastBlockDone(Exception):
@@ -51,19 +55,24 @@ def _stop(_module, _inputs, _output):
     raise _LastBlockDone
 
 
-def dense_channel_norms(model, ids: torch.Tensor, lengths: list[int] | None = None, batch_size: int = 8) -> ChannelNorms:
+def dense_channel_norms(model, ids: torch.Tensor, lengths: list[int] | None = None, batch_size: int = 8,
+                        hessians: bool = False) -> ChannelNorms:
     """One dense forward over `ids` [windows, seqlen] (each window's first `lengths[i]` tokens real; padding
-    is not counted), with every prunable Linear's input sum of squares accumulated by a hook, stopped after
-    the last decoder block."""
+    is not counted), with every prunable Linear's input statistics accumulated by a hook as the engine does
+    (its sum of squares, and with `hessians` its X^T X), stopped after the last decoder block."""
+    from ..prune.stats import InputStats
+
     lengths = lengths or [ids.shape[1]] * ids.shape[0]
-    sums: dict[tuple[int, str], torch.Tensor] = {}
+    stats: dict[tuple[int, str], InputStats] = {}
     real: list[torch.Tensor] = []  # the current batch's real-token mask, read by every hook
     hooks = []
 
     def hook(key):
         def accumulate(_module, inputs, _output):
             x = inputs[0].float() * real[0].unsqueeze(-1)
-            sums[key] = sums.get(key, 0) + x.square().sum(dim=(0, 1))
+            if key not in stats:
+                stats[key] = InputStats(x.shape[-1], x.device, with_hessian=hessians)
+            stats[key].add(x, x.shape[0])
         return accumulate
 
     blocks = decoder_blocks(model)
@@ -88,8 +97,8 @@ def dense_channel_norms(model, ids: torch.Tensor, lengths: list[int] | None = No
     finally:
         for handle in hooks:
             handle.remove()
-    windows = ids.shape[0]
-    return ChannelNorms({key: (total / windows).sqrt().cpu() for key, total in sums.items()}, windows, sum(lengths))
+    return ChannelNorms({key: s.feature_norm().cpu() for key, s in stats.items()}, ids.shape[0], sum(lengths),
+                        {key: s.hessian().cpu() for key, s in stats.items()} if hessians else None)
 
 
 def norm_divergence(a: ChannelNorms, b: ChannelNorms) -> float:
@@ -100,12 +109,13 @@ def norm_divergence(a: ChannelNorms, b: ChannelNorms) -> float:
     return float(torch.stack(per_module).mean())
 
 
-def _scores(weight: torch.Tensor, norms: torch.Tensor, config) -> torch.Tensor:
-    w = weight.abs().float()
-    if config.method == "sparsegpt":
-        diag = 2.0 * norms.square()
-        return w.square() * (diag + config.sparsegpt_damp * diag.mean()).unsqueeze(0)
-    return w * norms.unsqueeze(0)  # Wanda's score (OWL ranks and masks with it)
+def _scores(weight: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    return weight.abs().float() * norms.unsqueeze(0)  # Wanda's score (OWL ranks and masks with it)
+
+
+def needs_hessians(config: PruneConfig) -> bool:
+    """Whether the method's predicted masks need each module's Hessian (dense_channel_norms(hessians=True))."""
+    return config.resolved().method == "sparsegpt"
 
 
 def predicted_masks(model, stats: ChannelNorms, config: PruneConfig) -> dict[tuple[int, str], torch.Tensor]:
@@ -118,7 +128,7 @@ def predicted_masks(model, stats: ChannelNorms, config: PruneConfig) -> dict[tup
     blocks = list(enumerate(decoder_blocks(model)))
     settings = {index: (config.sparsity, pattern) for index, _ in blocks}
     if config.method == "owl":
-        ratios = [outlier_ratio([_scores(weight_matrix(m), stats.norms[(i, n)], config)
+        ratios = [outlier_ratio([_scores(weight_matrix(m), stats.norms[(i, n)])
                                  for n, m in prunable_modules(block).items()], config.owl_m) for i, block in blocks]
         if pattern.is_nm:
             settings = {i: (p.sparsity, p) for i, p in zip(settings, owl_nm_allocation(ratios, pattern, config.owl_lambda,
@@ -130,9 +140,23 @@ def predicted_masks(model, stats: ChannelNorms, config: PruneConfig) -> dict[tup
     for index, block in blocks:
         sparsity, block_pattern = settings[index]
         for name, module in prunable_modules(block).items():
-            scores = _scores(weight_matrix(module), stats.norms[(index, name)], config)
+            if config.method == "sparsegpt":
+                masks[(index, name)] = ~_sparsegpt_pruned(weight_matrix(module), stats, (index, name), sparsity,
+                                                          block_pattern, config)
+                continue
+            scores = _scores(weight_matrix(module), stats.norms[(index, name)])
             masks[(index, name)] = ~mask_from_scores(scores, sparsity, block_pattern, per_row=True)
     return masks
+
+
+def _sparsegpt_pruned(weight, stats: ChannelNorms, key, sparsity, pattern, config) -> torch.Tensor:
+    """The weights SparseGPT would prune (True) given these statistics' Hessian: the engine's own routine."""
+    from ..prune.sparsegpt import sparsegpt_prune
+
+    if stats.hessians is None:
+        raise ValueError("SparseGPT's predicted masks need the sets' Hessians: dense_channel_norms(hessians=True).")
+    return sparsegpt_prune(weight, stats.hessians[key], sparsity, pattern, config.sparsegpt_blocksize,
+                           config.sparsegpt_damp)[1]
 
 
 def packed_masks(model, stats: ChannelNorms, config: PruneConfig) -> dict[tuple[int, str], np.ndarray]:
