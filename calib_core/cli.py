@@ -741,7 +741,7 @@ def _run_pilot(args) -> int:
     store = RunStore()
     if not args.report_only:
         for settings in pilot_settings():
-            summary = run_tournament(settings, store, _print_sweep_progress)
+            summary = run_tournament(settings, store, _print_sweep_progress, references=False)  # no report uses them
             print(f"pilot {settings.nsamples} x {settings.seqlen}: {summary.ran} ran, {summary.skipped} skipped, "
                   f"{len(summary.failed)} failed")
     frame = pilot_frame(store)

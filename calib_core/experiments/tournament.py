@@ -158,7 +158,7 @@ def dtype_notice(settings: TournamentSettings) -> str | None:
 # 100 cloze items per domain. Its points are ordinary tournament points (keyed alike), so a protocol of the same
 # scale reuses them.
 PILOT_SCALES = [(32, 512), (128, 512)]
-PILOT = dict(models=[assets.DEFAULT_MODEL], strategies=[RANDOM], mix=None, methods=["wanda"], settings=[0.5],
+PILOT = dict(models=[assets.DEFAULT_MODEL], strategies=[RANDOM], mix=None, extra_sources=[], methods=["wanda"], settings=[0.5],
              seeds=8, early_seeds=8, eval_windows=64, cloze_items=100, name="tournament-pilot")
 
 
@@ -193,9 +193,10 @@ def entry_of(calibration: str, strategy: str, source: str | None = None) -> str:
     return strategy
 
 
-def run_tournament(settings: TournamentSettings, store=None, on_event=None, cancel=None) -> SweepSummary:
-    """Every model's points not yet finished, then each model's dense reference (its perplexities on the
-    same windows and the cost of one dense forward over a pool), measured once."""
+def run_tournament(settings: TournamentSettings, store=None, on_event=None, cancel=None,
+                   references: bool = True) -> SweepSummary:
+    """Every model's points not yet finished, then (with `references`) each model's dense reference (its
+    perplexities on the same windows and the cost of one dense forward over a pool), measured once."""
     from ..runs import RunStore
 
     store = store or RunStore()
@@ -218,7 +219,7 @@ def run_tournament(settings: TournamentSettings, store=None, on_event=None, canc
             summary.skipped += part.skipped + len(phase) - len(points)
             summary.failed += part.failed
             summary.run_ids += part.run_ids
-    for model in settings.models:
+    for model in settings.models if references else []:
         ensure_reference(settings, model, store)
     return summary
 
