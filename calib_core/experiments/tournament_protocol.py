@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..data.strategies import STRATEGIES
 from ..provenance import environment_versions
-from .tournament import CLOZE, MIX, PROTOCOL_DATE, TournamentSettings, capabilities
+from .tournament import CLOZE, MIX, PROTOCOL_CHOICE, PROTOCOL_DATE, TournamentSettings, capabilities
 from .tournament_comparisons import planned_comparisons
 
 PILOT_RUNS_FILE = "strategies-pilot-runs.csv"
@@ -21,7 +21,7 @@ def protocol_lines(settings: TournamentSettings) -> list[str]:
 
     lines = [
         "## Protocol", "",
-        f"Fixed {PROTOCOL_DATE}, before any of its runs, from the pilot below.", "",
+        f"Fixed {PROTOCOL_DATE}, before any of its runs, from the pilot below. {PROTOCOL_CHOICE}", "",
         f"- Entries: the strategies {', '.join(settings.strategies)} choosing from `{settings.source}`"
         + (f"; `mix`, the random draw from `{settings.mix}`" if settings.mix else "")
         + (f"; and the random draw from each of {', '.join(settings.extra_sources)} (every domain's single-source "
