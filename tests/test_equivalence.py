@@ -65,6 +65,8 @@ def test_the_interval_is_the_paired_t_interval_at_the_family_wise_level():
     reference = stats.t.interval(1 - 0.05 / 6, 9, loc=diffs.mean(), scale=diffs.std(ddof=1) / math.sqrt(10))
     assert (found.low, found.high) == pytest.approx(reference)
     assert found.level == pytest.approx(1 - 0.05 / 6) and found.n == 10
+    same = compare([0.725 - 0.7, 0.7250000000000001 - 0.7], CLOZE)  # identical differences: no interval can be formed, no verdict
+    assert same.verdict == "inconclusive" and math.isnan(same.low) and math.isnan(same.mde)
     assert differences([10.0, 20.0], [5.0, 20.0], "ppl x").tolist() == pytest.approx([math.log(2), 0.0])
     assert differences([0.7, 0.5], [0.6, 0.5], CLOZE).tolist() == pytest.approx([0.1, 0.0])
 

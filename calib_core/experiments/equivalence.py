@@ -107,11 +107,12 @@ def compare(diffs, capability: str, family: int = 1, higher_is_better: bool | No
         return Comparison(n, float(diffs.mean()) if n else float("nan"), float("nan"), float("nan"), float("nan"),
                           float("nan"), "too few seeds", level)
     mean, sd = float(diffs.mean()), float(diffs.std(ddof=1))
-    if sd == 0:  # identical differences every seed: the interval is the point itself
-        low = high = mean
-    else:
-        interval = stats.ttest_1samp(diffs, 0.0).confidence_interval(confidence_level=level)
-        low, high = float(interval.low), float(interval.high)
+    if sd <= 1e-9 * max(1.0, abs(mean)):  # zero up to the rounding of the means it came from
+        # The same difference on every seed (a few cloze items can do that) says nothing of the noise: no
+        # interval, so no verdict either way.
+        return Comparison(n, mean, float("nan"), float("nan"), sd, float("nan"), "inconclusive", level)
+    interval = stats.ttest_1samp(diffs, 0.0).confidence_interval(confidence_level=level)
+    low, high = float(interval.low), float(interval.high)
     higher = "acc" in capability if higher_is_better is None else higher_is_better
     verdict = verdict_of(low, high, margin_of(capability).value, higher)
     return Comparison(n, mean, low, high, sd, minimum_detectable_effect(sd, n, family), verdict, level)
