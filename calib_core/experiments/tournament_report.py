@@ -107,7 +107,8 @@ def _figure(found: pd.DataFrame, model: str, method: str):
     fig.update_yaxes(matches=None, showticklabels=True)
     fig.update_xaxes(showticklabels=False)
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
-    fig.update_layout(height=260 * len(settings) + 120, legend_title_text="strategy")
+    # Tall enough for the legend's every entry (ten with the single sources).
+    fig.update_layout(height=max(260 * len(settings) + 120, 24 * len(order) + 200), legend_title_text="entry")
     return fig
 
 
