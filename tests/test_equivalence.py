@@ -50,10 +50,10 @@ def test_each_of_the_four_verdicts_comes_out_of_a_table_made_for_it():
 
 
 def test_a_difference_smaller_than_the_margin_is_equivalent_even_when_significant():
-    assert verdict_of(0.001, 0.01, math.log(1.02), higher_is_better=False) == "equivalent"
-    assert verdict_of(0.001, 0.03, math.log(1.02), higher_is_better=False) == "worse"
-    assert verdict_of(-0.03, 0.01, math.log(1.02), higher_is_better=False) == "inconclusive"
-    assert verdict_of(0.001, 0.03, 0.02, higher_is_better=True) == "better"
+    assert verdict_of(0.001, 0.01, math.log(1.02), higher_better=False) == "equivalent"
+    assert verdict_of(0.001, 0.03, math.log(1.02), higher_better=False) == "worse"
+    assert verdict_of(-0.03, 0.01, math.log(1.02), higher_better=False) == "inconclusive"
+    assert verdict_of(0.001, 0.03, 0.02, higher_better=True) == "better"
 
 
 def test_the_interval_is_the_paired_t_interval_at_the_family_wise_level():

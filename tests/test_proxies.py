@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from calib_core.data import sets
-from calib_core.metrics.proxies import (dense_channel_norms, norm_divergence, predicted_mask_jaccard,
+from calib_core.metrics.proxies import (dense_channel_norms, norm_divergence, packed_jaccard, packed_masks,
                                         predicted_masks)
 from calib_core.models import decoder_blocks, prunable_modules, weight_matrix
 from calib_core.prune import PruneConfig
@@ -82,8 +82,9 @@ def test_predicted_wanda_masks_are_the_masks_wanda_computes_from_those_statistic
     target_kept = wanda_kept(target)
     both = sum(int((theirs[k] & target_kept[k]).sum()) for k in theirs)
     either = sum(int((theirs[k] | target_kept[k]).sum()) for k in theirs)
-    assert predicted_mask_jaccard(model, candidate, target, config) == pytest.approx(both / either)
-    assert predicted_mask_jaccard(model, candidate, candidate, config) == 1.0
+    mine, theirs_packed = packed_masks(model, candidate, config), packed_masks(model, target, config)
+    assert packed_jaccard(mine, theirs_packed) == pytest.approx(both / either)
+    assert packed_jaccard(mine, mine) == 1.0
 
 
 def test_a_predicted_wanda_mask_of_the_first_block_is_the_mask_pruning_chooses():

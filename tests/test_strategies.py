@@ -156,8 +156,8 @@ class _Scripted:
     """Stands in for a model's generate: returns the scripted documents (after the prompt's start token), one
     per row, padded with 0 after their EOS, and records the generation config it was given."""
 
-    def __init__(self, model, documents):
-        self.model, self.documents, self.configs = model, list(documents), []
+    def __init__(self, documents):
+        self.documents, self.configs = list(documents), []
 
     def __call__(self, input_ids, attention_mask, generation_config, logits_processor):
         self.configs.append(generation_config)
@@ -173,7 +173,7 @@ class _Scripted:
 def test_a_document_ends_at_eos_and_further_generations_fill_the_window(model, monkeypatch):
     tokenizer = char_tokenizer(add_bos=True)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    scripted = _Scripted(model, [[5, 6, eos], [7, eos], [8, 9, 10, 11, 12, 13], [14, eos], [15, 16, 17, 18, 19, eos]]
+    scripted = _Scripted([[5, 6, eos], [7, eos], [8, 9, 10, 11, 12, 13], [14, eos], [15, 16, 17, 18, 19, eos]]
                          + [[20, 21, 22, 23, 24, 25]] * 8)
     monkeypatch.setattr(model, "generate", scripted)
     made = build_strategy_calibration("builtin:wiki", tokenizer, 2, 8, strategy="self-calibration", model=model,

@@ -118,14 +118,10 @@ def english_stop_word_tokens(tokenizer) -> list[int]:
     return sorted(allowed)
 
 
-def vocabulary_size(tokenizer) -> int:
-    return len(tokenizer)
-
-
 def first_token_rule(rule: str, tokenizer) -> str:
     """'any' or 'english-stop-word': what `rule` means for this tokenizer."""
     if rule == "auto":
-        return "english-stop-word" if vocabulary_size(tokenizer) >= MULTILINGUAL_VOCABULARY else "any"
+        return "english-stop-word" if len(tokenizer) >= MULTILINGUAL_VOCABULARY else "any"
     return rule
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .stats import higher_is_better
+
 ALPHA = 0.05  # family-wise: each family's intervals hold together with 95% confidence
 POWER = 0.8  # of the minimum detectable effect
 
@@ -60,7 +62,7 @@ MDE_TARGET = 0.02  # the powered protocol's aim: 2% of wiki perplexity, Wanda 50
 
 
 def margin_of(capability: str) -> Margin:
-    return MARGINS["acc"] if "acc" in capability else MARGINS["ppl"]
+    return MARGINS["acc"] if higher_is_better(capability) else MARGINS["ppl"]
 
 
 def differences(values: np.ndarray, baseline: np.ndarray, capability: str) -> np.ndarray:
@@ -94,7 +96,7 @@ def minimum_detectable_effect(sd: float, n: int, family: int = 1) -> float:
     return float(effect) * sd
 
 
-def compare(diffs, capability: str, family: int = 1, higher_is_better: bool | None = None) -> Comparison:
+def compare(diffs, capability: str, family: int = 1) -> Comparison:
     """The verdict on per-seed differences `diffs` (entry minus baseline, on the margin's scale) within a
     family of `family` comparisons."""
     from scipy import stats
@@ -113,17 +115,16 @@ def compare(diffs, capability: str, family: int = 1, higher_is_better: bool | No
         return Comparison(n, mean, float("nan"), float("nan"), sd, float("nan"), "inconclusive", level)
     interval = stats.ttest_1samp(diffs, 0.0).confidence_interval(confidence_level=level)
     low, high = float(interval.low), float(interval.high)
-    higher = "acc" in capability if higher_is_better is None else higher_is_better
-    verdict = verdict_of(low, high, margin_of(capability).value, higher)
+    verdict = verdict_of(low, high, margin_of(capability).value, higher_is_better(capability))
     return Comparison(n, mean, low, high, sd, minimum_detectable_effect(sd, n, family), verdict, level)
 
 
-def verdict_of(low: float, high: float, margin: float, higher_is_better: bool) -> str:
+def verdict_of(low: float, high: float, margin: float, higher_better: bool) -> str:
     """better / worse / equivalent / inconclusive from a difference's interval (module docstring)."""
     if -margin < low and high < margin:
         return "equivalent"
     if low > 0 or high < 0:
-        return "better" if (low > 0) == higher_is_better else "worse"
+        return "better" if (low > 0) == higher_better else "worse"
     return "inconclusive"
 
 

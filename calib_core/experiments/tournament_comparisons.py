@@ -48,9 +48,10 @@ def planned_comparisons(entries: set[str], capability: str, source: str) -> list
 
 
 def single_sources(entries: set[str], source: str) -> dict[str, str]:
-    """source -> entry of every single-source random draw (the pool source's is `random`)."""
+    """source -> entry of every single-source random draw (the pool source's is `random`; an entry that is
+    neither a strategy nor the mix is a source's draw: tournament.entry_of)."""
     found = {source: RANDOM} if RANDOM in entries else {}
-    found.update({e: e for e in entries if e.startswith(("builtin:", "file:", "hf:"))})
+    found.update({e: e for e in entries if e not in STRATEGIES and e != MIX})
     return found
 
 

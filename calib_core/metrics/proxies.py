@@ -169,9 +169,3 @@ def packed_jaccard(a: dict[tuple[int, str], np.ndarray], b: dict[tuple[int, str]
     both = sum(int(np.bitwise_count(a[key] & b[key]).sum()) for key in a)
     either = sum(int(np.bitwise_count(a[key] | b[key]).sum()) for key in a)
     return both / either if either else 1.0
-
-
-def predicted_mask_jaccard(model, candidate: ChannelNorms, target: ChannelNorms, config: PruneConfig) -> float:
-    """|K_c & K_t| / |K_c | K_t| pooled over every prunable Linear: the kept weights the method would choose
-    from the candidate's statistics and from the target's (1 = the same mask)."""
-    return packed_jaccard(packed_masks(model, candidate, config), packed_masks(model, target, config))
