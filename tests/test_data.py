@@ -9,8 +9,7 @@ import torch
 from calib_core import assets
 
 from calib_core.data import sets
-from calib_core.data.sources import (DOCUMENT_PAD_ID, build_calibration, draw_windows, load_documents, read_text_file,
-                             sample_windows)
+from calib_core.data.sources import DOCUMENT_PAD_ID, build_calibration, draw_windows, load_documents, read_text_file
 from calib_core.errors import SourceError
 from tests.tiny import CharTokenizer, char_tokenizer
 
@@ -48,21 +47,21 @@ def test_sampling_is_reproducible_and_seed_dependent(mode):
 
 def test_document_mode_windows_come_from_one_document():
     docs = [[1] * 10, list(range(100, 200)), [2] * 25]
-    ids = sample_windows(docs, nsamples=20, seqlen=25, seed=0, mode="document")
+    ids = draw_windows(docs, nsamples=20, seqlen=25, seed=0, mode="document").ids
     for row in ids.tolist():
         assert row == list(range(row[0], row[0] + 25))  # only the 100-token doc is long enough
 
 
 def test_concat_mode_can_cross_documents_and_needs_enough_tokens():
-    ids = sample_windows([[1] * 5, [2] * 5], nsamples=3, seqlen=8, seed=0, mode="concat")
+    ids = draw_windows([[1] * 5, [2] * 5], nsamples=3, seqlen=8, seed=0, mode="concat").ids
     assert ids.shape == (3, 8)
     with pytest.raises(SourceError, match="fewer than seqlen"):
-        sample_windows([[1] * 5], nsamples=1, seqlen=8, seed=0, mode="concat")
+        draw_windows([[1] * 5], nsamples=1, seqlen=8, seed=0, mode="concat")
 
 
 def test_too_short_documents_are_explained():
     with pytest.raises(SourceError, match="No document has more than 50 tokens"):
-        sample_windows([[1] * 10, [2] * 20], nsamples=1, seqlen=50, seed=0, mode="document")
+        draw_windows([[1] * 10, [2] * 20], nsamples=1, seqlen=50, seed=0, mode="document")
 
 
 @pytest.mark.parametrize(

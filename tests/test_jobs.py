@@ -152,24 +152,16 @@ def test_only_the_latest_finished_jobs_keep_their_folders(tmp_path):
     assert manager.get(jobs[0].id) is None and manager.get(jobs[3].id).result == 3
 
 
-def test_a_job_queued_before_the_move_to_runs_and_jobs_still_unpickles():
-    """A task.pkl written by an earlier release names calib_core.tasks.prune and a flat
-    calib_core.pipeline.PruneJob; the worker of this release reads it as a RunSpec with its EvalSpec."""
-    import warnings
+def test_a_job_naming_code_this_release_lacks_fails_with_a_clear_message(tmp_path, monkeypatch):
+    """0.1.0's shims (calib_core.tasks, calib_core.pipeline, calib_core.worker) are gone since 0.2.0: a task.pkl
+    naming code the worker cannot import (here a module only this test process can see) fails its job with what
+    happened and what to do, not a traceback."""
+    import importlib
 
-    from calib_core import pipeline, tasks as old_tasks
-    from calib_core.jobs import tasks
-    from calib_core.runs.spec import EvalSpec, RunSpec
-
-    old = pipeline.PruneJob.__new__(pipeline.PruneJob)
-    flat = {k: v for k, v in RunSpec(nsamples=4).as_record().items()}
-    old.__dict__.update(flat, config=RunSpec().config, eval=["builtin:news"], eval_windows=3, ppl_protocol="wikitext2")
-    for key in ("cloze_items", "lm_eval_tasks", "lm_eval_limit", "lm_eval_include", "eval_seqlen"):
-        old.__dict__.pop(key)  # as old releases without these fields pickled it
-    work, (spec,) = pickle.loads(pickle.dumps((old_tasks.prune, (old,))))
-    assert work is tasks.prune and isinstance(spec, RunSpec) and spec.nsamples == 4
-    assert spec.evaluation == EvalSpec(["builtin:news"], windows=3, protocol="wikitext2")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        script = pipeline.PruneJob(nsamples=2, eval=["builtin:code"], eval_windows=1)
-    assert script.evaluation == EvalSpec(["builtin:code"], windows=1) and caught[0].category is DeprecationWarning
+    (tmp_path / "gone_from_this_release.py").write_text("def work(job, x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    gone = importlib.import_module("gone_from_this_release")
+    manager = JobManager(tmp_path / "jobs")
+    job = wait(manager.submit("from an earlier release", gone.work, 1))
+    assert job.status == "failed" and "queued by an earlier release" in job.error and "queue it again" in job.error
+    assert "gone_from_this_release" in job.error, job.error

@@ -12,8 +12,8 @@ LAYERS = [
     {"data"},
     {"prune"},
     {"metrics"},
-    {"runs", "pipeline"},  # pipeline: the moved names, for one release
-    {"experiments", "jobs", "tasks", "worker"},  # tasks, worker: the moved modules, for one release
+    {"runs"},
+    {"experiments", "jobs"},
     {"access", "cli", "__main__"},
 ]
 

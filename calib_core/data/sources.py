@@ -306,11 +306,6 @@ def draw_windows(token_docs: list, nsamples: int, seqlen: int, seed: int, mode: 
     return Windows(torch.from_numpy(np.asarray(rows, dtype=np.int64)), lengths)
 
 
-def sample_windows(token_docs: list, nsamples: int, seqlen: int, seed: int, mode: str) -> torch.Tensor:
-    """The token ids of draw_windows."""
-    return draw_windows(token_docs, nsamples, seqlen, seed, mode).ids
-
-
 def build_calibration(
     spec: str,
     tokenizer,

@@ -57,7 +57,13 @@ def _watch_cancel(job: Job) -> None:
 
 def run(folder: Path) -> None:
     job = _open_job(folder)
-    work, args = pickle.loads((folder / "task.pkl").read_bytes())
+    try:
+        work, args = pickle.loads((folder / "task.pkl").read_bytes())
+    except (ModuleNotFoundError, AttributeError) as exc:  # it names code this release no longer has
+        job.write_state(status="failed", ended=time.time(),
+                        error=f"This job was queued by an earlier release of Calibration Lab and names code this "
+                              f"release does not have ({exc}); queue it again.")
+        return
     if _wait_for_turn(job, JobManager(folder.parent)) is None:
         job.write_state(status="cancelled", ended=time.time(), error="Cancelled before it started.")
         return

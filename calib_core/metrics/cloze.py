@@ -39,11 +39,6 @@ class ClozeResult:
 LOGITS_BUDGET = 2**26  # logit elements one scoring batch may hold (256 MB in float32): the vocabulary sets the batch
 
 
-def continuation_loglik(model, context: list[int], candidates: list[list[int]]) -> list[float]:
-    """Sum of log p(candidate tokens | context) for each candidate (equal lengths)."""
-    return continuation_logliks(model, [context], [candidates])[0]
-
-
 @torch.inference_mode()
 def continuation_logliks(model, contexts: list[list[int]], candidates: list[list[list[int]]]) -> list[list[float]]:
     """Per item, the sum of log p(candidate tokens | its context) for each of its candidates. Contexts
