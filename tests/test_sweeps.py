@@ -32,6 +32,9 @@ def test_grid_expands_and_validates():
     assert len(points) == 2 * 2 * 2 * 3 + 2
     assert len({p.key for p in points}) == len(points)
     assert {p.config.pattern for p in points} == {"unstructured", "2:4"}
+    labels = {p.label() for p in points}
+    assert "magnitude 0.5 (no calibration data)" in labels and "magnitude 2:4 (no calibration data)" in labels
+    assert "wanda 0.5 on builtin:news n=32 seed=2" in labels and not any("None" in label for label in labels)
     with pytest.raises(ConfigError, match="Unknown sweep grid keys"):
         SweepGrid.from_dict(dict(name="g", sparsity=[0.5]))
     with pytest.raises(ConfigError, match="N:M|sparsity|pattern"):

@@ -212,6 +212,8 @@ class SweepPoint:
 
     def label(self) -> str:
         setting = self.config.pattern if ":" in self.config.pattern else self.config.sparsity
+        if self.calibration is None:  # magnitude: no data, so no draw to name
+            return f"{self.config.method} {setting} (no calibration data)"
         chosen = "" if self.strategy == RANDOM else f" by {describe_strategy(self.strategy, self.strategy_options)}"
         return f"{self.config.method} {setting} on {self.calibration}{chosen} n={self.nsamples} seed={self.seed}"
 
