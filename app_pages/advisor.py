@@ -10,7 +10,7 @@ from calib_core.errors import CalibLabError
 from calib_core.experiments.advisor import (BEST, PROXIES, AdviceSettings, Candidate, best_validated_proxy, check_case,
                                             ranking, self_generated_caution, validation_note, verify_specs)
 from calib_core.jobs import manager, tasks
-from calib_core.metrics.proxies import APPROXIMATION, PREDICTABLE
+from calib_core.metrics.proxies import APPROXIMATION, predictable
 from calib_core.models import resolve_dtype
 from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore
@@ -30,7 +30,10 @@ with st.expander("What the advisor predicts, and how far to trust it"):
                 "(their Jaccard), word overlap with the target, and the seed paper's Min-K%++ and calibration "
                 f"perplexity. The mask proxies are {APPROXIMATION}. Below the ranking it says whether that proxy "
                 "was validated for this case (docs/results/advisor.md) and offers to verify the top candidates "
-                "by pruning with them.")
+                "by pruning with them.\n\n"
+                "In the validation the best proxies told domains apart (which source to calibrate on) far better "
+                "than they ranked sets drawn from one source by different strategies; where that holds for your "
+                "case the note below the ranking says so: for a choice within one source, verify the top few.")
 
 listed = list(BUILTIN_SOURCES) + [f"set:{name}" for name in sets.list_sets()]
 chosen_by = [f"builtin:wiki@{name}" for name in STRATEGIES if name != RANDOM]
@@ -40,7 +43,7 @@ picked = c1.multiselect("Candidates", listed + chosen_by, list(BUILTIN_SOURCES),
                              "chosen by a strategy.")
 target = c2.selectbox("Target (the capability)", listed, list(BUILTIN_SOURCES).index("builtin:code"))
 d1, d2, d3, d4, d5 = st.columns(5)
-method = d1.selectbox("Method", list(PREDICTABLE))
+method = d1.selectbox("Method", list(predictable()))
 setting = d2.selectbox("Setting", ["0.5", "0.6", "0.7", "2:4", "4:8"])
 nsamples = bounded_number(d3, "nsamples", 1, 256, 8, step=1)
 seqlen = bounded_number(d4, "seqlen", 16, 2048, 256, step=1)

@@ -78,7 +78,7 @@ if model_loaded():
     from calib_core.devices import resolve_device
     from calib_core.models import describe_model
     from calib_core.prune.memory import estimate_memory
-    from calib_core.prune.methods import METHODS
+    from calib_core.prune.methods import METHODS, statistics_needed
 
     loaded = cached_model(st.session_state.model_spec, **options)
     info = describe_model(loaded.model)
@@ -93,9 +93,11 @@ if model_loaded():
     n, L = st.columns(2)
     nsamples = n.number_input("nsamples", 1, 2048, 32)
     seqlen = L.number_input("seqlen", 8, 8192, 512)
-    for method in ("wanda", "sparsegpt"):
-        estimate = estimate_memory(loaded.model, nsamples, seqlen, METHODS[method].needs,
-                                   resolve_device(st.session_state.device))
-        st.write(f"Memory estimate for {method}: {estimate.describe()}")
+    by_needs: dict = {}  # one estimate per kind of statistics the methods collect
+    for name in METHODS:
+        by_needs.setdefault(statistics_needed(name), []).append(name)
+    for needs, names in by_needs.items():
+        estimate = estimate_memory(loaded.model, nsamples, seqlen, needs, resolve_device(st.session_state.device))
+        st.write(f"Memory estimate for {', '.join(names)}: {estimate.describe()}")
 else:
     st.caption("No model loaded yet: pages work lazily and load it when they need it.")

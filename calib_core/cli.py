@@ -865,7 +865,9 @@ def _validate_advisor_parser(sub) -> None:
                           help="where every measured run is written (also after Ctrl-C), to carry them to the "
                                "next machine")
     validate.add_argument("--no-runs", action="store_true",
-                          help="run no missing point: validate on the points already measured")
+                          help="run no missing point: validate on the runs of --previous as they were measured "
+                               "(matched by model, method, setting, entry and seed, whichever revision of a "
+                               "strategy made them)")
     validate.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
                           help="dtype of the runs and proxies (default auto: the --previous runs' dtype, else this "
                                "machine's native one)")
@@ -877,8 +879,8 @@ def _cmd_validate_advisor(args) -> int:
     from pathlib import Path
 
     from .experiments.advisor import VALIDATION_TABLE
-    from .experiments.advisor_validation import ValidationSettings, validate, write_results
-    from .experiments.tournament import ROUND_ONE_RUNS, tournament_frame
+    from .experiments.advisor_validation import ValidationSettings, read_rows, validate, write_results
+    from .experiments.tournament import ROUND_ONE_RUNS
     from .runs import RunStore
 
     settings = ValidationSettings()
@@ -894,11 +896,13 @@ def _cmd_validate_advisor(args) -> int:
     store = RunStore()
     found, verdicts, costs = validate(settings, store, Path(args.proxies), VALIDATION_TABLE, not args.no_runs,
                                        on_event=lambda m: print(f"{time.strftime('%H:%M:%S')} {m}", flush=True),
-                                       runs_csv=runs_out, on_run_event=_print_sweep_progress)
-    measured = len(tournament_frame(settings.tournament, store))
+                                       runs_csv=runs_out, on_run_event=_print_sweep_progress,
+                                       frozen=Path(previous) if args.no_runs and previous else None)
+    measured = found.attrs.get("measured", 0)
     command = "python -m calib_core " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["validate-advisor"] else \
         "python -m calib_core validate-advisor"
-    report = write_results(Path(args.report), found, verdicts, costs, settings, measured, command)
+    report = write_results(Path(args.report), found, verdicts, costs, settings, measured, command,
+                           read_rows(Path(args.proxies)))
     print(f"report: {report}")
     return 0
 

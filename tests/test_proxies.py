@@ -87,12 +87,13 @@ def test_predicted_wanda_masks_are_the_masks_wanda_computes_from_those_statistic
     assert packed_jaccard(mine, mine) == 1.0
 
 
-def test_a_predicted_wanda_mask_of_the_first_block_is_the_mask_pruning_chooses():
+@pytest.mark.parametrize("method", ["wanda", "ria"])
+def test_a_predicted_mask_of_the_first_block_is_the_mask_pruning_chooses(method):
     """Block 0 sees the embeddings in both: there the prediction is exact, not an approximation."""
     model, ids = tiny_model(), random_ids(4, 20, seed=5)
-    predicted = predicted_masks(model, dense_channel_norms(model, ids), PruneConfig(method="wanda", sparsity=0.5))
+    predicted = predicted_masks(model, dense_channel_norms(model, ids), PruneConfig(method=method, sparsity=0.5))
     pruned = copy.deepcopy(model)
-    Pruner(pruned, PruneConfig(device="cpu", method="wanda", sparsity=0.5)).run(ids)
+    Pruner(pruned, PruneConfig(device="cpu", method=method, sparsity=0.5)).run(ids)
     for name, module in prunable_modules(decoder_blocks(pruned)[0]).items():
         assert torch.equal(predicted[(0, name)], weight_matrix(module) != 0), name
 
@@ -235,14 +236,15 @@ def test_the_validation_note_quotes_the_matching_cases_and_says_when_the_model_w
     assert costly.verdict == "weak"  # as well ranked, but at half the cost of pruning with every candidate
     assert validation_note("norm_divergence", "wanda", "50%", "builtin:code", table=ceilings).verdict == "does not predict"
     low = validation_note("norm_divergence", "wanda", "50%", "builtin:code", "m1", table=ceilings).text
-    assert "m1: Spearman 0.20 [-0.50, 0.90], Kendall 0.10, 10 candidates, noise ceiling 0.40" in low
+    assert "m1: Spearman 0.20 [-0.50, 0.90], Kendall 0.10, 10 candidates, seed-noise reference 0.40" in low
     assert "pruned alike within seed noise" in low
     mixed = validation_note("norm_divergence", "wanda", "60%", "builtin:code", "m1", table=ceilings).text
-    assert "noise ceiling 0.96" in mixed and "within seed noise" not in mixed  # one model's ranking repeats
-    assert "noise ceiling" not in note  # a table from before the ceiling: nothing made up
+    assert "seed-noise reference 0.96" in mixed and "within seed noise" not in mixed  # one model's ranking repeats
+    assert "seed-noise reference" not in note  # a table from before the ceiling: nothing made up
     # the committed table covers the fixed grid's settings on the bundled models
     committed = validation_note("norm_divergence", "wanda", "50%", "builtin:wiki", "smollm2-135m", table=VALIDATION_TABLE).text
-    assert committed.startswith("Validated") and "smollm2-135m: Spearman" in committed
+    assert "Validated (wanda 50%, target builtin:wiki" in committed and "smollm2-135m: Spearman" in committed
+    assert "over seeds and candidates" in committed and committed.startswith("In the validation norm_divergence ")
 
 
 def test_the_best_validated_proxy_is_the_one_that_agreed_best_for_the_case_or_its_method_and_setting(tmp_path):
@@ -274,7 +276,7 @@ def test_advise_refuses_bad_cases_before_loading_a_model(capsys):
                         (["--candidates", "builtin:wiki", "builtin:wikii"], "No builtin corpus 'wikii'"),
                         (["--candidates", "builtin:wiki", "builtin:code@best"], "unknown strategy 'best'"),
                         (["--candidates", "builtin:wiki", "builtin:code", "--method", "magnitude"],
-                         "predicts masks of wanda, owl, sparsegpt")]:
+                         "predicts masks of wanda, sparsegpt, ria, owl")]:
         assert cli_main(base + extra) == 2, extra
         assert said in capsys.readouterr().err, extra
 
@@ -354,6 +356,7 @@ def test_the_validation_measures_rank_agreement_between_proxies_and_pruning(tmp_
     from scipy import stats
 
     from calib_core.experiments.advisor import PROXIES
+    from calib_core.experiments.advisor import ACROSS_SOURCES, ALL
     from calib_core.experiments.advisor_validation import PER_PROXY, ValidationSettings, validate
     from calib_core.experiments.tournament import TournamentSettings, tournament_frame
     from calib_core.runs import RunStore
@@ -372,7 +375,12 @@ def test_the_validation_measures_rank_agreement_between_proxies_and_pruning(tmp_
                                       on_run_event=events.append)
     assert any(getattr(e, "message", "").startswith("point 1/") for e in events)  # the runs report progress
     assert set(found["target"]) == {"builtin:wiki", "builtin:code", "cloze"}
-    assert (found["candidates"] == 4).all() and (found["seeds"] == 2).all()  # random, unique-tokens, mix, code
+    everything = found[found["scope"] == ALL]
+    assert (everything["candidates"] == 4).all() and (found["seeds"] == 2).all()  # random, unique-tokens, mix, code
+    # across sources: the random draws of wiki and code and the mix; the strategies on wiki are two (too few to rank)
+    assert set(found["scope"]) == {ALL, ACROSS_SOURCES} and (found[found["scope"] == ACROSS_SOURCES]["candidates"] == 3).all()
+    both = found.dropna(subset=["spearman_low_both"])  # three sets resampled rarely leave three distinct ones
+    assert len(both) and (both["spearman_low_both"] <= both["spearman_high_both"]).all()
     assert found["spearman"].dropna().between(-1, 1).all()
     assert found["noise_ceiling"].dropna().between(0, 1).all() and found["seed_agreement"].dropna().between(-1, 1).all()
     # each proxy's cost, timed apart on this machine, against runs timed on this machine
@@ -389,7 +397,7 @@ def test_the_validation_measures_rank_agreement_between_proxies_and_pruning(tmp_
     truth = -measured.groupby("entry")["ppl builtin:code"].mean()  # lower perplexity is better
     entries = sorted(truth.index)
     expected = stats.pearsonr(predicted[entries].rank(), truth[entries].rank()).statistic
-    row = found[(found["target"] == "builtin:code") & (found["proxy"] == "norm_divergence")].iloc[0]
+    row = everything[(everything["target"] == "builtin:code") & (everything["proxy"] == "norm_divergence")].iloc[0]
     assert row["spearman"] == pytest.approx(expected)
     assert set(verdicts["verdict"]) <= {"predicts", "weak", "does not predict"}
     again, _, _ = validate(settings, store, tmp_path / "proxies.csv", tmp_path / "table.csv",
@@ -450,7 +458,11 @@ def test_validate_advisor_cli_reads_committed_style_csvs_without_loading_a_model
                      "--proxies", str(tmp_path / "proxies.csv"), "--report", str(report),
                      "--runs-out", str(tmp_path / "carried.csv")]) == 0
     assert sorted(pd.read_csv(tmp_path / "carried.csv")["point_key"]) == sorted(r["point_key"] for r in runs)
-    found = pd.read_csv(table)
+    scoped = pd.read_csv(table)
+    # the three entries are all strategies on wiki: that scope ranks them too, alike; none is a draw from a source
+    assert sorted(set(scoped["scope"])) == sorted({advisor.ALL, advisor.ONE_SOURCE})
+    found = scoped[scoped["scope"] == advisor.ALL]
+    assert (scoped[scoped["scope"] == advisor.ONE_SOURCE]["spearman"] == found["spearman"].to_numpy()).all()
     assert set(found["proxy"]) == set(PROXIES) and list(found["spearman"]) == pytest.approx([1.0] * len(PROXIES))
     assert (found["candidates"] == 3).all() and (found["seeds"] == 3).all()
     text = report.read_text(encoding="utf-8")
@@ -460,11 +472,11 @@ def test_validate_advisor_cli_reads_committed_style_csvs_without_loading_a_model
     # over the 120 s median run.
     assert "Cost basis: every proxy at once (an upper bound). Median runs: smollm2-135m: wanda 120 s." in text
     assert "| predicted_jaccard |                 5.0% |" in text
-    assert pd.read_csv(table)["cost_share"].tolist() == pytest.approx([0.05] * len(PROXIES))  # what advise judges by
+    assert scoped["cost_share"].tolist() == pytest.approx([0.05] * len(scoped))  # what advise judges by
     # every seed ranks the entries alike: the ceiling is 1 and rules out no case
     assert found["noise_ceiling"].tolist() == pytest.approx([1.0] * len(PROXIES))
-    assert "In 0 of 1 cases the measured ranking repeats too little" in text
-    assert "best proxy (mean Spearman) against the mean noise ceiling of its cases: builtin:wiki: " in text
+    assert "In 0 of 1 cases the measured ranking repeats so little" in text
+    assert "best proxy (mean Spearman) against the mean seed-noise reference of its cases: builtin:wiki: " in text
     # Every resample ranks alike (rho 1, interval [1, 1]) at 5% of the cost: the goal is met for every proxy.
     assert "is **met** for: predicted_jaccard (wanda 50%)" in text and "norm_divergence on builtin:wiki (wanda 50%)" in text
 
@@ -563,19 +575,107 @@ def test_the_results_section_states_the_goal_the_single_target_cells_and_how_muc
             f"m2: wanda 30 s ({OTHER_MACHINES}).") in text
 
 
-def test_the_earlier_sparsegpt_proxys_validation_is_not_quoted_for_todays():
-    from calib_core.experiments.advisor import UNVALIDATED, best_validated_proxy, current_rows, validation_note
+def test_rows_of_an_earlier_proxy_revision_are_not_quoted_for_todays_proxy(tmp_path):
+    from calib_core.experiments.advisor import (UNVALIDATED, best_validated_proxy, current_rows, proxy_revision,
+                                                validation_note)
 
-    note = validation_note("predicted_jaccard", "sparsegpt", "50%", "builtin:news")
-    assert note.verdict == UNVALIDATED and "earlier SparseGPT proxy" in note.text and not note.predicts
-    assert validation_note("predicted_jaccard", "wanda", "50%", "builtin:news").verdict != UNVALIDATED
-    for setting in ("50%", "60%", "2:4"):
-        for target in ("builtin:wiki", "builtin:news", "builtin:code"):
-            assert best_validated_proxy("sparsegpt", setting, target)[0] != "predicted_jaccard"
-    import pandas as pd
+    assert proxy_revision("sparsegpt", "predicted_jaccard") == 1 and proxy_revision("wanda", "predicted_jaccard") == 0
+    header = "model,method,setting,target,proxy,spearman,kendall,spearman_low,spearman_high,candidates,cost_share"
+    rows = ["m1,sparsegpt,50%,builtin:news,predicted_jaccard,0.95,0.9,0.9,1.0,10,0.05",  # revision 0: the old proxy
+            "m1,sparsegpt,50%,builtin:news,ngram_overlap,0.5,0.4,0.2,0.7,10,0.01",
+            "m1,wanda,50%,builtin:news,predicted_jaccard,0.6,0.5,0.3,0.8,10,0.05"]
+    old = tmp_path / "old.csv"
+    old.write_text("\n".join([header, *rows]) + "\n")
+    note = validation_note("predicted_jaccard", "sparsegpt", "50%", "builtin:news", table=old)
+    assert note.verdict == UNVALIDATED and "earlier computation" in note.text and not note.predicts
+    assert validation_note("predicted_jaccard", "wanda", "50%", "builtin:news", table=old).verdict != UNVALIDATED
+    assert best_validated_proxy("sparsegpt", "50%", "builtin:news", old)[0] == "ngram_overlap"  # not the stale 0.95
+    assert len(current_rows(pd.read_csv(old))) == 2
+    # the same rows marked as today's revision are quoted
+    new = tmp_path / "new.csv"
+    new.write_text("\n".join([header + ",proxy_revision", rows[0] + ",1", rows[1] + ",0", rows[2] + ",0"]) + "\n")
+    assert validation_note("predicted_jaccard", "sparsegpt", "50%", "builtin:news", table=new).verdict == "predicts"
+    assert best_validated_proxy("sparsegpt", "50%", "builtin:news", new)[0] == "predicted_jaccard"
 
-    from calib_core.experiments.advisor import VALIDATION_TABLE
+def test_the_resampled_spearman_is_scipys_on_each_resample():
+    from scipy import stats
 
-    rows = pd.read_csv(VALIDATION_TABLE)
-    kept = current_rows(rows)
-    assert len(rows) - len(kept) == ((rows["method"] == "sparsegpt") & (rows["proxy"] == "predicted_jaccard")).sum() > 0
+    from calib_core.experiments.advisor_validation import _resampled_spearman
+
+    rng = np.random.default_rng(3)
+    predicted, measured = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    seeds, rows = rng.integers(0, 3, (40, 3)), rng.integers(0, 6, (40, 6))
+    got = _resampled_spearman(predicted, measured, seeds, rows)
+    for b in range(40):
+        if len(set(rows[b])) < 3:
+            assert np.isnan(got[b])  # fewer than three distinct sets rank nothing
+            continue
+        a = predicted[:, seeds[b]].mean(axis=1)[rows[b]]
+        m = measured[:, seeds[b]].mean(axis=1)[rows[b]]
+        assert got[b] == pytest.approx(stats.spearmanr(a, m).statistic)
+    # resampling seeds only, every candidate once: the seeds' bootstrap of the protocol
+    assert _resampled_spearman(predicted, predicted, seeds, np.tile(np.arange(6), (40, 1))) == pytest.approx(np.ones(40))
+
+
+def test_advise_says_in_plain_words_when_a_proxy_only_tells_domains_apart(tmp_path):
+    from calib_core.experiments.advisor import ACROSS_SOURCES, ALL, ONE_SOURCE, plain_words, validation_note
+
+    header = ("model,method,setting,target,proxy,scope,spearman,kendall,spearman_low,spearman_high,"
+              "spearman_low_both,spearman_high_both,candidates,seeds,cost_share\n")
+    rows = []
+    for model, across, within in (("m1", 0.9, 0.1), ("m2", 0.8, 0.3)):
+        rows += [f"{model},wanda,50%,builtin:code,norm_divergence,{ALL},0.7,0.5,0.6,0.8,0.2,0.9,10,3,0.05",
+                 f"{model},wanda,50%,builtin:code,norm_divergence,{ACROSS_SOURCES},{across},0.5,0.6,0.9,0.1,1.0,5,3,0.05",
+                 f"{model},wanda,50%,builtin:code,norm_divergence,{ONE_SOURCE},{within},0.1,-0.5,0.6,-0.9,0.9,6,3,0.05"]
+    table = tmp_path / "scoped.csv"
+    table.write_text(header + "\n".join(rows) + "\n")
+    note = validation_note("norm_divergence", "wanda", "50%", "builtin:code", "m1", table=table)
+    assert note.verdict == "weak"  # the verdict is the protocol's: over all candidates (mean 0.7)
+    assert note.text.startswith("In the validation norm_divergence ranks sets from different sources")
+    assert "(0.20)" in note.text and "which domain to calibrate on, not which set within a domain" in note.text
+    assert "--verify K" in note.text and "[0.60, 0.80] over seeds, [0.20, 0.90] over seeds and candidates" in note.text
+    assert "ranking by it costs 5% of pruning with every candidate. Verdict: weak" in note.text
+    frame = pd.read_csv(table)
+    within_too = frame.assign(spearman=frame["spearman"].where(frame["scope"] != ONE_SOURCE, 0.7))
+    assert "not which set within a domain" not in plain_words(within_too, "norm_divergence")
+    assert plain_words(frame.drop(columns="scope"), "norm_divergence") == ""  # a table from before scopes
+
+
+def test_a_new_method_with_a_score_hook_is_predicted_by_the_advisor_and_shown_inside(monkeypatch):
+    """Adding a method is one registry entry: the advisor predicts its masks through its own prune hook, and the
+    Inside a layer page shows its score, with no edit outside prune/."""
+    from calib_core.metrics import inside
+    from calib_core.metrics.proxies import predictable
+    from calib_core.prune import methods
+    from calib_core.prune.masks import mask_from_scores
+
+    def toy_prune(weight, stats, sparsity, pattern, config):
+        scores = weight.abs().float() * stats.feature_norm().square().unsqueeze(0)
+        return mask_from_scores(scores, sparsity, pattern, per_row=True), None
+
+    def toy_score(magnitude, weight, channel, config):
+        return magnitude * channel("norm")[None, :] ** 2, "|W| x ||X_j||^2 (toy)"
+
+    toy = methods.Method("toy", "a throwaway", "toy", frozenset({methods.NORMS}), prune=toy_prune, score=toy_score)
+    monkeypatch.setitem(methods.METHODS, "toy", toy)
+    assert "toy" in predictable() and "dsnot" not in predictable() and "magnitude" not in predictable()
+    model = tiny_model()
+    stats = dense_channel_norms(model, random_ids(4, 16, seed=2))
+    masks = predicted_masks(model, stats, PruneConfig(method="toy", sparsity=0.5))
+    for (block, name), kept in masks.items():
+        weight = prunable_modules(decoder_blocks(model)[block])[name].weight
+        scores = weight.abs().float() * stats.norms[(block, name)].square().unsqueeze(0)
+        assert torch.equal(kept, ~mask_from_scores(scores, 0.5, parse_pattern("unstructured"), per_row=True))
+    assert not torch.equal(masks[(0, "mlp.up_proj")], predicted_masks(model, stats, PruneConfig(method="wanda"))[(0, "mlp.up_proj")])
+
+    class Run:
+        record = {"config": {"method": "toy"}}
+
+        @staticmethod
+        def channel(block, module, kind="norm"):
+            assert kind == "norm"
+            return np.array([1.0, 2.0, 3.0])
+
+    weight = np.array([[1.0, -1.0, 2.0]])
+    score, formula = inside.method_score(Run(), 0, "mlp.up_proj", weight)
+    assert formula == "|W| x ||X_j||^2 (toy)" and score.tolist() == [[1.0, 4.0, 18.0]]

@@ -82,7 +82,7 @@ def check_case(candidates: list[Candidate], target: str, settings: AdviceSetting
     """What can be checked before any model loads: two or more candidates, every source and the target, the
     method (its masks must be predictable) and its setting."""
     from ..data.sources import check_source
-    from ..metrics.proxies import PREDICTABLE
+    from ..metrics.proxies import predictable
 
     if len(candidates) < 2:
         raise ConfigError("The advisor ranks two or more candidates; give at least two.")
@@ -90,8 +90,8 @@ def check_case(candidates: list[Candidate], target: str, settings: AdviceSetting
         check_source(candidate.source)
     check_source(target)
     config = settings.config.resolved()
-    if config.method not in PREDICTABLE:
-        raise ConfigError(f"The advisor predicts masks of {', '.join(PREDICTABLE)}; {config.method} is not one of them.")
+    if config.method not in predictable():
+        raise ConfigError(f"The advisor predicts masks of {', '.join(predictable())}; {config.method} is not one of them.")
 
 
 def _windows(calibration) -> list[list[int]]:
@@ -113,7 +113,7 @@ def proxy_table(loaded, candidates: list[Candidate], target: str, settings: Advi
     hessians = needs_hessians(settings.config)  # SparseGPT's masks come from each set's Hessians
     target_norms = dense_channel_norms(model, target_set.input_ids, target_set.unpadded_lengths, hessians=hessians)
     target_masks = packed_masks(model, target_norms, settings.config)
-    target_norms.hessians = None  # [in, in] per module: not kept longer than needed
+    target_norms.release()  # with Hessians, [in, in] per module: not kept longer than needed
     reference = build_reference(target)
     target_seconds = time.perf_counter() - started
     rows = []
@@ -124,7 +124,7 @@ def proxy_table(loaded, candidates: list[Candidate], target: str, settings: Advi
                                             settings.seed, settings.mode, candidate.strategy, model=model)
         norms = dense_channel_norms(model, chosen.input_ids, chosen.unpadded_lengths, hessians=hessians)
         predicted = packed_jaccard(packed_masks(model, norms, settings.config), target_masks)
-        norms.hessians = None
+        norms.release()
         scores, _summary = similarity_table(model, tokenizer, {candidate.label: _windows(chosen)}, reference,
                                             k=settings.k, max_tokens=settings.seqlen, window=settings.seqlen)
         rows.append({"candidate": candidate.label, "source": candidate.source, "strategy": candidate.strategy,
@@ -183,20 +183,38 @@ def verdict_of(case: pd.DataFrame) -> str:
     return "weak" if mean > 0.3 else "does not predict"
 
 
+# The candidate sets a validation case ranks (advisor_validation.scopes): the protocol's verdicts are over ALL.
+ALL, ONE_SOURCE, ACROSS_SOURCES = "all candidates", "strategies on one source", "across sources"
+
+
+def protocol_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The validation table's rows over every candidate (tables written before scopes had only those)."""
+    return rows[rows["scope"] == ALL] if "scope" in rows else rows
+
+
 UNVALIDATED = "unvalidated"
-# Validation rows of a proxy computed differently since: they say nothing of the proxy as it is now.
-SUPERSEDED = {("sparsegpt", "predicted_jaccard"): (
-    "its validation rows are of an earlier SparseGPT proxy (a per-row static score that ranked weights as Wanda's "
-    "does: rank correlation 0.9999 with the Wanda proxy), not of today's, which runs SparseGPT's own block-wise "
-    "selection")}
+# A proxy whose computation changed after validation rows were written, with its current revision: rows of
+# an earlier one (rows without a `proxy_revision` are of revision 0) say nothing of the proxy as it is now.
+PROXY_REVISIONS = {("sparsegpt", "predicted_jaccard"): 1}
+REVISED = {("sparsegpt", "predicted_jaccard"): (
+    "revision 0 was a per-row static score that ranked weights as Wanda's does (rank correlation 0.9999 with the "
+    "Wanda proxy); revision 1 runs SparseGPT's own block-wise selection")}
+
+
+def proxy_revision(method: str, proxy: str) -> int:
+    """The revision a (method, proxy)'s rows must carry to describe the proxy as it is computed now."""
+    return PROXY_REVISIONS.get((method, proxy), 0)
 
 
 def current_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """The validation rows that describe the proxies as they are computed now (SUPERSEDED left out)."""
+    """The rows (of the validation table or the proxies' CSV) that describe the proxies as they are computed now:
+    rows of an earlier PROXY_REVISIONS revision left out."""
     if rows.empty:
         return rows
-    stale = [(m, p) in SUPERSEDED for m, p in zip(rows["method"], rows["proxy"])]
-    return rows[[not s for s in stale]]
+    have = pd.to_numeric(rows["proxy_revision"], errors="coerce").fillna(0) if "proxy_revision" in rows \
+        else pd.Series(0, index=rows.index)
+    wanted = [proxy_revision(str(m) if m == m else "", p) for m, p in zip(rows["method"], rows["proxy"])]
+    return rows[have.astype(int).to_numpy() == wanted]
 
 
 @dataclass(frozen=True)
@@ -224,10 +242,14 @@ def validation_note(proxy: str, method: str, setting: str, target: str, model: s
                f"as a guess, and {check}.")
     if not table.exists():
         return ValidationNote(UNVALIDATED, outside + " (No validation has been recorded yet; see docs/results/advisor.md.)")
-    if (method, proxy) in SUPERSEDED:
-        return ValidationNote(UNVALIDATED, outside + f" ({proxy} for {method}: {SUPERSEDED[(method, proxy)]}.)")
-    rows = current_rows(pd.read_csv(table))
-    alike = rows[(rows["proxy"] == proxy) & (rows["method"] == method) & (rows["setting"] == setting)]
+    all_rows = pd.read_csv(table)
+    rows = current_rows(all_rows)
+    if (method, proxy) in REVISED and len(rows) < len(all_rows) and not (
+            (rows["method"] == method) & (rows["proxy"] == proxy)).any():
+        return ValidationNote(UNVALIDATED, outside + f" (The recorded validation of {proxy} for {method} is of an "
+                                                     f"earlier computation: {REVISED[(method, proxy)]}.)")
+    scoped = rows[(rows["proxy"] == proxy) & (rows["method"] == method) & (rows["setting"] == setting)]
+    alike = protocol_rows(scoped)
     match = alike[alike["target"] == target]
     if match.empty:
         if alike.empty:
@@ -236,11 +258,14 @@ def validation_note(proxy: str, method: str, setting: str, target: str, model: s
             f" On the validated targets ({', '.join(sorted(alike['target'].unique()))}) with {method} {setting} its "
             f"Spearman ranged from {alike['spearman'].min():.2f} to {alike['spearman'].max():.2f} (mean "
             f"{alike['spearman'].mean():.2f})."))
-    parts = [f"{r.model}: Spearman {r.spearman:.2f} [{r.spearman_low:.2f}, {r.spearman_high:.2f}], Kendall "
-             f"{r.kendall:.2f}, {int(r.candidates)} candidates{_ceiling_text(r)}" for r in match.itertuples()]
+    parts = [f"{r.model}: Spearman {r.spearman:.2f} [{r.spearman_low:.2f}, {r.spearman_high:.2f}]"
+             + _both_text(r) + f", Kendall {r.kendall:.2f}, {int(r.candidates)} candidates{_ceiling_text(r)}"
+             for r in match.itertuples()]
     verdict = verdict_of(match)
-    note = (f"Validated ({method} {setting}, target {target}; docs/results/advisor.md): " + "; ".join(parts)
-            + f". Verdict: {verdict}" + ("." if verdict == "predicts" else
+    plain = plain_words(scoped[scoped["target"] == target], proxy)
+    note = ((plain + " " if plain else "")
+            + f"Validated ({method} {setting}, target {target}; docs/results/advisor.md): " + "; ".join(parts)
+            + _cost_text(match) + f". Verdict: {verdict}" + ("." if verdict == "predicts" else
                                          f" (the bar: mean Spearman 0.8, every interval above 0.5, at most 10% of "
                                          f"the cost of pruning with every candidate); {check}."))
     if model is not None and model not in set(match["model"]):
@@ -248,9 +273,49 @@ def validation_note(proxy: str, method: str, setting: str, target: str, model: s
     ceilings = match["noise_ceiling"] if "noise_ceiling" in match else pd.Series(dtype=float)
     if len(ceilings) and (ceilings < LOW_CEILING).all():
         note += (f" There the validation's candidates pruned alike within seed noise (the measured ranking barely "
-                 f"repeats from seed to seed: noise ceiling below {LOW_CEILING}), so no proxy can rank them and the "
-                 f"choice among such sets matters little for this target.")
+                 f"repeats from seed to seed: its seed-noise reference is below {LOW_CEILING}), so no proxy can rank "
+                 f"them and the choice among such sets matters little for this target.")
     return ValidationNote(verdict, note)
+
+
+RANKS, RANKS_WEAKLY = 0.5, 0.3  # mean Spearman at which plain_words says a proxy ranks a kind of choice (weakly)
+
+
+def plain_words(scoped: pd.DataFrame, proxy: str) -> str:
+    """What one case's validation supports, in words: whether the proxy ranked random draws from different
+    sources (the choice of domain) and one source's windows chosen by different strategies as pruning did
+    (mean Spearman over the models: RANKS or more ranks, RANKS_WEAKLY or more weakly, below does not), and,
+    where it does not rank the second, to prune the top candidates instead. Empty for a table without scopes."""
+    if "scope" not in scoped:
+        return ""
+    means = scoped.groupby("scope")["spearman"].mean()
+    if ACROSS_SOURCES not in means or ONE_SOURCE not in means:
+        return ""
+
+    def how(mean: float) -> str:
+        return "ranks" if mean >= RANKS else "ranks only weakly" if mean >= RANKS_WEAKLY else "does not rank"
+
+    across, within = float(means[ACROSS_SOURCES]), float(means[ONE_SOURCE])
+    text = (f"In the validation {proxy} {how(across)} sets from different sources (wiki, news, books, code, a mix: "
+            f"mean Spearman {across:.2f}) and {how(within)} sets chosen from one source by different strategies "
+            f"({within:.2f}).")
+    if within < RANKS:
+        text += (" So it can tell you which domain to calibrate on, not which set within a domain: for that choice "
+                 "prune the top few candidates (--verify K) and compare." if across >= RANKS else
+                 " Prune the top few candidates (--verify K) rather than trust this order.")
+    return text
+
+
+def _cost_text(match: pd.DataFrame) -> str:
+    """The case's cost share (its highest over the models), where the table has one."""
+    cost = float(pd.to_numeric(match["cost_share"], errors="coerce").max()) if "cost_share" in match else float("nan")
+    return f"; ranking by it costs {cost:.0%} of pruning with every candidate" if cost == cost else ""
+
+
+def _both_text(row) -> str:
+    """The interval that resamples the candidates too, where the table has it."""
+    low, high = getattr(row, "spearman_low_both", float("nan")), getattr(row, "spearman_high_both", float("nan"))
+    return f" over seeds, [{low:.2f}, {high:.2f}] over seeds and candidates" if low == low and high == high else ""
 
 
 BEST = "best"  # rank by the proxy that agreed best with pruning in the validation (best_validated_proxy)
@@ -261,7 +326,8 @@ def best_validated_proxy(method: str, setting: str, target: str, table: Path = V
     """(proxy, why): the proxy with the highest mean Spearman over the validated models for this method, setting
     and target; where the target was not validated, over every validated target with this method and setting;
     DEFAULT_PROXY where neither was."""
-    rows = current_rows(pd.read_csv(table)) if table.exists() else pd.DataFrame(columns=["method", "setting", "target"])
+    rows = protocol_rows(current_rows(pd.read_csv(table))) if table.exists() else \
+        pd.DataFrame(columns=["method", "setting", "target"])
     alike = rows[(rows["method"] == method) & (rows["setting"] == setting)]
     for chosen, scope in [(alike[alike["target"] == target], f"{method} {setting} with target {target}"),
                           (alike, f"{method} {setting} over the validated targets")]:
@@ -276,7 +342,7 @@ def best_validated_proxy(method: str, setting: str, target: str, table: Path = V
 def _ceiling_text(row) -> str:
     """A validated case's noise ceiling, where the table has one (tables written before it had none)."""
     ceiling = getattr(row, "noise_ceiling", float("nan"))
-    return f", noise ceiling {ceiling:.2f}" if ceiling == ceiling else ""
+    return f", seed-noise reference {ceiling:.2f}" if ceiling == ceiling else ""
 
 
 def verify_specs(model: str, dtype: str, top: pd.DataFrame, target: str, settings: AdviceSettings,

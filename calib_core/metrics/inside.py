@@ -186,27 +186,16 @@ def channel_table(a: RunInside, block: int, module: str, b: RunInside | None = N
 
 # ------------------------------------------------------------------ 2. scores
 def method_score(run: RunInside, block: int, module: str, weight: np.ndarray) -> tuple[np.ndarray, str]:
-    """The score the run's method ranks weights by, from the stored statistics, and its formula. SparseGPT's
-    needs the full inverse Hessian, which a run does not keep: its diagonal form is shown and said."""
+    """The score the run's method ranks weights by, from the stored statistics, and its formula: the registry's
+    score hook (prune/methods.score_of)."""
+    from ..prune.methods import METHODS, score_of
+
     config = run.record["config"]
     method = config["method"]
-    base = config.get("base") or {"dsnot": "wanda", "owl": "wanda"}.get(method)
-    scored_by = base if method in ("dsnot", "owl") else method
-    magnitude = np.abs(weight)
-    if scored_by == "magnitude":
-        return magnitude, "|W|"
-    if scored_by == "wanda":
-        return magnitude * run.channel(block, module)[None, :], "|W| x ||X_j|| (Wanda)"
-    if scored_by == "ria":
-        a = float(config.get("ria_a", 0.5))
-        relative = magnitude / magnitude.sum(axis=0, keepdims=True) + magnitude / magnitude.sum(axis=1, keepdims=True)
-        return relative * run.channel(block, module)[None, :] ** a, f"(|W|/col sum + |W|/row sum) x ||X_j||^{a:g} (RIA)"
-    if scored_by == "sparsegpt":
-        diag = run.channel(block, module, "hessian_diag")
-        damped = diag + float(config.get("sparsegpt_damp", 0.01)) * diag.mean()
-        return weight.astype(np.float64) ** 2 * damped[None, :], ("w^2 x (H_jj + damping): SparseGPT's w^2 / [H^-1]_jj "
-                                                                  "with H taken diagonal (a run keeps only diag H)")
-    raise ConfigError(f"No score view for method {method}.")
+    score = score_of(method, config.get("base")) if method in METHODS else None
+    if score is None:
+        raise ConfigError(f"No score view for method {method}.")
+    return score(np.abs(weight), weight.astype(np.float64), lambda kind: run.channel(block, module, kind), config)
 
 
 def magnitude_kept(weight: np.ndarray, kept: np.ndarray, pattern: str) -> np.ndarray:

@@ -6,11 +6,11 @@ accumulates them (prune/stats.InputStats). Two proxies compare a candidate calib
 - norm divergence: per module, the mean over channels of |log2(norm_candidate / norm_target)|, averaged
   over modules (0 = the same norms; the Inside a layer page's per-block quantity);
 - predicted mask Jaccard: per module, the Jaccard of the weights the method would keep from the
-  candidate's statistics and from the target's, at the same sparsity or N:M pattern (Wanda: |W| ||X_j||
-  per row; OWL: Wanda's score with each statistics' own per-block allocation; SparseGPT: the engine's own
-  selection, prune/sparsegpt.sparsegpt_prune on the dense weights and the set's Hessian, block by block of
-  128 columns across all rows, with the weight updates its later blocks' choices depend on), pooled over
-  modules by size.
+  candidate's statistics and from the target's, at the same sparsity or N:M pattern, pooled over modules by
+  size. The masks come from the method's own registry hooks (prune/methods.py) on the dense weights, as the
+  engine calls them: an allocator's per-block targets (OWL) from a scan of these statistics, then the mask
+  method's `prune` (Wanda's per-row |W| ||X_j||; SparseGPT's block-wise selection on the set's Hessian, with
+  the weight updates its later blocks' choices depend on; RIA's relative importance).
 
 Both are computed from dense activations: the engine's own statistics come from inputs that earlier
 pruned blocks produced, so a prediction is an approximation even for Wanda (stated in every result)."""
@@ -24,26 +24,34 @@ import torch
 
 from ..models import decoder_blocks, prunable_modules, weight_matrix
 from ..prune import PruneConfig
-from ..prune.masks import mask_from_scores, parse_pattern
-from ..prune.owl import outlier_ratio, owl_nm_allocation, owl_sparsities
+from ..prune.methods import HESSIAN, METHODS, mask_method, statistics_needed
+from ..prune.stats import InputStats
 
-PREDICTABLE = ("wanda", "owl", "sparsegpt")
 APPROXIMATION = ("predicted from dense activations (the engine's statistics come from inputs that earlier pruned "
                  "blocks produce)")
-SPARSEGPT_SELECTION = ("SparseGPT's own block-wise selection with its weight updates, from the set's Hessian "
-                       "(prune/sparsegpt.py)")
+
+
+def predictable() -> tuple[str, ...]:
+    """The registry's methods whose masks the advisor predicts: every method that uses calibration data and
+    prunes with its own or its base's mask hook, with or without an allocator; not refiners (DSnoT), whose
+    swaps need the pruned model's outputs."""
+    return tuple(name for name, m in METHODS.items() if m.needs_calibration and m.refine is None)
 
 
 @dataclass
 class ChannelNorms:
     """Per prunable Linear, keyed (block, module name): ||X_j|| = sqrt(sum over tokens of x_j^2 / windows)
-    over one set of windows, from the dense model."""
+    over one set of windows, from the dense model, and (until `release`) the input statistics themselves,
+    which a method's own hooks read to predict its masks."""
 
     norms: dict[tuple[int, str], torch.Tensor]
     windows: int
     tokens: int
-    # SparseGPT's H = (2 / windows) sum X^T X per module (kept when asked for: an [in, in] matrix each)
-    hessians: dict[tuple[int, str], torch.Tensor] | None = None
+    inputs: dict[tuple[int, str], InputStats] | None = None
+
+    def release(self) -> None:
+        """Drop the input statistics (with Hessians, an [in, in] matrix per module); the norms stay."""
+        self.inputs = None
 
 
 class _LastBlockDone(Exception):
@@ -60,8 +68,6 @@ def dense_channel_norms(model, ids: torch.Tensor, lengths: list[int] | None = No
     """One dense forward over `ids` [windows, seqlen] (each window's first `lengths[i]` tokens real; padding
     is not counted), with every prunable Linear's input statistics accumulated by a hook as the engine does
     (its sum of squares, and with `hessians` its X^T X), stopped after the last decoder block."""
-    from ..prune.stats import InputStats
-
     lengths = lengths or [ids.shape[1]] * ids.shape[0]
     stats: dict[tuple[int, str], InputStats] = {}
     real: list[torch.Tensor] = []  # the current batch's real-token mask, read by every hook
@@ -97,8 +103,7 @@ def dense_channel_norms(model, ids: torch.Tensor, lengths: list[int] | None = No
     finally:
         for handle in hooks:
             handle.remove()
-    return ChannelNorms({key: s.feature_norm().cpu() for key, s in stats.items()}, ids.shape[0], sum(lengths),
-                        {key: s.hessian().cpu() for key, s in stats.items()} if hessians else None)
+    return ChannelNorms({key: s.feature_norm().cpu() for key, s in stats.items()}, ids.shape[0], sum(lengths), stats)
 
 
 def norm_divergence(a: ChannelNorms, b: ChannelNorms) -> float:
@@ -109,54 +114,37 @@ def norm_divergence(a: ChannelNorms, b: ChannelNorms) -> float:
     return float(torch.stack(per_module).mean())
 
 
-def _scores(weight: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-    return weight.abs().float() * norms.unsqueeze(0)  # Wanda's score (OWL ranks and masks with it)
-
-
 def needs_hessians(config: PruneConfig) -> bool:
     """Whether the method's predicted masks need each module's Hessian (dense_channel_norms(hessians=True))."""
-    return config.resolved().method == "sparsegpt"
+    config = config.resolved()
+    return HESSIAN in statistics_needed(config.method, config.base)
 
 
 def predicted_masks(model, stats: ChannelNorms, config: PruneConfig) -> dict[tuple[int, str], torch.Tensor]:
     """The kept-weight mask (True = kept) of every prunable Linear that `config`'s method would choose from
-    these statistics, each row compared on its own as the methods do (see the module docstring)."""
+    these statistics: the registry's own hooks, as the engine calls them (an allocator's per-block targets
+    from a scan of these statistics, then the mask method's `prune` on each dense weight)."""
     config = config.resolved()
-    if config.method not in PREDICTABLE:
-        raise ValueError(f"Masks are predicted for {', '.join(PREDICTABLE)}, not {config.method}.")
-    pattern = parse_pattern(config.pattern)
+    if config.method not in predictable():
+        raise ValueError(f"Masks are predicted for {', '.join(predictable())}, not {config.method}.")
+    if stats.inputs is None:
+        raise ValueError("These statistics were released: predict the masks before ChannelNorms.release().")
+    if needs_hessians(config) and any(s.gram is None for s in stats.inputs.values()):
+        raise ValueError(f"{config.method}'s predicted masks need the sets' Hessians: "
+                         f"dense_channel_norms(hessians=True).")
+    method, pruner = METHODS[config.method], mask_method(config.method, config.base)
     blocks = list(enumerate(decoder_blocks(model)))
-    settings = {index: (config.sparsity, pattern) for index, _ in blocks}
-    if config.method == "owl":
-        ratios = [outlier_ratio([_scores(weight_matrix(m), stats.norms[(i, n)])
-                                 for n, m in prunable_modules(block).items()], config.owl_m) for i, block in blocks]
-        if pattern.is_nm:
-            settings = {i: (p.sparsity, p) for i, p in zip(settings, owl_nm_allocation(ratios, pattern, config.owl_lambda,
-                                                                                        config.owl_nm_rule))}
-        else:
-            settings = {i: (s, pattern) for i, s in zip(settings, owl_sparsities(ratios, config.sparsity,
-                                                                                 config.owl_lambda))}
+    targets = [(config.sparsity, config.parsed_pattern)] * len(blocks)
+    if method.allocate is not None:
+        scan = ((prunable_modules(block), {name: stats.inputs[(index, name)] for name in prunable_modules(block)})
+                for index, block in blocks)
+        targets, _ = method.allocate(scan, config)
     masks = {}
-    for index, block in blocks:
-        sparsity, block_pattern = settings[index]
+    for (index, block), (sparsity, pattern) in zip(blocks, targets):
         for name, module in prunable_modules(block).items():
-            if config.method == "sparsegpt":
-                masks[(index, name)] = ~_sparsegpt_pruned(weight_matrix(module), stats, (index, name), sparsity,
-                                                          block_pattern, config)
-                continue
-            scores = _scores(weight_matrix(module), stats.norms[(index, name)])
-            masks[(index, name)] = ~mask_from_scores(scores, sparsity, block_pattern, per_row=True)
+            pruned, _ = pruner.prune(weight_matrix(module), stats.inputs[(index, name)], sparsity, pattern, config)
+            masks[(index, name)] = ~pruned.cpu()
     return masks
-
-
-def _sparsegpt_pruned(weight, stats: ChannelNorms, key, sparsity, pattern, config) -> torch.Tensor:
-    """The weights SparseGPT would prune (True) given these statistics' Hessian: the engine's own routine."""
-    from ..prune.sparsegpt import sparsegpt_prune
-
-    if stats.hessians is None:
-        raise ValueError("SparseGPT's predicted masks need the sets' Hessians: dense_channel_norms(hessians=True).")
-    return sparsegpt_prune(weight, stats.hessians[key], sparsity, pattern, config.sparsegpt_blocksize,
-                           config.sparsegpt_damp)[1]
 
 
 def packed_masks(model, stats: ChannelNorms, config: PruneConfig) -> dict[tuple[int, str], np.ndarray]:

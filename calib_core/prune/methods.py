@@ -91,6 +91,11 @@ class Method:
     allocate: Callable | None = None
     # (config, memo, allocation, overall sparsity) -> the record's method_details
     details: Callable | None = None
+    # The score it ranks weights by, from a run's kept per-channel statistics (prune/stats.CHANNEL_KINDS), for
+    # the Inside a layer page: (|W| and W as float64 arrays [out, in], channel(kind) -> [in] array, the record's
+    # config dict) -> (scores [out, in], its formula). Refiners and allocators show their base's (score_of).
+    score: Callable | None = None
+    updates_weights: bool = False  # its prune hook returns new weights: a mask alone does not remake its model
 
     @property
     def needs_calibration(self) -> bool:
@@ -115,21 +120,44 @@ def _ria(weight, stats, sparsity, pattern, config):
     return ria_mask(weight, stats, sparsity, pattern, config.ria_a, config.ria_selection, config.ria_reallocation), None
 
 
+def _magnitude_score(magnitude, weight, channel, config):
+    return magnitude, "|W|"
+
+
+def _wanda_score(magnitude, weight, channel, config):
+    return magnitude * channel("norm")[None, :], "|W| x ||X_j|| (Wanda)"
+
+
+def _ria_score(magnitude, weight, channel, config):
+    a = float(config.get("ria_a", 0.5))
+    relative = magnitude / magnitude.sum(axis=0, keepdims=True) + magnitude / magnitude.sum(axis=1, keepdims=True)
+    return relative * channel("norm")[None, :] ** a, f"(|W|/col sum + |W|/row sum) x ||X_j||^{a:g} (RIA)"
+
+
+def _sparsegpt_score(magnitude, weight, channel, config):
+    """SparseGPT's needs the full inverse Hessian, which a run does not keep: its diagonal form, said so."""
+    diag = channel("hessian_diag")
+    damped = diag + float(config.get("sparsegpt_damp", 0.01)) * diag.mean()
+    return weight ** 2 * damped[None, :], ("w^2 x (H_jj + damping): SparseGPT's w^2 / [H^-1]_jj with H taken "
+                                           "diagonal (a run keeps only diag H)")
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("magnitude", "drop the smallest |W| of each matrix; no data",
-           r"drop the smallest $|W_{ij}|$ of each matrix. No data.", prune=_magnitude),
+           r"drop the smallest $|W_{ij}|$ of each matrix. No data.", prune=_magnitude, score=_magnitude_score),
     Method("wanda", "score |W_ij| * ||X_j||, drop the lowest of each output row",
            r"score $S_{ij} = |W_{ij}| \cdot \|X_j\|_2$ and drop the lowest scores of each output row.",
-           frozenset({NORMS}), prune=_wanda),
+           frozenset({NORMS}), prune=_wanda, score=_wanda_score),
     Method("sparsegpt", "OBS-style mask and weight update with the Hessian X^T X",
-           r"with $H = \tfrac{2}{n} X^\top X$, choose weights by $w^2 / [H^{-1}]_{jj}^2$ and update the remaining "
+           r"with $H = \tfrac{2}{n} X^\top X$, choose weights by $w^2 / [H^{-1}]_{jj}$ (the authors' code: $w^2 / U_{jj}^2$, $U$ the "
+           r"Cholesky factor of $H^{-1}$) and update the remaining "
            r"weights of the row to compensate ($\delta = -\tfrac{w_j}{[H^{-1}]_{jj}} H^{-1}_{j,:}$).",
            frozenset({HESSIAN}), options=(
                Option("sparsegpt_blocksize", "SparseGPT column block size", int, 128, low=1, high=4096,
                       label="SparseGPT blocksize"),
                Option("sparsegpt_damp", "SparseGPT dampening (fraction of mean diag H)", float, 0.01, low=0, high=1,
                       label="SparseGPT damping"),
-           ), prune=_sparsegpt),
+           ), prune=_sparsegpt, score=_sparsegpt_score, updates_weights=True),
     Method("ria", "score (|W_ij|/col sum + |W_ij|/row sum) * ||X_j||^a, one threshold per matrix",
            r"relative importance in the weight's row and column times the input's norm: $S_{ij} = "
            r"\big(\tfrac{|W_{ij}|}{\sum_{i'}|W_{i'j}|} + \tfrac{|W_{ij}|}{\sum_{j'}|W_{ij'}|}\big)\,\|X_j\|_2^{a}$; "
@@ -142,7 +170,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                       ("matrix", "row"), label="RIA selection"),
                Option("ria_reallocation", "N:M: heuristic channel reallocation (their --reallocation) or off (their "
                                           "default)", str, "off", ("off", "heuristic"), label="RIA N:M reallocation"),
-           ), prune=_ria, details=ria_details),
+           ), prune=_ria, details=ria_details, score=_ria_score),
     Method("dsnot", "swap pruned/kept weights of a base mask to cancel the expected output shift",
            r"starting from a Wanda mask, swap pruned/kept weights in each row while that shrinks the expected "
            r"output shift $\sum_{j\,\text{pruned}} W_{rj}\,\mathbb{E}[x_j]$; row sparsity never changes.",
@@ -194,6 +222,12 @@ def mask_method(method: str, base: str | None = None) -> Method:
     """The mask method that prunes each Linear: DSnoT's and OWL's base (default: their first), or itself."""
     bases = METHODS[method].bases
     return METHODS[(base or bases[0]) if bases else method]
+
+
+def score_of(method: str, base: str | None = None) -> Callable | None:
+    """The score hook that shows how `method` ranks weights: its own, else its mask method's (DSnoT's and OWL's
+    base); None where neither has one."""
+    return METHODS[method].score or mask_method(method, base).score
 
 
 def statistics_needed(method: str, base: str | None = None) -> frozenset[str]:

@@ -40,7 +40,7 @@ def how_made(record: dict) -> str:
         return "saved folder"
     config = record["config"]
     if record.get("masks") and Path(record["masks"]).is_file() and \
-            mask_method(config["method"], config.get("base")).name != "sparsegpt":
+            not mask_method(config["method"], config.get("base")).updates_weights:
         return "stored masks"
     return "remade"
 
