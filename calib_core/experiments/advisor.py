@@ -244,8 +244,10 @@ def validation_note(proxy: str, method: str, setting: str, target: str, model: s
         return ValidationNote(UNVALIDATED, outside + " (No validation has been recorded yet; see docs/results/advisor.md.)")
     all_rows = pd.read_csv(table)
     rows = current_rows(all_rows)
-    if (method, proxy) in REVISED and len(rows) < len(all_rows) and not (
-            (rows["method"] == method) & (rows["proxy"] == proxy)).any():
+    def of_case(frame):
+        return ((frame["method"] == method) & (frame["proxy"] == proxy)).any()
+
+    if (method, proxy) in REVISED and of_case(all_rows) and not of_case(rows):  # only an earlier revision's rows
         return ValidationNote(UNVALIDATED, outside + f" (The recorded validation of {proxy} for {method} is of an "
                                                      f"earlier computation: {REVISED[(method, proxy)]}.)")
     scoped = rows[(rows["proxy"] == proxy) & (rows["method"] == method) & (rows["setting"] == setting)]

@@ -10,6 +10,7 @@ is computed once and kept in a CSV, so the validation resumes."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -118,12 +119,13 @@ def proxy_rows(settings: ValidationSettings, model: str, wanted: dict, on_event=
     configs = [c for c in configs if _name(c) in cases]
     free = any(needs.free for _, needs in todo.values())
 
-    def statistics(windows, chosen_configs):
-        """Per forward kind (plain norms; with Hessians): (norms, seconds, masks per config, masks' seconds)."""
+    def statistics(windows, chosen_configs, plain: bool):
+        """Per forward kind (plain norms, made when `plain` or a config needs them; with Hessians, when a config
+        does): (norms, seconds, {config's name: (packed masks, their seconds)})."""
         out = {}
         for hessians in (False, True):
             these = [c for c in chosen_configs if needs_hessians(c) == hessians]
-            if not these and (hessians or not free):
+            if not these and (hessians or not plain):
                 continue
             norms, seconds = _timed(lambda: dense_channel_norms(model_, windows.input_ids, windows.unpadded_lengths,
                                                                 hessians=hessians))
@@ -140,7 +142,7 @@ def proxy_rows(settings: ValidationSettings, model: str, wanted: dict, on_event=
         text = settings.target_text(target)
         windows = build_calibration(text, tokenizer, settings.target_windows, tour.seqlen, TARGET_SEED_OFFSET,
                                     tour.mode)
-        made = statistics(windows, configs)
+        made = statistics(windows, configs, free)
         reference, reference_seconds = _timed(lambda: build_reference(text)) if free else (None, 0.0)
         targets[target] = (made, reference)
         # what each proxy needs of the target, once per case: its norms, its masks for one setting, its n-grams
@@ -159,7 +161,7 @@ def proxy_rows(settings: ValidationSettings, model: str, wanted: dict, on_event=
                                             point.strategy, dict(point.strategy_options), model=model_)
         selected = time.perf_counter()
         own_configs = [c for c in configs if _name(c) in needs.masks]
-        made = statistics(chosen, own_configs) if own_configs or needs.free else {}
+        made = statistics(chosen, own_configs, needs.free)
         base = {"model": model, "entry": entry, "seed": seed}
         entry_rows = []
         if needs.free:
@@ -567,8 +569,10 @@ def _interval_lines(found: pd.DataFrame) -> list[str]:
     above = int((found["spearman_low"] > 0.5).sum())
     above_both = int((found["spearman_low_both"] > 0.5).sum())
     at_top = int((found["spearman"] >= found["spearman_high"] - 1e-9).sum())
+    k = int(found["seeds"].max())
     return ["Intervals (an analysis added after the protocol; verdicts use the protocol's). The protocol's 95% "
-            "interval resamples the 3 seeds, which have 10 distinct resamples: its median width is "
+            f"interval resamples the {k} seeds, which have {math.comb(2 * k - 1, k)} distinct resamples: its median "
+            "width is "
             f"{width_seeds:.2f}, and in {at_top} of {len(found)} cases the point estimate is its upper end. An "
             "interval that resamples the candidates as well (a ranking of other sets like these; Spearman over a "
             f"resample with repeated candidates, ties averaged) has a median width of {width_both:.2f}. The lower "
