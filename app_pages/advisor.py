@@ -7,7 +7,7 @@ from calib_core.data import sets
 from calib_core.data.sources import BUILTIN_SOURCES
 from calib_core.data.strategies import RANDOM, STRATEGIES
 from calib_core.errors import CalibLabError
-from calib_core.experiments.advisor import (BEST, PROXIES, AdviceSettings, Candidate, best_validated_proxy, check_case,
+from calib_core.studies.advisor import (BEST, PROXIES, AdviceSettings, Candidate, best_validated_proxy, check_case,
                                             ranking, self_generated_caution, validation_note, verify_specs)
 from calib_core.jobs import manager, tasks
 from calib_core.metrics.proxies import APPROXIMATION, predictable

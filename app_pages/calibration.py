@@ -8,8 +8,8 @@ import streamlit as st
 
 from calib_core.data import sets
 from calib_core.assets import BUILTIN_CORPORA
-from calib_core.data.sources import (BUILTIN_SOURCES, LIST_MAX_CHARACTERS, MODES, eligibility_floor, load_documents,
-                                     parse_source, read_upload)
+from calib_core.data.documents import LIST_MAX_CHARACTERS, load_documents, parse_source, read_upload
+from calib_core.data.sources import BUILTIN_SOURCES, MODES, eligibility_floor
 from calib_core.data.strategies import STRATEGIES
 from calib_core.data.text_files import FILE_TYPES, HOW_TEXTS_SPLIT, split_at_blank_lines
 from calib_core.data.tokens import token_lengths

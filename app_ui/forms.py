@@ -32,10 +32,11 @@ OTHER_SOURCE = "another source (type it)"
 
 def calibration_source(container, current: str, key: str = "calib") -> str | object:
     """The calibration source: a builtin corpus or saved set from a list, or any other spec typed in and
-    checked as it is typed (data.sources.check_source, and a shared app's file confinement), before any
+    checked as it is typed (data.documents.check_source, and a shared app's file confinement), before any
     job starts. The spec, or INVALID with the reason under the field."""
     from calib_core.data import sets
-    from calib_core.data.sources import BUILTIN_SOURCES, check_source
+    from calib_core.data.documents import check_source
+    from calib_core.data.sources import BUILTIN_SOURCES
     from calib_core.errors import CalibLabError
 
     from app_ui.cache import access_policy

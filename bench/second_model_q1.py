@@ -25,7 +25,7 @@ def main() -> None:
     import pandas as pd
     from scipy.stats import kendalltau
 
-    from calib_core.experiments.reproduce import ReproSettings, ensure_dense_reference
+    from calib_core.studies.reproduce import ReproSettings, ensure_dense_reference
     from calib_core.experiments.stats import (PPL, setting_sort_key, spread_by_setting, summarize, sweep_frame,
                                               welch_test)
     from calib_core.experiments.sweeps import run_sweep

@@ -1,3 +1,3 @@
 """Calibration Lab: how calibration data shapes post-training pruning of causal LMs."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

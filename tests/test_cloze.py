@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from calib_core.metrics.cloze import cloze_accuracy, cloze_items
-from calib_core.data.sources import load_documents
+from calib_core.data.documents import load_documents
 from calib_core.errors import SourceError
 from tests.tiny import CharTokenizer, tiny_model
 

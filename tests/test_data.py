@@ -9,7 +9,8 @@ import torch
 from calib_core import assets
 
 from calib_core.data import sets
-from calib_core.data.sources import DOCUMENT_PAD_ID, build_calibration, draw_windows, load_documents, read_text_file
+from calib_core.data.documents import load_documents, read_text_file
+from calib_core.data.sources import DOCUMENT_PAD_ID, build_calibration, draw_windows
 from calib_core.errors import SourceError
 from tests.tiny import CharTokenizer, char_tokenizer
 

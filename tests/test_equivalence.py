@@ -9,8 +9,8 @@ import pytest
 
 from calib_core.experiments.equivalence import (CONTRADICTED, MIXED, NOT_TESTABLE, SUPPORTED, claim_verdict, compare,
                                                 differences, minimum_detectable_effect, verdict_of)
-from calib_core.experiments.tournament import CLOZE
-from calib_core.experiments.tournament_comparisons import comparisons, published_claims
+from calib_core.studies.tournament import CLOZE
+from calib_core.studies.tournament_comparisons import comparisons, published_claims
 
 SEEDS = 8
 
@@ -129,7 +129,7 @@ def test_unique_tokens_is_compared_with_least_ppl_itself():
 
 def test_the_pilot_table_states_seed_noise_and_the_mde_it_implies():
     from calib_core.experiments.equivalence import minimum_detectable_effect
-    from calib_core.experiments.tournament_protocol import PILOT_SEEDS, pilot_noise
+    from calib_core.studies.tournament_protocol import PILOT_SEEDS, pilot_noise
 
     rng = np.random.default_rng(0)
     rows = []
@@ -148,9 +148,9 @@ def test_the_pilot_table_states_seed_noise_and_the_mde_it_implies():
 
 
 def test_the_report_states_its_protocol_and_pilot_before_any_run(tmp_path):
-    from calib_core.experiments.tournament import TournamentSettings
-    from calib_core.experiments.tournament_protocol import PILOT_RUNS_FILE
-    from calib_core.experiments.tournament_report import write_tournament_report
+    from calib_core.studies.tournament import TournamentSettings
+    from calib_core.studies.tournament_protocol import PILOT_RUNS_FILE
+    from calib_core.studies.tournament_report import write_tournament_report
     from calib_core.runs import RunStore
 
     pilot = pd.DataFrame([{"nsamples": 32, "seqlen": 512, "seed": s, "ppl builtin:wiki": 30 + s, CLOZE: 0.6}

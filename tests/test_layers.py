@@ -13,7 +13,9 @@ LAYERS = [
     {"prune"},
     {"metrics"},
     {"runs"},
-    {"experiments", "jobs"},
+    {"experiments"},
+    {"studies"},
+    {"jobs"},
     {"access", "cli", "__main__"},
 ]
 

@@ -176,7 +176,7 @@ def test_advise_ranks_candidates_for_a_target_says_it_is_unvalidated_and_verifie
 
 
 def test_self_generated_candidates_are_the_self_calibration_strategy_and_sets_the_model_wrote():
-    from calib_core.experiments.advisor import self_generated, self_generated_caution
+    from calib_core.studies.advisor import self_generated, self_generated_caution
 
     sets.save_set("written", [{"text": "a text the model wrote."}], {"kind": sets.SELF_GENERATED})
     sets.save_set("uploaded", [{"text": "a text a person wrote."}], {"kind": "source", "source": "builtin:wiki"})
@@ -192,7 +192,7 @@ def test_self_generated_candidates_are_the_self_calibration_strategy_and_sets_th
 
 
 def test_the_validation_note_quotes_the_matching_cases_and_says_when_the_model_was_not_validated(tmp_path):
-    from calib_core.experiments.advisor import VALIDATION_TABLE, validation_note
+    from calib_core.studies.advisor import VALIDATION_TABLE, validation_note
 
     table = tmp_path / "validation.csv"
     table.write_text("model,method,setting,target,proxy,spearman,kendall,spearman_low,spearman_high,candidates,seeds\n"
@@ -248,7 +248,7 @@ def test_the_validation_note_quotes_the_matching_cases_and_says_when_the_model_w
 
 
 def test_the_best_validated_proxy_is_the_one_that_agreed_best_for_the_case_or_its_method_and_setting(tmp_path):
-    from calib_core.experiments.advisor import DEFAULT_PROXY, best_validated_proxy
+    from calib_core.studies.advisor import DEFAULT_PROXY, best_validated_proxy
 
     table = tmp_path / "validation.csv"
     table.write_text("model,method,setting,target,proxy,spearman\n"
@@ -282,7 +282,7 @@ def test_advise_refuses_bad_cases_before_loading_a_model(capsys):
 
 
 def test_the_proxy_table_has_every_proxy_and_a_ranking_follows_each_proxys_direction(tmp_path):
-    from calib_core.experiments.advisor import PROXIES, AdviceSettings, Candidate, proxy_table, ranking
+    from calib_core.studies.advisor import PROXIES, AdviceSettings, Candidate, proxy_table, ranking
     from calib_core.models import load_model
     from tests.tiny import save_tiny_folder
 
@@ -340,10 +340,10 @@ def test_the_advisor_page_ranks_warns_when_unvalidated_and_verifies_the_top(tmp_
 
 
 def test_the_validation_reuses_the_tournaments_points():
-    from calib_core.experiments.advisor_validation import ValidationSettings
-    from calib_core.experiments.tournament import TournamentSettings
+    from calib_core.studies.advisor_validation import ValidationSettings
+    from calib_core.studies.tournament import TournamentSettings
 
-    from calib_core.experiments.tournament import ROUND_ONE
+    from calib_core.studies.tournament import ROUND_ONE
 
     validation = ValidationSettings().tournament
     for model in validation.models:
@@ -355,10 +355,11 @@ def test_the_validation_reuses_the_tournaments_points():
 def test_the_validation_measures_rank_agreement_between_proxies_and_pruning(tmp_path):
     from scipy import stats
 
-    from calib_core.experiments.advisor import PROXIES
-    from calib_core.experiments.advisor import ACROSS_SOURCES, ALL
-    from calib_core.experiments.advisor_validation import PER_PROXY, ValidationSettings, validate
-    from calib_core.experiments.tournament import TournamentSettings, tournament_frame
+    from calib_core.studies.advisor import PROXIES
+    from calib_core.studies.advisor import ACROSS_SOURCES, ALL
+    from calib_core.studies.advisor_validation import ValidationSettings, validate
+    from calib_core.studies.validation_measures import PER_PROXY
+    from calib_core.studies.tournament import TournamentSettings, tournament_frame
     from calib_core.runs import RunStore
     from tests.tiny import save_tiny_folder
 
@@ -418,11 +419,11 @@ def test_validate_advisor_cli_reads_committed_style_csvs_without_loading_a_model
     per-case table advise reads, and a Results section that replaces the old one under the fixed protocol."""
     from calib_core import models
     from calib_core.cli import main as cli_main
-    from calib_core.experiments import advisor
-    from calib_core.experiments.advisor import PROXIES
-    from calib_core.experiments.advisor_validation import MASK_PROXY, ValidationSettings
+    from calib_core.studies import advisor
+    from calib_core.studies.advisor import PROXIES
+    from calib_core.studies.advisor_validation import MASK_PROXY, ValidationSettings
     from calib_core.experiments.stats import setting_label
-    from calib_core.experiments.tournament import entry_of
+    from calib_core.studies.tournament import entry_of
 
     def no_model(*args, **kwargs):
         raise AssertionError("validate-advisor --no-runs loaded a model although every proxy was known")
@@ -482,8 +483,8 @@ def test_validate_advisor_cli_reads_committed_style_csvs_without_loading_a_model
 
 
 def test_each_proxys_cost_share_counts_its_own_seconds_and_the_target_against_the_methods_runs_on_the_same_cpu():
-    from calib_core.experiments.advisor_validation import (ALL_AT_ONCE, NO_RUN_TIMES, OTHER_MACHINES, PER_PROXY,
-                                                            WITH_SELECTION, cost_shares)
+    from calib_core.studies.validation_measures import (ALL_AT_ONCE, NO_RUN_TIMES, OTHER_MACHINES, PER_PROXY,
+                                                        WITH_SELECTION, cost_shares)
 
     # model a: two candidates, each proxy timed apart on cpu X (the mask proxy per method)
     timed = pd.DataFrame({"model": "a", "entry": ["x", "x", "x", "y", "y", "y"], "seed": 0,
@@ -522,7 +523,7 @@ def test_each_proxys_cost_share_counts_its_own_seconds_and_the_target_against_th
 def test_the_noise_ceiling_follows_how_well_seeds_rank_the_entries_alike():
     from scipy import stats
 
-    from calib_core.experiments.advisor_validation import seed_reliability
+    from calib_core.studies.validation_measures import seed_reliability
 
     same = pd.DataFrame({0: [1.0, 2.0, 3.0, 4.0], 1: [1.1, 2.1, 3.1, 4.1], 2: [0.9, 1.9, 2.9, 3.9]})
     assert seed_reliability(same) == pytest.approx((1.0, 1.0))
@@ -545,8 +546,9 @@ def _case_rows(proxy, target, spearman, models=("m1", "m2"), cost=0.05):
 
 
 def test_the_results_section_states_the_goal_the_single_target_cells_and_how_much_was_run(tmp_path):
-    from calib_core.experiments.advisor_validation import (OTHER_MACHINES, PER_PROXY, RESULTS_HEADING,
-                                                           ValidationSettings, verdicts, write_results)
+    from calib_core.studies.advisor_validation import ValidationSettings, verdicts
+    from calib_core.studies.advisor_validation_report import RESULTS_HEADING, write_results
+    from calib_core.studies.validation_measures import OTHER_MACHINES, PER_PROXY
 
     report = tmp_path / "advisor.md"
     report.write_text("# Protocol\n\nFixed before any result.\n\n## Results\n\nstale numbers\n", encoding="utf-8")
@@ -576,7 +578,7 @@ def test_the_results_section_states_the_goal_the_single_target_cells_and_how_muc
 
 
 def test_rows_of_an_earlier_proxy_revision_are_not_quoted_for_todays_proxy(tmp_path):
-    from calib_core.experiments.advisor import (UNVALIDATED, best_validated_proxy, current_rows, proxy_revision,
+    from calib_core.studies.advisor import (UNVALIDATED, best_validated_proxy, current_rows, proxy_revision,
                                                 validation_note)
 
     assert proxy_revision("sparsegpt", "predicted_jaccard") == 1 and proxy_revision("wanda", "predicted_jaccard") == 0
@@ -600,12 +602,12 @@ def test_rows_of_an_earlier_proxy_revision_are_not_quoted_for_todays_proxy(tmp_p
 def test_the_resampled_spearman_is_scipys_on_each_resample():
     from scipy import stats
 
-    from calib_core.experiments.advisor_validation import _resampled_spearman
+    from calib_core.studies.validation_measures import resampled_spearman
 
     rng = np.random.default_rng(3)
     predicted, measured = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
     seeds, rows = rng.integers(0, 3, (40, 3)), rng.integers(0, 6, (40, 6))
-    got = _resampled_spearman(predicted, measured, seeds, rows)
+    got = resampled_spearman(predicted, measured, seeds, rows)
     for b in range(40):
         if len(set(rows[b])) < 3:
             assert np.isnan(got[b])  # fewer than three distinct sets rank nothing
@@ -614,11 +616,11 @@ def test_the_resampled_spearman_is_scipys_on_each_resample():
         m = measured[:, seeds[b]].mean(axis=1)[rows[b]]
         assert got[b] == pytest.approx(stats.spearmanr(a, m).statistic)
     # resampling seeds only, every candidate once: the seeds' bootstrap of the protocol
-    assert _resampled_spearman(predicted, predicted, seeds, np.tile(np.arange(6), (40, 1))) == pytest.approx(np.ones(40))
+    assert resampled_spearman(predicted, predicted, seeds, np.tile(np.arange(6), (40, 1))) == pytest.approx(np.ones(40))
 
 
 def test_advise_says_in_plain_words_when_a_proxy_only_tells_domains_apart(tmp_path):
-    from calib_core.experiments.advisor import ACROSS_SOURCES, ALL, ONE_SOURCE, plain_words, validation_note
+    from calib_core.studies.advisor import ACROSS_SOURCES, ALL, ONE_SOURCE, plain_words, validation_note
 
     header = ("model,method,setting,target,proxy,scope,spearman,kendall,spearman_low,spearman_high,"
               "spearman_low_both,spearman_high_both,candidates,seeds,cost_share\n")

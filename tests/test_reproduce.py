@@ -7,8 +7,9 @@ import pytest
 
 from calib_core.cli import main as cli_main
 from calib_core.errors import ConfigError, NotEnoughDataError
-from calib_core.experiments.reproduce import PLAN_CHANGES, ReproSettings, ordered_points, reproduction_frame, run_reproduction
-from calib_core.experiments.report import report_caveats, write_report
+from calib_core.studies.reproduce import (PLAN_CHANGES, ReproSettings, ordered_points, report_caveats, reproduction_frame,
+                                         run_reproduction)
+from calib_core.studies.reproduce_report import write_report
 from calib_core.runs import RunStore
 from calib_core.data.sets import save_set
 from calib_core.data.selfgen import GenerationConfig

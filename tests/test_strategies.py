@@ -1,4 +1,4 @@
-"""Calibration strategies (data/strategies.py) and mixes (data/mix.py), each checked against an
+"""Calibration strategies (data/strategies/) and mixes (data/mix.py), each checked against an
 independent reference written from its description, plus the CLI, sweeps and bad input."""
 
 import dataclasses
@@ -13,8 +13,9 @@ import torch
 from calib_core.cli import build_parser, main as cli_main, run_spec
 from calib_core.data import sets
 from calib_core.data.mix import parse_mix
-from calib_core.data.sources import build_calibration, parse_source
-from calib_core.data.self_calibration import ScheduledTemperature, temperature_schedule
+from calib_core.data.documents import parse_source
+from calib_core.data.sources import build_calibration
+from calib_core.data.strategies.self_calibration import ScheduledTemperature, temperature_schedule
 from calib_core.data.strategies import (STRATEGIES, build_strategy_calibration, check_strategy, greedy_coverage,
                                         layer_features, nearest_distinct, normalised_tokens, window_cross_entropy)
 from calib_core.errors import ConfigError, SourceError
@@ -206,7 +207,7 @@ def test_self_calibration_ends_real_generations_at_eos(monkeypatch):
 
 
 def test_the_first_token_can_be_held_to_english_stop_words(model):
-    from calib_core.data.self_calibration import english_stop_word_tokens, first_token_rule
+    from calib_core.data.strategies.self_calibration import english_stop_word_tokens, first_token_rule
 
     tokenizer = char_tokenizer(add_bos=True)
     allowed = english_stop_word_tokens(tokenizer)  # one-character words of spaCy's list, either case
@@ -255,7 +256,7 @@ def test_icl_format_windows_are_answered_news_topic_items_of_the_calibration_par
 
 def test_icl_format_items_are_disjoint_from_every_evaluation():
     from calib_core.assets import builtin_documents
-    from calib_core.data.task_prompts import news_topic_items
+    from calib_core.data.strategies.icl_format import news_topic_items
 
     news = builtin_documents("news")
     calib = [d for d in news if d["id"].startswith("bbc/") and d["split"] == "calib"]
@@ -269,7 +270,7 @@ def test_icl_format_items_are_disjoint_from_every_evaluation():
 
 
 def test_icl_format_arithmetic_items_are_worked_and_correct():
-    from calib_core.data.task_prompts import arithmetic_items
+    from calib_core.data.strategies.icl_format import arithmetic_items
 
     worked = arithmetic_items(50, seed=1, rationale=True)
     for item in worked:
@@ -281,7 +282,7 @@ def test_icl_format_arithmetic_items_are_worked_and_correct():
 
 
 def test_revised_strategies_never_share_a_point_key_with_their_earlier_version():
-    from calib_core.experiments.tournament import ROUND_ONE, ROUND_ONE_RUNS, TournamentSettings
+    from calib_core.studies.tournament import ROUND_ONE, ROUND_ONE_RUNS, TournamentSettings
 
     committed = pd.read_csv(ROUND_ONE_RUNS)
     first = TournamentSettings(**ROUND_ONE)
@@ -415,8 +416,8 @@ def test_every_strategy_has_an_explanation_and_checked_defaults():
 
 
 def test_tournament_runs_resumes_and_reports(tmp_path):
-    from calib_core.experiments.tournament import TournamentSettings, run_tournament, tournament_frame
-    from calib_core.experiments.tournament_report import write_tournament_report
+    from calib_core.studies.tournament import TournamentSettings, run_tournament, tournament_frame
+    from calib_core.studies.tournament_report import write_tournament_report
 
     folder = str(save_tiny_folder(tmp_path / "tiny"))
     settings = TournamentSettings(models=[folder], strategies=["random", "unique-tokens"], methods=["wanda"],
@@ -501,7 +502,7 @@ def test_tournament_runs_resumes_and_reports(tmp_path):
 def test_a_continued_tournament_keeps_the_earlier_runs_dtype_and_says_how_this_cpu_multiplies_it(
         tmp_path, monkeypatch, capsys):
     from calib_core import devices
-    from calib_core.experiments.tournament import TournamentSettings, dtype_notice, run_tournament
+    from calib_core.studies.tournament import TournamentSettings, dtype_notice, run_tournament
 
     monkeypatch.setattr(devices, "native_dtype", lambda device="auto": "float32")
     monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
@@ -541,7 +542,7 @@ def test_a_continued_tournament_keeps_the_earlier_runs_dtype_and_says_how_this_c
         run_tournament(continued, store, on_event=events.append, cancel=stop)
     assert any("has no arithmetic for" in e.message for e in events)
     # The CLI passes --dtype: float32 names other points, so none of the earlier rows count as finished.
-    from calib_core.experiments.tournament import QUICK
+    from calib_core.studies.tournament import QUICK
 
     quick = TournamentSettings(**QUICK, dtype="bfloat16")
     keys = [p.key for model in quick.models for p in quick.points(model)]
@@ -555,7 +556,7 @@ def test_a_continued_tournament_keeps_the_earlier_runs_dtype_and_says_how_this_c
 
 def test_the_committed_tournament_runs_are_read_in_their_own_dtype_on_any_machine(monkeypatch):
     from calib_core import devices
-    from calib_core.experiments.tournament import ROUND_ONE, ROUND_ONE_RUNS, TournamentSettings, previous_frame
+    from calib_core.studies.tournament import ROUND_ONE, ROUND_ONE_RUNS, TournamentSettings, previous_frame
 
     committed = ROUND_ONE_RUNS
     rows = pd.read_csv(committed)

@@ -168,7 +168,7 @@ def test_the_calibration_source_is_picked_or_typed_and_checked_before_any_job(tm
 
 
 def test_an_uploaded_txt_is_split_into_texts_as_the_same_text_pasted_is(tmp_path):
-    from calib_core.data.sources import read_upload
+    from calib_core.data.documents import read_upload
     from calib_core.data.text_files import split_at_blank_lines
 
     paragraph = "A paragraph of calibration text that runs on for a while. " * 8

@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass
 
 from ..errors import SourceError
-from .sources import load_documents
+from .documents import load_documents
 
 
 _PART_NAMES = {"eval": "held-out", "calib": "calibration"}

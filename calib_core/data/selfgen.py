@@ -16,7 +16,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from . import sets
-from .sources import load_documents
+from .documents import load_documents
 from .tokens import first_tokens
 from ..errors import ConfigError, SourceError
 from ..scoring import pad_id, perplexity_of, score_token_ids

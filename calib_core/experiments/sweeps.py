@@ -10,7 +10,7 @@ Grid file (YAML or JSON):
     name: wiki-vs-news
     model: smollm2-135m
     calibration: [builtin:wiki, builtin:news, set:selfgen]
-    strategies: [random, least-ppl, {strategy: unique-tokens, pool_factor: 20}]   # data/strategies.py
+    strategies: [random, least-ppl, {strategy: unique-tokens, pool_factor: 20}]   # data/strategies/
     methods: [wanda, {method: owl, base: wanda}]     # a name or PruneConfig fields
     sparsities: [0.5, 0.6, "2:4"]                     # a fraction (unstructured) or N:M
     nsamples: [32]

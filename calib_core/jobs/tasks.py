@@ -52,8 +52,8 @@ def demo(job, grid: SweepGrid):
 
 
 def advise(job, model_spec: str, model_options: dict, device: str, candidates: list, target: str, settings):
-    """The advisor's proxy table of `candidates` (experiments.advisor.Candidate) for `target`."""
-    from ..experiments.advisor import proxy_table
+    """The advisor's proxy table of `candidates` (studies.advisor.Candidate) for `target`."""
+    from ..studies.advisor import proxy_table
     from ..runs.events import PipelineEvent
 
     loaded = load_model(model_spec, **model_options, device=device)
@@ -63,8 +63,8 @@ def advise(job, model_spec: str, model_options: dict, device: str, candidates: l
 
 
 def advise_verify(job, model_spec: str, dtype: str, top, target: str, settings, eval_windows: int):
-    """Prune with the advisor's top candidates and measure each on the target (experiments.advisor.verify)."""
-    from ..experiments.advisor import verify
+    """Prune with the advisor's top candidates and measure each on the target (studies.advisor.verify)."""
+    from ..studies.advisor import verify
 
     return verify(model_spec, dtype, top, target, settings, eval_windows, on_event=job.emit, cancel=job.cancel_event,
                   origin="app")

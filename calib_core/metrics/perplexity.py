@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.sources import READ_TOKENS_FLOOR, parse_source, source_texts
+from ..data.documents import parse_source, source_texts
+from ..data.sources import READ_TOKENS_FLOOR
 from ..data.tokens import ReadLimits, read_pool
 from ..errors import ConfigError, SourceError
 from ..devices import resolve_device

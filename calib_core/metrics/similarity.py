@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..data.sources import DEFAULT_CONCAT_SEPARATOR, build_calibration, load_documents
+from ..data.documents import load_documents
+from ..data.sources import DEFAULT_CONCAT_SEPARATOR, build_calibration
 from ..data.tokens import first_tokens, special_affixes
 from ..errors import PruningCancelled, SourceError
 from ..scoring import min_k, pad_id, perplexity_of, score_token_ids

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import psutil
 
-from ..data.sources import check_mode, parse_source
+from ..data.documents import parse_source
+from ..data.sources import check_mode
 from ..data.strategies import RANDOM, STRATEGIES, build_strategy_calibration, check_strategy, describe_strategy
 from ..devices import reset_peak_memory, resolve_device
 from ..errors import ConfigError, PruningCancelled

@@ -53,7 +53,7 @@ class RunSpec:
     mode: str = "document"  # document | concat | document_pad (data/sources.py)
     concat_separator: str = DEFAULT_CONCAT_SEPARATOR  # concat mode: what joins the documents
     text_column: str | None = None
-    strategy: str = "random"  # how the windows are chosen (data/strategies.py)
+    strategy: str = "random"  # how the windows are chosen (data/strategies/)
     strategy_options: dict = field(default_factory=dict)  # the strategy's settings that differ from its defaults
     config: PruneConfig = field(default_factory=PruneConfig)
     evaluation: EvalSpec = field(default_factory=EvalSpec)

@@ -1,4 +1,4 @@
-"""Downstream-task items for in-context calibration prompts (the icl-format strategy, data/strategies.py).
+"""icl-format: k-shot prompts of answered downstream-task items, cut into windows; the run's source is not read.
 
 Bandari et al. (EMNLP 2024) calibrate on real downstream task data (nine datasets: commonsense, QA, arithmetic)
 formatted as in-context prompts, optionally with a chain-of-thought rationale. Those datasets live on the hub;
@@ -18,9 +18,12 @@ Both are synthetic stand-ins for Bandari et al.'s task data, not their datasets;
 
 from __future__ import annotations
 
+import math
 import random
 
-from ..errors import SourceError
+from ...errors import SourceError
+from ..sources import draw_windows
+from .base import Selection, SelectionContext, Setting, Strategy
 
 TASKS = {
     "news-topic": "BBC News topic classification from the news corpus' calibration part (real labels)",
@@ -38,7 +41,7 @@ def _opening(article: dict) -> tuple[str, str]:
 def news_topic_items(count: int, seed: int) -> list[str]:
     """`count` items "Headline / Article / Topic" from BBC articles of the calibration part, in a seeded order
     (each article once before any repeats)."""
-    from .. import assets
+    from ... import assets
 
     news = assets.builtin_documents("news")
     # The BBC set repeats some stories (edited a little) under other ids: a calibration article whose opening is in
@@ -84,3 +87,33 @@ def task_items(task: str, count: int, seed: int, rationale: bool) -> list[str]:
     if task == "arithmetic":
         return arithmetic_items(count, seed, rationale)
     raise SourceError(f"Unknown task '{task}'; known: {', '.join(TASKS)}.")
+
+
+def _icl_format(ctx: SelectionContext) -> Selection:
+    from ..tokens import encode
+
+    shots, task, rationale = ctx.options["shots"], ctx.options["task"], ctx.options["rationale"] == "yes"
+    # About 100 tokens per item: enough prompts that the windows rarely overlap.
+    prompts_needed = max(8, math.ceil(2 * ctx.nsamples * ctx.seqlen / (100 * shots)))
+    items = task_items(task, prompts_needed * shots, ctx.seed, rationale)
+    prompts = ["\n\n".join(items[i : i + shots]) for i in range(0, len(items), shots)]
+    token_docs = encode(ctx.tokenizer, [p + "\n\n" for p in prompts])
+    windows = draw_windows(token_docs, ctx.nsamples, ctx.seqlen, ctx.seed, "concat")
+    return Selection(windows.ids, windows.unpadded_lengths, details={
+        "task": task, "prompts": len(prompts), "items": len(items),
+        "rationale": rationale if task == "arithmetic" else None,
+        "format": "k items per prompt, each with its answer (in-context examples), items and prompts joined by "
+                  "blank lines and cut into windows; a synthetic stand-in for Bandari et al.'s task data"})
+
+
+STRATEGY = Strategy("icl-format", "k-shot task prompts (news topics or worked arithmetic)",
+                    "Downstream task data formatted as in-context prompts (Bandari et al., EMNLP 2024): each prompt holds k "
+                    "answered items of a task, and the prompts are cut into windows. Offline the tasks are stand-ins for "
+                    "the paper's datasets: BBC News topic classification (headline, opening, topic) from the news corpus' "
+                    "calibration part, or synthetic arithmetic with its worked steps. The run's source is not read.",
+                    False, False, (Setting("task", "news-topic", "; ".join(f"{k}: {v}" for k, v in TASKS.items()),
+                                           choices=tuple(TASKS)),
+                                   Setting("shots", 3, "answered items per prompt (k)", low=1, high=64),
+                                   Setting("rationale", "yes", "arithmetic answers with their worked steps (chain of "
+                                           "thought): yes or no", choices=("yes", "no"))),
+                    _icl_format, revision=1)

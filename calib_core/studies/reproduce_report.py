@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import sweep_figures
-from ..data.sources import eligibility_floor
-from ..errors import CalibLabError, MissingDependencyError, NotEnoughDataError
+from ..experiments import sweep_figures
+from ..errors import MissingDependencyError, NotEnoughDataError
 from .reproduce import (
-    CHANGES_SINCE_PREVIOUS, PLAN_CHANGES, RUN_LABEL, ReproSettings, carried_points, ensure_dense_reference,
-    ensure_similarity, ordered_points, reproduction_frame,
+    CHANGES_SINCE_PREVIOUS, ReproSettings, carried_runs, ensure_dense_reference, ensure_similarity, ordered_points,
+    report_caveats, reproduction_frame,
 )
 from ..provenance import environment_versions
-from .stats import PPL, setting_label, setting_sort_key, spread_by_setting, summarize, welch_test
+from ..experiments.stats import PPL, setting_label, setting_sort_key, spread_by_setting, summarize, welch_test
 
 ALPHA = 0.05
 
@@ -58,45 +57,6 @@ def _key_values(mapping: dict) -> str:
 def _verdict(ok: bool | None, text: str) -> str:
     mark = {True: "**reproduces**", False: "**does not reproduce**", None: "**inconclusive**"}[ok]
     return f"- {mark}: {text}"
-
-
-def report_caveats(settings: ReproSettings) -> list[str]:
-    from ..data.sets import load_set
-
-    lines = [f"- {change}" for change in PLAN_CHANGES]
-    try:
-        records = [r for r in load_set(settings.selfgen_name)["records"] if r.get("kept", True)]
-    except CalibLabError:  # no self-generated set saved (e.g. a report on another machine)
-        return lines
-    pool = sum(int(r.get("tokens", 0)) for r in records)
-    drawn = settings.nsamples * settings.seqlen
-    whole_text = [m for m, (mode, _) in settings.selfgen_sampling.items() if mode == "document_pad"]
-    if whole_text:
-        floor = eligibility_floor("document_pad", settings.seqlen)
-        long_enough = sum(int(r.get("tokens", 0)) > floor for r in records)
-        lines.append(
-            f"- {' and '.join(whole_text)} draw the self-generated set as the paper's code does: whole texts with more "
-            f"than {floor} tokens. Only {long_enough} of the {len(records)} kept texts are that long (this model "
-            f"mostly stops early; the paper generates up to 2048 tokens on a GPU from 5,000 prefixes), so each of "
-            f"their points draws its {settings.nsamples} samples from {long_enough} texts: nearly the same data for "
-            "every seed, an understated seed std and optimistic p-values.")
-    if pool and pool < 2 * drawn:
-        lines.append(
-            f"- The self-generated set is small: {len(records)} kept texts, about {pool} tokens, while a point draws "
-            f"{settings.nsamples} x {settings.seqlen} = {drawn} tokens from it. Its windows overlap heavily within and "
-            "across seeds, so its seed-to-seed std is understated and the Welch p-values that involve it are "
-            "optimistic.")
-    return lines
-
-
-def carried_runs(settings: ReproSettings, previous: pd.DataFrame, made: pd.DataFrame) -> pd.DataFrame:
-    """The previous report's rows for the points carried over (see `carried_points`) not rerun since."""
-    carried = carried_points(settings, previous)
-    main = made[(made["eval_windows"] == settings.eval_windows) & (made["mode"] == settings.mode)] if not made.empty else made
-    done = set(map(tuple, main[list(RUN_LABEL)].itertuples(index=False))) if not main.empty else set()
-    rows = [row for label, row in carried.items() if label not in done]
-    return pd.DataFrame(rows, columns=previous.columns).assign(
-        eval_windows=settings.eval_windows, mode=settings.mode, carried=True)
 
 
 def write_report(settings: ReproSettings, store, out: str | Path = "docs/results", command: str | None = None,
@@ -176,7 +136,6 @@ def _header_section(report: _Report, settings: ReproSettings, everything: pd.Dat
         "Settings:", "", _key_values(settings_table), "", "Versions:", "", _key_values(versions), "")
 
 
-
 def _q1_section(report: _Report, settings: ReproSettings, store, frame: pd.DataFrame, q1: pd.DataFrame,
                 order: list[str], findings: list[str]) -> None:
     """Spread across calibration sources (the reproduction's method, Wanda by default), against magnitude pruning."""
@@ -221,7 +180,6 @@ def _q1_section(report: _Report, settings: ReproSettings, store, frame: pd.DataF
                                     "setting (magnitude is far worse on this model)") + "."))
 
 
-
 def _q2_section(report: _Report, settings: ReproSettings, wanda: pd.DataFrame, findings: list[str]) -> None:
     """Mean and std against the number of calibration samples."""
     report.add(f"## Q2: mean and std against the number of calibration samples ({_title(settings.method)} 50%)", "")
@@ -252,7 +210,6 @@ def _q2_section(report: _Report, settings: ReproSettings, wanda: pd.DataFrame, f
                                          f"{last['mean']:.2f}."))
     else:
         report.add("Not enough sample counts finished yet.", "")
-
 
 
 def _q3_section(report: _Report, settings: ReproSettings, similarity: dict | None, q1: pd.DataFrame,
@@ -291,7 +248,6 @@ def _q3_section(report: _Report, settings: ReproSettings, similarity: dict | Non
         report.add("Similarity scores or Q1 runs missing.", "")
 
 
-
 def _q4_section(report: _Report, settings: ReproSettings, frame: pd.DataFrame, findings: list[str]) -> None:
     """Self-generated calibration data against the builtin sources, per method."""
     report.add(f"## Q4: self-generated calibration data (at {setting_label({'sparsity': settings.selfgen_setting})})", "")
@@ -325,7 +281,6 @@ def _q4_section(report: _Report, settings: ReproSettings, frame: pd.DataFrame, f
                           f"{method} per-seed ppl by source")
     else:
         report.add("No Q4 runs finished yet.", "")
-
 
 
 def _compute_seconds(settings: ReproSettings, store) -> float:

@@ -18,10 +18,11 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from .. import assets
-from ..data.sources import BUILTIN_SOURCES, DEFAULT_CONCAT_SEPARATOR
+from ..data.sources import BUILTIN_SOURCES, DEFAULT_CONCAT_SEPARATOR, eligibility_floor
+from ..errors import CalibLabError
 from ..runs.events import PipelineEvent
 from ..data.selfgen import GenerationConfig
-from .sweeps import SweepGrid, SweepPoint, SweepSummary, run_sweep
+from ..experiments.sweeps import SweepGrid, SweepPoint, SweepSummary, run_sweep
 
 BUILTIN_SOURCES = list(BUILTIN_SOURCES)
 
@@ -145,7 +146,7 @@ RUN_LABEL = ("method", "setting", "calibration", "nsamples", "seed")
 
 
 def _run_label(point: SweepPoint) -> tuple:
-    from .stats import setting_label
+    from ..experiments.stats import setting_label
 
     return (point.config.method, setting_label(point.config.as_dict()), point.calibration or "none", point.nsamples,
             point.seed)
@@ -273,7 +274,7 @@ def ensure_similarity(settings: ReproSettings, store) -> dict:
 def reproduction_frame(settings: ReproSettings, store):
     """The finished runs of this reproduction's points (not of other settings under the same name), with
     each point's eval windows and sampling mode (the eval-size check and Q4's self-generated draws differ)."""
-    from .stats import runs_frame
+    from ..experiments.stats import runs_frame
 
     by_key = {p.key: p for points in settings.questions().values() for p in points}
     runs = [r for r in store.sweep_runs(settings.name) if r.get("point_key") in by_key]
@@ -283,3 +284,47 @@ def reproduction_frame(settings: ReproSettings, store):
         frame["eval_windows"] = [by_key[keys[i]].context["eval_windows"] for i in frame["run_id"]]
         frame["mode"] = [by_key[keys[i]].context["mode"] for i in frame["run_id"]]
     return frame
+
+
+def report_caveats(settings: ReproSettings) -> list[str]:
+    """What the report must say about this plan: changes made after it started, and a self-generated set too
+    small or too short for its draws."""
+    from ..data.sets import load_set
+
+    lines = [f"- {change}" for change in PLAN_CHANGES]
+    try:
+        records = [r for r in load_set(settings.selfgen_name)["records"] if r.get("kept", True)]
+    except CalibLabError:  # no self-generated set saved (e.g. a report on another machine)
+        return lines
+    pool = sum(int(r.get("tokens", 0)) for r in records)
+    drawn = settings.nsamples * settings.seqlen
+    whole_text = [m for m, (mode, _) in settings.selfgen_sampling.items() if mode == "document_pad"]
+    if whole_text:
+        floor = eligibility_floor("document_pad", settings.seqlen)
+        long_enough = sum(int(r.get("tokens", 0)) > floor for r in records)
+        lines.append(
+            f"- {' and '.join(whole_text)} draw the self-generated set as the paper's code does: whole texts with more "
+            f"than {floor} tokens. Only {long_enough} of the {len(records)} kept texts are that long (this model "
+            f"mostly stops early; the paper generates up to 2048 tokens on a GPU from 5,000 prefixes), so each of "
+            f"their points draws its {settings.nsamples} samples from {long_enough} texts: nearly the same data for "
+            "every seed, an understated seed std and optimistic p-values.")
+    if pool and pool < 2 * drawn:
+        lines.append(
+            f"- The self-generated set is small: {len(records)} kept texts, about {pool} tokens, while a point draws "
+            f"{settings.nsamples} x {settings.seqlen} = {drawn} tokens from it. Its windows overlap heavily within and "
+            "across seeds, so its seed-to-seed std is understated and the Welch p-values that involve it are "
+            "optimistic.")
+    return lines
+
+
+def carried_runs(settings: ReproSettings, previous, made):
+    """The previous report's rows (a DataFrame) for the points carried over (see `carried_points`) not rerun
+    since `made` (this reproduction's frame)."""
+    import pandas as pd
+
+    carried = carried_points(settings, previous)
+    main = made[(made["eval_windows"] == settings.eval_windows) & (made["mode"] == settings.mode)] if not made.empty else made
+    done = set(map(tuple, main[list(RUN_LABEL)].itertuples(index=False))) if not main.empty else set()
+    rows = [row for label, row in carried.items() if label not in done]
+    return pd.DataFrame(rows, columns=previous.columns).assign(
+        eval_windows=settings.eval_windows, mode=settings.mode, carried=True)

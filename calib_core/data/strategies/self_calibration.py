@@ -1,4 +1,5 @@
-"""Self-calibration (Williams, Chrysostomou and Aletras, NAACL 2025): the model writes its own calibration text.
+"""self-calibration (Williams, Chrysostomou and Aletras, NAACL 2025): the model writes its own calibration text,
+its windows made from its start token alone; the run's source is not read.
 
 As the paper describes it (section 3):
 - generation is conditioned on the start-of-sequence token alone (no prompt, no corpus);
@@ -23,7 +24,8 @@ import math
 
 import torch
 
-from ..errors import ConfigError, SourceError
+from ...errors import ConfigError, SourceError
+from .base import SELF_CALIBRATION, Selection, SelectionContext, Setting, Strategy
 
 TEMPERATURE_SHAPES = {
     "linear": "straight from the start to the end value over the ramp, then the end value (the paper's)",
@@ -182,3 +184,29 @@ def generate_windows(model, tokenizer, nsamples: int, seqlen: int, seed: int, op
                         "mean_document_tokens": sum(lengths) / len(lengths)}
                 windows.append([])
     raise SourceError("Self-calibration could not fill its windows.")  # unreachable: see the loop's bound
+
+
+def _self_calibration(ctx: SelectionContext) -> Selection:
+    ids, details = generate_windows(ctx.model, ctx.tokenizer, ctx.nsamples, ctx.seqlen, ctx.seed, ctx.options)
+    return Selection(ids, [ctx.seqlen] * ctx.nsamples, details=details)
+
+
+STRATEGY = Strategy(SELF_CALIBRATION, "the model writes its own windows from BOS (no corpus)",
+                    "The model writes every window itself, starting from its start token alone and sampling until its "
+                    "end token; further generations fill the rest of the window (Williams et al., NAACL 2025). The "
+                    "temperature moves from a start to an end value over the first steps of each generation, then holds; "
+                    "the paper's headline runs sample at 1.0 throughout. For a multilingual vocabulary the first token is "
+                    "an English stop word, as in the paper. No corpus is read.",
+                    True, False, (Setting("temperature_start", 1.0, "temperature of the first sampled token of a "
+                                          "generation (the paper's headline runs: 1.0)", low=0.01, high=10.0),
+                                  Setting("temperature_end", 1.0, "temperature after the ramp (the paper's headline "
+                                          "runs: 1.0)", low=0.01, high=10.0),
+                                  Setting("ramp_steps", 10, "generation steps over which the temperature moves from the "
+                                          "start to the end value, held after (the paper's ablation: 10)", low=1, high=10**6),
+                                  Setting("temperature_shape", "linear", "; ".join(f"{k}: {v}" for k, v in
+                                                                                 TEMPERATURE_SHAPES.items()),
+                                          choices=tuple(TEMPERATURE_SHAPES)),
+                                  Setting("first_token", "auto", "; ".join(f"{k}: {v}" for k, v in FIRST_TOKEN_RULES.items()),
+                                          choices=tuple(FIRST_TOKEN_RULES)),
+                                  Setting("generation_batch_size", 16, "generations sampled together", low=1, high=1024)),
+                    _self_calibration, revision=1)

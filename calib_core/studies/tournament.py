@@ -2,7 +2,7 @@
 method at each setting over several seeds, on each model, and measured per capability (held-out
 perplexity on each builtin domain, and the 4-way cloze proxy), never as one number.
 
-Entries: the strategies of data/strategies.py on one pool source (default builtin:wiki), plus `mix`: the
+Entries: the strategies of data/strategies/ on one pool source (default builtin:wiki), plus `mix`: the
 random draw from a uniform mix of the four builtin sources (mix: sources, data/mix.py). Every point is an
 ordinary run under one sweep name, so an interrupted tournament resumes where it stopped (and a runs CSV
 of an earlier report, `previous`, carries its points over to another machine); the first `early_seeds`
@@ -24,7 +24,7 @@ from ..data.sources import BUILTIN_SOURCES
 from ..data.strategies import RANDOM, SELF_CALIBRATION
 from ..errors import ConfigError
 from ..runs.events import PipelineEvent
-from .sweeps import SweepGrid, SweepPoint, SweepSummary, run_sweep
+from ..experiments.sweeps import SweepGrid, SweepPoint, SweepSummary, run_sweep
 
 MIX = "mix"
 UNIFORM_MIX = "mix:" + ",".join(f"{source}=1" for source in BUILTIN_SOURCES)
@@ -199,6 +199,12 @@ def entry_of(calibration: str, strategy: str, source: str | None = None) -> str:
     return strategy
 
 
+def finished_keys(settings: TournamentSettings, store) -> set[str]:
+    """Point keys finished in `store` or carried in by the settings' `previous` runs CSV."""
+    earlier = set(previous_frame(settings)["point_key"]) if settings.previous else set()
+    return earlier | store.finished_points(settings.name)
+
+
 def run_tournament(settings: TournamentSettings, store=None, on_event=None, cancel=None,
                    references: bool = True) -> SweepSummary:
     """Every model's points not yet finished, then (with `references`) each model's dense reference (its
@@ -209,7 +215,7 @@ def run_tournament(settings: TournamentSettings, store=None, on_event=None, canc
     emit = on_event or (lambda event: None)
     summary = SweepSummary()
     earlier = set(previous_frame(settings)["point_key"]) if settings.previous else set()
-    finished = earlier | store.finished_points(settings.name)
+    finished = finished_keys(settings, store)
     notice = dtype_notice(settings)
     if notice and any(p.key not in finished for m in settings.models for p in settings.points(m)):
         emit(PipelineEvent("sweep", notice))
@@ -343,7 +349,7 @@ def tournament_frame(settings: TournamentSettings, store):
 def _store_frame(settings: TournamentSettings, store):
     import pandas as pd
 
-    from .stats import runs_frame
+    from ..experiments.stats import runs_frame
 
     by_key = {p.key: (model, p) for model in settings.models for p in settings.points(model)}
     runs = [r for r in store.sweep_runs(settings.name) if r.get("point_key") in by_key]

@@ -17,7 +17,7 @@ PILOT_RUNS_FILE = "strategies-pilot-runs.csv"
 
 def protocol_lines(settings: TournamentSettings) -> list[str]:
     """What is measured and how it is judged: written before the protocol's first run."""
-    from .equivalence import CLAIM_RULES, MARGINS, MDE_TARGET
+    from ..experiments.equivalence import CLAIM_RULES, MARGINS, MDE_TARGET
 
     lines = [
         "## Protocol", "",
@@ -50,7 +50,7 @@ def protocol_lines(settings: TournamentSettings) -> list[str]:
         f"- Claims: {CLAIM_RULES}",
         f"- Power target: an MDE of at most {MDE_TARGET * 100:.0f}% on wiki perplexity for Wanda 50% on "
         f"{settings.models[0]}.", "",
-        "Strategy settings (defaults of data/strategies.py unless listed):", "",
+        "Strategy settings (defaults of data/strategies/ unless listed):", "",
     ]
     for name in settings.strategies:
         if STRATEGIES[name].settings:
@@ -66,7 +66,7 @@ def protocol_lines(settings: TournamentSettings) -> list[str]:
 
 def pilot_lines(pilot: pd.DataFrame, settings: TournamentSettings) -> list[str]:
     """The pilot's seed-noise table and what it implies for the MDE at several seed counts."""
-    from .equivalence import as_stated
+    from ..experiments.equivalence import as_stated
 
     family = max(len(planned_comparisons(_protocol_entries(settings), c, settings.source))
                  for c in capabilities(settings))
@@ -97,7 +97,7 @@ def pilot_noise(pilot: pd.DataFrame, family: int) -> pd.DataFrame:
     """Per scale and capability: seeds, mean, seed sd (on the margin's scale) and the MDE at PILOT_SEEDS seeds."""
     import math
 
-    from .equivalence import margin_of, minimum_detectable_effect
+    from ..experiments.equivalence import margin_of, minimum_detectable_effect
 
     rows = []
     columns = [c for c in pilot.columns if c.startswith("ppl builtin:") or c == CLOZE]

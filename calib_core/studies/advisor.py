@@ -24,7 +24,7 @@ from ..data import sets
 from ..data.strategies import RANDOM, SELF_CALIBRATION, STRATEGIES, build_strategy_calibration
 from ..errors import ConfigError
 from ..prune import PruneConfig
-from .stats import setting_label
+from ..experiments.stats import setting_label
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class AdviceSettings:
 def check_case(candidates: list[Candidate], target: str, settings: AdviceSettings) -> None:
     """What can be checked before any model loads: two or more candidates, every source and the target, the
     method (its masks must be predictable) and its setting."""
-    from ..data.sources import check_source
+    from ..data.documents import check_source
     from ..metrics.proxies import predictable
 
     if len(candidates) < 2:
@@ -195,7 +195,8 @@ def protocol_rows(rows: pd.DataFrame) -> pd.DataFrame:
 UNVALIDATED = "unvalidated"
 # A proxy whose computation changed after validation rows were written, with its current revision: rows of
 # an earlier one (rows without a `proxy_revision` are of revision 0) say nothing of the proxy as it is now.
-PROXY_REVISIONS = {("sparsegpt", "predicted_jaccard"): 1}
+MASK_PROXY = "predicted_jaccard"  # the one proxy that depends on the method and setting
+PROXY_REVISIONS = {("sparsegpt", MASK_PROXY): 1}
 REVISED = {("sparsegpt", "predicted_jaccard"): (
     "revision 0 was a per-row static score that ranked weights as Wanda's does (rank correlation 0.9999 with the "
     "Wanda proxy); revision 1 runs SparseGPT's own block-wise selection")}

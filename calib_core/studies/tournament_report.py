@@ -13,9 +13,9 @@ import pandas as pd
 
 from ..errors import MissingDependencyError, NotEnoughDataError
 from ..provenance import environment_versions
-from . import sweep_figures
+from ..experiments import sweep_figures
 from ..data.strategies import RANDOM
-from .stats import setting_sort_key
+from ..experiments.stats import setting_sort_key
 from .tournament import (CLOZE, DENSE_REFERENCE_FILE, TournamentSettings, capabilities, carried_dense, known_reference,
                          tournament_frame, THIS_STORE)
 from .tournament_comparisons import (BEST_SOURCE, IN_DOMAIN, comparisons, entry_order, power_lines,
@@ -52,7 +52,7 @@ def _table(found: pd.DataFrame, model: str, method: str, against: str = RANDOM) 
 
 def describe_row(row, capability: str) -> str:
     """A comparison row as 'Δ [low, high], MDE x: verdict' (vs its baseline when that is not in the column)."""
-    from .equivalence import Comparison, describe
+    from ..experiments.equivalence import Comparison, describe
 
     comparison = Comparison(int(row["n"]), row["diff"], row["low"], row["high"], row["sd_diff"], row["mde"],
                             row["verdict"], 0.0)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pandas as pd
 
 from ..data.strategies import RANDOM, STRATEGIES
-from .equivalence import compare, differences
-from .stats import higher_is_better
+from ..experiments.equivalence import compare, differences
+from ..experiments.stats import higher_is_better
 from .tournament import CLOZE, MIX
 
 IN_DOMAIN, BEST_SOURCE = "in-domain source", "best single source"
@@ -105,7 +105,7 @@ def entry_order(entries) -> list[str]:
 def published_claims(found: pd.DataFrame) -> list[str]:
     """Per published claim: supported, contradicted, mixed or not testable at this scale over its cells
     (equivalence.CLAIM_RULES), with the tally and where it was contradicted."""
-    from .equivalence import CLAIM_KINDS, CONTRADICTED, cell_reading, claim_verdict
+    from ..experiments.equivalence import CLAIM_KINDS, CONTRADICTED, cell_reading, claim_verdict
 
     lines = []
     for entry, against, capability_names, kind, claim in PUBLISHED:
@@ -131,7 +131,7 @@ def published_claims(found: pd.DataFrame) -> list[str]:
 
 def power_lines(found: pd.DataFrame) -> list[str]:
     """The median minimum detectable effect per capability, and how many comparisons could not tell."""
-    from .equivalence import as_stated, margin_of
+    from ..experiments.equivalence import as_stated, margin_of
 
     compared = found[found["against"] != ""]
     if compared.empty:
