@@ -2,11 +2,11 @@
 
 import streamlit as st
 
-from calib_core import assets
-from calib_core.models import AUTO_DTYPE
-from calib_core.housekeeping import clean_stale_files
 from app_ui.cache import access_policy
 from app_ui.live import sidebar_jobs
+from calib_core import assets
+from calib_core.housekeeping import clean_stale_files
+from calib_core.models import AUTO_DTYPE
 
 
 @st.cache_resource(show_spinner=False)

@@ -3,21 +3,31 @@ validated, and verify the top candidates by pruning with them."""
 
 import streamlit as st
 
+from app_ui.cache import access_policy
+from app_ui.forms import any_invalid, bounded_number
+from app_ui.live import live_view, page_kind
 from calib_core.data import sets
 from calib_core.data.sources import BUILTIN_SOURCES
 from calib_core.data.strategies import RANDOM, STRATEGIES
 from calib_core.errors import CalibLabError
-from calib_core.studies.advisor import (BEST, PROXIES, AdviceSettings, Candidate, best_validated_proxy, check_case,
-                                            ranking, self_generated_caution, validation_note, verify_specs)
 from calib_core.jobs import manager, tasks
 from calib_core.metrics.proxies import APPROXIMATION, predictable
 from calib_core.models import resolve_dtype
 from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore
 from calib_core.runs.estimate import TimeEstimate, estimate_run
-from app_ui.cache import access_policy
-from app_ui.forms import any_invalid, bounded_number
-from app_ui.live import live_view, page_kind
+from calib_core.studies.advisor import (
+    BEST,
+    PROXIES,
+    AdviceSettings,
+    Candidate,
+    best_validated_proxy,
+    check_case,
+    ranking,
+    self_generated_caution,
+    validation_note,
+    verify_specs,
+)
 
 KIND = page_kind(__file__)
 VERIFY_KIND = f"{KIND}-verify"  # its own kind: each view follows only its own jobs

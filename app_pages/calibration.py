@@ -6,23 +6,23 @@ from pathlib import Path
 import plotly.express as px
 import streamlit as st
 
-from calib_core.data import sets
+from app_ui.cache import access_policy, cached_model, mark_model_loaded, model_loaded
+from app_ui.forms import any_invalid, bounded_number, preview
+from app_ui.live import live_view, page_kind
+from app_ui.strategy import strategy_inputs
 from calib_core.assets import BUILTIN_CORPORA
+from calib_core.data import sets
 from calib_core.data.documents import LIST_MAX_CHARACTERS, load_documents, parse_source, read_upload
+from calib_core.data.selfgen import GenerationConfig, filter_by_perplexity
 from calib_core.data.sources import BUILTIN_SOURCES, MODES, eligibility_floor
 from calib_core.data.strategies import STRATEGIES
 from calib_core.data.text_files import FILE_TYPES, HOW_TEXTS_SPLIT, split_at_blank_lines
 from calib_core.data.tokens import token_lengths
 from calib_core.errors import CalibLabError, SourceError
+from calib_core.experiments.run_figures import whole_counts
 from calib_core.jobs import manager, tasks
 from calib_core.jobs.progress import generation_line
 from calib_core.runs import RunStore
-from calib_core.data.selfgen import GenerationConfig, filter_by_perplexity
-from calib_core.experiments.run_figures import whole_counts
-from app_ui.cache import access_policy, cached_model, mark_model_loaded, model_loaded
-from app_ui.forms import any_invalid, bounded_number, preview
-from app_ui.live import live_view, page_kind
-from app_ui.strategy import strategy_inputs
 
 KIND = page_kind(__file__)  # the jobs this page starts and follows
 

@@ -43,6 +43,7 @@ with st.expander("Why calibration data matters"):
 
 # The presets' estimates and the demo need the run store, torch and the job machinery (seconds to import on a
 # first visit): imported once the page's text is on screen, so the first page a newcomer sees appears at once.
+from app_ui.live import live_view, page_kind  # noqa: E402
 from calib_core.experiments.demo import demo_grid, demo_links  # noqa: E402
 from calib_core.experiments.presets import PRESETS, SIMILARITY, SWEEPS  # noqa: E402
 from calib_core.jobs import manager, tasks  # noqa: E402
@@ -50,7 +51,6 @@ from calib_core.jobs.progress import sweep_progress  # noqa: E402
 from calib_core.models import resolve_dtype  # noqa: E402
 from calib_core.runs import RunStore  # noqa: E402
 from calib_core.runs.estimate import estimate_sweep  # noqa: E402
-from app_ui.live import live_view, page_kind  # noqa: E402
 
 KIND = page_kind(__file__)
 store = RunStore()

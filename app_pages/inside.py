@@ -3,13 +3,13 @@
 
 import streamlit as st
 
+from app_ui.cache import cached_model
+from app_ui.charts import show_chart
 from calib_core.errors import CalibLabError
 from calib_core.experiments.inside_figures import module_views
 from calib_core.experiments.run_figures import Chart, run_label
 from calib_core.metrics import inside
 from calib_core.runs import RunStore, continuations
-from app_ui.cache import cached_model
-from app_ui.charts import show_chart
 
 st.title("Inside a layer")
 st.caption("Why did the calibration data change what was pruned? Pick a run (or two to compare), a block and a "

@@ -3,10 +3,10 @@
 import streamlit as st
 import torch
 
-from calib_core import assets
-from calib_core.models import AUTO_DTYPE, DTYPE_CHOICES, resolve_dtype
-from calib_core.errors import CalibLabError
 from app_ui.cache import access_policy, cached_model, mark_model_loaded, model_loaded
+from calib_core import assets
+from calib_core.errors import CalibLabError
+from calib_core.models import AUTO_DTYPE, DTYPE_CHOICES, resolve_dtype
 
 
 def show_license(alias: str) -> None:

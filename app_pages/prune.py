@@ -4,27 +4,27 @@ from dataclasses import replace
 
 import streamlit as st
 
-from calib_core.data.sources import BUILTIN_SOURCES, MODES
-from calib_core.data.strategies import describe_strategy
-from calib_core.errors import CalibLabError
-from calib_core.metrics.perplexity import PROTOCOLS
-from calib_core.experiments.run_figures import live_prune_charts
-from calib_core.jobs import manager, tasks
-from calib_core.jobs.progress import run_progress
-from calib_core.models import resolve_dtype
-from calib_core.runs import RunStore
-from calib_core.runs.estimate import estimate_run
-from calib_core.runs.spec import EvalSpec, RunSpec, check_outputs
-from calib_core.devices import resolve_device
-from calib_core.prune import PruneConfig
-from calib_core.prune.memory import estimate_memory
-from calib_core.prune.methods import ENGINE_OPTIONS, METHODS, options_of, statistics_needed
 from app_ui.cache import access_policy, cached_model, mark_model_loaded, model_loaded
 from app_ui.charts import show_chart
 from app_ui.forms import INVALID, any_invalid, bounded_number, calibration_source
 from app_ui.linked import form_from_address, form_to_address
 from app_ui.live import figures_of, live_view, page_kind
 from app_ui.strategy import strategy_inputs
+from calib_core.data.sources import BUILTIN_SOURCES, MODES
+from calib_core.data.strategies import describe_strategy
+from calib_core.devices import resolve_device
+from calib_core.errors import CalibLabError
+from calib_core.experiments.run_figures import live_prune_charts
+from calib_core.jobs import manager, tasks
+from calib_core.jobs.progress import run_progress
+from calib_core.metrics.perplexity import PROTOCOLS
+from calib_core.models import resolve_dtype
+from calib_core.prune import PruneConfig
+from calib_core.prune.memory import estimate_memory
+from calib_core.prune.methods import ENGINE_OPTIONS, METHODS, options_of, statistics_needed
+from calib_core.runs import RunStore
+from calib_core.runs.estimate import estimate_run
+from calib_core.runs.spec import EvalSpec, RunSpec, check_outputs
 
 KIND = page_kind(__file__)  # the jobs this page starts and follows
 

@@ -6,9 +6,21 @@ from dataclasses import replace
 import plotly.express as px
 import streamlit as st
 
+from app_ui.cache import access_policy
+from app_ui.charts import show_chart
+from app_ui.linked import linked_choice, linked_choices
+from app_ui.live import LIVE_KINDS, live_view, page_kind
 from calib_core.errors import CalibLabError
-from calib_core.experiments.run_figures import (BLOCK_METRICS, Chart, overlay_chart, perplexity_chart, run_label,
-                                                similarity_vs_perplexity_chart, ticks_at, whole_blocks)
+from calib_core.experiments.run_figures import (
+    BLOCK_METRICS,
+    Chart,
+    overlay_chart,
+    perplexity_chart,
+    run_label,
+    similarity_vs_perplexity_chart,
+    ticks_at,
+    whole_blocks,
+)
 from calib_core.experiments.stats import dense_baseline, evaluation_of, similarity_vs_perplexity
 from calib_core.jobs import manager, tasks
 from calib_core.metrics.agreement import block_agreement, mask_agreement, overall_jaccard
@@ -17,10 +29,6 @@ from calib_core.runs import RunStore, runs_table
 from calib_core.runs.diff import settings_diff
 from calib_core.runs.pipeline import DENSE
 from calib_core.runs.spec import EvalSpec, RunSpec, check_outputs, reproduce_command, spec_of_record
-from app_ui.cache import access_policy
-from app_ui.charts import show_chart
-from app_ui.linked import linked_choice, linked_choices
-from app_ui.live import LIVE_KINDS, live_view, page_kind
 
 KIND = page_kind(__file__)  # the jobs this page starts and follows
 

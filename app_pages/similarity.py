@@ -3,14 +3,14 @@
 import plotly.express as px
 import streamlit as st
 
-from calib_core.data import sets
-from calib_core.data.sources import BUILTIN_SOURCES, MODES
-from calib_core.jobs import manager, tasks
-from calib_core.errors import CalibLabError
-from calib_core.metrics.similarity import METRIC_LABELS, REFERENCE_CORPORA
 from app_ui.cache import access_policy
 from app_ui.forms import any_invalid, bounded_number, preview
 from app_ui.live import live_view, page_kind
+from calib_core.data import sets
+from calib_core.data.sources import BUILTIN_SOURCES, MODES
+from calib_core.errors import CalibLabError
+from calib_core.jobs import manager, tasks
+from calib_core.metrics.similarity import METRIC_LABELS, REFERENCE_CORPORA
 
 KIND = page_kind(__file__)  # the jobs this page starts and follows
 

@@ -5,22 +5,22 @@ import time
 import streamlit as st
 import yaml
 
+from app_ui.cache import access_policy
+from app_ui.forms import whole_numbers
+from app_ui.live import live_view, page_kind
 from calib_core.data import sets
 from calib_core.data.sources import BUILTIN_SOURCES, MODES
 from calib_core.data.strategies import STRATEGIES
 from calib_core.errors import CalibLabError, NotEnoughDataError
+from calib_core.experiments.stats import PPL, spread_by_setting, summarize, sweep_frame, welch_test
+from calib_core.experiments.sweep_figures import export_sweep, sweep_figures
+from calib_core.experiments.sweeps import SweepGrid
 from calib_core.jobs import manager, tasks
 from calib_core.jobs.progress import sweep_progress
 from calib_core.models import resolve_dtype
 from calib_core.prune.methods import METHODS
 from calib_core.runs import RunStore
 from calib_core.runs.estimate import estimate_sweep
-from calib_core.experiments.sweep_figures import export_sweep, sweep_figures
-from calib_core.experiments.stats import PPL, spread_by_setting, summarize, sweep_frame, welch_test
-from calib_core.experiments.sweeps import SweepGrid
-from app_ui.cache import access_policy
-from app_ui.forms import whole_numbers
-from app_ui.live import live_view, page_kind
 
 KIND = page_kind(__file__)  # the jobs this page starts and follows
 

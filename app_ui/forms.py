@@ -3,8 +3,6 @@ and the form's button stays disabled, instead of a silently red field whose old 
 
 from __future__ import annotations
 
-import streamlit as st
-
 INVALID = object()  # what a field returns when its content cannot be used
 
 
@@ -34,12 +32,11 @@ def calibration_source(container, current: str, key: str = "calib") -> str | obj
     """The calibration source: a builtin corpus or saved set from a list, or any other spec typed in and
     checked as it is typed (data.documents.check_source, and a shared app's file confinement), before any
     job starts. The spec, or INVALID with the reason under the field."""
+    from app_ui.cache import access_policy
     from calib_core.data import sets
     from calib_core.data.documents import check_source
     from calib_core.data.sources import BUILTIN_SOURCES
     from calib_core.errors import CalibLabError
-
-    from app_ui.cache import access_policy
 
     listed = list(BUILTIN_SOURCES) + [f"set:{name}" for name in sets.list_sets()]
     options = listed + [OTHER_SOURCE]

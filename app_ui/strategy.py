@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from calib_core.data.strategies import STRATEGIES, non_default
 from app_ui.forms import INVALID, bounded_number
+from calib_core.data.strategies import STRATEGIES, non_default
 
 
 def strategy_inputs(container, key: str, explain: bool = False) -> tuple[str, dict | object]:

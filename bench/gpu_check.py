@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 from _common import ROOT  # first: it puts the repository on sys.path
+
 from calib_core.prune.methods import METHODS
 
 FAMILIES = ("llama", "gemma3_text", "gpt2", "opt")

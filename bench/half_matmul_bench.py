@@ -52,9 +52,9 @@ def main() -> None:
     from calib_core.half_matmul import HalfViaFloat32Linear, half_arithmetic_names
     from calib_core.metrics.perplexity import perplexity
     from calib_core.models import decoder_blocks, load_model, prunable_modules
+    from calib_core.provenance import cpu_kind
     from calib_core.prune import PruneConfig
     from calib_core.prune.engine import prune_model
-    from calib_core.provenance import cpu_kind
 
     torch.set_num_threads(2)
     base = load_model("smollm2-135m", dtype="bfloat16")

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
+from _common import ROOT, write_results  # first: it puts the repository on sys.path
 from playwright.sync_api import expect
 
-from _common import ROOT, write_results  # first: it puts the repository on sys.path
 from tests.app_server import BROWSER_ARGS, CHROMIUM, app_server  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "live_view_bench"
@@ -71,8 +70,8 @@ def wait_until_idle(limit_s: float = 60.0) -> None:
 def one_run(browser, url: str, tabs: int, live_charts: bool, server: psutil.Process, data: Path) -> dict:
     os.environ["CALIB_LAB_DATA"] = str(data)
     from calib_core.jobs import manager, tasks
-    from calib_core.runs.spec import EvalSpec, RunSpec
     from calib_core.prune import PruneConfig
+    from calib_core.runs.spec import EvalSpec, RunSpec
 
     job = RunSpec(calib="builtin:wiki", nsamples=PRUNE["nsamples"], seqlen=PRUNE["seqlen"],
                   config=PruneConfig(method="wanda", sparsity=0.5), evaluation=EvalSpec(windows=PRUNE["eval_windows"]))

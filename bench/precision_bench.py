@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from _common import ROOT, write_results  # first: it puts the repository on sys.path
+
 OUT = ROOT / "bench" / "results" / "precision_bench"
 METHODS = ("wanda", "sparsegpt")
 DTYPES = ("float32", "bfloat16")

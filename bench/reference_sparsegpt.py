@@ -18,13 +18,12 @@ import sys
 import time
 
 import torch
+from engine_bench import CALIB, EVAL, plain_forward  # the sibling script
 from torch import nn
 
-from engine_bench import CALIB, EVAL, plain_forward  # the sibling script
 from calib_core.data.sources import build_calibration
 from calib_core.metrics.perplexity import perplexity
 from calib_core.models import load_model
-
 
 
 class _Caught(Exception):

@@ -7,11 +7,11 @@ would take, the dense model's own folder for scale, and the time of the save wit
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 from _common import ROOT, write_results  # first: it puts the repository on sys.path
+
 OUT = ROOT / "bench" / "results" / "saved_model_bench"
 SETTINGS = (("50%", dict(sparsity=0.5)), ("70%", dict(sparsity=0.7)), ("2:4", dict(pattern="2:4")))
 
@@ -20,11 +20,11 @@ def main() -> None:
     import torch
 
     from calib_core import assets
-    from calib_core.runs.pipeline import run_prune
-    from calib_core.runs.spec import EvalSpec, RunSpec
     from calib_core.prune import PruneConfig
     from calib_core.runs import RunStore
+    from calib_core.runs.pipeline import run_prune
     from calib_core.runs.saved import folder_bytes
+    from calib_core.runs.spec import EvalSpec, RunSpec
 
     torch.set_num_threads(2)
     dense_bytes = sum(p.stat().st_size for p in assets.bundled_model_dir().glob("*.safetensors"))

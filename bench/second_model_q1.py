@@ -11,10 +11,10 @@ Writes docs/results/gemma3-270m.md and docs/results/gemma3-270m-runs.csv.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from _common import ROOT  # first: it puts the repository on sys.path
+
 MODEL = "gemma3-270m"
 SETTINGS = [0.5, "2:4"]
 REFERENCE = ROOT / "docs" / "results" / "runs.csv"
@@ -25,11 +25,17 @@ def main() -> None:
     import pandas as pd
     from scipy.stats import kendalltau
 
-    from calib_core.studies.reproduce import ReproSettings, ensure_dense_reference
-    from calib_core.experiments.stats import (PPL, setting_sort_key, spread_by_setting, summarize, sweep_frame,
-                                              welch_test)
+    from calib_core.experiments.stats import (
+        PPL,
+        setting_sort_key,
+        spread_by_setting,
+        summarize,
+        sweep_frame,
+        welch_test,
+    )
     from calib_core.experiments.sweeps import run_sweep
     from calib_core.runs import RunStore
+    from calib_core.studies.reproduce import ReproSettings, ensure_dense_reference
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--report-only", action="store_true")

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from _common import ROOT, write_results  # first: it puts the repository on sys.path
+
 from tests.app_server import app_server, cpu_over, open_tab, wait_until_quiet  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "server_idle_bench"

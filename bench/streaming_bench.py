@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from _common import ROOT, write_results  # first: it puts the repository on sys.path
+
 OUT = ROOT / "bench" / "results" / "streaming_bench"
 RANDOM_MODELS = {  # Llama layouts; untied head
     "llama-0.5b": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=32, num_attention_heads=16,

@@ -26,6 +26,7 @@ from _common import ROOT, write_results  # first: it puts the repository on sys.
 from live_view_bench import browser_cpu_s, cpu_since  # noqa: E402
 
 from tests.app_server import CHROMIUM, free_port  # noqa: E402
+
 OUT = ROOT / "bench" / "results" / "tab_cost"
 CASES = ["idle", "text", "bar_eased", "bar_no_easing", "charts_unchanged", "charts_updated", "new_charts",
          "preloaded_then_new_charts"]

@@ -16,16 +16,15 @@ import json
 import time
 
 import torch
-
 from _common import ROOT, write_results  # first: it puts the repository on sys.path
+
 from calib_core.data import sets
+from calib_core.data.selfgen import GenerationConfig, generate_set, save_generated
 from calib_core.data.sources import BUILTIN_SOURCES, build_calibration
 from calib_core.metrics.perplexity import perplexity
+from calib_core.metrics.similarity import sample_texts, score_token_ids, similarity_table
 from calib_core.models import load_model
 from calib_core.prune import PruneConfig, prune_model
-from calib_core.data.selfgen import GenerationConfig, generate_set, save_generated
-from calib_core.metrics.similarity import sample_texts, score_token_ids, similarity_table
-
 
 OUT = ROOT / "bench" / "results" / "workbench_bench"
 SOURCES = list(BUILTIN_SOURCES)

@@ -22,6 +22,7 @@ from .errors import ModelLoadError, SourceError
 from .files import atomic_folder, atomic_write_json
 from .paths import cache_dir
 
+
 @dataclass(frozen=True)
 class BundledModel:
     """A model that comes from registry packages as a GGUF file, converted once to an fp32

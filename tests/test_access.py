@@ -1,15 +1,14 @@
 """A shared app confines visitors to one workspace folder and capped sizes; a local one does not."""
 
 import os
-
 from dataclasses import replace
 
 import pytest
 
 from calib_core.access import SHARED_LIMITS, AccessPolicy, is_loopback
 from calib_core.errors import AccessError
-from calib_core.runs.spec import EvalSpec, RunSpec
 from calib_core.experiments.sweeps import SweepGrid
+from calib_core.runs.spec import EvalSpec, RunSpec
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from calib_core.metrics.agreement import block_agreement, mask_agreement, save_masks
 from calib_core.errors import ConfigError, NotEnoughDataError
+from calib_core.metrics.agreement import block_agreement, mask_agreement, save_masks
 from calib_core.models import decoder_blocks, prunable_modules, weight_matrix
 from tests.tiny import tiny_model
 

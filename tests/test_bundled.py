@@ -155,8 +155,8 @@ PINNED_MASKS = {
 def test_masks_are_pinned(fresh, name, monkeypatch):
     import hashlib
 
-    from calib_core.prune import masks
     from calib_core.provenance import cpu_kind
+    from calib_core.prune import masks
 
     options, digests = PINNED_MASKS[name]
     kind = cpu_kind()
@@ -181,10 +181,10 @@ def test_masks_are_pinned(fresh, name, monkeypatch):
 # --- the second bundled model -----------------------------------------------------------------------
 def test_gemma3_is_assembled_converted_with_its_terms_and_every_method_prunes_it(tmp_path):
     from calib_core.experiments.run_figures import live_prune_charts
-    from calib_core.runs.pipeline import run_prune
-    from calib_core.runs.spec import EvalSpec, RunSpec
     from calib_core.prune.methods import METHODS
     from calib_core.runs import RunStore
+    from calib_core.runs.pipeline import run_prune
+    from calib_core.runs.spec import EvalSpec, RunSpec
 
     folder = assets.bundled_model_dir("gemma3-270m")
     assert (folder / "GEMMA_TERMS.html").exists() and not list(folder.parent.glob(".gemma3-270m-gguf-*"))

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from calib_core.metrics.cloze import cloze_accuracy, cloze_items
 from calib_core.data.documents import load_documents
 from calib_core.errors import SourceError
+from calib_core.metrics.cloze import cloze_accuracy, cloze_items
 from tests.tiny import CharTokenizer, tiny_model
 
 TOK = CharTokenizer()
@@ -73,10 +73,10 @@ def test_bundled_model_beats_chance_and_pruning_hurts(bundled_for_cloze):
 
 
 def test_pipeline_records_cloze_accuracy(tmp_path):
-    from calib_core.runs.pipeline import run_prune
-    from calib_core.runs.spec import EvalSpec, RunSpec
     from calib_core.prune import PruneConfig
     from calib_core.runs import RunStore
+    from calib_core.runs.pipeline import run_prune
+    from calib_core.runs.spec import EvalSpec, RunSpec
     from tests.tiny import save_tiny_folder
 
     folder = save_tiny_folder(tmp_path / "tiny")

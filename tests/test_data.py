@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from calib_core import assets
-
 from calib_core.data import sets
 from calib_core.data.documents import load_documents, read_text_file
 from calib_core.data.sources import DOCUMENT_PAD_ID, build_calibration, draw_windows

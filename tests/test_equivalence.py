@@ -7,8 +7,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from calib_core.experiments.equivalence import (CONTRADICTED, MIXED, NOT_TESTABLE, SUPPORTED, claim_verdict, compare,
-                                                differences, minimum_detectable_effect, verdict_of)
+from calib_core.experiments.equivalence import (
+    CONTRADICTED,
+    MIXED,
+    NOT_TESTABLE,
+    SUPPORTED,
+    claim_verdict,
+    compare,
+    differences,
+    minimum_detectable_effect,
+    verdict_of,
+)
 from calib_core.studies.tournament import CLOZE
 from calib_core.studies.tournament_comparisons import comparisons, published_claims
 
@@ -148,10 +157,10 @@ def test_the_pilot_table_states_seed_noise_and_the_mde_it_implies():
 
 
 def test_the_report_states_its_protocol_and_pilot_before_any_run(tmp_path):
+    from calib_core.runs import RunStore
     from calib_core.studies.tournament import TournamentSettings
     from calib_core.studies.tournament_protocol import PILOT_RUNS_FILE
     from calib_core.studies.tournament_report import write_tournament_report
-    from calib_core.runs import RunStore
 
     pilot = pd.DataFrame([{"nsamples": 32, "seqlen": 512, "seed": s, "ppl builtin:wiki": 30 + s, CLOZE: 0.6}
                           for s in range(8)])

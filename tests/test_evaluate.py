@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from calib_core.cli import main
 from calib_core.errors import ConfigError
-from calib_core.metrics.perplexity import eval_token_stream, perplexity
 from calib_core.experiments.sweeps import SweepGrid
+from calib_core.metrics.perplexity import eval_token_stream, perplexity
 from tests.tiny import char_tokenizer, save_tiny_folder, tiny_model
 
 # WikiText-2 style rows: headings, paragraphs and the empty rows between them

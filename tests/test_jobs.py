@@ -2,7 +2,6 @@
 cancel and failures reported, a dead worker recorded as failed, and a job outlives its server."""
 
 import os
-import pickle
 import signal
 import subprocess
 import sys

@@ -14,8 +14,8 @@ from calib_core.experiments.run_figures import live_prune_charts, run_label
 from calib_core.experiments.stats import dense_baseline, similarity_vs_perplexity
 from calib_core.jobs import manager
 from calib_core.jobs.progress import run_progress
-from calib_core.runs.events import PipelineEvent
 from calib_core.prune.events import AllocationEvent, BlockRecord, ModuleRecord, StageEvent
+from calib_core.runs.events import PipelineEvent
 from tests.test_jobs import fails, gated
 from tests.tiny import save_tiny_folder
 

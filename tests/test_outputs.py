@@ -9,13 +9,12 @@ import stat
 import pytest
 
 from calib_core import files
-
-from calib_core.data import sets
 from calib_core.cli import main as cli_main
+from calib_core.data import sets
 from calib_core.errors import OutputError
+from calib_core.runs import RunStore
 from calib_core.runs.pipeline import run_prune
 from calib_core.runs.spec import EvalSpec, RunSpec
-from calib_core.runs import RunStore
 from tests.tiny import save_tiny_folder
 
 MISSING_MODEL = "/nonexistent/model-folder"  # loading it would fail: an output error must come first

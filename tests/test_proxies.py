@@ -10,8 +10,13 @@ import pytest
 import torch
 
 from calib_core.data import sets
-from calib_core.metrics.proxies import (dense_channel_norms, norm_divergence, packed_jaccard, packed_masks,
-                                        predicted_masks)
+from calib_core.metrics.proxies import (
+    dense_channel_norms,
+    norm_divergence,
+    packed_jaccard,
+    packed_masks,
+    predicted_masks,
+)
 from calib_core.models import decoder_blocks, prunable_modules, weight_matrix
 from calib_core.prune import PruneConfig
 from calib_core.prune.engine import Pruner
@@ -282,8 +287,8 @@ def test_advise_refuses_bad_cases_before_loading_a_model(capsys):
 
 
 def test_the_proxy_table_has_every_proxy_and_a_ranking_follows_each_proxys_direction(tmp_path):
-    from calib_core.studies.advisor import PROXIES, AdviceSettings, Candidate, proxy_table, ranking
     from calib_core.models import load_model
+    from calib_core.studies.advisor import PROXIES, AdviceSettings, Candidate, proxy_table, ranking
     from tests.tiny import save_tiny_folder
 
     loaded = load_model(str(save_tiny_folder(tmp_path / "tiny")), dtype="float32")
@@ -341,9 +346,7 @@ def test_the_advisor_page_ranks_warns_when_unvalidated_and_verifies_the_top(tmp_
 
 def test_the_validation_reuses_the_tournaments_points():
     from calib_core.studies.advisor_validation import ValidationSettings
-    from calib_core.studies.tournament import TournamentSettings
-
-    from calib_core.studies.tournament import ROUND_ONE
+    from calib_core.studies.tournament import ROUND_ONE, TournamentSettings
 
     validation = ValidationSettings().tournament
     for model in validation.models:
@@ -355,12 +358,11 @@ def test_the_validation_reuses_the_tournaments_points():
 def test_the_validation_measures_rank_agreement_between_proxies_and_pruning(tmp_path):
     from scipy import stats
 
-    from calib_core.studies.advisor import PROXIES
-    from calib_core.studies.advisor import ACROSS_SOURCES, ALL
-    from calib_core.studies.advisor_validation import ValidationSettings, validate
-    from calib_core.studies.validation_measures import PER_PROXY
-    from calib_core.studies.tournament import TournamentSettings, tournament_frame
     from calib_core.runs import RunStore
+    from calib_core.studies.advisor import ACROSS_SOURCES, ALL, PROXIES
+    from calib_core.studies.advisor_validation import ValidationSettings, validate
+    from calib_core.studies.tournament import TournamentSettings, tournament_frame
+    from calib_core.studies.validation_measures import PER_PROXY
     from tests.tiny import save_tiny_folder
 
     folder = str(save_tiny_folder(tmp_path / "tiny"))
@@ -419,10 +421,10 @@ def test_validate_advisor_cli_reads_committed_style_csvs_without_loading_a_model
     per-case table advise reads, and a Results section that replaces the old one under the fixed protocol."""
     from calib_core import models
     from calib_core.cli import main as cli_main
+    from calib_core.experiments.stats import setting_label
     from calib_core.studies import advisor
     from calib_core.studies.advisor import PROXIES
     from calib_core.studies.advisor_validation import MASK_PROXY, ValidationSettings
-    from calib_core.experiments.stats import setting_label
     from calib_core.studies.tournament import entry_of
 
     def no_model(*args, **kwargs):
@@ -483,8 +485,14 @@ def test_validate_advisor_cli_reads_committed_style_csvs_without_loading_a_model
 
 
 def test_each_proxys_cost_share_counts_its_own_seconds_and_the_target_against_the_methods_runs_on_the_same_cpu():
-    from calib_core.studies.validation_measures import (ALL_AT_ONCE, NO_RUN_TIMES, OTHER_MACHINES, PER_PROXY,
-                                                        WITH_SELECTION, cost_shares)
+    from calib_core.studies.validation_measures import (
+        ALL_AT_ONCE,
+        NO_RUN_TIMES,
+        OTHER_MACHINES,
+        PER_PROXY,
+        WITH_SELECTION,
+        cost_shares,
+    )
 
     # model a: two candidates, each proxy timed apart on cpu X (the mask proxy per method)
     timed = pd.DataFrame({"model": "a", "entry": ["x", "x", "x", "y", "y", "y"], "seed": 0,
@@ -578,8 +586,13 @@ def test_the_results_section_states_the_goal_the_single_target_cells_and_how_muc
 
 
 def test_rows_of_an_earlier_proxy_revision_are_not_quoted_for_todays_proxy(tmp_path):
-    from calib_core.studies.advisor import (UNVALIDATED, best_validated_proxy, current_rows, proxy_revision,
-                                                validation_note)
+    from calib_core.studies.advisor import (
+        UNVALIDATED,
+        best_validated_proxy,
+        current_rows,
+        proxy_revision,
+        validation_note,
+    )
 
     assert proxy_revision("sparsegpt", "predicted_jaccard") == 1 and proxy_revision("wanda", "predicted_jaccard") == 0
     header = "model,method,setting,target,proxy,spearman,kendall,spearman_low,spearman_high,candidates,cost_share"

@@ -8,8 +8,8 @@ import pytest
 from calib_core.cli import main as cli_main
 from calib_core.errors import MissingDependencyError
 from calib_core.experiments.ray_sweep import ray_available, run_sweep_on_ray
-from calib_core.runs import RunStore
 from calib_core.experiments.sweeps import SweepGrid, run_sweep
+from calib_core.runs import RunStore
 from tests.tiny import save_tiny_folder
 
 

@@ -17,10 +17,9 @@ import pytest
 
 from calib_core import files
 from calib_core.errors import OutputError
-from calib_core.runs import pipeline
+from calib_core.runs import RunStore, pipeline
 from calib_core.runs.pipeline import run_prune
 from calib_core.runs.spec import EvalSpec, RunSpec
-from calib_core.runs import RunStore
 from tests.conftest import fill_disk
 from tests.tiny import save_tiny_folder
 

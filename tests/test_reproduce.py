@@ -6,17 +6,23 @@ import pandas as pd
 import pytest
 
 from calib_core.cli import main as cli_main
-from calib_core.errors import ConfigError, NotEnoughDataError
-from calib_core.studies.reproduce import (PLAN_CHANGES, ReproSettings, ordered_points, report_caveats, reproduction_frame,
-                                         run_reproduction)
-from calib_core.studies.reproduce_report import write_report
-from calib_core.runs import RunStore
-from calib_core.data.sets import save_set
 from calib_core.data.selfgen import GenerationConfig
-from calib_core.experiments.sweep_figures import export, nsamples_band, seed_violins, source_bars, spread_chart
+from calib_core.data.sets import save_set
+from calib_core.errors import ConfigError, NotEnoughDataError
 from calib_core.experiments.stats import runs_frame, spread_by_setting, summarize, welch_test
-from tests.tiny import save_tiny_folder
+from calib_core.experiments.sweep_figures import export, nsamples_band, seed_violins, source_bars, spread_chart
+from calib_core.runs import RunStore
+from calib_core.studies.reproduce import (
+    PLAN_CHANGES,
+    ReproSettings,
+    ordered_points,
+    report_caveats,
+    reproduction_frame,
+    run_reproduction,
+)
+from calib_core.studies.reproduce_report import write_report
 from tests.conftest import PLOTLY_JS_MARKER
+from tests.tiny import save_tiny_folder
 
 
 def _frame(values: dict) -> pd.DataFrame:

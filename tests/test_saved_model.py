@@ -3,8 +3,8 @@ was pruned (checked before the folder is put in place), carries a model card say
 and the command that remakes it, states its size, and uploads to the hub only when it can."""
 
 import json
-from dataclasses import replace
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,12 +13,13 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from calib_core.cli import build_parser, main as cli_main, run_spec
+from calib_core.cli import build_parser, run_spec
+from calib_core.cli import main as cli_main
+from calib_core.prune import PruneConfig
+from calib_core.runs import RunStore
 from calib_core.runs import saved as saved_model
 from calib_core.runs.pipeline import run_prune
 from calib_core.runs.spec import EvalSpec, RunSpec, reproduce_command
-from calib_core.prune import PruneConfig
-from calib_core.runs import RunStore
 from tests.tiny import random_ids, save_tiny_folder, tiny_model
 
 

@@ -10,14 +10,23 @@ import pandas as pd
 import pytest
 import torch
 
-from calib_core.cli import build_parser, main as cli_main, run_spec
+from calib_core.cli import build_parser, run_spec
+from calib_core.cli import main as cli_main
 from calib_core.data import sets
-from calib_core.data.mix import parse_mix
 from calib_core.data.documents import parse_source
+from calib_core.data.mix import parse_mix
 from calib_core.data.sources import build_calibration
+from calib_core.data.strategies import (
+    STRATEGIES,
+    build_strategy_calibration,
+    check_strategy,
+    greedy_coverage,
+    layer_features,
+    nearest_distinct,
+    normalised_tokens,
+    window_cross_entropy,
+)
 from calib_core.data.strategies.self_calibration import ScheduledTemperature, temperature_schedule
-from calib_core.data.strategies import (STRATEGIES, build_strategy_calibration, check_strategy, greedy_coverage,
-                                        layer_features, nearest_distinct, normalised_tokens, window_cross_entropy)
 from calib_core.errors import ConfigError, SourceError
 from calib_core.experiments.sweeps import SweepGrid, run_sweep
 from calib_core.runs import RunStore

@@ -8,12 +8,12 @@ from transformers import AutoModelForCausalLM
 
 from calib_core.cli import main as cli_main
 from calib_core.errors import UnsupportedModelError
-from calib_core.runs.pipeline import run_prune
-from calib_core.runs.spec import EvalSpec, RunSpec
 from calib_core.prune import PruneConfig
 from calib_core.prune.memory import estimate_memory
 from calib_core.prune.streaming import StreamedModel
 from calib_core.runs import RunStore
+from calib_core.runs.pipeline import run_prune
+from calib_core.runs.spec import EvalSpec, RunSpec
 from tests.tiny import save_tiny_folder
 
 

@@ -7,13 +7,13 @@ import pytest
 
 from calib_core.cli import main as cli_main
 from calib_core.errors import ConfigError
-from calib_core.runs.pipeline import run_prune
-from calib_core.runs.spec import EvalSpec, RunSpec
+from calib_core.experiments.sweeps import SweepGrid, run_sweep
 from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore
-from calib_core.experiments.sweeps import SweepGrid, run_sweep
-from tests.tiny import save_tiny_folder
+from calib_core.runs.pipeline import run_prune
+from calib_core.runs.spec import EvalSpec, RunSpec
 from tests.conftest import PLOTLY_JS_MARKER
+from tests.tiny import save_tiny_folder
 
 
 def _grid(folder, **overrides):

@@ -9,15 +9,24 @@ import torch
 import torch.nn.functional as F
 
 from calib_core.data import sets
-from calib_core.errors import ConfigError
-from calib_core.models import load_model
-from calib_core.prune import PruneConfig, prune_model
 from calib_core.data.selfgen import GenerationConfig, filter_by_perplexity, generate_set, save_generated
 from calib_core.data.sources import build_calibration
 from calib_core.data.tokens import special_affixes
-from calib_core.errors import SourceError
-from calib_core.metrics.similarity import (Reference, js_divergence, min_k, ngram_overlap, ngrams,
-                                   sample_for_scoring, sample_texts, score_token_ids, similarity_table, words)
+from calib_core.errors import ConfigError, SourceError
+from calib_core.metrics.similarity import (
+    Reference,
+    js_divergence,
+    min_k,
+    ngram_overlap,
+    ngrams,
+    sample_for_scoring,
+    sample_texts,
+    score_token_ids,
+    similarity_table,
+    words,
+)
+from calib_core.models import load_model
+from calib_core.prune import PruneConfig, prune_model
 from tests.tiny import CharTokenizer, char_tokenizer, random_ids, save_tiny_folder, tiny_model
 
 TOK = CharTokenizer()

@@ -7,11 +7,11 @@ import pytest
 from calib_core import hub
 from calib_core.cli import main as cli_main
 from calib_core.errors import ConfigError, MissingDependencyError, SourceError
-from calib_core.runs.pipeline import run_prune
-from calib_core.runs.spec import EvalSpec, RunSpec
+from calib_core.metrics.zeroshot import PAPER_TASKS, lm_eval_accuracy, resolve_tasks, write_cloze_task
 from calib_core.prune import PruneConfig
 from calib_core.runs import RunStore
-from calib_core.metrics.zeroshot import PAPER_TASKS, lm_eval_accuracy, resolve_tasks, write_cloze_task
+from calib_core.runs.pipeline import run_prune
+from calib_core.runs.spec import EvalSpec, RunSpec
 from tests.tiny import save_tiny_folder
 
 

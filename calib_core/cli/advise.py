@@ -32,9 +32,19 @@ def add_advise_arguments(advise) -> None:
 
 def cmd_advise(args) -> int:
     from ..errors import ConfigError
-    from ..studies.advisor import (BEST, AdviceSettings, Candidate, best_validated_proxy, check_case, proxy_table,
-                                      ranking, self_generated_caution, validation_note, verify)
     from ..models import load_model
+    from ..studies.advisor import (
+        BEST,
+        AdviceSettings,
+        Candidate,
+        best_validated_proxy,
+        check_case,
+        proxy_table,
+        ranking,
+        self_generated_caution,
+        validation_note,
+        verify,
+    )
 
     candidates = [Candidate.parse(c) for c in args.candidates]
     if args.verify < 0 or args.verify > len(candidates):

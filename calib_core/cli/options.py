@@ -13,7 +13,6 @@ from ..models import AUTO_DTYPE, DTYPE_CHOICES
 from ..prune.config import PruneConfig
 from ..prune.methods import METHODS, all_options
 
-
 DEFAULT_EVAL = ["builtin:wiki"]
 
 

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import sys
 
-from .options import (add_eval_args, add_lm_eval_args, add_method_args, add_model_args, add_sampling_args,
-                      add_strategy_args, eval_spec, load_model_of, method_config, print_result, strategy_options)
+from .options import (
+    add_eval_args,
+    add_lm_eval_args,
+    add_method_args,
+    add_model_args,
+    add_sampling_args,
+    add_strategy_args,
+    eval_spec,
+    load_model_of,
+    method_config,
+    print_result,
+    strategy_options,
+)
 
 
 def add_prune_arguments(prune) -> None:

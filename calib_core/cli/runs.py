@@ -42,8 +42,8 @@ def add_sweep_arguments(sweep) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from ..runs import RunStore
     from ..experiments.sweeps import SweepGrid
+    from ..runs import RunStore
 
     grid = SweepGrid.from_file(args.grid)
     if args.figures:

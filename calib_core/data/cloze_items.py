@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from ..errors import SourceError
 from .documents import load_documents
 
-
 _PART_NAMES = {"eval": "held-out", "calib": "calibration"}
 
 

@@ -19,10 +19,14 @@ from .. import assets, hub
 from ..errors import SourceError
 from . import sets
 from .mix import parse_mix
-from .text_files import LazyText, check_text_file, detect_text_column, iter_file_documents, split_at_blank_lines, \
-    too_large_to_list
-
-
+from .text_files import (
+    LazyText,
+    check_text_file,
+    detect_text_column,
+    iter_file_documents,
+    split_at_blank_lines,
+    too_large_to_list,
+)
 
 # Whole-source views (load_documents: previews, saving a set, prefixes) hold every text in memory.
 LIST_MAX_CHARACTERS = 64_000_000

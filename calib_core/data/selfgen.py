@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from ..errors import ConfigError, SourceError
+from ..scoring import pad_id, perplexity_of, score_token_ids
 from . import sets
 from .documents import load_documents
 from .tokens import first_tokens
-from ..errors import ConfigError, SourceError
-from ..scoring import pad_id, perplexity_of, score_token_ids
 
 
 @dataclass(frozen=True)

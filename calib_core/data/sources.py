@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from .. import assets
-from . import sets
 from ..errors import InsufficientMemoryError, SourceError
+from . import sets
 from .documents import parse_source, source_texts
 from .mix import parse_mix, random_token_rows
 from .tokens import Pool, ReadLimits, read_pool

@@ -10,8 +10,8 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-from ..prune.events import blocks_frame, modules_frame
 from ..data.sets import mark_deleted
+from ..prune.events import blocks_frame, modules_frame
 from ..runs.store import strategy_label
 
 BLOCK_AXIS = "block (decoder layer index)"

@@ -37,12 +37,11 @@ from .. import assets
 from ..data.sources import DEFAULT_CONCAT_SEPARATOR, check_mode, check_windows_fit
 from ..data.strategies import RANDOM, STRATEGIES, check_strategy, describe_strategy, non_default
 from ..errors import CalibLabError, ConfigError, PruningCancelled
+from ..prune import PruneConfig
+from ..prune.methods import all_options
 from ..runs.events import PipelineEvent
 from ..runs.pipeline import run_prune
 from ..runs.spec import EvalSpec, RunSpec
-from ..prune import PruneConfig
-from ..prune.methods import all_options
-
 
 MAX_SWEEP_POINTS = 10_000
 # The config fields every point's key holds. Options added since (a new method's) enter a key only when

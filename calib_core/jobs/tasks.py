@@ -53,8 +53,8 @@ def demo(job, grid: SweepGrid):
 
 def advise(job, model_spec: str, model_options: dict, device: str, candidates: list, target: str, settings):
     """The advisor's proxy table of `candidates` (studies.advisor.Candidate) for `target`."""
-    from ..studies.advisor import proxy_table
     from ..runs.events import PipelineEvent
+    from ..studies.advisor import proxy_table
 
     loaded = load_model(model_spec, **model_options, device=device)
     place_for_inference(loaded.model, device)

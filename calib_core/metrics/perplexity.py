@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from ..data.documents import parse_source, source_texts
 from ..data.sources import READ_TOKENS_FLOOR
 from ..data.tokens import ReadLimits, read_pool
-from ..errors import ConfigError, SourceError
 from ..devices import resolve_device
+from ..errors import ConfigError, SourceError
 
 # How perplexity is measured, each with the help every front end shows.
 PROTOCOLS = {

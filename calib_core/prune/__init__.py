@@ -1,7 +1,7 @@
 """Pruning: the layer-wise engine and one module per method."""
 
-from .config import PruneConfig
 from .capture import capture_block_inputs
+from .config import PruneConfig
 from .engine import PruneResult, prune_model
 from .events import AllocationEvent, BlockRecord, ModuleRecord, StageEvent
 from .masks import Pattern, parse_pattern

@@ -19,8 +19,8 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
-from ..errors import ConfigError, PruningCancelled
 from ..devices import resolve_device, synchronize
+from ..errors import ConfigError, PruningCancelled
 from ..models import decoder_blocks, is_quantized, prunable_modules, set_weight_matrix, weight_matrix
 from .capture import BlockInputs, StatsHooks, block_forward, capture_block_inputs, walk_blocks
 from .config import PruneConfig

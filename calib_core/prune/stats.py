@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-
 CHANNEL_KINDS = {
     "norm": "||X_j||: sqrt(sum over tokens of x_j^2 / nsamples), the activation norm Wanda's score multiplies "
             "(also OWL's outlier scores, RIA's ||X_j||^a and DSnoT's Wanda base)",

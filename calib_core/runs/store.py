@@ -10,14 +10,13 @@ import sqlite3
 import time
 from contextlib import closing
 from dataclasses import asdict
-from typing import TypedDict
 from pathlib import Path
+from typing import TypedDict
 
-
-from ..provenance import environment_versions, peak_memory
 from ..errors import ConfigError, OutputError, RunNotFoundError
 from ..files import atomic_write_json
 from ..processes import process_gone, process_start
+from ..provenance import environment_versions, peak_memory
 
 
 class RunRecord(TypedDict, total=False):

@@ -23,8 +23,8 @@ import pandas as pd
 from ..data import sets
 from ..data.strategies import RANDOM, SELF_CALIBRATION, STRATEGIES, build_strategy_calibration
 from ..errors import ConfigError
-from ..prune import PruneConfig
 from ..experiments.stats import setting_label
+from ..prune import PruneConfig
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from ..data.sources import BUILTIN_SOURCES
-from .advisor import ACROSS_SOURCES, ALL, MASK_PROXY, ONE_SOURCE, PROXIES, TARGET_SEED_OFFSET, protocol_rows, verdict_of
-from .validation_measures import cost_shares, goodness, percentile, resampled_spearman, seed_reliability
 from ..experiments.stats import setting_label
+from .advisor import ACROSS_SOURCES, ALL, MASK_PROXY, ONE_SOURCE, PROXIES, TARGET_SEED_OFFSET, protocol_rows, verdict_of
 from .tournament import CLOZE, ROUND_ONE, UNIFORM_MIX, TournamentSettings, entry_of
+from .validation_measures import cost_shares, goodness, percentile, resampled_spearman, seed_reliability
 
 CLOZE_TARGET = "cloze"
 CLOZE_TEXT = UNIFORM_MIX  # the cloze items come from the four builtin domains: their mix stands for them
@@ -100,8 +100,8 @@ def proxy_rows(settings: ValidationSettings, model: str, wanted: dict, on_event=
     from ..metrics.proxies import dense_channel_norms, needs_hessians, norm_divergence, packed_jaccard, packed_masks
     from ..metrics.similarity import build_reference, js_divergence, ngram_overlap, similarity_table, words
     from ..models import load_model
-    from ..prune import PruneConfig
     from ..provenance import cpu_kind
+    from ..prune import PruneConfig
     from .advisor import _windows, proxy_revision
 
     emit = on_event or (lambda message: None)

@@ -15,7 +15,6 @@ import pandas as pd
 from .advisor import ACROSS_SOURCES, ALL, MASK_PROXY, ONE_SOURCE, RANKS, protocol_rows
 from .advisor_validation import ValidationSettings
 
-
 RESULTS_HEADING = "## Results"
 
 
@@ -34,8 +33,8 @@ def write_results(report: Path, found: pd.DataFrame, verdicts_: pd.DataFrame, co
                 " (the others not run yet: cases they would complete are missing below, and a case needs 3 or more "
                 "candidates).")
              + " Per-case table: "
-             f"`calib_core/data/advisor_validation.csv` (what `advise` looks up); the proxies per candidate and seed: "
-             f"`docs/results/advisor-proxies.csv`.", ""]
+             "`calib_core/data/advisor_validation.csv` (what `advise` looks up); the proxies per candidate and seed: "
+             "`docs/results/advisor-proxies.csv`.", ""]
     if found.empty:
         report.write_text(head + "\n".join(lines + ["No case has enough candidates yet.", ""]) + "\n", encoding="utf-8")
         return report

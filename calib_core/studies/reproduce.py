@@ -18,11 +18,11 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from .. import assets
+from ..data.selfgen import GenerationConfig
 from ..data.sources import BUILTIN_SOURCES, DEFAULT_CONCAT_SEPARATOR, eligibility_floor
 from ..errors import CalibLabError
-from ..runs.events import PipelineEvent
-from ..data.selfgen import GenerationConfig
 from ..experiments.sweeps import SweepGrid, SweepPoint, SweepSummary, run_sweep
+from ..runs.events import PipelineEvent
 
 BUILTIN_SOURCES = list(BUILTIN_SOURCES)
 
@@ -199,8 +199,8 @@ def run_points(settings: ReproSettings, points: list[SweepPoint], store, on_even
 def ensure_selfgen_set(settings: ReproSettings, on_event=None) -> None:
     """Generate the self-generated set once (seeded); later runs reuse the saved set."""
     from ..data import sets
-    from ..models import load_model
     from ..data.selfgen import generate_set, save_generated
+    from ..models import load_model
 
     name = settings.selfgen_name
     if name in sets.list_sets():
@@ -215,8 +215,8 @@ def similarity_scores(settings: ReproSettings) -> dict:
     """Q3: Min-K%++ (K = 50%), Min-K% and ppl of each calibration source under the dense model, scored on
     seqlen-token windows drawn as calibration draws them (the self-generated set as Wanda's path draws it),
     with the tokenizer's special tokens, so short texts are not compared on a different footing."""
-    from ..models import load_model
     from ..metrics.similarity import compare_sources
+    from ..models import load_model
 
     loaded = load_model(settings.model)
     selfgen = tuple(settings.selfgen_sampling.get("wanda", [settings.mode, DEFAULT_CONCAT_SEPARATOR]))

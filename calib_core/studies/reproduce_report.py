@@ -10,14 +10,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..experiments import sweep_figures
 from ..errors import MissingDependencyError, NotEnoughDataError
-from .reproduce import (
-    CHANGES_SINCE_PREVIOUS, ReproSettings, carried_runs, ensure_dense_reference, ensure_similarity, ordered_points,
-    report_caveats, reproduction_frame,
-)
-from ..provenance import environment_versions
+from ..experiments import sweep_figures
 from ..experiments.stats import PPL, setting_label, setting_sort_key, spread_by_setting, summarize, welch_test
+from ..provenance import environment_versions
+from .reproduce import (
+    CHANGES_SINCE_PREVIOUS,
+    ReproSettings,
+    carried_runs,
+    ensure_dense_reference,
+    ensure_similarity,
+    ordered_points,
+    report_caveats,
+    reproduction_frame,
+)
 
 ALPHA = 0.05
 

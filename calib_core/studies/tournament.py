@@ -23,8 +23,8 @@ from .. import assets
 from ..data.sources import BUILTIN_SOURCES
 from ..data.strategies import RANDOM, SELF_CALIBRATION
 from ..errors import ConfigError
-from ..runs.events import PipelineEvent
 from ..experiments.sweeps import SweepGrid, SweepPoint, SweepSummary, run_sweep
+from ..runs.events import PipelineEvent
 
 MIX = "mix"
 UNIFORM_MIX = "mix:" + ",".join(f"{source}=1" for source in BUILTIN_SOURCES)

@@ -11,16 +11,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import MissingDependencyError, NotEnoughDataError
-from ..provenance import environment_versions
-from ..experiments import sweep_figures
 from ..data.strategies import RANDOM
+from ..errors import MissingDependencyError, NotEnoughDataError
+from ..experiments import sweep_figures
 from ..experiments.stats import setting_sort_key
-from .tournament import (CLOZE, DENSE_REFERENCE_FILE, TournamentSettings, capabilities, carried_dense, known_reference,
-                         tournament_frame, THIS_STORE)
-from .tournament_comparisons import (BEST_SOURCE, IN_DOMAIN, comparisons, entry_order, power_lines,
-                                     published_claims)
+from ..provenance import environment_versions
+from .tournament import (
+    CLOZE,
+    DENSE_REFERENCE_FILE,
+    THIS_STORE,
+    TournamentSettings,
+    capabilities,
+    carried_dense,
+    known_reference,
+    tournament_frame,
+)
+from .tournament_comparisons import BEST_SOURCE, IN_DOMAIN, comparisons, entry_order, power_lines, published_claims
 from .tournament_protocol import PILOT_RUNS_FILE, pilot_lines, protocol_lines
+
 
 def _mean_std(row) -> str:
     digits = 3 if row["capability"] == CLOZE else 2
