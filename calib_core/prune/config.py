@@ -1,26 +1,51 @@
 """A pruning run's settings, validated before any work starts.
 
-`PruneConfig` is a frozen dataclass: the method, its sparsity, pattern and base, the device, and one
-field per registry option (prune/methods.py), in registry order, each with the option's default. So
-a method's settings are declared once, with their kinds and bounds, and a new method's options are
-config fields (and CLI flags, and Prune page widgets) without an edit here."""
+`PruneConfig` is a frozen dataclass: the method, its sparsity, pattern and base (`Target`), every method's
+options, inherited from the options class each method declares where it lives (`SparseGPTOptions` in
+prune/sparsegpt.py, ...; prune/options.py), the engine's options and the device. A method's setting is
+declared once, as a field with its kind and bounds, and is a config field, a CLI flag and a Prune page widget;
+a new method with options adds its class to PruneConfig's bases (a test checks that the fields and the
+registry's options agree)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, field, make_dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from ..devices import resolve_device
 from ..errors import ConfigError
+from .dsnot import DSnoTOptions
 from .masks import Pattern, check_sparsity, parse_pattern
 from .methods import METHODS, all_options
+from .options import EngineOptions
+from .owl import OWLOptions
+from .ria import RIAOptions
+from .sparsegpt import SparseGPTOptions
 
 # Calibration samples per block forward on a GPU: one sample leaves a GPU mostly idle; the statistics
 # (sums over tokens) are the same up to rounding.
 GPU_BATCH_SIZE = 8
 
 
-class _Settings:
-    """PruneConfig's behaviour (its fields come from the registry, below)."""
+@dataclass(frozen=True)
+class Target:
+    """What a run prunes to, and with which method."""
+
+    method: str = "wanda"
+    sparsity: float = 0.5  # ignored for N:M patterns, where sparsity is N/M
+    pattern: str = "unstructured"
+    base: str | None = None  # a refiner's or allocator's base method; default its first
+
+
+@dataclass(frozen=True)
+class Device:
+    device: str = "auto"  # where the run computes; checked when the config is resolved
+
+
+# Bases in reverse field order: a dataclass lists its bases' fields from the last base to the first.
+@dataclass(frozen=True)
+class PruneConfig(Device, EngineOptions, OWLOptions, DSnoTOptions, RIAOptions, SparseGPTOptions, Target):
+    """What one pruning run does: method, sparsity or N:M pattern, base, every method's and the engine's
+    options, device."""
 
     @property
     def parsed_pattern(self) -> Pattern:
@@ -61,18 +86,3 @@ class _Settings:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-PruneConfig = make_dataclass(
-    "PruneConfig",
-    [("method", str, field(default="wanda")),
-     ("sparsity", float, field(default=0.5)),  # ignored for N:M patterns, where sparsity is N/M
-     ("pattern", str, field(default="unstructured")),
-     ("base", "str | None", field(default=None)),  # a refiner's or allocator's base method; default its first
-     *((o.field, o.kind if o.default is not None else f"{o.kind.__name__} | None", field(default=o.default))
-       for o in all_options()),
-     ("device", str, field(default="auto"))],
-    bases=(_Settings,), frozen=True)
-PruneConfig.__module__ = __name__  # pickles (queued jobs, Ray tasks) find it here
-PruneConfig.__doc__ = ("What one pruning run does: method, sparsity or N:M pattern, base, device, and every "
-                       "registry option (prune/methods.py).")

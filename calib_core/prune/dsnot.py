@@ -25,12 +25,37 @@ already kept), the row stops instead; with real widths and 50 cycles this does n
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .masks import Pattern, mask_from_scores
+from .options import option
 from .sparsegpt import sparsegpt_static_scores
 from .stats import InputStats
 from .wanda import wanda_scores
+
+
+@dataclass(frozen=True)
+class DSnoTOptions:
+    """DSnoT's options (PruneConfig fields; the defaults are the authors' unless a help says "our variant")."""
+
+    dsnot_threshold: float = option(0.1, "stop a row's swaps once |err| is at most this", low=0, high=100,
+                                    label="DSnoT threshold")
+    dsnot_cycles: int = option(50, "swaps per row at most", low=1, high=1000, label="DSnoT cycles")
+    dsnot_var_power: float = option(1.0, "exponent of the variance in the regrow score", low=0, high=10,
+                                    label="DSnoT variance power")
+    dsnot_sublayers: str = option("skip-mlp", "modules DSnoT refines; skip-mlp (the authors' default) keeps the "
+                                  "initial mask on mlp.*", choices=("skip-mlp", "all", "attention", "mlp"),
+                                  label="DSnoT sublayers")
+    dsnot_rule: str = option("original", "original: swap while |err| > threshold (the authors' default); same-sign: "
+                             "also keep err's sign; improve: our variant, a swap must shrink |err|",
+                             choices=("original", "same-sign", "improve"), label="DSnoT rule")
+    dsnot_sparsegpt_init: str = option("static", "on a SparseGPT base: static per-row W^2/diag(H^-1)^2 (the "
+                                       "authors') or full (our variant: a whole SparseGPT pass's mask)",
+                                       choices=("static", "full"), label="DSnoT SparseGPT init")
+    dsnot_threshold_scale: str = option("none", "seqlen: scale the threshold by seqlen/2048 (the authors tuned 0.1 "
+                                        "at 2048 tokens)", choices=("none", "seqlen"), label="DSnoT threshold scale")
 
 
 def dsnot_refine(

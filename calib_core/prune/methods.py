@@ -7,9 +7,11 @@ dense model (`allocate`) around a base method. Both name their valid bases (the 
 default). `details` says in the run record which rule or variant ran. The engine calls these hooks
 and names no method.
 
-Each `Option` is a PruneConfig field with its kind, default and bounds: PruneConfig's fields, its
-checks, the CLI flags and the Prune page's widgets all come from here. Adding a method is a file
-`prune/<name>.py` and one `Method` entry below (see docs/architecture.md).
+Each method's options are written as fields of its own options class where the method lives (e.g.
+`SparseGPTOptions` in prune/sparsegpt.py, made with prune/options.option): PruneConfig inherits them, and
+their `Option`s here (kind, default, bounds) give its checks, the CLI flags and the Prune page's widgets.
+Adding a method is a file `prune/<name>.py`, one `Method` entry below and, if it has options, its options
+class among PruneConfig's bases (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -17,62 +19,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from .dsnot import dsnot_details, dsnot_module
+from .dsnot import DSnoTOptions, dsnot_details, dsnot_module
 from .magnitude import magnitude_mask
-from .owl import owl_allocate, owl_details
-from .ria import ria_details, ria_mask
-from .sparsegpt import sparsegpt_prune
+from .options import EngineOptions, Option, declared_options
+from .owl import OWLOptions, owl_allocate, owl_details
+from .ria import RIAOptions, ria_details, ria_mask
+from .sparsegpt import SparseGPTOptions, sparsegpt_prune
 from .wanda import wanda_mask
 
 # Input statistics the engine can collect per Linear (prune/stats.py).
 NORMS, HESSIAN, MEAN_VAR = "norms", "hessian", "mean_var"
-
-
-@dataclass(frozen=True)
-class Option:
-    """A PruneConfig field a user can set. `kind` is int, float or str (then `choices`); `low` and
-    `high` bound a number (`low_open`: strictly above `low`). A default of None is filled when the
-    config is resolved: `auto[0]` for unstructured patterns, `auto[1]` for N:M."""
-
-    field: str
-    help: str
-    kind: type = float
-    default: object = None
-    choices: tuple[str, ...] | None = None
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    auto: tuple[float, float] | None = None
-    label: str | None = None  # the Prune page's label (default: the field's name in words)
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.field.replace("_", "-")
-
-    @property
-    def title(self) -> str:
-        return self.label or self.field.replace("_", " ")
-
-    def resolve(self, value, nm: bool):
-        """`value` checked against the option's kind and bounds (None: its pattern's default)."""
-        if value is None and self.auto is not None:
-            value = self.auto[1] if nm else self.auto[0]
-        if self.choices is not None:
-            if value not in self.choices:
-                raise ConfigError(f"{self.field} must be one of {', '.join(self.choices)}, got '{value}'.")
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.kind is int and value != int(value)):
-            raise ConfigError(f"{self.field} must be {'an integer' if self.kind is int else 'a number'}, got {value!r}.")
-        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
-        if below or (self.high is not None and value > self.high):
-            raise ConfigError(f"{self.field} must be {self.bounds()}, got {value:g}.")
-        return value
-
-    def bounds(self) -> str:
-        low = "" if self.low is None else f"{'above' if self.low_open else 'at least'} {self.low:g}"
-        high = "" if self.high is None else f"at most {self.high:g}"
-        return " and ".join(filter(None, (low, high))) or "any number"
 
 
 @dataclass(frozen=True)
@@ -152,70 +108,24 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            r"with $H = \tfrac{2}{n} X^\top X$, choose weights by $w^2 / [H^{-1}]_{jj}$ (the authors' code: $w^2 / U_{jj}^2$, $U$ the "
            r"Cholesky factor of $H^{-1}$) and update the remaining "
            r"weights of the row to compensate ($\delta = -\tfrac{w_j}{[H^{-1}]_{jj}} H^{-1}_{j,:}$).",
-           frozenset({HESSIAN}), options=(
-               Option("sparsegpt_blocksize", "SparseGPT column block size", int, 128, low=1, high=4096,
-                      label="SparseGPT blocksize"),
-               Option("sparsegpt_damp", "SparseGPT dampening (fraction of mean diag H)", float, 0.01, low=0, high=1,
-                      label="SparseGPT damping"),
-           ), prune=_sparsegpt, score=_sparsegpt_score, updates_weights=True),
+           frozenset({HESSIAN}), options=declared_options(SparseGPTOptions), prune=_sparsegpt, score=_sparsegpt_score, updates_weights=True),
     Method("ria", "score (|W_ij|/col sum + |W_ij|/row sum) * ||X_j||^a, one threshold per matrix",
            r"relative importance in the weight's row and column times the input's norm: $S_{ij} = "
            r"\big(\tfrac{|W_{ij}|}{\sum_{i'}|W_{i'j}|} + \tfrac{|W_{ij}|}{\sum_{j'}|W_{ij'}|}\big)\,\|X_j\|_2^{a}$; "
            r"unstructured: one threshold for the whole matrix.",
-           frozenset({NORMS}), options=(
-               Option("ria_a", "exponent a of the activation norm (the authors' default 0.5)", float, 0.5, low=0,
-                      high=10, label="RIA exponent a"),
-               Option("ria_selection", "unstructured: matrix (the authors' default: prune every score <= the "
-                                       "(k+1)-th lowest of the matrix) or row (their --per_outneuron)", str, "matrix",
-                      ("matrix", "row"), label="RIA selection"),
-               Option("ria_reallocation", "N:M: heuristic channel reallocation (their --reallocation) or off (their "
-                                          "default)", str, "off", ("off", "heuristic"), label="RIA N:M reallocation"),
-           ), prune=_ria, details=ria_details, score=_ria_score),
+           frozenset({NORMS}), options=declared_options(RIAOptions), prune=_ria, details=ria_details, score=_ria_score),
     Method("dsnot", "swap pruned/kept weights of a base mask to cancel the expected output shift",
            r"starting from a Wanda mask, swap pruned/kept weights in each row while that shrinks the expected "
            r"output shift $\sum_{j\,\text{pruned}} W_{rj}\,\mathbb{E}[x_j]$; row sparsity never changes.",
-           frozenset({NORMS, MEAN_VAR}), bases=("wanda", "sparsegpt"), options=(
-               Option("dsnot_threshold", "stop a row's swaps once |err| is at most this", float, 0.1, low=0, high=100,
-                      label="DSnoT threshold"),
-               Option("dsnot_cycles", "swaps per row at most", int, 50, low=1, high=1000, label="DSnoT cycles"),
-               Option("dsnot_var_power", "exponent of the variance in the regrow score", float, 1.0, low=0, high=10,
-                      label="DSnoT variance power"),
-               Option("dsnot_sublayers", "modules DSnoT refines; skip-mlp (the authors' default) keeps the initial "
-                                         "mask on mlp.*", str, "skip-mlp", ("skip-mlp", "all", "attention", "mlp"),
-                      label="DSnoT sublayers"),
-               Option("dsnot_rule", "original: swap while |err| > threshold (the authors' default); same-sign: also "
-                                    "keep err's sign; improve: our variant, a swap must shrink |err|", str, "original",
-                      ("original", "same-sign", "improve"), label="DSnoT rule"),
-               Option("dsnot_sparsegpt_init", "on a SparseGPT base: static per-row W^2/diag(H^-1)^2 (the authors') "
-                                              "or full (our variant: a whole SparseGPT pass's mask)", str, "static",
-                      ("static", "full"), label="DSnoT SparseGPT init"),
-               Option("dsnot_threshold_scale", "seqlen: scale the threshold by seqlen/2048 (the authors tuned 0.1 at "
-                                               "2048 tokens)", str, "none", ("none", "seqlen"),
-                      label="DSnoT threshold scale"),
-           ), refine=dsnot_module, details=dsnot_details),
+           frozenset({NORMS, MEAN_VAR}), bases=("wanda", "sparsegpt"), options=declared_options(DSnoTOptions), refine=dsnot_module, details=dsnot_details),
     Method("owl", "lower sparsity for blocks with more outlier scores, same mean",
            r"layers whose Wanda scores have more outliers ($> M \times$ mean) get lower sparsity; the mean stays "
            r"at the target: $s_l = 1 - (r_l - \bar r + 1 - S)$.",
-           frozenset({NORMS}), bases=("wanda", "sparsegpt", "magnitude"), options=(
-               Option("owl_m", "outlier threshold M (default 5; 6 for N:M)", float, None, low=0, high=100,
-                      low_open=True, auto=(5.0, 6.0), label="OWL M"),
-               Option("owl_lambda", "OWL lambda (default 0.08; 2 in units of N for N:M)", float, None, low=0, high=8,
-                      auto=(0.08, 2.0), label="OWL lambda"),
-               Option("owl_nm_rule", "mixed N:M: original (the authors': width lambda, mean N may drift) or "
-                                     "balanced (our variant: width 2 lambda, mean N kept)", str, "original",
-                      ("original", "balanced"), label="OWL N:M rule"),
-           ), allocate=owl_allocate, details=owl_details),
+           frozenset({NORMS}), bases=("wanda", "sparsegpt", "magnitude"), options=declared_options(OWLOptions), allocate=owl_allocate, details=owl_details),
 )}
 
 # Settings of the engine itself, whatever the method.
-ENGINE_OPTIONS = (
-    Option("propagate", "feed the next block the pruned (standard) or the dense outputs", str, "pruned",
-           ("pruned", "dense")),
-    Option("batch_size", "calibration samples per block forward (0: by device, 1 on the CPU, 8 on CUDA)", int, 0,
-           low=0, high=1024),
-    Option("recon_tokens", "tokens per module for the reconstruction error", int, 512, low=0, high=1 << 20,
-           label="reconstruction tokens"),
-)
+ENGINE_OPTIONS = declared_options(EngineOptions)
 
 
 def mask_method(method: str, base: str | None = None) -> Method:

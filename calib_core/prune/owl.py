@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -17,7 +18,21 @@ from ..errors import ConfigError
 from ..models import weight_matrix
 from .events import AllocationEvent
 from .masks import Pattern, row_chunks
+from .options import option
 from .wanda import wanda_scores
+
+
+@dataclass(frozen=True)
+class OWLOptions:
+    """OWL's options (PruneConfig fields). M and lambda default by pattern, filled when a config is resolved."""
+
+    owl_m: float | None = option(None, "outlier threshold M (default 5; 6 for N:M)", kind=float, low=0, high=100,
+                                 low_open=True, auto=(5.0, 6.0), label="OWL M")
+    owl_lambda: float | None = option(None, "OWL lambda (default 0.08; 2 in units of N for N:M)", kind=float, low=0,
+                                      high=8, auto=(0.08, 2.0), label="OWL lambda")
+    owl_nm_rule: str = option("original", "mixed N:M: original (the authors': width lambda, mean N may drift) or "
+                              "balanced (our variant: width 2 lambda, mean N kept)", choices=("original", "balanced"),
+                              label="OWL N:M rule")
 
 
 def outlier_ratio(scores: list[torch.Tensor] | Callable[[], Iterable[torch.Tensor]], threshold_m: float) -> float:

@@ -24,12 +24,29 @@ Scores are computed in fp32 (the authors' sums run in the model's dtype, fp16 in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .masks import Pattern, lowest_n_of_m, lowest_per_row, row_chunks
+from .options import option
 from .stats import InputStats
 
 DEFAULT_A = 0.5  # the authors' main.py default
+
+
+
+@dataclass(frozen=True)
+class RIAOptions:
+    """RIA's options (PruneConfig fields; the defaults are the authors')."""
+
+    ria_a: float = option(DEFAULT_A, "exponent a of the activation norm (the authors' default 0.5)", low=0, high=10,
+                          label="RIA exponent a")
+    ria_selection: str = option("matrix", "unstructured: matrix (the authors' default: prune every score <= the "
+                                "(k+1)-th lowest of the matrix) or row (their --per_outneuron)",
+                                choices=("matrix", "row"), label="RIA selection")
+    ria_reallocation: str = option("off", "N:M: heuristic channel reallocation (their --reallocation) or off (their "
+                                   "default)", choices=("off", "heuristic"), label="RIA N:M reallocation")
 
 
 def ria_scores(weight: torch.Tensor, stats: InputStats, a: float = DEFAULT_A) -> torch.Tensor:

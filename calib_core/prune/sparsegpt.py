@@ -3,9 +3,22 @@ column block, from the inverse Hessian's upper Cholesky factor."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .masks import Pattern
+from .options import option
+
+
+@dataclass(frozen=True)
+class SparseGPTOptions:
+    """SparseGPT's options (PruneConfig fields; the defaults are the authors')."""
+
+    sparsegpt_blocksize: int = option(128, "SparseGPT column block size", low=1, high=4096,
+                                      label="SparseGPT blocksize")
+    sparsegpt_damp: float = option(0.01, "SparseGPT dampening (fraction of mean diag H)", low=0, high=1,
+                                   label="SparseGPT damping")
 
 
 def sparsegpt_prune(
